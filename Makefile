@@ -1,0 +1,71 @@
+# Two commands for a fresh machine: `make serve` (main job) and `make test` (tests).
+# Each installs what it needs into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?=
+# Offline by default where the hub cannot answer; export decides per run (see export/source.py).
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install install-dev serve prepare train export tensorrt-command bench-model bench test lint typecheck \
+        unit integration e2e clean
+
+help:
+	@echo "make serve   install, prepare the model (MODEL=<hub id|dir> optional), serve"
+	@echo "make test    install dev tools, lint, type-check, run all tests"
+	@echo "make train | prepare | bench-model | tensorrt-command | clean"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Until the server lands (issue 4), serving stops once the model repository is ready.
+serve: prepare
+	@echo "Model repository ready in model_repository/ (see model_repository/spec.json)."
+
+prepare: install
+	$(BIN)/python -m export prepare $(if $(MODEL),--model $(MODEL))
+
+train: install
+	$(BIN)/python -m export train
+
+bench-model: install
+	$(BIN)/python -m export bench
+
+bench: bench-model
+
+tensorrt-command: install
+	$(BIN)/python -m export tensorrt --dry-run
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check export tests
+
+typecheck: install-dev
+	$(BIN)/mypy export
+
+test: lint typecheck
+	$(BIN)/pytest
+
+unit: install-dev
+	$(BIN)/pytest tests/unit
+integration: install-dev
+	$(BIN)/pytest tests/integration
+e2e: install-dev
+	$(BIN)/pytest tests/e2e
+
+clean:
+	rm -rf build/exports .pytest_cache .mypy_cache .ruff_cache

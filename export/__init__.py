@@ -1,0 +1,1 @@
+"""Train / export stage: GoEmotions model -> ONNX variants -> gates -> Triton model repository."""

@@ -1,0 +1,331 @@
+"""``python -m export``: train the student, export ONNX/TensorRT variants, gate, install, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from export.data import DATA_DIR, DataError
+from export.gates import DEFAULT_MAX_MACRO_F1_DROP, GateFailed
+from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install, model_slug, read_installed
+from export.runtime import DEFAULT_MAX_LENGTH
+from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
+from export.spec import SPEC_FILE, ServingSpec
+from export.train import REPORT_FILE, TrainConfig, is_trained, train
+from export.variants import INT8_CONFIGS, ONNX_VARIANTS
+
+log = logging.getLogger("export")
+
+EXIT_GATE_FAILED = 2
+EXIT_BAD_INPUT = 3
+# Default floor for the reference variant: catches a broken or unrelated checkpoint, not a weak one.
+DEFAULT_MIN_MACRO_F1 = 0.30
+TRAIN_MINUTES_ESTIMATE = 21
+
+
+def _add_export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=ONNX_VARIANTS,
+        default=list(ONNX_VARIANTS),
+        help="ONNX variants to build (default: all)",
+    )
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokenizer truncation length")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's choice)")
+    p.add_argument(
+        "--int8-config",
+        choices=INT8_CONFIGS,
+        default="auto",
+        help="dynamic quantization preset (auto: from this CPU's flags)",
+    )
+    p.add_argument("--int8-per-channel", action="store_true", help="per-channel weight scales for INT8")
+    p.add_argument(
+        "--max-macro-f1-drop",
+        type=float,
+        default=DEFAULT_MAX_MACRO_F1_DROP,
+        help="accuracy gate: allowed macro-F1 drop of any variant vs FP32 (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-macro-f1",
+        type=float,
+        default=DEFAULT_MIN_MACRO_F1,
+        help="accuracy gate: minimum FP32 macro-F1 on test at tuned thresholds (default %(default)s)",
+    )
+    p.add_argument(
+        "--parity-tolerance",
+        action="append",
+        default=[],
+        metavar="VARIANT=TOL",
+        help="override the max |Δlogit| allowed for a variant, e.g. int8=0.3 (repeatable)",
+    )
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N dev/test texts only")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="GoEmotions data directory")
+
+
+def _export_options(args: argparse.Namespace) -> ExportOptions:
+    tolerance = {}
+    for item in args.parity_tolerance:
+        name, _, value = item.partition("=")
+        if name not in (*ONNX_VARIANTS, "raw") or not value:
+            raise SystemExit(
+                f"--parity-tolerance expects VARIANT=TOL with VARIANT in raw/{'/'.join(ONNX_VARIANTS)}, "
+                f"got {item!r}"
+            )
+        tolerance[name] = float(value)
+    return ExportOptions(
+        variants=tuple(args.variants),
+        max_length=args.max_length,
+        opset=args.opset,
+        int8_config=args.int8_config,
+        int8_per_channel=args.int8_per_channel,
+        parity_tolerance=tolerance,
+        max_macro_f1_drop=args.max_macro_f1_drop,
+        min_macro_f1=args.min_macro_f1,
+        eval_limit=args.eval_limit,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune the offline student (all-MiniLM-L6-v2 -> 28 sigmoids)")
+    p.add_argument("--output", type=Path, default=STUDENT_DIR, help="model directory (resumable)")
+    defaults = TrainConfig()
+    p.add_argument("--epochs", type=float, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--max-length", type=int, default=defaults.max_length)
+    p.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr)
+    p.add_argument("--head-lr", type=float, default=defaults.head_lr)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--time-budget-minutes", type=float, default=defaults.time_budget_minutes)
+    p.add_argument("--limit-train", type=int, default=None, help="train on the first N texts only")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+
+    p = sub.add_parser("build", help="export a model to ONNX variants, run the gates, tune thresholds")
+    p.add_argument("model", help="Hugging Face hub id or local model directory")
+    p.add_argument("--out", type=Path, default=None, help="export directory (default build/exports/<model>)")
+    _add_export_options(p)
+
+    p = sub.add_parser("install", help="copy an export into the Triton model repository layout")
+    p.add_argument("export_dir", type=Path)
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+
+    p = sub.add_parser(
+        "prepare",
+        help="choose the model (MODEL, hub, or offline student), train/export/install "
+        "whatever is missing; cached",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="hub id or local dir (default: the hub model if the hub "
+        f"answers, else the offline student); hub default {DEFAULT_HUB_MODEL}",
+    )
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--force", action="store_true", help="re-export even when a passing export exists")
+    _add_export_options(p)
+
+    p = sub.add_parser("tensorrt", help="build the TensorRT FP16 plan (GPU host with TensorRT 10)")
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument(
+        "--onnx", type=Path, default=None, help="raw ONNX export (default: the repository's model.onnx)"
+    )
+    p.add_argument(
+        "--plan", type=Path, default=None, help="output plan (default: the repository's model.plan)"
+    )
+    p.add_argument("--workspace-mib", type=int, default=4096)
+    p.add_argument(
+        "--timing-cache", type=Path, default=None, help="TensorRT timing cache file (reused on rebuild)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the trtexec command and exit")
+
+    p = sub.add_parser(
+        "bench", help="accuracy + CPU latency/throughput of every variant vs torch; writes results/"
+    )
+    p.add_argument(
+        "--export-dir", type=Path, default=None, help="export to benchmark (default: the installed one)"
+    )
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("results"))
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        encoder_lr=args.encoder_lr,
+        head_lr=args.head_lr,
+        seed=args.seed,
+        time_budget_minutes=args.time_budget_minutes,
+        limit_train=args.limit_train,
+    )
+    report = train(args.output, cfg, args.data_dir)
+    log.info("training report: %s", json.dumps(report["dev_at_tuned"]))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    out = args.out or EXPORTS_DIR / model_slug(args.model)
+    spec = export_model(args.model, out, _export_options(args), args.data_dir)
+    log.info("export written to %s (model version %s)", out, spec.model_version)
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    install(args.export_dir, args.repository)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    choice = choose_model(args.model)
+    log.info("model: %s (%s)", choice.ref, choice.reason)
+    if choice.kind == "student" and not is_trained(Path(choice.ref)):
+        log.info(
+            "the offline student is not trained yet: training it once now (about %d min on 2 CPU cores; "
+            "progress below; resumable if interrupted)",
+            TRAIN_MINUTES_ESTIMATE,
+        )
+        train(Path(choice.ref), TrainConfig())
+    out = EXPORTS_DIR / model_slug(choice.ref if choice.kind != "student" else "student")
+    summary = out / "reports" / "summary.json"
+    passed = (
+        summary.is_file() and json.loads(summary.read_text()).get("passed") and (out / SPEC_FILE).is_file()
+    )
+    if args.force or not passed:
+        export_model(choice.ref, out, _export_options(args), args.data_dir)
+    else:
+        log.info("using the cached export in %s (--force to rebuild)", out)
+    installed = read_installed(args.repository)
+    wanted = ServingSpec.read(out / SPEC_FILE)
+    if installed and installed["model_version"] == wanted.model_version:
+        log.info("model repository %s already holds %s", args.repository, wanted.model_version)
+    else:
+        install(out, args.repository)
+    return 0
+
+
+def cmd_tensorrt(args: argparse.Namespace) -> int:
+    from export.tensorrt import PLAN_FILE, TensorRTUnavailable, build_plan
+
+    spec = ServingSpec.read(args.repository / SPEC_FILE)
+    version_dir = args.repository / "classifier" / "1"
+    onnx_path = args.onnx or version_dir / spec.variants["raw"].file
+    plan = args.plan or version_dir / PLAN_FILE
+    try:
+        cmd = build_plan(
+            onnx_path,
+            plan,
+            spec.input_names,
+            spec.tensorrt,
+            args.workspace_mib,
+            args.timing_cache,
+            dry_run=args.dry_run,
+        )
+    except TensorRTUnavailable as exc:
+        log.error(
+            "cannot build the TensorRT plan here: %s. Run this on a GPU host with TensorRT 10 "
+            "(e.g. `docker compose run trt-build`)",
+            exc,
+        )
+        return 1
+    if args.dry_run and cmd:
+        sys.stdout.write(shlex.join(cmd) + "\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from export.bench import BenchConfig, machine_info, run_bench, save_report
+    from export.data import load_split
+    from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
+
+    if args.export_dir is None:
+        installed = read_installed(args.repository)
+        if not installed:
+            log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
+            return 1
+        ref = installed["source"]
+        export_dir = EXPORTS_DIR / model_slug("student" if Path(ref).resolve() == STUDENT_DIR else ref)
+    else:
+        export_dir = args.export_dir
+    spec = ServingSpec.read(export_dir / SPEC_FILE)
+    summary = json.loads((export_dir / "reports" / "summary.json").read_text())
+    tokenizer = load_tokenizer(export_dir)
+    paths = {
+        "torch": torch_classifier(spec.source, tokenizer, spec.input_names, spec.max_length, args.threads)
+    }
+    for name, variant in spec.variants.items():
+        paths[name] = onnx_classifier(export_dir / variant.file, tokenizer, spec.max_length, args.threads)
+    cfg = BenchConfig(rounds=args.rounds, threads=args.threads)
+    test = load_split("test")
+    started = time.monotonic()
+    bench = run_bench(paths, test.texts, cfg)
+    source_dir = Path(spec.source)
+    torch_size = sum(f.stat().st_size for f in source_dir.glob("*.safetensors")) if source_dir.is_dir() else 0
+    training = None
+    if (source_dir / REPORT_FILE).is_file():
+        t = json.loads((source_dir / REPORT_FILE).read_text())
+        training = {
+            **t,
+            "train_seconds": t["train_seconds_this_run"],
+            "wall_seconds": t["wall_seconds_this_run"],
+        }
+    report = {
+        "model": spec.source if spec.source != str(STUDENT_DIR) else "offline student (build/models/student)",
+        "model_version": spec.model_version,
+        "date": dt.date.today().isoformat(),
+        "command": "make bench-model",
+        "machine": machine_info(),
+        "bench_config": cfg.__dict__,
+        "bench_seconds": round(time.monotonic() - started, 1),
+        "test_texts": len(test),
+        "sizes_mb": {"torch": torch_size / 1e6, **{k: v.size_bytes / 1e6 for k, v in spec.variants.items()}},
+        "accuracy": summary["accuracy"],
+        "parity": summary["parity"],
+        "bench": bench,
+        "training": training,
+    }
+    json_path, md_path = save_report(report, args.out)
+    log.info("wrote %s and %s", json_path, md_path)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "build": cmd_build,
+    "install": cmd_install,
+    "prepare": cmd_prepare,
+    "tensorrt": cmd_tensorrt,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Root at WARNING: onnxruntime's quantizer logs every tensor at INFO through the root logger.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("export").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except GateFailed as exc:
+        log.error("gate failed: %s", exc)
+        return EXIT_GATE_FAILED
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Parity and accuracy gates: each writes a report and fails the export when a variant is off."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.arrays import Array
+from export.metrics import f1_scores, sigmoid
+
+# max |Δlogit| against the torch model on the parity sample. INT8 is loose on purpose: dynamic
+# quantization moves logits by a few hundredths; its real gate is accuracy.
+DEFAULT_PARITY_TOLERANCE = {"raw": 1e-3, "fp32": 1e-3, "fp16": 5e-2, "int8": 0.5}
+DEFAULT_MAX_MACRO_F1_DROP = 0.01
+
+
+class GateFailed(RuntimeError):
+    """One or more gates failed; the reports on disk say which and by how much."""
+
+
+@dataclass
+class GateReport:
+    name: str
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, message: str) -> None:
+        self.passed = False
+        self.failures.append(message)
+
+    def write(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.name}.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "gate": self.name,
+                    "passed": self.passed,
+                    "failures": self.failures,
+                    "results": self.results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return path
+
+
+def parity_gate(
+    reference: Array, variants: dict[str, Array], tolerance: dict[str, float] | None = None
+) -> GateReport:
+    tolerance = {**DEFAULT_PARITY_TOLERANCE, **(tolerance or {})}
+    report = GateReport("parity")
+    for name, logits in variants.items():
+        diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+        prob_diff = np.abs(sigmoid(logits) - sigmoid(reference))
+        tol = tolerance[name]
+        max_diff = float(diff.max()) if diff.size else 0.0
+        report.results[name] = {
+            "max_abs_logit_diff": max_diff,
+            "mean_abs_logit_diff": float(diff.mean()) if diff.size else 0.0,
+            "max_abs_prob_diff": float(prob_diff.max()) if prob_diff.size else 0.0,
+            "tolerance": tol,
+            "samples": int(reference.shape[0]),
+        }
+        if not np.isfinite(logits).all():
+            report.fail(f"{name}: non-finite logits")
+        elif max_diff > tol:
+            report.fail(f"{name}: max |Δlogit| {max_diff:.3g} exceeds {tol:g}")
+    return report
+
+
+def accuracy_gate(
+    labels: Array,
+    probs: dict[str, Array],
+    thresholds: Array,
+    reference: str = "fp32",
+    max_macro_f1_drop: float = DEFAULT_MAX_MACRO_F1_DROP,
+    min_macro_f1: float = 0.0,
+) -> GateReport:
+    """Micro/macro-F1 per variant at 0.5 and at the tuned thresholds; every variant must stay within
+    ``max_macro_f1_drop`` of the reference variant, and the reference must reach ``min_macro_f1``."""
+    report = GateReport("accuracy")
+    for name, p in probs.items():
+        report.results[name] = {
+            "at_0.5": f1_scores(p, labels).as_dict(),
+            "at_tuned": f1_scores(p, labels, thresholds).as_dict(),
+        }
+    ref = report.results[reference]["at_tuned"]["macro_f1"]
+    report.results["_criteria"] = {
+        "reference": reference,
+        "max_macro_f1_drop": max_macro_f1_drop,
+        "min_macro_f1": min_macro_f1,
+    }
+    if ref < min_macro_f1:
+        report.fail(f"{reference}: macro-F1 {ref:.4f} below the minimum {min_macro_f1:.4f}")
+    for name in probs:
+        got = report.results[name]["at_tuned"]["macro_f1"]
+        if ref - got > max_macro_f1_drop:
+            report.fail(
+                f"{name}: macro-F1 {got:.4f} is {ref - got:.4f} below {reference} ({ref:.4f}); "
+                f"allowed drop {max_macro_f1_drop}"
+            )
+    return report

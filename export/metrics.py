@@ -1,0 +1,67 @@
+"""Multi-label metrics and per-label threshold tuning (sigmoid per label, never softmax)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from export.arrays import Array
+
+# Candidate thresholds for tuning; a coarse grid keeps tuning stable on rare labels.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
+def sigmoid(logits: Array) -> Array:
+    # float64 and clip: exp overflow warnings on extreme logits would otherwise pollute logs.
+    return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -50, 50)))
+
+
+@dataclass(frozen=True)
+class F1Scores:
+    micro: float
+    macro: float
+    per_label: list[float]
+
+    def as_dict(self) -> dict[str, float]:
+        return {"micro_f1": round(self.micro, 4), "macro_f1": round(self.macro, 4)}
+
+
+def _f1(tp: Array, fp: Array, fn: Array) -> Array:
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def f1_scores(probs: Array, labels: Array, thresholds: Array | float = 0.5) -> F1Scores:
+    """Micro and macro F1 of ``probs >= thresholds`` against multi-hot ``labels`` (n, L)."""
+    if probs.shape != labels.shape:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} differ in shape")
+    pred = probs >= np.asarray(thresholds)
+    gold = labels > 0.5
+    tp = (pred & gold).sum(axis=0).astype(np.float64)
+    fp = (pred & ~gold).sum(axis=0).astype(np.float64)
+    fn = (~pred & gold).sum(axis=0).astype(np.float64)
+    per_label = _f1(tp, fp, fn)
+    micro = float(_f1(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))[0])
+    return F1Scores(micro=micro, macro=float(per_label.mean()), per_label=per_label.tolist())
+
+
+def tune_thresholds(probs: Array, labels: Array, grid: Array = THRESHOLD_GRID) -> Array:
+    """Per-label threshold maximizing that label's F1 on the given (dev) split.
+
+    Ties go to the threshold closest to 0.5, so a label with no signal keeps a neutral cut.
+    """
+    gold = labels > 0.5
+    # (grid, n, L) would be large; loop over the grid instead: 91 passes over (n, L) booleans.
+    best = np.full(labels.shape[1], 0.5)
+    best_f1 = np.full(labels.shape[1], -1.0)
+    for t in sorted(grid, key=lambda g: abs(g - 0.5)):
+        pred = probs >= t
+        tp = (pred & gold).sum(axis=0).astype(np.float64)
+        fp = (pred & ~gold).sum(axis=0).astype(np.float64)
+        fn = (~pred & gold).sum(axis=0).astype(np.float64)
+        f1 = _f1(tp, fp, fn)
+        better = f1 > best_f1
+        best[better] = t
+        best_f1[better] = f1[better]
+    return best.astype(np.float32)

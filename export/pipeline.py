@@ -1,0 +1,210 @@
+"""Model -> ONNX variants -> gates -> thresholds -> model repository, as one function per step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from export.data import DATA_DIR, load_dataset
+from export.gates import DEFAULT_MAX_MACRO_F1_DROP, GateFailed, accuracy_gate, parity_gate
+from export.labels import LABELS_FILE, LabelSet
+from export.metrics import sigmoid, tune_thresholds
+from export.runtime import DEFAULT_MAX_LENGTH, load_tokenizer, onnx_classifier, torch_classifier
+from export.spec import SPEC_FILE, ServingSpec, TensorRTProfile, VariantFile
+from export.variants import FP32, ONNX_VARIANTS, RAW, VARIANT_FILES, build_variants, export_onnx
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+CLASSIFIER_DIR = "classifier"
+TOKENIZER_DIR = "tokenizer"
+REPORTS_DIR = "reports"
+PARITY_SAMPLE = 256
+PARITY_SEED = 2020
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    variants: tuple[str, ...] = ONNX_VARIANTS
+    max_length: int = DEFAULT_MAX_LENGTH
+    opset: int | None = None
+    int8_config: str = "auto"
+    int8_per_channel: bool = False
+    parity_tolerance: dict[str, float] = field(default_factory=dict)
+    max_macro_f1_drop: float = DEFAULT_MAX_MACRO_F1_DROP
+    min_macro_f1: float = 0.0
+    eval_limit: int | None = None  # tests: evaluate on the first N texts of dev/test
+    batch_size: int = 32
+
+
+def model_slug(model_ref: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "--", model_ref.strip("/")).strip("-") or "model"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parity_sample(texts: list[str], n: int = PARITY_SAMPLE, seed: int = PARITY_SEED) -> list[str]:
+    """A fixed, seeded sample of the test split: the same texts on every run and every variant."""
+    rng = random.Random(seed)
+    return rng.sample(texts, min(n, len(texts)))
+
+
+def export_model(
+    model_ref: str, out_dir: Path, options: ExportOptions, data_dir: Path = DATA_DIR
+) -> ServingSpec:
+    """Export ``model_ref`` (hub id or local dir) into ``out_dir``; raise GateFailed when a gate fails."""
+    started = time.monotonic()
+    label_names, splits = load_dataset(data_dir)
+    _check_label_order(model_ref, label_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / LABELS_FILE, out_dir / SPEC_FILE, out_dir / REPORTS_DIR / "summary.json"):
+        stale.unlink(missing_ok=True)
+    onnx_export = export_onnx(model_ref, out_dir, options.opset)
+    paths = build_variants(onnx_export, options.variants, options.int8_config, options.int8_per_channel)
+
+    tokenizer = load_tokenizer(out_dir)
+    dev, test = splits["dev"], splits["test"]
+    n = options.eval_limit
+    dev_texts, dev_labels = dev.texts[:n], dev.labels[:n]
+    test_texts, test_labels = test.texts[:n], test.labels[:n]
+
+    reference = torch_classifier(model_ref, tokenizer, onnx_export.input_names, options.max_length)
+    classifiers = {name: onnx_classifier(path, tokenizer, options.max_length) for name, path in paths.items()}
+
+    log.info("parity gate: %d fixed test texts, torch vs %s", PARITY_SAMPLE, ", ".join(classifiers))
+    sample = parity_sample(test.texts)
+    # Fixed batches of 16 in sample order, identical on every path.
+    ref_logits = reference.predict(sample, batch_size=16)
+    parity = parity_gate(
+        ref_logits,
+        {k: c.predict(sample, batch_size=16) for k, c in classifiers.items()},
+        options.parity_tolerance,
+    )
+
+    log.info("tuning per-label thresholds on dev (%d texts) with the FP32 model", len(dev_texts))
+    tuning_variant = FP32 if FP32 in classifiers else RAW
+    dev_probs = sigmoid(classifiers[tuning_variant].predict(dev_texts, options.batch_size))
+    thresholds = tune_thresholds(dev_probs, dev_labels)
+
+    log.info("accuracy gate on test (%d texts): torch + %s", len(test_texts), ", ".join(classifiers))
+    test_probs = {"torch": sigmoid(reference.predict(test_texts, options.batch_size))}
+    for name, clf in classifiers.items():
+        test_probs[name] = sigmoid(clf.predict(test_texts, options.batch_size))
+    accuracy = accuracy_gate(
+        test_labels,
+        test_probs,
+        thresholds,
+        reference=tuning_variant,
+        max_macro_f1_drop=options.max_macro_f1_drop,
+        min_macro_f1=options.min_macro_f1,
+    )
+
+    reports = out_dir / REPORTS_DIR
+    parity.write(reports)
+    accuracy.write(reports)
+    version = f"{model_slug(model_ref)[-40:]}-{file_digest(paths[RAW])[:12]}"
+    summary = {
+        "model": model_ref,
+        "model_version": version,
+        "seconds": round(time.monotonic() - started, 1),
+        "parity": parity.results,
+        "accuracy": accuracy.results,
+        "passed": parity.passed and accuracy.passed,
+    }
+    (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    failures = parity.failures + accuracy.failures
+    if failures:  # no labels file or spec: nothing downstream can pick up a failed export
+        raise GateFailed("; ".join(failures) + f" (reports in {reports})")
+
+    LabelSet(label_names, thresholds.tolist(), version).write(out_dir / LABELS_FILE)
+    spec = ServingSpec(
+        source=model_ref,
+        model_version=version,
+        input_names=onnx_export.input_names,
+        max_length=options.max_length,
+        labels=label_names,
+        variants={
+            name: VariantFile(VARIANT_FILES[name], file_digest(p), p.stat().st_size)
+            for name, p in paths.items()
+        },
+        tensorrt=TensorRTProfile(max_seq=max(options.max_length, TensorRTProfile.max_seq)),
+    )
+    spec.write(out_dir / SPEC_FILE)
+    log.info("export of %s passed all gates in %.0f s", model_ref, summary["seconds"])
+    return spec
+
+
+def _check_label_order(model_ref: str, label_names: list[str]) -> None:
+    """The model's id2label must name the GoEmotions labels in data order, else every label is wrong."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_ref)
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    model_names = [id2label.get(i, "") for i in range(len(id2label))]
+    if model_names != label_names:
+        raise ValueError(
+            f"the model's id2label {model_names[:5]}... does not match the GoEmotions labels "
+            f"{label_names[:5]}... in order; refusing to export a model whose outputs would be mislabelled"
+        )
+
+
+def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> ServingSpec:
+    """Copy an export's model files, tokenizer, labels file and spec into the repository layout."""
+    spec = ServingSpec.read(export_dir / SPEC_FILE)
+    version_dir = repository / CLASSIFIER_DIR / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    for stale in version_dir.glob("model*.onnx"):
+        stale.unlink()
+    for variant in spec.variants.values():
+        shutil.copy2(export_dir / variant.file, version_dir / variant.file)
+    tok_dir = repository / TOKENIZER_DIR / "1"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "config.json",
+    ):
+        if (export_dir / name).is_file():
+            shutil.copy2(export_dir / name, tok_dir / name)
+    shutil.copy2(export_dir / LABELS_FILE, repository / LABELS_FILE)
+    shutil.copy2(export_dir / SPEC_FILE, repository / SPEC_FILE)
+    log.info("installed %s (%s) into %s", spec.source, spec.model_version, repository)
+    return spec
+
+
+def read_installed(repository: Path = MODEL_REPOSITORY) -> dict[str, Any] | None:
+    """The installed spec when every file it names is present and intact in size, else None."""
+    path = repository / SPEC_FILE
+    if not path.is_file():
+        return None
+    spec = ServingSpec.read(path)
+    version_dir = repository / CLASSIFIER_DIR / "1"
+    for variant in spec.variants.values():
+        f = version_dir / variant.file
+        if not f.is_file() or f.stat().st_size != variant.size_bytes:
+            return None
+    if (
+        not (repository / LABELS_FILE).is_file()
+        or not (repository / TOKENIZER_DIR / "1" / "tokenizer.json").is_file()
+    ):
+        return None
+    return spec.to_json()

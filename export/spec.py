@@ -1,0 +1,99 @@
+"""The serving spec: one object every Triton config is generated from.
+
+Export fills in what depends on the model (inputs, max length, files, version); the batching and
+instance settings are the defaults measured on a 2-core CPU (../shared/notes/embedded-triton.md)
+and can be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPEC_FILE = "spec.json"
+
+
+@dataclass(frozen=True)
+class TensorRTProfile:
+    """Optimization profile for the TensorRT plan: shapes (batch, sequence) min..opt..max."""
+
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    min_seq: int = 1
+    opt_seq: int = 32
+    max_seq: int = 128
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min_batch <= self.opt_batch <= self.max_batch):
+            raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {self}")
+        if not (1 <= self.min_seq <= self.opt_seq <= self.max_seq):
+            raise ValueError(f"need 1 <= min_seq <= opt_seq <= max_seq, got {self}")
+
+    def shapes(self, input_names: list[str]) -> dict[str, str]:
+        """trtexec-style ``name:BxS`` lists for --minShapes/--optShapes/--maxShapes."""
+        out = {}
+        for kind, (b, s) in {
+            "min": (self.min_batch, self.min_seq),
+            "opt": (self.opt_batch, self.opt_seq),
+            "max": (self.max_batch, self.max_seq),
+        }.items():
+            out[kind] = ",".join(f"{name}:{b}x{s}" for name in input_names)
+        return out
+
+
+@dataclass(frozen=True)
+class VariantFile:
+    file: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    source: str
+    model_version: str
+    input_names: list[str]
+    max_length: int
+    labels: list[str]
+    variants: dict[str, VariantFile] = field(default_factory=dict)
+    ensemble_name: str = "goemotions"
+    labels_file: str = "labels.json"
+    max_batch_size: int = 32
+    preferred_batch_sizes: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    # 0 measured best on 2 cores: batches form anyway while instances are busy.
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 256
+    cpu_variant: str = "int8"
+    cpu_instances: int = 2
+    cpu_threads_per_instance: int = 1
+    gpu_variant: str = "fp16"
+    gpu_instances: int = 1
+    tensorrt: TensorRTProfile = field(default_factory=TensorRTProfile)
+
+    def __post_init__(self) -> None:
+        if self.max_length > self.tensorrt.max_seq:
+            raise ValueError(
+                f"max_length {self.max_length} exceeds the TensorRT profile's max_seq {self.tensorrt.max_seq}"
+            )
+        if self.tensorrt.max_batch < self.max_batch_size:
+            raise ValueError("the TensorRT profile's max_batch must cover max_batch_size")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> ServingSpec:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["variants"] = {k: VariantFile(**v) for k, v in data.get("variants", {}).items()}
+        data["tensorrt"] = TensorRTProfile(**data.get("tensorrt", {}))
+        return cls(**data)

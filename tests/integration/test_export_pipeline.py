@@ -1,0 +1,122 @@
+"""Export of a tiny random-init model end to end: optimum ONNX, variants, gates, thresholds, install."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.gates import GateFailed
+from export.labels import read_labels
+from export.pipeline import ExportOptions, export_model, install, read_installed
+from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
+from export.spec import ServingSpec
+from tests.conftest import build_tiny_model
+
+# Random weights: accuracy is meaningless, so the accuracy criteria are opened up; parity stays strict.
+LOOSE = ExportOptions(eval_limit=100, max_macro_f1_drop=1.0, min_macro_f1=0.0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> tuple[Path, ServingSpec]:
+    out = tmp_path_factory.mktemp("export")
+    return out, export_model(str(tiny_model), out, LOOSE, tiny_data)
+
+
+def test_every_variant_written_with_named_dynamic_io(exported):
+    out, spec = exported
+    assert set(spec.variants) == {"raw", "fp32", "fp16", "int8"}
+    # BERT has token_type_ids; they are kept because the model has them.
+    assert spec.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    for variant in spec.variants.values():
+        session = ort.InferenceSession(str(out / variant.file), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == spec.input_names
+        assert [o.name for o in session.get_outputs()] == ["logits"]
+        for i in session.get_inputs():
+            assert all(isinstance(d, str) for d in i.shape), (
+                f"{variant.file} {i.name} has fixed dims {i.shape}"
+            )
+            assert i.type == "tensor(int64)"
+        assert session.get_outputs()[0].type == "tensor(float)"  # FP16 keeps FP32 I/O
+
+
+def test_variants_have_the_intended_graphs(exported):
+    out, spec = exported
+    ops = {
+        name: {n.op_type for n in onnx.load(str(out / v.file)).graph.node}
+        for name, v in spec.variants.items()
+    }
+    assert "Attention" in ops["fp32"] or "MultiHeadAttention" in ops["fp32"]  # ORT fusions applied
+    assert "Attention" not in ops["raw"]  # the TensorRT input stays standard ONNX
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops["int8"]
+    fp16 = onnx.load(str(out / spec.variants["fp16"].file))
+    init_types = {i.data_type for i in fp16.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in init_types
+    # normalization stays FP32: every LayerNorm-type node's scale is an FP32 initializer
+    inits = {i.name: i.data_type for i in fp16.graph.initializer}
+    norm_nodes = [n for n in fp16.graph.node if "LayerNormalization" in n.op_type]
+    assert norm_nodes
+    for node in norm_nodes:
+        scales = [inits[x] for x in node.input if x in inits]
+        assert scales and all(t == onnx.TensorProto.FLOAT for t in scales), node.name
+
+
+def test_variants_match_torch_on_dynamic_shapes(exported, tiny_model):
+    out, spec = exported
+    tok = load_tokenizer(out)
+    texts = ["I love this!", "This is confusing and I am annoyed, why does it never work " * 3, "ok"]
+    ref = torch_classifier(str(tiny_model), tok, spec.input_names).logits(texts)
+    got = onnx_classifier(out / spec.variants["fp32"].file, tok).logits(texts)
+    assert ref.shape == (3, 28)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_reports_labels_and_spec_written(exported, label_names):
+    out, spec = exported
+    parity = json.loads((out / "reports" / "parity.json").read_text())
+    assert parity["passed"] is True
+    assert parity["results"]["fp32"]["max_abs_logit_diff"] < 1e-4
+    assert parity["results"]["int8"]["samples"] == 120  # the whole (tiny) test split: sample capped
+    accuracy = json.loads((out / "reports" / "accuracy.json").read_text())
+    assert set(accuracy["results"]) >= {"torch", "raw", "fp32", "fp16", "int8"}
+    labels = read_labels(out / "labels.json")
+    assert labels.names == label_names
+    assert labels.model_version == spec.model_version
+    assert len(set(labels.thresholds)) > 1  # tuned per label, not one global cut
+    assert ServingSpec.read(out / "spec.json") == spec
+
+
+def test_install_writes_repository_layout(exported, tmp_path):
+    out, spec = exported
+    repo = tmp_path / "model_repository"
+    (repo / "classifier" / "1").mkdir(parents=True)
+    (repo / "classifier" / "1" / "model.old.onnx").write_bytes(b"stale")
+    install(out, repo)
+    files = {p.name for p in (repo / "classifier" / "1").iterdir()}
+    assert files == {v.file for v in spec.variants.values()}  # stale model removed
+    assert (repo / "tokenizer" / "1" / "tokenizer.json").is_file()
+    assert read_labels(repo / "labels.json").model_version == spec.model_version
+    assert read_installed(repo) == spec.to_json()
+    (repo / "classifier" / "1" / "model.int8.onnx").write_bytes(b"truncated")
+    assert read_installed(repo) is None  # a damaged file means "not prepared"
+
+
+def test_parity_gate_failure_raises_and_reports(tmp_path, tiny_model, tiny_data):
+    opts = ExportOptions(
+        variants=("int8",), eval_limit=50, max_macro_f1_drop=1.0, parity_tolerance={"int8": 1e-9}
+    )
+    with pytest.raises(GateFailed, match="int8: max"):
+        export_model(str(tiny_model), tmp_path, opts, tiny_data)
+    report = json.loads((tmp_path / "reports" / "parity.json").read_text())
+    assert report["passed"] is False
+    assert not (tmp_path / "labels.json").exists()  # a failed export never produces a labels file
+
+
+def test_mislabelled_model_is_refused(tmp_path, tiny_data, label_names):
+    model = build_tiny_model(tmp_path / "m", list(reversed(label_names)))
+    with pytest.raises(ValueError, match="does not match the GoEmotions labels"):
+        export_model(str(model), tmp_path / "out", LOOSE, tiny_data)
