@@ -45,7 +45,12 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="dynamic quantization preset (auto: from this CPU's flags)",
     )
-    p.add_argument("--int8-per-channel", action="store_true", help="per-channel weight scales for INT8")
+    p.add_argument(
+        "--int8-per-tensor",
+        dest="int8_per_channel",
+        action="store_false",
+        help="one weight scale per tensor (default: per channel, half the logit error on the student)",
+    )
     p.add_argument(
         "--max-macro-f1-drop",
         type=float,

@@ -38,7 +38,7 @@ class ExportOptions:
     max_length: int = DEFAULT_MAX_LENGTH
     opset: int | None = None
     int8_config: str = "auto"
-    int8_per_channel: bool = False
+    int8_per_channel: bool = True
     parity_tolerance: dict[str, float] = field(default_factory=dict)
     max_macro_f1_drop: float = DEFAULT_MAX_MACRO_F1_DROP
     min_macro_f1: float = 0.0
@@ -117,7 +117,9 @@ def export_model(
     reports = out_dir / REPORTS_DIR
     parity.write(reports)
     accuracy.write(reports)
-    version = f"{model_slug(model_ref)[-40:]}-{file_digest(paths[RAW])[:12]}"
+    # Name + content hash: a retrained or re-exported model gets a new version (and new cache keys).
+    name = Path(model_ref).name if Path(model_ref).is_dir() else model_slug(model_ref)
+    version = f"{name[-40:]}-{file_digest(paths[RAW])[:12]}"
     summary = {
         "model": model_ref,
         "model_version": version,

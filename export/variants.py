@@ -114,7 +114,7 @@ def detect_int8_config() -> str:
     return "avx512" if "avx512f" in flags else "avx2"
 
 
-def quantize_int8(export: OnnxExport, config_name: str = "auto", per_channel: bool = False) -> Path:
+def quantize_int8(export: OnnxExport, config_name: str = "auto", per_channel: bool = True) -> Path:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
@@ -136,7 +136,7 @@ def build_variants(
     export: OnnxExport,
     variants: tuple[str, ...] = ONNX_VARIANTS,
     int8_config: str = "auto",
-    int8_per_channel: bool = False,
+    int8_per_channel: bool = True,
 ) -> dict[str, Path]:
     """Every requested variant; FP16 is derived from the optimized FP32 graph."""
     unknown = set(variants) - set(ONNX_VARIANTS)
