@@ -31,27 +31,16 @@ def test_subcommand_help(command, capsys):
     assert "usage: python -m export" in capsys.readouterr().out
 
 
-def test_build_install_tensorrt_dry_run(tmp_path, tiny_model, tiny_data, capsys):
-    out = tmp_path / "export"
-    assert (
-        main(
-            [
-                "build",
-                str(tiny_model),
-                "--out",
-                str(out),
-                "--data-dir",
-                str(tiny_data),
-                "--variants",
-                "fp32",
-                "int8",
-                *LOOSE,
-            ]
-        )
-        == 0
-    )
-    repo = tmp_path / "repo"
+def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) -> Path:
+    out, repo = tmp_path / "export", tmp_path / "repo"
+    args = ["build", str(model), "--out", str(out), "--data-dir", str(data), "--variants", *variants, *LOOSE]
+    assert main(args) == 0
     assert main(["install", str(out), "--repository", str(repo)]) == 0
+    return repo
+
+
+def test_build_install_tensorrt_dry_run(tmp_path, tiny_model, tiny_data, capsys):
+    repo = _build_and_install(tmp_path, tiny_model, tiny_data, "fp32", "int8")
     installed = read_installed(repo)
     assert installed is not None and set(installed["variants"]) == {"raw", "fp32", "int8"}
 
@@ -67,26 +56,9 @@ def test_build_install_tensorrt_dry_run(tmp_path, tiny_model, tiny_data, capsys)
 
 
 def test_tensorrt_without_tensorrt_fails_clearly(tmp_path, tiny_model, tiny_data, monkeypatch, caplog):
-    out = tmp_path / "export"
-    assert (
-        main(
-            [
-                "build",
-                str(tiny_model),
-                "--out",
-                str(out),
-                "--data-dir",
-                str(tiny_data),
-                "--variants",
-                "int8",
-                *LOOSE,
-            ]
-        )
-        == 0
-    )
-    assert main(["install", str(out), "--repository", str(tmp_path / "repo")]) == 0
+    repo = _build_and_install(tmp_path, tiny_model, tiny_data, "int8")
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert main(["tensorrt", "--repository", str(tmp_path / "repo")]) == 1
+    assert main(["tensorrt", "--repository", str(repo)]) == 1
     assert "cannot build the TensorRT plan here" in caplog.text
 
 
