@@ -9,7 +9,7 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export tensorrt-command bench-model bench test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench test lint typecheck \
         unit integration e2e clean
 
 help:
@@ -32,9 +32,9 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Until the server lands (issue 4), serving stops once the model repository is ready.
+# Prepare the model if missing, then run embedded Triton (CPU, no Docker) until Ctrl-C.
 serve: prepare
-	@echo "Model repository ready in model_repository/ (see model_repository/spec.json)."
+	$(BIN)/python -m server
 
 prepare: install
 	$(BIN)/python -m export prepare $(if $(MODEL),--model $(MODEL))
@@ -52,10 +52,10 @@ tensorrt-command: install
 
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check export tests
+	$(BIN)/ruff format --check export server tests model_repository
 
 typecheck: install-dev
-	$(BIN)/mypy export
+	$(BIN)/mypy export server
 
 test: lint typecheck
 	$(BIN)/pytest
@@ -66,6 +66,9 @@ integration: install-dev
 	$(BIN)/pytest tests/integration
 e2e: install-dev
 	$(BIN)/pytest tests/e2e
+
+configs: install
+	$(BIN)/python -m export configs
 
 clean:
 	rm -rf build/exports .pytest_cache .mypy_cache .ruff_cache

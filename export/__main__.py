@@ -14,9 +14,10 @@ from pathlib import Path
 from export.data import DATA_DIR, DataError
 from export.gates import DEFAULT_MAX_MACRO_F1_DROP, GateFailed
 from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install, model_slug, read_installed
+from export.repository import stale_configs, write_configs
 from export.runtime import DEFAULT_MAX_LENGTH
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
-from export.spec import SPEC_FILE, ServingSpec
+from export.spec import MANIFEST_FILE, SPEC_FILE, Manifest, ServingSpec
 from export.train import REPORT_FILE, TrainConfig, is_trained, train
 from export.variants import INT8_CONFIGS, ONNX_VARIANTS
 
@@ -139,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-export even when a passing export exists")
     _add_export_options(p)
 
+    p = sub.add_parser("configs", help="regenerate every Triton config from the repository's spec.json")
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--check", action="store_true", help="exit 1 if a generated file is missing or differs")
+
     p = sub.add_parser("tensorrt", help="build the TensorRT FP16 plan (GPU host with TensorRT 10)")
     p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     p.add_argument(
@@ -184,8 +189,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     out = args.out or EXPORTS_DIR / model_slug(args.model)
-    spec = export_model(args.model, out, _export_options(args), args.data_dir)
-    log.info("export written to %s (model version %s)", out, spec.model_version)
+    manifest = export_model(args.model, out, _export_options(args), args.data_dir)
+    log.info("export written to %s (model version %s)", out, manifest.model_version)
     return 0
 
 
@@ -207,18 +212,32 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out = EXPORTS_DIR / model_slug(choice.ref if choice.kind != "student" else "student")
     summary = out / "reports" / "summary.json"
     passed = (
-        summary.is_file() and json.loads(summary.read_text()).get("passed") and (out / SPEC_FILE).is_file()
+        summary.is_file()
+        and json.loads(summary.read_text()).get("passed")
+        and (out / MANIFEST_FILE).is_file()
     )
     if args.force or not passed:
         export_model(choice.ref, out, _export_options(args), args.data_dir)
     else:
         log.info("using the cached export in %s (--force to rebuild)", out)
     installed = read_installed(args.repository)
-    wanted = ServingSpec.read(out / SPEC_FILE)
-    if installed and installed["model_version"] == wanted.model_version:
+    wanted = Manifest.read(out / MANIFEST_FILE)
+    if installed and installed.model_version == wanted.model_version:
         log.info("model repository %s already holds %s", args.repository, wanted.model_version)
     else:
         install(out, args.repository)
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    spec = ServingSpec.read(args.repository / SPEC_FILE)
+    if args.check:
+        stale = stale_configs(args.repository, spec)
+        for rel in stale:
+            log.error("%s is missing or differs from what spec.json generates", rel)
+        return 1 if stale else 0
+    for path in write_configs(args.repository, spec):
+        log.info("wrote %s", path)
     return 0
 
 
@@ -227,7 +246,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
 
     spec = ServingSpec.read(args.repository / SPEC_FILE)
     version_dir = args.repository / "classifier" / "1"
-    onnx_path = args.onnx or version_dir / spec.variants["raw"].file
+    onnx_path = args.onnx or version_dir / "model.onnx"
     plan = args.plan or version_dir / PLAN_FILE
     try:
         cmd = build_plan(
@@ -261,23 +280,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not installed:
             log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
             return 1
-        ref = installed["source"]
+        ref = installed.source
         export_dir = EXPORTS_DIR / model_slug("student" if Path(ref).resolve() == STUDENT_DIR else ref)
     else:
         export_dir = args.export_dir
     spec = ServingSpec.read(export_dir / SPEC_FILE)
+    manifest = Manifest.read(export_dir / MANIFEST_FILE)
     summary = json.loads((export_dir / "reports" / "summary.json").read_text())
     tokenizer = load_tokenizer(export_dir)
-    paths = {
-        "torch": torch_classifier(spec.source, tokenizer, spec.input_names, spec.max_length, args.threads)
-    }
-    for name, variant in spec.variants.items():
+    reference = torch_classifier(manifest.source, tokenizer, spec.input_names, spec.max_length, args.threads)
+    paths = {"torch": reference}
+    for name, variant in manifest.variants.items():
         paths[name] = onnx_classifier(export_dir / variant.file, tokenizer, spec.max_length, args.threads)
     cfg = BenchConfig(rounds=args.rounds, threads=args.threads)
     test = load_split("test")
     started = time.monotonic()
     bench = run_bench(paths, test.texts, cfg)
-    source_dir = Path(spec.source)
+    source_dir = Path(manifest.source)
     torch_size = sum(f.stat().st_size for f in source_dir.glob("*.safetensors")) if source_dir.is_dir() else 0
     training = None
     if (source_dir / REPORT_FILE).is_file():
@@ -288,15 +307,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "wall_seconds": t["wall_seconds_this_run"],
         }
     report = {
-        "model": spec.source if spec.source != str(STUDENT_DIR) else "offline student (build/models/student)",
-        "model_version": spec.model_version,
+        "model": manifest.source if source_dir != STUDENT_DIR else "offline student (build/models/student)",
+        "model_version": manifest.model_version,
         "date": dt.date.today().isoformat(),
         "command": "make bench-model",
         "machine": machine_info(),
         "bench_config": cfg.__dict__,
         "bench_seconds": round(time.monotonic() - started, 1),
         "test_texts": len(test),
-        "sizes_mb": {"torch": torch_size / 1e6, **{k: v.size_bytes / 1e6 for k, v in spec.variants.items()}},
+        "sizes_mb": {
+            "torch": torch_size / 1e6,
+            **{k: v.size_bytes / 1e6 for k, v in manifest.variants.items()},
+        },
         "accuracy": summary["accuracy"],
         "parity": summary["parity"],
         "bench": bench,
@@ -312,6 +334,7 @@ COMMANDS = {
     "build": cmd_build,
     "install": cmd_install,
     "prepare": cmd_prepare,
+    "configs": cmd_configs,
     "tensorrt": cmd_tensorrt,
     "bench": cmd_bench,
 }

@@ -11,14 +11,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from export.data import DATA_DIR, load_dataset
 from export.gates import DEFAULT_MAX_MACRO_F1_DROP, GateFailed, accuracy_gate, parity_gate
 from export.labels import LABELS_FILE, LabelSet
 from export.metrics import sigmoid, tune_thresholds
+from export.repository import write_configs
 from export.runtime import DEFAULT_MAX_LENGTH, load_tokenizer, onnx_classifier, torch_classifier
-from export.spec import SPEC_FILE, ServingSpec, TensorRTProfile, VariantFile
+from export.spec import MANIFEST_FILE, SPEC_FILE, Manifest, ServingSpec, TensorRTProfile, VariantFile
 from export.variants import FP32, ONNX_VARIANTS, RAW, VARIANT_FILES, build_variants, export_onnx
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,14 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 CLASSIFIER_DIR = "classifier"
 TOKENIZER_DIR = "tokenizer"
 REPORTS_DIR = "reports"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
 PARITY_SAMPLE = 256
 PARITY_SEED = 2020
 
@@ -66,13 +74,18 @@ def parity_sample(texts: list[str], n: int = PARITY_SAMPLE, seed: int = PARITY_S
 
 def export_model(
     model_ref: str, out_dir: Path, options: ExportOptions, data_dir: Path = DATA_DIR
-) -> ServingSpec:
+) -> Manifest:
     """Export ``model_ref`` (hub id or local dir) into ``out_dir``; raise GateFailed when a gate fails."""
     started = time.monotonic()
     label_names, splits = load_dataset(data_dir)
     _check_label_order(model_ref, label_names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (out_dir / LABELS_FILE, out_dir / SPEC_FILE, out_dir / REPORTS_DIR / "summary.json"):
+    for stale in (
+        out_dir / LABELS_FILE,
+        out_dir / SPEC_FILE,
+        out_dir / MANIFEST_FILE,
+        out_dir / REPORTS_DIR / "summary.json",
+    ):
         stale.unlink(missing_ok=True)
     onnx_export = export_onnx(model_ref, out_dir, options.opset)
     paths = build_variants(onnx_export, options.variants, options.int8_config, options.int8_per_channel)
@@ -134,21 +147,23 @@ def export_model(
         raise GateFailed("; ".join(failures) + f" (reports in {reports})")
 
     LabelSet(label_names, thresholds.tolist(), version).write(out_dir / LABELS_FILE)
-    spec = ServingSpec(
+    manifest = Manifest(
         source=model_ref,
         model_version=version,
-        input_names=onnx_export.input_names,
-        max_length=options.max_length,
-        labels=label_names,
         variants={
             name: VariantFile(VARIANT_FILES[name], file_digest(p), p.stat().st_size)
             for name, p in paths.items()
         },
-        tensorrt=TensorRTProfile(max_seq=max(options.max_length, TensorRTProfile.max_seq)),
     )
-    spec.write(out_dir / SPEC_FILE)
+    manifest.write(out_dir / MANIFEST_FILE)
+    ServingSpec(
+        input_names=onnx_export.input_names,
+        max_length=options.max_length,
+        labels=label_names,
+        tensorrt=TensorRTProfile(max_seq=max(options.max_length, TensorRTProfile.max_seq)),
+    ).write(out_dir / SPEC_FILE)
     log.info("export of %s passed all gates in %.0f s", model_ref, summary["seconds"])
-    return spec
+    return manifest
 
 
 def _check_label_order(model_ref: str, label_names: list[str]) -> None:
@@ -165,42 +180,44 @@ def _check_label_order(model_ref: str, label_names: list[str]) -> None:
         )
 
 
-def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> ServingSpec:
-    """Copy an export's model files, tokenizer, labels file and spec into the repository layout."""
-    spec = ServingSpec.read(export_dir / SPEC_FILE)
+def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> Manifest:
+    """Copy an export's model files, tokenizer and labels file into the repository layout, then
+    regenerate the configs: the repository's serving settings, the new model's interface."""
+    manifest = Manifest.read(export_dir / MANIFEST_FILE)
+    exported = ServingSpec.read(export_dir / SPEC_FILE)
+    current = repository / SPEC_FILE
+    spec = (
+        ServingSpec.read(current).for_model(exported.input_names, exported.max_length, exported.labels)
+        if current.is_file()
+        else exported
+    )
     version_dir = repository / CLASSIFIER_DIR / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     for stale in version_dir.glob("model*.onnx"):
         stale.unlink()
-    for variant in spec.variants.values():
+    for variant in manifest.variants.values():
         shutil.copy2(export_dir / variant.file, version_dir / variant.file)
     tok_dir = repository / TOKENIZER_DIR / "1"
     tok_dir.mkdir(parents=True, exist_ok=True)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.txt",
-        "vocab.json",
-        "merges.txt",
-        "config.json",
-    ):
+    for name in TOKENIZER_FILES:
         if (export_dir / name).is_file():
             shutil.copy2(export_dir / name, tok_dir / name)
     shutil.copy2(export_dir / LABELS_FILE, repository / LABELS_FILE)
-    shutil.copy2(export_dir / SPEC_FILE, repository / SPEC_FILE)
-    log.info("installed %s (%s) into %s", spec.source, spec.model_version, repository)
-    return spec
+    manifest.write(repository / MANIFEST_FILE)
+    spec.write(current)
+    write_configs(repository, spec)
+    log.info("installed %s (%s) into %s", manifest.source, manifest.model_version, repository)
+    return manifest
 
 
-def read_installed(repository: Path = MODEL_REPOSITORY) -> dict[str, Any] | None:
-    """The installed spec when every file it names is present and intact in size, else None."""
-    path = repository / SPEC_FILE
+def read_installed(repository: Path = MODEL_REPOSITORY) -> Manifest | None:
+    """The installed manifest when every file it names is present and intact in size, else None."""
+    path = repository / MANIFEST_FILE
     if not path.is_file():
         return None
-    spec = ServingSpec.read(path)
+    manifest = Manifest.read(path)
     version_dir = repository / CLASSIFIER_DIR / "1"
-    for variant in spec.variants.values():
+    for variant in manifest.variants.values():
         f = version_dir / variant.file
         if not f.is_file() or f.stat().st_size != variant.size_bytes:
             return None
@@ -209,4 +226,4 @@ def read_installed(repository: Path = MODEL_REPOSITORY) -> dict[str, Any] | None
         or not (repository / TOKENIZER_DIR / "1" / "tokenizer.json").is_file()
     ):
         return None
-    return spec.to_json()
+    return manifest

@@ -1,18 +1,20 @@
-"""The serving spec: one object every Triton config is generated from.
+"""The serving spec: one object every Triton config is generated from, and the export manifest.
 
-Export fills in what depends on the model (inputs, max length, files, version); the batching and
-instance settings are the defaults measured on a 2-core CPU (../shared/notes/embedded-triton.md)
-and can be overridden on the command line.
+``spec.json`` (committed with the generated configs) holds the model's interface (inputs, max length,
+labels) and the serving settings; batching and instance defaults were measured on a 2-core CPU
+(../shared/notes/embedded-triton.md). ``manifest.json`` (a build output) says which model and files
+an export holds: source, version, sha256 per variant.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 SPEC_FILE = "spec.json"
+MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,27 @@ class VariantFile:
 
 
 @dataclass(frozen=True)
-class ServingSpec:
+class Manifest:
     source: str
     model_version: str
+    variants: dict[str, VariantFile]
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            data["source"], data["model_version"], {k: VariantFile(**v) for k, v in data["variants"].items()}
+        )
+
+
+@dataclass(frozen=True)
+class ServingSpec:
     input_names: list[str]
     max_length: int
     labels: list[str]
-    variants: dict[str, VariantFile] = field(default_factory=dict)
     ensemble_name: str = "goemotions"
     labels_file: str = "labels.json"
     max_batch_size: int = 32
@@ -71,6 +87,12 @@ class ServingSpec:
     cpu_threads_per_instance: int = 1
     gpu_variant: str = "fp16"
     gpu_instances: int = 1
+    gpu_max_queue_delay_us: int = 100
+    # The onnxruntime/TensorRT backends batch only equal shapes: rounding lengths up to a multiple
+    # lets requests from different tokenizer executions share a batch. The embedded classifier
+    # re-pads ragged requests itself, so it needs no rounding.
+    gpu_pad_to_multiple_of: int = 16
+    response_cache_bytes: int = 64 * 1024 * 1024
     tensorrt: TensorRTProfile = field(default_factory=TensorRTProfile)
 
     def __post_init__(self) -> None:
@@ -94,6 +116,16 @@ class ServingSpec:
     @classmethod
     def read(cls, path: Path) -> ServingSpec:
         data = json.loads(path.read_text(encoding="utf-8"))
-        data["variants"] = {k: VariantFile(**v) for k, v in data.get("variants", {}).items()}
         data["tensorrt"] = TensorRTProfile(**data.get("tensorrt", {}))
         return cls(**data)
+
+    def for_model(self, input_names: list[str], max_length: int, labels: list[str]) -> ServingSpec:
+        """These serving settings applied to another model's interface."""
+        profile = replace(
+            self.tensorrt,
+            max_seq=max(self.tensorrt.max_seq, max_length),
+            opt_seq=min(self.tensorrt.opt_seq, max(self.tensorrt.max_seq, max_length)),
+        )
+        return replace(
+            self, input_names=list(input_names), max_length=max_length, labels=list(labels), tensorrt=profile
+        )

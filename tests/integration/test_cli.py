@@ -42,7 +42,7 @@ def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) 
 def test_build_install_tensorrt_dry_run(tmp_path, tiny_model, tiny_data, capsys):
     repo = _build_and_install(tmp_path, tiny_model, tiny_data, "fp32", "int8")
     installed = read_installed(repo)
-    assert installed is not None and set(installed["variants"]) == {"raw", "fp32", "int8"}
+    assert installed is not None and set(installed.variants) == {"raw", "fp32", "int8"}
 
     capsys.readouterr()
     assert main(["tensorrt", "--repository", str(repo), "--dry-run"]) == 0

@@ -13,8 +13,9 @@ import pytest
 from export.gates import GateFailed
 from export.labels import read_labels
 from export.pipeline import ExportOptions, export_model, install, read_installed
+from export.repository import stale_configs
 from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
-from export.spec import ServingSpec
+from export.spec import Manifest, ServingSpec
 from tests.conftest import build_tiny_model
 
 # Random weights: accuracy is meaningless, so the accuracy criteria are opened up; parity stays strict.
@@ -22,17 +23,18 @@ LOOSE = ExportOptions(eval_limit=100, max_macro_f1_drop=1.0, min_macro_f1=0.0)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> tuple[Path, ServingSpec]:
+def exported(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> tuple[Path, Manifest, ServingSpec]:
     out = tmp_path_factory.mktemp("export")
-    return out, export_model(str(tiny_model), out, LOOSE, tiny_data)
+    manifest = export_model(str(tiny_model), out, LOOSE, tiny_data)
+    return out, manifest, ServingSpec.read(out / "spec.json")
 
 
 def test_every_variant_written_with_named_dynamic_io(exported):
-    out, spec = exported
-    assert set(spec.variants) == {"raw", "fp32", "fp16", "int8"}
+    out, manifest, spec = exported
+    assert set(manifest.variants) == {"raw", "fp32", "fp16", "int8"}
     # BERT has token_type_ids; they are kept because the model has them.
     assert spec.input_names == ["input_ids", "attention_mask", "token_type_ids"]
-    for variant in spec.variants.values():
+    for variant in manifest.variants.values():
         session = ort.InferenceSession(str(out / variant.file), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == spec.input_names
         assert [o.name for o in session.get_outputs()] == ["logits"]
@@ -45,15 +47,15 @@ def test_every_variant_written_with_named_dynamic_io(exported):
 
 
 def test_variants_have_the_intended_graphs(exported):
-    out, spec = exported
+    out, manifest, _ = exported
     ops = {
         name: {n.op_type for n in onnx.load(str(out / v.file)).graph.node}
-        for name, v in spec.variants.items()
+        for name, v in manifest.variants.items()
     }
     assert "Attention" in ops["fp32"] or "MultiHeadAttention" in ops["fp32"]  # ORT fusions applied
     assert "Attention" not in ops["raw"]  # the TensorRT input stays standard ONNX
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops["int8"]
-    fp16 = onnx.load(str(out / spec.variants["fp16"].file))
+    fp16 = onnx.load(str(out / manifest.variants["fp16"].file))
     init_types = {i.data_type for i in fp16.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in init_types
     # normalization stays FP32: every LayerNorm-type node's scale is an FP32 initializer
@@ -66,17 +68,17 @@ def test_variants_have_the_intended_graphs(exported):
 
 
 def test_variants_match_torch_on_dynamic_shapes(exported, tiny_model):
-    out, spec = exported
+    out, manifest, spec = exported
     tok = load_tokenizer(out)
     texts = ["I love this!", "This is confusing and I am annoyed, why does it never work " * 3, "ok"]
     ref = torch_classifier(str(tiny_model), tok, spec.input_names).logits(texts)
-    got = onnx_classifier(out / spec.variants["fp32"].file, tok).logits(texts)
+    got = onnx_classifier(out / manifest.variants["fp32"].file, tok).logits(texts)
     assert ref.shape == (3, 28)
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
 def test_reports_labels_and_spec_written(exported, label_names):
-    out, spec = exported
+    out, manifest, spec = exported
     parity = json.loads((out / "reports" / "parity.json").read_text())
     assert parity["passed"] is True
     assert parity["results"]["fp32"]["max_abs_logit_diff"] < 1e-4
@@ -85,22 +87,25 @@ def test_reports_labels_and_spec_written(exported, label_names):
     assert set(accuracy["results"]) >= {"torch", "raw", "fp32", "fp16", "int8"}
     labels = read_labels(out / "labels.json")
     assert labels.names == label_names
-    assert labels.model_version == spec.model_version
+    assert labels.model_version == manifest.model_version
     assert len(set(labels.thresholds)) > 1  # tuned per label, not one global cut
-    assert ServingSpec.read(out / "spec.json") == spec
+    assert Manifest.read(out / "manifest.json") == manifest
+    assert spec.labels == label_names and spec.max_length == 128
 
 
 def test_install_writes_repository_layout(exported, tmp_path):
-    out, spec = exported
+    out, manifest, spec = exported
     repo = tmp_path / "model_repository"
     (repo / "classifier" / "1").mkdir(parents=True)
     (repo / "classifier" / "1" / "model.old.onnx").write_bytes(b"stale")
     install(out, repo)
     files = {p.name for p in (repo / "classifier" / "1").iterdir()}
-    assert files == {v.file for v in spec.variants.values()}  # stale model removed
+    assert files == {v.file for v in manifest.variants.values()}  # stale model removed
     assert (repo / "tokenizer" / "1" / "tokenizer.json").is_file()
-    assert read_labels(repo / "labels.json").model_version == spec.model_version
-    assert read_installed(repo) == spec.to_json()
+    assert read_labels(repo / "labels.json").model_version == manifest.model_version
+    assert read_installed(repo) == manifest
+    assert ServingSpec.read(repo / "spec.json") == spec
+    assert stale_configs(repo, spec) == []  # configs generated for this model's interface
     (repo / "classifier" / "1" / "model.int8.onnx").write_bytes(b"truncated")
     assert read_installed(repo) is None  # a damaged file means "not prepared"
 

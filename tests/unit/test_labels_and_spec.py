@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from export.labels import LabelSet, LabelsFileError, read_labels
-from export.spec import ServingSpec, TensorRTProfile, VariantFile
+from export.spec import Manifest, ServingSpec, TensorRTProfile, VariantFile
 
 
 def test_labels_file_roundtrip(tmp_path: Path, label_names: list[str]):
@@ -55,25 +55,30 @@ def test_tensorrt_profile_shapes_and_validation():
 
 
 def test_spec_roundtrip_and_consistency(tmp_path: Path, label_names: list[str]):
-    spec = ServingSpec(
-        source="m",
-        model_version="v",
-        input_names=["input_ids", "attention_mask"],
-        max_length=128,
-        labels=label_names,
-        variants={"int8": VariantFile("model.int8.onnx", "abc", 10)},
-    )
+    spec = ServingSpec(input_names=["input_ids", "attention_mask"], max_length=128, labels=label_names)
     spec.write(tmp_path / "spec.json")
     assert ServingSpec.read(tmp_path / "spec.json") == spec
     assert spec.num_labels == 28
     with pytest.raises(ValueError, match="max_seq"):
-        ServingSpec(source="m", model_version="v", input_names=[], max_length=512, labels=label_names)
+        ServingSpec(input_names=[], max_length=512, labels=label_names)
     with pytest.raises(ValueError, match="max_batch"):
-        ServingSpec(
-            source="m",
-            model_version="v",
-            input_names=[],
-            max_length=64,
-            labels=label_names,
-            max_batch_size=64,
-        )
+        ServingSpec(input_names=[], max_length=64, labels=label_names, max_batch_size=64)
+
+
+def test_spec_for_another_model_keeps_serving_settings(label_names: list[str]):
+    spec = ServingSpec(
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        max_length=128,
+        labels=label_names,
+        cpu_instances=3,
+    )
+    roberta = spec.for_model(["input_ids", "attention_mask"], 256, label_names)
+    assert roberta.input_names == ["input_ids", "attention_mask"]
+    assert roberta.cpu_instances == 3
+    assert roberta.tensorrt.max_seq == 256  # the profile grows with the model's max length
+
+
+def test_manifest_roundtrip(tmp_path: Path):
+    manifest = Manifest("org/model", "model-abc", {"int8": VariantFile("model.int8.onnx", "abc", 10)})
+    manifest.write(tmp_path / "manifest.json")
+    assert Manifest.read(tmp_path / "manifest.json") == manifest

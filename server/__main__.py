@@ -1,0 +1,77 @@
+"""``python -m server``: run the embedded Triton server (CPU, no Docker) until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from server.embedded import EmbeddedTriton, ServerConfig, ServerError
+
+log = logging.getLogger("server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    p.add_argument("--repository", type=Path, default=d.repository, help="Triton model repository")
+    p.add_argument(
+        "--host", default=d.host, help="bind address for HTTP, gRPC and metrics (default loopback)"
+    )
+    p.add_argument("--http-port", type=int, default=d.http_port)
+    p.add_argument("--grpc-port", type=int, default=d.grpc_port)
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port)
+    p.add_argument("--ready-timeout", type=float, default=d.ready_timeout_s, help="seconds to wait for ready")
+    p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="Triton response cache size")
+    p.add_argument("--log-file", type=Path, default=None, help="server log (default build/tritonserver/)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("server").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not (args.repository / "manifest.json").is_file():
+        log.error("no model in %s; run `python -m export prepare` (or `make serve`) first", args.repository)
+        return 1
+    config = ServerConfig(
+        repository=args.repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        ready_timeout_s=args.ready_timeout,
+        cache_bytes=args.cache_bytes,
+        log_file=args.log_file,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = EmbeddedTriton(config)
+    try:
+        server.start()
+    except ServerError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("serving the 'goemotions' ensemble; Ctrl-C to stop")
+    try:
+        while not stop.is_set():
+            if server.process is not None and server.process.poll() is not None:
+                log.error(
+                    "tritonserver exited unexpectedly (code %s); log: %s",
+                    server.process.returncode,
+                    server.log_file,
+                )
+                return 1
+            stop.wait(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

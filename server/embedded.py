@@ -1,0 +1,286 @@
+"""The embedded Triton server: the real ``tritonserver`` binary shipped in the nvidia-pytriton wheel.
+
+No Docker, CPU only; every model runs in the python backend (the classifier runs ONNX Runtime in
+it). Facts and pitfalls behind each step: ../shared/notes/embedded-triton.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not be prepared or did not become ready; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repository: Path = REPO_ROOT / "model_repository"
+    work_dir: Path = REPO_ROOT / "build" / "tritonserver"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    config_name: str = "embedded"
+    cache_bytes: int = 64 * 1024 * 1024
+    ready_timeout_s: float = 60.0
+    exit_timeout_s: int = 10
+    log_file: Path | None = None
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def bundled_server_dir() -> Path:
+    path = site_packages() / "pytriton" / "tritonserver"
+    if not (path / "bin" / "tritonserver").is_file():
+        raise ServerError(
+            f"tritonserver not found at {path}: install the nvidia-pytriton wheel (`make install`)"
+        )
+    return path
+
+
+def prepare_backends(config: ServerConfig) -> Path:
+    """A backend directory whose python backend has the stub for this interpreter's version.
+
+    The wheel ships ``backends/python`` without a stub; a stub of the wrong Python version makes
+    model loading hang forever instead of failing.
+    """
+    server = bundled_server_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"no python backend stub for Python {version} in {server}/python_backend_stubs")
+    target = config.work_dir / "backends" / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    for item in (server / "backends" / "python").iterdir():
+        if item.is_file() and not (target / item.name).exists():
+            shutil.copy2(item, target / item.name)
+    if not (target / stub.name).is_file() or (target / stub.name).stat().st_size != stub.stat().st_size:
+        shutil.copy2(stub, target / stub.name)
+    return config.work_dir / "backends"
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    # LIBDIR first: the stub must load this interpreter's libpython, not whatever the system has.
+    libs = [libdir, str(site_packages() / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in [*libs, env.get("LD_LIBRARY_PATH", "")] if p)
+    # The stub takes its prefix (and so site-packages) from `python3` on PATH: the venv goes first.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def server_command(config: ServerConfig, backends: Path) -> list[str]:
+    server = bundled_server_dir()
+    return [
+        str(server / "bin" / "tritonserver"),
+        f"--model-repository={config.repository.resolve()}",
+        f"--backend-directory={backends}",
+        f"--cache-directory={server / 'caches'}",
+        f"--model-config-name={config.config_name}",
+        f"--cache-config=local,size={config.cache_bytes}",
+        f"--http-address={config.host}",
+        f"--grpc-address={config.host}",
+        f"--metrics-address={config.host}",
+        f"--http-port={config.http_port}",
+        f"--grpc-port={config.grpc_port}",
+        f"--metrics-port={config.metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        "--cuda-memory-pool-byte-size=0:0",
+        f"--exit-timeout-secs={config.exit_timeout_s}",
+        f"--log-verbose={config.log_verbose}",
+        *config.extra_args,
+    ]
+
+
+def shm_regions() -> set[str]:
+    try:
+        return {p.name for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX)}
+    except OSError:
+        return set()
+
+
+def _mapped_regions() -> set[str]:
+    """Regions some live process still maps (another server's): never touch those."""
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            mapped.update(
+                line.rsplit("/", 1)[-1].strip()
+                for line in maps.read_text().splitlines()
+                if SHM_PREFIX in line
+            )
+    return mapped
+
+
+def remove_stale_shm(only: set[str] | None = None) -> list[str]:
+    """Remove python-backend shared-memory regions no live process maps (left by a killed server)."""
+    candidates = shm_regions() if only is None else only & shm_regions()
+    stale = sorted(candidates - _mapped_regions())
+    for name in stale:
+        with contextlib.suppress(OSError):
+            (SHM_DIR / name).unlink()
+    if stale:
+        log.info("removed %d stale Triton shared-memory region(s)", len(stale))
+    return stale
+
+
+def is_ready(config: ServerConfig, timeout: float = 1.0) -> bool:
+    url = f"http://{config.host}:{config.http_port}/v2/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False  # connection refused while loading, or 400 while models are not ready
+
+
+def log_tail(path: Path | None, lines: int = 40) -> str:
+    if path is None or not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class EmbeddedTriton:
+    """Start, health-poll and stop one tritonserver process group."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_file = config.log_file or config.work_dir / "tritonserver.log"
+        self.startup_seconds: float | None = None
+        self._shm_before: set[str] = set()
+
+    def start(self) -> EmbeddedTriton:
+        if is_ready(self.config):
+            raise ServerError(
+                f"something already answers on http://{self.config.host}:{self.config.http_port}; "
+                "stop it or choose other ports"
+            )
+        remove_stale_shm()
+        backends = prepare_backends(self.config)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        cmd = server_command(self.config, backends)
+        log.info("starting tritonserver (log: %s)", self.log_file)
+        log.debug("command: %s", " ".join(cmd))
+        self._shm_before = shm_regions()
+        started = time.monotonic()
+        with self.log_file.open("wb") as out:
+            # Own process group: shutdown reaches the python stubs too.
+            self.process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+            )
+        self._wait_ready(started)
+        return self
+
+    def _wait_ready(self, started: float) -> None:
+        deadline = started + self.config.ready_timeout_s
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                self._cleanup_shm()
+                raise ServerError(
+                    f"tritonserver exited with code {code} during startup; log tail:\n"
+                    f"{log_tail(self.log_file)}"
+                )
+            if is_ready(self.config, timeout=0.5):
+                self.startup_seconds = time.monotonic() - started
+                log.info(
+                    "tritonserver ready in %.1f s: HTTP %s, gRPC %s, metrics %s",
+                    self.startup_seconds,
+                    self.http_url,
+                    self.grpc_url,
+                    self.metrics_url,
+                )
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise ServerError(
+            f"tritonserver not ready after {self.config.ready_timeout_s:.0f} s; log tail:\n"
+            f"{log_tail(self.log_file)}"
+        )
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.config.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM the group, wait for in-flight work, SIGKILL what is left, remove our shared memory."""
+        if self.process is None:
+            return None
+        timeout = timeout if timeout is not None else self.config.exit_timeout_s + 5
+        code = self.process.poll()
+        if code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not exit in %.0f s; killing it", timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                code = self.process.wait()
+        # Stubs may outlive the server by a moment; make sure the whole group is gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._cleanup_shm()
+        log.info("tritonserver stopped (exit code %s)", code)
+        self.process = None
+        return code
+
+    def _cleanup_shm(self) -> None:
+        remove_stale_shm(only=shm_regions() - self._shm_before)
+
+    def __enter__(self) -> EmbeddedTriton:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(config: ServerConfig) -> Iterator[EmbeddedTriton]:
+    server = EmbeddedTriton(config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

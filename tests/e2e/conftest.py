@@ -1,0 +1,82 @@
+"""A real embedded tritonserver on free loopback ports, serving a tiny exported model.
+
+The fixture polls readiness with a deadline (EmbeddedTriton.start) and always tears the server
+down, shared memory included.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install
+from export.spec import SPEC_FILE, ServingSpec
+from server.embedded import EmbeddedTriton, ServerConfig
+
+PYTHON_MODELS = ("tokenizer/1/model.py", "classifier/1/model.py", "postprocess/1/model.py")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def make_repository(target: Path, export_dir: Path, cpu_variant: str) -> Path:
+    """The project's python models + a tiny export installed with the committed serving settings."""
+    for rel in PYTHON_MODELS:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(MODEL_REPOSITORY / rel, target / rel)
+    spec = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
+    ServingSpec(**{**spec.__dict__, "cpu_variant": cpu_variant}).write(target / SPEC_FILE)
+    install(export_dir, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> Path:
+    out = tmp_path_factory.mktemp("e2e-export")
+    export_model(
+        str(tiny_model),
+        out,
+        ExportOptions(variants=("fp32", "int8"), eval_limit=60, max_macro_f1_drop=1.0),
+        tiny_data,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, tiny_export: Path) -> Path:
+    # FP32 so served results can be compared with in-process ONNX Runtime to float precision.
+    return make_repository(tmp_path_factory.mktemp("repo"), tiny_export, "fp32")
+
+
+def server_config(repository: Path, work_dir: Path) -> ServerConfig:
+    http, grpc, metrics = free_ports(3)
+    return ServerConfig(
+        repository=repository,
+        work_dir=work_dir,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        ready_timeout_s=60,
+        exit_timeout_s=5,
+    )
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory, repository: Path) -> Iterator[EmbeddedTriton]:
+    server = EmbeddedTriton(server_config(repository, tmp_path_factory.mktemp("triton")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

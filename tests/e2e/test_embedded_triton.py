@@ -1,0 +1,168 @@
+"""The goemotions ensemble on a real embedded tritonserver: correctness, batching, bad input, restart."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from export.labels import read_labels
+from export.metrics import sigmoid
+from export.runtime import load_tokenizer, onnx_classifier
+from server.embedded import EmbeddedTriton, shm_regions
+from tests.e2e.conftest import server_config
+
+pytestmark = pytest.mark.e2e
+
+TEXTS = [
+    "I finally understand recursion, thank you so much!",
+    "This is so confusing. I have tried five times and I still don't get why it fails.",
+    "ok",
+    "Why does [NAME] always get the easy questions?? Not fair at all.",
+    "wow 😮 didn't expect that",
+    "لا أفهم هذا السؤال",
+]
+
+
+@pytest.fixture(scope="module")
+def expected(repository: Path):
+    """In-process ONNX Runtime on the same model file: what every served answer must equal."""
+    clf = onnx_classifier(
+        repository / "classifier" / "1" / "model.fp32.onnx", load_tokenizer(repository / "tokenizer" / "1")
+    )
+    labels = read_labels(repository / "labels.json")
+
+    def run(texts: list[str]) -> tuple[np.ndarray, list[list[str]]]:
+        probs = np.concatenate([sigmoid(clf.logits([t])) for t in texts]).astype(np.float32)
+        names = [
+            [n for n, p, t in zip(labels.names, row, labels.thresholds, strict=True) if p >= t]
+            for row in probs
+        ]
+        return probs, names
+
+    return run
+
+
+def grpc_infer(server: EmbeddedTriton, texts: list[str], raw: list[bytes] | None = None):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    data = np.array([[t.encode()] for t in texts] if raw is None else [[b] for b in raw], dtype=object)
+    inp = grpcclient.InferInput("TEXT", list(data.shape), "BYTES")
+    inp.set_data_from_numpy(data)
+    return client.infer("goemotions", [inp])
+
+
+def labels_of(result) -> list[list[str]]:
+    return [[x.decode() for x in row if x] for row in result.as_numpy("LABELS")]
+
+
+def metric(server: EmbeddedTriton, name: str, model: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    m = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_ensemble_equals_in_process_onnxruntime(triton, expected):
+    for text in TEXTS:
+        result = grpc_infer(triton, [text])
+        probs, names = expected([text])
+        np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), probs, atol=1e-5)
+        assert labels_of(result) == names
+
+
+def test_one_request_with_rows_of_mixed_lengths(triton, expected):
+    result = grpc_infer(triton, TEXTS)
+    probs, names = expected(TEXTS)
+    assert result.as_numpy("PROBABILITIES").shape == (len(TEXTS), 28)
+    np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), probs, atol=1e-5)
+    assert labels_of(result) == names
+
+
+def test_http_and_grpc_agree(triton):
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    inp = httpclient.InferInput("TEXT", [2, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[TEXTS[0].encode()], [TEXTS[1].encode()]], dtype=object))
+    http = client.infer("goemotions", [inp])
+    grpc = grpc_infer(triton, TEXTS[:2])
+    np.testing.assert_allclose(http.as_numpy("PROBABILITIES"), grpc.as_numpy("PROBABILITIES"), atol=1e-6)
+
+
+def test_concurrent_requests_are_batched_and_answered_correctly(triton, expected):
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(64)]
+    before_count = metric(triton, "nv_inference_count", "classifier")
+    before_exec = metric(triton, "nv_inference_exec_count", "classifier")
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda t: grpc_infer(triton, [t]), texts))
+    probs, names = expected(texts)
+    for i, result in enumerate(results):  # each answer belongs to its own text
+        np.testing.assert_allclose(result.as_numpy("PROBABILITIES")[0], probs[i], atol=1e-5)
+        assert labels_of(result)[0] == names[i]
+    inferences = metric(triton, "nv_inference_count", "classifier") - before_count
+    executions = metric(triton, "nv_inference_exec_count", "classifier") - before_exec
+    assert inferences == 64
+    assert executions < inferences  # dynamic batching put several requests into one execution
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ([b""], "TEXT row 0 is empty"),
+        ([b"   "], "TEXT row 0 is empty"),
+        ([b"ok", b"\xff\xfe"], "row 1 is not valid UTF-8"),
+    ],
+)
+def test_bad_input_fails_only_its_own_request(triton, expected, raw, reason):
+    good_text = TEXTS[0]
+    with ThreadPoolExecutor(8) as pool:
+        bad = [pool.submit(grpc_infer, triton, [], raw) for _ in range(4)]
+        good = [pool.submit(grpc_infer, triton, [good_text]) for _ in range(4)]
+        for f in bad:
+            with pytest.raises(InferenceServerException, match=reason) as exc:
+                f.result()
+            assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
+        probs, _ = expected([good_text])
+        for f in good:
+            np.testing.assert_allclose(f.result().as_numpy("PROBABILITIES"), probs, atol=1e-5)
+    assert grpcclient.InferenceServerClient(triton.grpc_url).is_server_live()
+
+
+def test_http_bad_input_is_a_400_with_reason(triton):
+    req = urllib.request.Request(
+        f"{triton.http_url}/v2/models/goemotions/infer",
+        data=b'{"inputs":[{"name":"TEXT","shape":[1,1],"datatype":"BYTES","data":[""]}]}',
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code == 400
+    assert "TEXT row 0 is empty" in exc.value.read().decode()
+
+
+def test_response_cache_serves_repeats(triton):
+    text = "the cache should answer this one the second time"
+    hits = metric(triton, "nv_cache_num_hits_per_model", "goemotions")
+    first = grpc_infer(triton, [text])
+    second = grpc_infer(triton, [text])
+    assert metric(triton, "nv_cache_num_hits_per_model", "goemotions") == hits + 1
+    np.testing.assert_array_equal(first.as_numpy("PROBABILITIES"), second.as_numpy("PROBABILITIES"))
+
+
+def test_restart_serves_again_and_leaves_no_shared_memory(repository, tmp_path, expected):
+    before = shm_regions()
+    config = server_config(repository, tmp_path)
+    for _ in range(2):
+        server = EmbeddedTriton(config).start()
+        try:
+            assert server.startup_seconds is not None and server.startup_seconds < 30
+            result = grpc_infer(server, [TEXTS[1]])
+            np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), expected([TEXTS[1]])[0], atol=1e-5)
+            assert shm_regions() - before  # the python stubs hold regions while running
+        finally:
+            assert server.stop() == 0
+        assert shm_regions() - before == set()

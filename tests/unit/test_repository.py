@@ -1,0 +1,115 @@
+"""The generated Triton configs: committed files match the spec, and each file is a valid ModelConfig."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from export.__main__ import main
+from export.pipeline import MODEL_REPOSITORY
+from export.repository import WARMUP_TEXT, render, stale_configs, write_configs
+from export.spec import SPEC_FILE, ServingSpec
+
+COMMITTED_SPEC = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
+
+
+def parse(text: bytes) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text.decode(), model_config_pb2.ModelConfig())
+
+
+def configs(spec: ServingSpec) -> dict[str, model_config_pb2.ModelConfig]:
+    return {rel: parse(content) for rel, content in render(spec).items() if rel.endswith(".pbtxt")}
+
+
+def test_committed_configs_are_what_the_spec_generates():
+    assert stale_configs(MODEL_REPOSITORY, COMMITTED_SPEC) == [], "run `python -m export configs` and commit"
+
+
+def test_configs_check_cli(tmp_path: Path):
+    (tmp_path / SPEC_FILE).write_text((MODEL_REPOSITORY / SPEC_FILE).read_text())
+    assert main(["configs", "--repository", str(tmp_path), "--check"]) == 1  # nothing generated yet
+    assert main(["configs", "--repository", str(tmp_path)]) == 0
+    assert main(["configs", "--repository", str(tmp_path), "--check"]) == 0
+    (tmp_path / "classifier" / "config.pbtxt").write_text("# hand edit\n")
+    assert main(["configs", "--repository", str(tmp_path), "--check"]) == 1
+    assert (tmp_path / COMMITTED_SPEC.ensemble_name / "1").is_dir()  # ensembles need an (empty) version dir
+
+
+def test_variants_of_a_model_share_name_io_and_batch_size():
+    parsed = configs(COMMITTED_SPEC)
+    for model in ("tokenizer", "classifier"):
+        files = [cfg for rel, cfg in parsed.items() if rel.startswith(model + "/")]
+        assert len(files) >= 2
+        for cfg in files[1:]:
+            assert cfg.name == files[0].name
+            assert cfg.max_batch_size == files[0].max_batch_size
+            assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
+                (i.name, i.data_type, list(i.dims)) for i in files[0].input
+            ]
+            assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
+                (o.name, o.data_type, list(o.dims)) for o in files[0].output
+            ]
+
+
+def test_classifier_backends_and_batching():
+    parsed = configs(COMMITTED_SPEC)
+    gpu, embedded, trt = (
+        parsed[f"classifier/{n}"]
+        for n in ("config.pbtxt", "configs/embedded.pbtxt", "configs/tensorrt.pbtxt")
+    )
+    assert gpu.backend == "onnxruntime" and gpu.default_model_filename == "model.fp16.onnx"
+    assert gpu.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert trt.platform == "tensorrt_plan" and trt.default_model_filename == "model.plan"
+    assert embedded.backend == "python"
+    assert embedded.parameters["model_file"].string_value == "model.int8.onnx"
+    assert embedded.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert embedded.instance_group[0].count == COMMITTED_SPEC.cpu_instances
+    # ragged requests only where the python model re-pads them itself
+    assert all(i.allow_ragged_batch for i in embedded.input)
+    assert not any(i.allow_ragged_batch for i in gpu.input)
+    for cfg in (gpu, embedded, trt):
+        assert list(cfg.dynamic_batching.preferred_batch_size) == COMMITTED_SPEC.preferred_batch_sizes
+        assert cfg.dynamic_batching.default_queue_policy.max_queue_size == COMMITTED_SPEC.max_queue_size
+        assert {w.batch_size for w in cfg.model_warmup} == {1, COMMITTED_SPEC.max_batch_size}
+
+
+def test_tokenizer_pads_to_a_multiple_only_for_the_gpu_backends():
+    parsed = configs(COMMITTED_SPEC)
+    assert parsed["tokenizer/config.pbtxt"].parameters["pad_to_multiple_of"].string_value == "16"
+    assert parsed["tokenizer/configs/embedded.pbtxt"].parameters["pad_to_multiple_of"].string_value == "1"
+    assert parsed["tokenizer/config.pbtxt"].parameters["max_length"].string_value == str(
+        COMMITTED_SPEC.max_length
+    )
+
+
+def test_warmup_text_is_in_tritons_raw_bytes_format():
+    raw = render(COMMITTED_SPEC)["tokenizer/warmup/text"]
+    (length,) = struct.unpack("<I", raw[:4])
+    assert raw[4:].decode() == WARMUP_TEXT and length == len(WARMUP_TEXT.encode())
+
+
+def test_ensemble_chains_the_three_models_with_cache():
+    ens = configs(COMMITTED_SPEC)["goemotions/config.pbtxt"]
+    assert ens.platform == "ensemble" and ens.response_cache.enable
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == ["tokenizer", "classifier", "postprocess"]
+    assert [i.name for i in ens.input] == ["TEXT"]
+    assert [o.name for o in ens.output] == ["PROBABILITIES", "LABELS"]
+    assert list(ens.output[0].dims) == [28]
+
+
+def test_a_model_without_token_type_ids_gets_matching_configs(tmp_path: Path):
+    roberta = COMMITTED_SPEC.for_model(["input_ids", "attention_mask"], 128, COMMITTED_SPEC.labels)
+    parsed = configs(roberta)
+    assert [i.name for i in parsed["classifier/config.pbtxt"].input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in parsed["tokenizer/configs/embedded.pbtxt"].output] == [
+        "input_ids",
+        "attention_mask",
+    ]
+    step = parsed["goemotions/config.pbtxt"].ensemble_scheduling.step[1]
+    assert set(step.input_map) == {"input_ids", "attention_mask"}
+    write_configs(tmp_path, roberta)
+    assert stale_configs(tmp_path, roberta) == []
+    assert stale_configs(tmp_path, COMMITTED_SPEC) != []
