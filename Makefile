@@ -9,13 +9,13 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench test lint typecheck \
         unit integration e2e clean
 
 help:
 	@echo "make serve   install, prepare the model (MODEL=<hub id|dir> optional), serve"
 	@echo "make test    install dev tools, lint, type-check, run all tests"
-	@echo "make train | prepare | bench-model | tensorrt-command | clean"
+	@echo "make train | prepare | configs | bench | bench-model | bench-triton | tensorrt-command | clean"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,17 +45,21 @@ train: install
 bench-model: install
 	$(BIN)/python -m export bench
 
-bench: bench-model
+# Triton-served vs raw ONNX Runtime at 1 and 16 clients (starts its own server, cache off).
+bench-triton: prepare
+	$(BIN)/python -m loadtest.bench_triton
+
+bench: bench-model bench-triton
 
 tensorrt-command: install
 	$(BIN)/python -m export tensorrt --dry-run
 
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check export server tests model_repository
+	$(BIN)/ruff format --check export server loadtest clients tests model_repository
 
 typecheck: install-dev
-	$(BIN)/mypy export server
+	$(BIN)/mypy export server loadtest clients
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -19,6 +19,7 @@ from export.metrics import sigmoid, tune_thresholds
 from export.repository import write_configs
 from export.runtime import DEFAULT_MAX_LENGTH, load_tokenizer, onnx_classifier, torch_classifier
 from export.spec import MANIFEST_FILE, SPEC_FILE, Manifest, ServingSpec, TensorRTProfile, VariantFile
+from export.tensorrt import write_build_script
 from export.variants import FP32, ONNX_VARIANTS, RAW, VARIANT_FILES, build_variants, export_onnx
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> Manifest:
     manifest.write(repository / MANIFEST_FILE)
     spec.write(current)
     write_configs(repository, spec)
+    write_build_script(repository / CLASSIFIER_DIR, spec.input_names, spec.tensorrt)
     log.info("installed %s (%s) into %s", manifest.source, manifest.model_version, repository)
     return manifest
 

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from export.spec import SPEC_FILE, ServingSpec
 from server.embedded import EmbeddedTriton, ServerConfig, ServerError
 
 log = logging.getLogger("server")
@@ -25,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=d.grpc_port)
     p.add_argument("--metrics-port", type=int, default=d.metrics_port)
     p.add_argument("--ready-timeout", type=float, default=d.ready_timeout_s, help="seconds to wait for ready")
-    p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="Triton response cache size")
+    p.add_argument(
+        "--cache-bytes",
+        type=int,
+        default=None,
+        help="Triton response cache size (default: the spec's response_cache_bytes; 0 = off)",
+    )
     p.add_argument("--log-file", type=Path, default=None, help="server log (default build/tritonserver/)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.repository / "manifest.json").is_file():
         log.error("no model in %s; run `python -m export prepare` (or `make serve`) first", args.repository)
         return 1
+    spec = ServingSpec.read(args.repository / SPEC_FILE)
     config = ServerConfig(
         repository=args.repository,
         host=args.host,
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         ready_timeout_s=args.ready_timeout,
-        cache_bytes=args.cache_bytes,
+        cache_bytes=spec.response_cache_bytes if args.cache_bytes is None else args.cache_bytes,
         log_file=args.log_file,
     )
     stop = threading.Event()

@@ -41,7 +41,7 @@ class ServerConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     config_name: str = "embedded"
-    cache_bytes: int = 64 * 1024 * 1024
+    cache_bytes: int = 64 * 1024 * 1024  # 0 turns Triton's response cache off
     ready_timeout_s: float = 60.0
     exit_timeout_s: int = 10
     log_file: Path | None = None
@@ -103,7 +103,7 @@ def server_command(config: ServerConfig, backends: Path) -> list[str]:
         f"--backend-directory={backends}",
         f"--cache-directory={server / 'caches'}",
         f"--model-config-name={config.config_name}",
-        f"--cache-config=local,size={config.cache_bytes}",
+        *([f"--cache-config=local,size={config.cache_bytes}"] if config.cache_bytes > 0 else []),
         f"--http-address={config.host}",
         f"--grpc-address={config.host}",
         f"--metrics-address={config.host}",
@@ -241,6 +241,19 @@ class EmbeddedTriton:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its python stubs (the whole process group)."""
+        if self.process is None:
+            return 0
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.process.pid:  # field 5 of stat: process group id
+                    statm = (stat.parent / "statm").read_text().split()
+                    total += int(statm[1]) * os.sysconf("SC_PAGE_SIZE")
+        return total
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM the group, wait for in-flight work, SIGKILL what is left, remove our shared memory."""

@@ -166,3 +166,22 @@ def test_restart_serves_again_and_leaves_no_shared_memory(repository, tmp_path, 
         finally:
             assert server.stop() == 0
         assert shm_regions() - before == set()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_readme_client_example_runs(triton, expected, protocol):
+    import json
+    import subprocess
+    import sys
+
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url.removeprefix("http://")
+    script = Path(__file__).resolve().parents[2] / "clients" / "triton_client.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--protocol", protocol, "--url", url, *TEXTS[:2]],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    rows = json.loads(out)
+    assert [r["labels"] for r in rows] == expected(TEXTS[:2])[1]

@@ -125,3 +125,34 @@ def test_mislabelled_model_is_refused(tmp_path, tiny_data, label_names):
     model = build_tiny_model(tmp_path / "m", list(reversed(label_names)))
     with pytest.raises(ValueError, match="does not match the GoEmotions labels"):
         export_model(str(model), tmp_path / "out", LOOSE, tiny_data)
+
+
+def test_install_writes_a_runnable_tensorrt_build_script(exported, tmp_path):
+    import os
+    import subprocess
+
+    out, _, _ = exported
+    repo = tmp_path / "repo"
+    install(out, repo)
+    script = repo / "classifier" / "build_plan.sh"
+    assert os.access(script, os.X_OK)
+    fake = tmp_path / "trtexec"
+    fake.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\nfor a; do case $a in --saveEngine=*) echo plan > "${a#--saveEngine=}";; esac; done\n'
+    )
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "TRTEXEC": str(fake),
+        "ARGS_OUT": str(tmp_path / "args"),
+        "TIMING_CACHE": str(tmp_path / "tc"),
+    }
+    subprocess.run(["bash", str(script)], check=True, env=env)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert f"--onnx={repo / 'classifier' / '1' / 'model.onnx'}" in args
+    assert "--fp16" in args and f"--timingCacheFile={tmp_path / 'tc'}" in args
+    assert any(a.startswith("--layerPrecisions=") and a.endswith(":fp32") for a in args)
+    assert (repo / "classifier" / "1" / "model.plan").read_text() == "plan\n"
+    (tmp_path / "args").unlink()
+    rerun = subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True)
+    assert "plan exists" in rerun.stdout and not (tmp_path / "args").exists()  # no rebuild

@@ -1,0 +1,54 @@
+"""Call the goemotions ensemble directly with tritonclient, over gRPC and over HTTP (power users).
+
+    python clients/triton_client.py "I finally get it!" "This makes no sense."
+    python clients/triton_client.py --protocol http --url 127.0.0.1:8000 "..."
+
+TEXT is BYTES [rows, 1]; PROBABILITIES is FP32 [rows, 28] (a sigmoid per label, in labels.json
+order); LABELS is BYTES [rows, k]: each row's labels over their tuned thresholds, "" as padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def classify(
+    texts: list[str], url: str = "127.0.0.1:8001", protocol: str = "grpc"
+) -> list[dict[str, object]]:
+    if protocol == "grpc":
+        import tritonclient.grpc as triton
+    else:
+        import tritonclient.http as triton
+    client = triton.InferenceServerClient(url)
+    text = triton.InferInput("TEXT", [len(texts), 1], "BYTES")
+    text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
+    outputs = [triton.InferRequestedOutput("PROBABILITIES"), triton.InferRequestedOutput("LABELS")]
+    result = client.infer("goemotions", [text], outputs=outputs)
+    probs = result.as_numpy("PROBABILITIES")
+    labels = result.as_numpy("LABELS")
+    return [
+        {"text": t, "labels": [x.decode() for x in row if x], "max_probability": float(p.max())}
+        for t, row, p in zip(texts, labels, probs, strict=True)
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("texts", nargs="+")
+    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    parser.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 gRPC / :8000 HTTP)")
+    args = parser.parse_args()
+    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
+    json.dump(classify(args.texts, url, args.protocol), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The GPU deployment (compose + Dockerfile) checked without Docker: structure, versions, paths."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tomllib
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from export.pipeline import MODEL_REPOSITORY
+from export.spec import SPEC_FILE, ServingSpec
+from export.tensorrt import BUILD_SCRIPT, PLAN_FILE
+from export.variants import VARIANT_FILES
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SPEC = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
+
+
+def test_triton_service_has_gpu_ports_health_and_repository():
+    triton = COMPOSE["services"]["triton"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert triton["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
+    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert "./model_repository:/models:ro" in triton["volumes"]
+    command = triton["command"]
+    assert "--model-repository=/models" in command
+    assert f"--cache-config=local,size={SPEC.response_cache_bytes}" in command
+    assert triton["shm_size"]
+    assert (ROOT / triton["build"]["dockerfile"]).is_file()
+
+
+def test_tensorrt_build_service_runs_the_generated_script():
+    build = COMPOSE["services"]["trt-build"]
+    assert build["profiles"] == ["tensorrt"]
+    assert build["command"] == ["bash", f"/models/classifier/{BUILD_SCRIPT}"]
+    assert "./model_repository:/models" in build["volumes"]
+    assert COMPOSE["services"]["triton"]["depends_on"]["trt-build"] == {
+        "condition": "service_completed_successfully",
+        "required": False,
+    }
+
+
+def test_container_versions_match_the_embedded_server_and_pins():
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    assert (
+        "nvcr.io/nvidia/tritonserver:24.10-py3" in dockerfile
+    )  # = tritonserver 2.51, like nvidia-pytriton 0.7.0
+    assert COMPOSE["services"]["trt-build"]["image"].endswith(":24.10-py3")  # same TensorRT as the server
+    assert '"numpy<2"' in dockerfile
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    tokenizers_pin = next(p for p in pins if p.startswith("tokenizers=="))
+    assert tokenizers_pin in dockerfile
+
+
+def test_every_file_a_gpu_config_names_is_produced_by_export():
+    produced = set(VARIANT_FILES.values()) | {PLAN_FILE}
+    for rel in ("classifier/config.pbtxt", "classifier/configs/tensorrt.pbtxt"):
+        cfg = text_format.Parse((MODEL_REPOSITORY / rel).read_text(), model_config_pb2.ModelConfig())
+        assert cfg.default_model_filename in produced, rel
+    embedded = (MODEL_REPOSITORY / "classifier" / "configs" / "embedded.pbtxt").read_text()
+    model_file = re.search(r'key: "model_file"\s+value: \{ string_value: "([^"]+)" \}', embedded)
+    assert model_file and model_file.group(1) in produced
