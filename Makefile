@@ -9,11 +9,11 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench test lint typecheck \
         unit integration e2e clean
 
 help:
-	@echo "make serve   install, prepare the model (MODEL=<hub id|dir> optional), serve"
+	@echo "make serve   install, prepare the model (MODEL=<hub id|dir> optional), run Triton + gateway"
 	@echo "make test    install dev tools, lint, type-check, run all tests"
 	@echo "make train | prepare | configs | bench | bench-model | bench-triton | tensorrt-command | clean"
 
@@ -32,7 +32,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Prepare the model if missing, then run embedded Triton (CPU, no Docker) until Ctrl-C.
+# Prepare the model if missing, then run embedded Triton (CPU, no Docker) and the gateway until Ctrl-C.
 serve: prepare
 	$(BIN)/python -m server
 
@@ -49,17 +49,21 @@ bench-model: install
 bench-triton: prepare
 	$(BIN)/python -m loadtest.bench_triton
 
-bench: bench-model bench-triton
+# Gateway overhead vs direct Triton, cache-hit time, and gateway vs a naive transformers service.
+bench-gateway: prepare
+	$(BIN)/python -m loadtest.bench_gateway
+
+bench: bench-model bench-triton bench-gateway
 
 tensorrt-command: install
 	$(BIN)/python -m export tensorrt --dry-run
 
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check export server loadtest clients tests model_repository
+	$(BIN)/ruff format --check export server gateway loadtest clients tests model_repository
 
 typecheck: install-dev
-	$(BIN)/mypy export server loadtest clients
+	$(BIN)/mypy export server gateway loadtest clients
 
 test: lint typecheck
 	$(BIN)/pytest

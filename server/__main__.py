@@ -1,4 +1,5 @@
-"""``python -m server``: run the embedded Triton server (CPU, no Docker) until Ctrl-C / SIGTERM."""
+"""``python -m server``: run the embedded Triton server (CPU, no Docker) and the gateway in front of it,
+until Ctrl-C / SIGTERM stops both (gateway first, so in-flight requests finish against a live Triton)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from export.spec import SPEC_FILE, ServingSpec
 from server.embedded import EmbeddedTriton, ServerConfig, ServerError
+from server.gateway_process import GatewayProcess
 
 log = logging.getLogger("server")
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Triton response cache size (default: the spec's response_cache_bytes; 0 = off)",
     )
     p.add_argument("--log-file", type=Path, default=None, help="server log (default build/tritonserver/)")
+    p.add_argument("--no-gateway", dest="gateway", action="store_false", help="run Triton only")
+    p.add_argument("--gateway-port", type=int, default=8080, help="gateway HTTP port (on --host)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -64,8 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         log.error("%s", exc)
         return 1
-    log.info("serving the 'goemotions' ensemble; Ctrl-C to stop")
+    gateway = None
     try:
+        if args.gateway:
+            gateway = GatewayProcess(
+                args.host, args.gateway_port, server.grpc_url, server.log_file.with_name("gateway.log")
+            )
+            try:
+                gateway.start()
+            except RuntimeError as exc:
+                log.error("%s", exc)
+                return 1
+        log.info(
+            "ready. Triton HTTP %s | gRPC %s | metrics %s",
+            server.http_url,
+            server.grpc_url,
+            server.metrics_url,
+        )
+        if gateway:
+            log.info(
+                "ready. Gateway %s  (API docs %s/docs, metrics %s/metrics)",
+                gateway.url,
+                gateway.url,
+                gateway.url,
+            )
+        log.info("Ctrl-C to stop")
         while not stop.is_set():
             if server.process is not None and server.process.poll() is not None:
                 log.error(
@@ -74,8 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                     server.log_file,
                 )
                 return 1
+            if gateway and not gateway.alive():
+                log.error("gateway exited unexpectedly; log: %s", gateway.log_file)
+                return 1
             stop.wait(0.5)
     finally:
+        if gateway:
+            gateway.stop()
         server.stop()
     return 0
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -65,3 +65,40 @@ def test_every_file_a_gpu_config_names_is_produced_by_export():
     embedded = (MODEL_REPOSITORY / "classifier" / "configs" / "embedded.pbtxt").read_text()
     model_file = re.search(r'key: "model_file"\s+value: \{ string_value: "([^"]+)" \}', embedded)
     assert model_file and model_file.group(1) in produced
+
+
+def test_gateway_and_redis_services():
+    gateway = COMPOSE["services"]["gateway"]
+    env = gateway["environment"]
+    assert env["GATEWAY_TRITON_URL"] == "triton:8001"
+    assert env["GATEWAY_CACHE_BACKEND"] == "redis" and env["GATEWAY_REDIS_URL"].startswith("redis://redis:")
+    assert gateway["depends_on"] == {
+        "triton": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
+    assert gateway["ports"] == ["8080:8080"]
+    assert any(
+        v.endswith(":/models/labels.json:ro") and v.startswith(f"./model_repository/{SPEC.labels_file}")
+        for v in gateway["volumes"]
+    )
+    assert "redis-cli" in COMPOSE["services"]["redis"]["healthcheck"]["test"]
+
+
+def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
+    dockerfile = (ROOT / "docker" / "gateway.Dockerfile").read_text()
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name in (
+        "fastapi",
+        "pydantic-settings",
+        "cachetools",
+        "prometheus-client",
+        "redis",
+        "grpcio",
+        "numpy",
+    ):
+        pin = next(p for p in pins if p.split("==")[0].split("[")[0] == name)
+        assert f'"{pin}"' in dockerfile, pin
+    assert "USER gateway" in dockerfile
+    for copied in re.findall(r"^COPY (.+) \S+/$", dockerfile, re.M):
+        for path in copied.split():
+            assert (ROOT / path).exists(), path

@@ -1,0 +1,21 @@
+# The gateway image: FastAPI + the Triton gRPC client, no model code (Triton holds the model).
+# Pins match pyproject.toml (a test checks it). Not built on the development machine (no Docker engine).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+RUN pip install \
+      "fastapi==0.165.0" "uvicorn[standard]==0.54.0" "pydantic==2.14.4" "pydantic-settings==2.16.3" \
+      "cachetools==8.0.2" "prometheus-client==0.26.0" "redis==8.1.0" \
+      "tritonclient[grpc]==2.73.0" "grpcio==1.85.3" "protobuf==6.33.6" "numpy==1.26.4"
+
+WORKDIR /app
+# export/ is imported for the labels file reader only (standard library code).
+COPY export/__init__.py export/labels.py export/arrays.py export/
+COPY gateway/ gateway/
+RUN useradd --system --uid 10001 gateway
+USER gateway
+
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+CMD ["python", "-m", "gateway", "--host", "0.0.0.0", "--port", "8080"]

@@ -1,0 +1,311 @@
+"""The FastAPI app: ``create_app()`` + lifespan (Triton client, cache, learner store, policy, metrics)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from export.labels import read_labels
+from gateway.cache import MemoryCache, NoCache, RedisCache, ResultCache
+from gateway.errors import GatewayError, error_response, install_error_handlers
+from gateway.learning.policy import load_policy
+from gateway.learning.state import LearnerContext
+from gateway.learning.trajectory import (
+    MemoryTrajectoryStore,
+    RedisTrajectoryStore,
+    TrajectoryStore,
+    classify_trend,
+)
+from gateway.metrics import Metrics
+from gateway.schemas import (
+    EmotionResult,
+    EmotionsRequest,
+    EmotionsResponse,
+    ErrorResponse,
+    LearningStateOut,
+    ModelInfo,
+    TrajectoryPointOut,
+    TrajectoryResponse,
+    TrendOut,
+)
+from gateway.service import Core, Outcome, analyse
+from gateway.settings import Settings, get_settings
+from gateway.triton import Inference, TritonClient
+
+log = logging.getLogger(__name__)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        401: "missing or wrong API key",
+        413: "request body too large",
+        422: "invalid input: the message says what to fix",
+        429: "overloaded: retry after the Retry-After seconds",
+        503: "model server unavailable or not ready",
+        504: "model server did not answer in time",
+    }.items()
+}
+
+
+class BodyLimit:
+    """413 (in the gateway's JSON error format) for bodies over the limit: by Content-Length up front,
+    or while a chunked body streams in. Starlette's own limiter answers in plain text."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body over {self.max_bytes} bytes; send fewer or shorter texts"
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await error_response("payload_too_large", message)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    # An HTTPException: FastAPI's body reader re-raises it (anything else becomes a 400).
+                    raise HTTPException(status_code=413, detail=message)
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+class Timing:
+    """``x-total-time`` on every response and request count/latency metrics per route template.
+    Plain ASGI: BaseHTTPMiddleware costs a task per request, on the hot path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-total-time", f"{elapsed_ms:.3f}".encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            core: Core | None = getattr(scope["app"].state, "core", None) if "app" in scope else None
+            if core is not None:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                core.metrics.requests.labels(path, scope["method"], str(status)).inc()
+                core.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+
+def _core(request: Request) -> Core:
+    core: Core = request.app.state.core
+    return core
+
+
+CoreDep = Annotated[Core, Depends(_core)]
+
+
+def require_api_key(request: Request, core: CoreDep) -> None:
+    if not core.api_keys:
+        return
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization", "")
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    # compare_digest against every key: the time taken does not reveal which key (or prefix) matched
+    ok = False
+    for key in core.api_keys:
+        ok |= hmac.compare_digest(given.encode(), key.encode())
+    if not ok:
+        raise GatewayError(
+            "unauthorized",
+            "missing or invalid API key: send it in the X-API-Key header",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _result(scored: Any, index: int, labels: list[str]) -> EmotionResult:
+    s = scored.state
+    return EmotionResult(
+        text_index=index,
+        emotions=dict(zip(labels, scored.prediction.probabilities, strict=True)),
+        labels=scored.prediction.labels,
+        primary_emotion=scored.primary_emotion,
+        confidence=scored.confidence,
+        cached=scored.cached,
+        learning_state=LearningStateOut(
+            learning_emotions=s.learning_emotions,
+            valence=s.valence,
+            arousal=s.arousal,
+            dominance=s.dominance,
+            readiness={"state": s.readiness_state, "score": s.readiness_score},
+            intervention_level=s.intervention_level,
+            reasons=s.reasons,
+        ),
+    )
+
+
+def _trend(trend: Any) -> TrendOut:
+    return TrendOut(label=trend.label, slope=trend.slope, volatility=trend.volatility, points=trend.points)
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+    protected = [Depends(require_api_key)]
+
+    @router.post(
+        "/v1/emotions",
+        response_model=EmotionsResponse,
+        responses=ERRORS,
+        dependencies=protected,
+        summary="GoEmotions probabilities, labels and learning state for one text or a batch",
+    )
+    async def emotions(body: EmotionsRequest, response: Response, core: CoreDep) -> EmotionsResponse:
+        async with core.lock:
+            if core.inflight >= core.settings.max_concurrency:
+                core.metrics.rejected.inc()
+                raise GatewayError(
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                    {"Retry-After": str(core.settings.retry_after_s)},
+                )
+            core.inflight += 1
+            core.metrics.inflight.inc()
+        try:
+            context = LearnerContext(**body.context.model_dump()) if body.context else None
+            outcome: Outcome = await analyse(core, body.all_texts(), body.learner_id, context)
+        finally:
+            core.inflight -= 1
+            core.metrics.inflight.dec()
+        response.headers["x-inference-time"] = f"{outcome.inference_seconds * 1000:.3f}"
+        response.headers["x-cache"] = "hit" if outcome.all_cached else "miss"
+        return EmotionsResponse(
+            model=ModelInfo(name=core.settings.triton_model, version=core.model_version),
+            results=[_result(s, i, core.labels.names) for i, s in enumerate(outcome.results)],
+            learner_id=body.learner_id,
+            trend=_trend(outcome.trend) if outcome.trend else None,
+        )
+
+    @router.get(
+        "/v1/learners/{learner_id}/trajectory",
+        response_model=TrajectoryResponse,
+        responses=ERRORS,
+        dependencies=protected,
+        summary="A learner's recent learning states and their trend",
+    )
+    async def trajectory(learner_id: str, core: CoreDep) -> TrajectoryResponse:
+        points = await core.trajectories.history(learner_id)
+        return TrajectoryResponse(
+            learner_id=learner_id,
+            trend=_trend(classify_trend(points, core.policy)),
+            points=[TrajectoryPointOut(**p.__dict__) for p in points],
+        )
+
+    @router.get("/healthz", summary="process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Triton is ready and the model is loaded")
+    async def readyz(core: CoreDep) -> JSONResponse:
+        ready = await core.triton.ready()
+        body = {"ready": ready, "model": core.settings.triton_model, "version": core.model_version}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @router.get("/metrics", dependencies=protected, summary="Prometheus metrics")
+    async def metrics(core: CoreDep) -> Response:
+        return Response(generate_latest(core.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _redis(settings: Settings) -> Redis | None:
+    if "redis" not in (settings.cache_backend, settings.trajectory_backend):
+        return None
+    if not settings.redis_url:
+        raise ValueError("GATEWAY_REDIS_URL is required when the cache or trajectory backend is 'redis'")
+    # Short timeouts: a dead Redis must cost a request milliseconds, not seconds (it degrades to no cache).
+    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def create_app(settings: Settings | None = None, triton: Inference | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Fail at start-up, with the file's own error message, rather than on the first request.
+        labels = read_labels(settings.labels_file)
+        policy = load_policy(settings.policy_file)
+        metrics = Metrics()
+        redis = _redis(settings)
+        cache: ResultCache
+        if redis is not None and settings.cache_backend == "redis":
+            cache = RedisCache(redis, settings.cache_ttl_s, on_error=metrics.cache_errors.inc)
+        elif settings.cache_backend == "memory":
+            cache = MemoryCache(settings.cache_size, settings.cache_ttl_s)
+        else:
+            cache = NoCache()
+        trajectories: TrajectoryStore = (
+            RedisTrajectoryStore(redis, policy)
+            if redis is not None and settings.trajectory_backend == "redis"
+            else MemoryTrajectoryStore(policy)
+        )
+        client = triton or TritonClient(settings.triton_url, settings.triton_model, settings.triton_timeout_s)
+        app.state.core = Core(
+            settings, client, cache, trajectories, labels, policy, metrics, settings.resolved_api_keys()
+        )
+        log.info(
+            "gateway ready: model %s (%s), Triton %s, cache %s, auth %s",
+            settings.triton_model,
+            labels.model_version,
+            settings.triton_url,
+            settings.cache_backend,
+            "on" if app.state.core.api_keys else "off",
+        )
+        try:
+            yield
+        finally:
+            await client.close()
+            await cache.close()
+            if redis is not None and settings.cache_backend != "redis":
+                await redis.aclose()
+
+    app = FastAPI(
+        title="GoEmotions gateway",
+        version="0.1.0",
+        description="Emotions (28 GoEmotions labels, multi-label) and a learning-state view for learning "
+        "platforms, served by NVIDIA Triton.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(build_router())
+
+    app.add_middleware(Timing)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,1 @@
+"""Learning-state post-processing: emotion probabilities -> learning emotions, VAD, readiness, trajectory."""

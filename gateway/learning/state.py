@@ -1,0 +1,276 @@
+"""GoEmotions probabilities -> learning emotions, VAD, readiness state and intervention level.
+
+Pure functions of the probabilities, the policy and optional learner context; every number comes from the
+policy (formulas documented in policy.toml), and every decision carries human-readable reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.learning.policy import (
+    GOEMOTIONS_LABELS,
+    TREND_LABELS,
+    VAD_DIMENSIONS,
+    Condition,
+    Policy,
+    Rule,
+)
+
+# How many of the largest contributions a score's reason lists.
+_TOP_CONTRIBUTIONS = 3
+
+
+@dataclass(frozen=True)
+class LearnerContext:
+    """What the learning platform knows besides the text; every field is optional."""
+
+    time_on_task_seconds: float | None = None
+    recent_error_rate: float | None = None
+    consecutive_errors: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.time_on_task_seconds is not None:
+            _check_number("time_on_task_seconds", self.time_on_task_seconds, low=0.0)
+        if self.recent_error_rate is not None:
+            _check_number("recent_error_rate", self.recent_error_rate, low=0.0, high=1.0)
+        if self.consecutive_errors is not None and (
+            isinstance(self.consecutive_errors, bool)
+            or not isinstance(self.consecutive_errors, int)
+            or self.consecutive_errors < 0
+        ):
+            raise ValueError(f"consecutive_errors must be an int >= 0, got {self.consecutive_errors!r}")
+
+
+@dataclass(frozen=True)
+class LearningState:
+    learning_emotions: dict[str, float]  # each in [0, 1], in policy order
+    valence: float
+    arousal: float
+    dominance: float
+    readiness_state: str
+    readiness_score: float  # in [0, 1], higher = more ready
+    intervention_level: str
+    reasons: list[str]  # why this readiness state and intervention level, naming the decisive inputs
+    risk_score: float = 0.0  # the intervention risk the level was cut from, in [0, 1]
+    primary_emotion: str = "none"  # top learning emotion at or above primary_min_score, else "none"
+
+
+def _check_number(name: str, value: object, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if math.isnan(number) or number < low or (high is not None and number > high) or math.isinf(number):
+        bounds = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g} and finite"
+        raise ValueError(f"{name} must be in {bounds}, got {value!r}")
+    return number
+
+
+def _clip(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+def validate_probabilities(probabilities: Mapping[str, float]) -> dict[str, float]:
+    """All 28 GoEmotions labels, nothing else, each a finite number in [0, 1]."""
+    missing = [label for label in GOEMOTIONS_LABELS if label not in probabilities]
+    if missing:
+        raise ValueError(f"probabilities: missing GoEmotions label(s) {missing}")
+    unknown = sorted(set(probabilities) - set(GOEMOTIONS_LABELS))
+    if unknown:
+        raise ValueError(f"probabilities: unknown label(s) {unknown}")
+    return {
+        label: _check_number(f"probabilities[{label!r}]", probabilities[label], low=0.0, high=1.0)
+        for label in GOEMOTIONS_LABELS
+    }
+
+
+def learning_emotion_scores(probabilities: Mapping[str, float], policy: Policy) -> dict[str, float]:
+    """Each learning emotion from the probability mass of its labels (noisy-OR or clipped sum)."""
+    probs = validate_probabilities(probabilities)
+    method = policy.learning_emotions.method
+    scores: dict[str, float] = {}
+    for emotion, weights in policy.learning_emotions.map.items():
+        if method == "noisy_or":
+            none_fires = math.prod(1.0 - w * probs[label] for label, w in weights.items())
+            scores[emotion] = _clip(1.0 - none_fires)
+        else:
+            scores[emotion] = _clip(sum(w * probs[label] for label, w in weights.items()))
+    return scores
+
+
+def text_vad(probabilities: Mapping[str, float], policy: Policy) -> tuple[float, float, float]:
+    """Probability-weighted mean of the label VADs, neutral down-weighted, smoothed towards the prior."""
+    probs = validate_probabilities(probabilities)
+    scoring = policy.vad_scoring
+    mass = {label: p * (scoring.neutral_weight if label == "neutral" else 1.0) for label, p in probs.items()}
+    total = sum(mass.values()) + scoring.prior_mass
+    result = []
+    for dim in VAD_DIMENSIONS:
+        weighted = sum(m * getattr(policy.vad[label], dim) for label, m in mass.items())
+        result.append(_clip((weighted + scoring.prior_mass * getattr(scoring.prior, dim)) / total))
+    return result[0], result[1], result[2]
+
+
+def context_strain(context: LearnerContext | None, policy: Policy) -> float | None:
+    """Weighted mean of the supplied context fields, each normalised to [0, 1]; None when none is supplied."""
+    if context is None:
+        return None
+    cfg = policy.context
+    parts: list[tuple[float, float]] = []  # (weight, strain)
+    if context.recent_error_rate is not None:
+        parts.append((cfg.error_rate_weight, context.recent_error_rate))
+    if context.consecutive_errors is not None:
+        parts.append(
+            (
+                cfg.consecutive_errors_weight,
+                min(context.consecutive_errors / cfg.consecutive_errors_saturation, 1.0),
+            )
+        )
+    if context.time_on_task_seconds is not None:
+        parts.append(
+            (
+                cfg.time_on_task_weight,
+                min(context.time_on_task_seconds / cfg.time_on_task_saturation_seconds, 1.0),
+            )
+        )
+    total_weight = sum(w for w, _ in parts)
+    if total_weight <= 0:
+        return None
+    return _clip(sum(w * s for w, s in parts) / total_weight)
+
+
+def _holds(condition: Condition, signals: Mapping[str, float]) -> bool:
+    value = signals[condition.signal]
+    if condition.op == ">=":
+        return value >= condition.value
+    if condition.op == ">":
+        return value > condition.value
+    if condition.op == "<=":
+        return value <= condition.value
+    return value < condition.value
+
+
+def _describe(condition: Condition, signals: Mapping[str, float]) -> str:
+    return f"{condition.signal} {signals[condition.signal]:.2f} {condition.op} {condition.value:g}"
+
+
+def _match(rule: Rule, signals: Mapping[str, float]) -> list[str] | None:
+    """The conditions that decided a match (all of all_of, the holding any_of ones), or None if no match."""
+    if not all(_holds(c, signals) for c in rule.all_of):
+        return None
+    held = [c for c in rule.any_of if _holds(c, signals)]
+    if rule.any_of and not held:
+        return None
+    return [_describe(c, signals) for c in (*rule.all_of, *held)]
+
+
+def _top(contributions: Mapping[str, float]) -> str:
+    ranked = sorted(
+        ((name, c) for name, c in contributions.items() if abs(c) >= 0.005), key=lambda nc: -abs(nc[1])
+    )
+    return ", ".join(f"{name} {c:+.2f}" for name, c in ranked[:_TOP_CONTRIBUTIONS]) or "no contributing input"
+
+
+def assess(
+    probabilities: Mapping[str, float],
+    policy: Policy,
+    context: LearnerContext | None = None,
+    trend: str | None = None,
+) -> LearningState:
+    """The learning-state view of one text's 28 label probabilities (see policy.toml for every formula)."""
+    if trend is not None and trend not in TREND_LABELS:
+        raise ValueError(f"trend must be one of {list(TREND_LABELS)} or None, got {trend!r}")
+    emotions = learning_emotion_scores(probabilities, policy)
+    valence, arousal, dominance = text_vad(probabilities, policy)
+    strain = context_strain(context, policy)
+    midpoint = policy.vad_scoring.scale_midpoint
+    reasons: list[str] = []
+    if strain is not None:
+        reasons.append(f"context_strain {strain:.2f} from {_context_summary(context)}")
+
+    # Readiness: base + weighted emotions, centred VAD and context strain.
+    inputs: dict[str, float] = {
+        **emotions,
+        "valence": valence - midpoint,
+        "arousal": arousal - midpoint,
+        "dominance": dominance - midpoint,
+        "context_strain": strain or 0.0,
+    }
+    contributions = {name: w * inputs[name] for name, w in policy.readiness.weights.items()}
+    readiness = _clip(policy.readiness.base + sum(contributions.values()))
+    reasons.append(
+        f"readiness_score {readiness:.2f} = base {policy.readiness.base:g} "
+        f"+ top inputs: {_top(contributions)}"
+    )
+
+    signals: dict[str, float] = {
+        **emotions,
+        "valence": valence,
+        "arousal": arousal,
+        "dominance": dominance,
+        "readiness_score": readiness,
+        "context_strain": strain or 0.0,
+    }
+    state_name = policy.readiness.states[-1].name
+    for state in policy.readiness.states:
+        decisive = _match(state, signals)
+        if decisive is None:
+            continue
+        state_name = state.name
+        why = "; ".join(decisive) if decisive else "default, no earlier rule matched"
+        reasons.append(f"readiness_state {state.name}: {why}")
+        break
+
+    # Intervention: weighted risk, cut into levels, then floors may raise the level.
+    negative_valence = _clip((midpoint - valence) / midpoint)
+    risk_inputs: dict[str, float] = {
+        **emotions,
+        "negative_valence": negative_valence,
+        "low_readiness": 1.0 - readiness,
+        "context_strain": strain or 0.0,
+    }
+    risk_parts = {name: w * risk_inputs[name] for name, w in policy.intervention.weights.items()}
+    if trend is not None:
+        risk_parts[f"trend {trend}"] = policy.intervention.trend_adjustment.get(trend, 0.0)
+    risk = _clip(sum(risk_parts.values()))
+    intervention = policy.intervention
+    level = intervention.level_for(risk)
+    index = intervention.levels.index(level)
+    low = intervention.cut_points[index - 1] if index > 0 else 0.0
+    high = intervention.cut_points[index] if index < len(intervention.cut_points) else None
+    band = f"[{low:g}, {high:g})" if high is not None else f">= {low:g}"
+    reasons.append(f"intervention {level}: risk {risk:.2f} in {band}; top inputs: {_top(risk_parts)}")
+    for floor in intervention.floors:
+        decisive = _match(floor, signals)
+        if decisive is not None and intervention.levels.index(floor.level) > intervention.levels.index(level):
+            level = floor.level
+            reasons.append(f"intervention raised to {level} by floor: {'; '.join(decisive)}")
+
+    primary = max(emotions, key=lambda name: emotions[name])
+    if emotions[primary] < policy.learning_emotions.primary_min_score:
+        primary = "none"
+    return LearningState(
+        learning_emotions=emotions,
+        valence=valence,
+        arousal=arousal,
+        dominance=dominance,
+        readiness_state=state_name,
+        readiness_score=readiness,
+        intervention_level=level,
+        reasons=reasons,
+        risk_score=risk,
+        primary_emotion=primary,
+    )
+
+
+def _context_summary(context: LearnerContext | None) -> str:
+    if context is None:
+        return "no context"
+    fields = {
+        "recent_error_rate": context.recent_error_rate,
+        "consecutive_errors": context.consecutive_errors,
+        "time_on_task_seconds": context.time_on_task_seconds,
+    }
+    return ", ".join(f"{name} {value:g}" for name, value in fields.items() if value is not None)

@@ -1,0 +1,222 @@
+"""Gateway benchmark (``make bench-gateway``), in one run on this machine:
+
+- gateway overhead: gateway (cache miss: every text new) vs direct Triton gRPC, 1 client, p50;
+- cache hit: the gateway's own server-side time (``x-total-time``) for a repeated text, p50;
+- throughput at 16 clients: gateway + Triton (cache miss) vs a naive FastAPI + transformers pipeline
+  service (torch FP32) on the same model.
+
+Same seeded test-split texts on every path, interleaved rounds, medians and spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.data import load_split
+from export.pipeline import MODEL_REPOSITORY, read_installed
+from loadtest.bench_triton import PathResult, _client_factory, run_triton
+from server.embedded import EmbeddedTriton, ServerConfig
+from server.gateway_process import GatewayProcess
+
+log = logging.getLogger("loadtest.bench_gateway")
+
+
+def _http_client(
+    url: str, payload: Callable[[str], dict[str, str]], server_times: list[float] | None = None
+) -> Callable[[], Callable[[str], Any]]:
+    def make() -> Callable[[str], Any]:
+        import httpx
+
+        client = httpx.Client(timeout=30)
+
+        def infer(text: str) -> Any:
+            r = client.post(url, json=payload(text))
+            if r.status_code != 200:
+                raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
+            if server_times is not None and "x-total-time" in r.headers:
+                server_times.append(float(r.headers["x-total-time"]) / 1000)
+            return r
+
+        return infer
+
+    return make
+
+
+def _wait(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    manifest = read_installed(args.repository)
+    if manifest is None:
+        raise SystemExit(f"no model installed in {args.repository}; run `make prepare` first")
+    rng = np.random.default_rng(args.seed)
+    test = load_split("test").texts
+    sample = [test[i] for i in rng.permutation(len(test))]
+    base = args.base_port
+    triton = EmbeddedTriton(
+        ServerConfig(
+            repository=args.repository,
+            http_port=base,
+            grpc_port=base + 1,
+            metrics_port=base + 2,
+            cache_bytes=0,
+        )
+    )
+    triton.start()
+    work = Path("build") / "bench"
+    gateway = GatewayProcess("127.0.0.1", base + 3, triton.grpc_url, work / "gateway.log")
+    os.environ["GATEWAY_LABELS_FILE"] = str(args.repository / "labels.json")
+    os.environ["GATEWAY_CACHE_BACKEND"] = "memory"
+    os.environ["GATEWAY_MAX_CONCURRENCY"] = "1024"
+    naive = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.naive_service", "--model", manifest.source, "--port", str(base + 4)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        gateway.start()
+        _wait(f"http://127.0.0.1:{base + 4}/healthz")
+        direct = _client_factory("grpc", triton, "goemotions")
+        server_hit_times: list[float] = []
+        gw = _http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
+        gw_hit = _http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t}, server_hit_times)
+        naive_client = _http_client(f"http://127.0.0.1:{base + 4}/classify", lambda t: {"text": t})
+        rounds = []
+        used = 0
+
+        def fresh(n: int) -> list[str]:
+            # Unique texts per path and round: the gateway's cache never sees a text twice here.
+            nonlocal used
+            out = [f"{sample[(used + i) % len(sample)]} [{used + i}]" for i in range(n)]
+            used += n
+            return out
+
+        for r in range(args.rounds):
+            log.info("round %d/%d", r + 1, args.rounds)
+            res: dict[str, PathResult] = {}
+            res["triton-grpc@1"] = run_triton(direct, fresh(args.requests_1), 1)
+            res["gateway@1"] = run_triton(gw, fresh(args.requests_1), 1)
+            server_hit_times.clear()
+            res["gateway-hit@1"] = run_triton(
+                gw_hit, ["I finally understand it, thank you!"] * args.requests_1, 1
+            )
+            res["gateway-hit-server@1"] = PathResult.of(server_hit_times, sum(server_hit_times) or 1.0)
+            res["naive@16"] = run_triton(naive_client, fresh(args.requests_16), 16)
+            res["gateway@16"] = run_triton(gw, fresh(args.requests_16), 16)
+            rounds.append(res)
+    finally:
+        gateway.stop()
+        naive.terminate()
+        naive.wait(timeout=30)
+        triton.stop()
+    return summarize(rounds, manifest.model_version, args)
+
+
+def summarize(rounds: list[dict[str, PathResult]], version: str, args: argparse.Namespace) -> dict[str, Any]:
+    from export.bench import machine_info
+
+    paths = {
+        p: {
+            f: statistics.median(getattr(r[p], f) for r in rounds)
+            for f in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms")
+        }
+        for p in rounds[0]
+    }
+    overhead = [r["gateway@1"].p50_ms - r["triton-grpc@1"].p50_ms for r in rounds]
+    hit = [r["gateway-hit-server@1"].p50_ms for r in rounds]
+    speedup = [r["gateway@16"].texts_per_s / r["naive@16"].texts_per_s for r in rounds]
+    return {
+        "date": dt.date.today().isoformat(),
+        "command": "make bench-gateway",
+        "machine": machine_info(),
+        "model_version": version,
+        "rounds": args.rounds,
+        "paths": paths,
+        "gateway_overhead_p50_ms": {
+            "median": statistics.median(overhead),
+            "range": [min(overhead), max(overhead)],
+        },
+        "cache_hit_server_p50_ms": {"median": statistics.median(hit), "range": [min(hit), max(hit)]},
+        "gateway_vs_naive_16": {"median": statistics.median(speedup), "range": [min(speedup), max(speedup)]},
+    }
+
+
+def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "gateway_bench.json", out / "gateway_bench.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    o, h, s = (
+        report["gateway_overhead_p50_ms"],
+        report["cache_hit_server_p50_ms"],
+        report["gateway_vs_naive_16"],
+    )
+    lines = [
+        "# Gateway benchmark",
+        "",
+        f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores), model "
+        f"`{report['model_version']}` (embedded Triton, INT8, Triton cache off; gateway in-memory cache). "
+        f"Command: `{report['command']}`. {report['rounds']} interleaved rounds, medians [min-max].",
+        "",
+        f"- Gateway overhead over direct Triton gRPC, p50, 1 client, cache miss: **{o['median']:.2f} ms** "
+        f"[{o['range'][0]:.2f}-{o['range'][1]:.2f}] (goal <= 2 ms)",
+        f"- Cache hit, server-side (`x-total-time`) p50: **{h['median']:.3f} ms** "
+        f"[{h['range'][0]:.3f}-{h['range'][1]:.3f}] (goal < 1 ms)",
+        f"- Gateway + Triton vs naive FastAPI + transformers pipeline, 16 clients: **{s['median']:.2f}x** "
+        f"[{s['range'][0]:.2f}-{s['range'][1]:.2f}] (goal >= 4x)",
+        "",
+        "| path | texts/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in report["paths"].items():
+        lines.append(
+            f"| {name} | {row['texts_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} |"
+        )
+    lines.append("")
+    md_path.write_text("\n".join(lines))
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench_gateway", description=__doc__)
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--requests-1", type=int, default=200)
+    p.add_argument("--requests-16", type=int, default=400)
+    p.add_argument("--base-port", type=int, default=18100)
+    p.add_argument("--seed", type=int, default=12)
+    p.add_argument("--out", type=Path, default=Path("results"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("loadtest", "server"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    for path in write_report(run(args), args.out):
+        log.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

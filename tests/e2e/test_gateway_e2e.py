@@ -1,0 +1,151 @@
+"""The gateway against a real embedded Triton and a real Redis; and `python -m server` running both."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from export.labels import read_labels
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.e2e.conftest import free_ports
+from tests.e2e.test_embedded_triton import TEXTS, grpc_infer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def gateway_client(triton, repository, redis_url):
+    settings = Settings(
+        triton_url=triton.grpc_url,
+        labels_file=repository / "labels.json",
+        cache_backend="redis",
+        trajectory_backend="redis",
+        redis_url=redis_url,
+        _env_file=None,
+    )
+    redis.Redis.from_url(redis_url).flushdb()
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+async def test_gateway_answers_what_triton_answers(gateway_client, triton, repository):
+    r = await gateway_client.post("/v1/emotions", json={"texts": TEXTS, "learner_id": "e2e-learner"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["version"] == read_labels(repository / "labels.json").model_version
+    direct = grpc_infer(triton, TEXTS)
+    probs = direct.as_numpy("PROBABILITIES")
+    for i, result in enumerate(body["results"]):
+        np.testing.assert_allclose(list(result["emotions"].values()), probs[i], atol=1e-6)
+        assert result["labels"] == [x.decode() for x in direct.as_numpy("LABELS")[i] if x]
+    assert r.headers["x-cache"] == "miss"
+
+
+async def test_redis_cache_and_trajectory(gateway_client, redis_url):
+    first = await gateway_client.post(
+        "/v1/emotions", json={"text": "Redis should remember this", "learner_id": "r1"}
+    )
+    second = await gateway_client.post(
+        "/v1/emotions", json={"text": "Redis should remember this", "learner_id": "r1"}
+    )
+    assert first.headers["x-cache"] == "miss" and second.headers["x-cache"] == "hit"
+    assert first.json()["results"][0]["emotions"] == second.json()["results"][0]["emotions"]
+    keys = redis.Redis.from_url(redis_url).keys("*")
+    assert any(k.startswith(b"goemotions:result:") for k in keys)
+    trajectory = (await gateway_client.get("/v1/learners/r1/trajectory")).json()
+    assert len(trajectory["points"]) == 2
+
+
+async def test_readiness_and_bad_input_through_the_stack(gateway_client):
+    assert (await gateway_client.get("/readyz")).json()["ready"] is True
+    r = await gateway_client.post("/v1/emotions", json={"text": "   "})
+    assert r.status_code == 422
+
+
+async def test_triton_down_is_503(repository, redis_url):
+    (port,) = free_ports(1)
+    settings = Settings(
+        triton_url=f"127.0.0.1:{port}",
+        labels_file=repository / "labels.json",
+        triton_timeout_s=1.0,
+        _env_file=None,
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client,
+    ):
+        started = time.monotonic()
+        r = await client.post("/v1/emotions", json={"text": "anyone there?"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+        assert time.monotonic() - started < 2
+        assert (await client.get("/readyz")).status_code == 503
+
+
+def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
+    http, grpc, metrics, gw = free_ports(4)
+    env = {**os.environ, "GATEWAY_LABELS_FILE": str(repository / "labels.json")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--repository",
+        str(repository),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--gateway-port",
+        str(gw),
+        "--log-file",
+        str(tmp_path / "triton.log"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        body = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{gw}/v1/emotions",
+                    data=b'{"text": "I get it now"}',
+                    headers={"content-type": "application/json"},
+                )
+                body = json.loads(urllib.request.urlopen(req, timeout=5).read())
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert body is not None and len(body["results"][0]["emotions"]) == 28
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "gateway stopped" in out and "tritonserver stopped (exit code 0)" in out
+        assert f"Gateway http://127.0.0.1:{gw}" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,331 @@
+"""Every gateway route and error status, in-process (httpx + ASGI) against a fake Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from export.labels import LabelSet
+from gateway.app import create_app
+from gateway.errors import GatewayError
+from gateway.learning.policy import PolicyError
+from gateway.settings import Settings
+from gateway.triton import Prediction
+
+
+class FakeTriton:
+    """Deterministic per-text probabilities; records calls; can fail or stall on demand."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.calls: list[list[str]] = []
+        self.fail: GatewayError | Exception | None = None
+        self.delay = 0.0
+        self.is_ready = True
+
+    def probabilities(self, text: str) -> list[float]:
+        seed = hashlib.sha256(text.encode()).digest()
+        return [round(b / 255, 4) for b in seed[: len(self.names)]]
+
+    async def infer(self, texts: list[str]) -> list[Prediction]:
+        self.calls.append(list(texts))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        out = []
+        for t in texts:
+            p = self.probabilities(t)
+            out.append(Prediction(p, [n for n, x in zip(self.names, p, strict=True) if x >= 0.5]))
+        return out
+
+    async def ready(self) -> bool:
+        return self.is_ready
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def labels_file(tmp_path: Path, label_names: list[str]) -> Path:
+    path = tmp_path / "labels.json"
+    LabelSet(label_names, [0.5] * 28, "test-v1").write(path)
+    return path
+
+
+@pytest.fixture
+def fake(label_names: list[str]) -> FakeTriton:
+    return FakeTriton(label_names)
+
+
+@asynccontextmanager
+async def gateway(settings: Settings, fake: FakeTriton) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, fake)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+@pytest.fixture
+def settings(labels_file: Path) -> Settings:
+    return Settings(labels_file=labels_file, _env_file=None)
+
+
+@pytest.fixture
+async def client(settings: Settings, fake: FakeTriton) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway(settings, fake) as c:
+        yield c
+
+
+def error(response: httpx.Response) -> dict[str, str]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+async def test_single_text_full_response(client, fake, label_names):
+    r = await client.post("/v1/emotions", json={"text": "I finally get it!"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"name": "goemotions", "version": "test-v1"}
+    [result] = body["results"]
+    probs = fake.probabilities("I finally get it!")
+    assert result["emotions"] == dict(zip(label_names, probs, strict=True))
+    assert result["labels"] == [n for n, p in zip(label_names, probs, strict=True) if p >= 0.5]
+    assert result["primary_emotion"] == label_names[probs.index(max(probs))]
+    assert result["confidence"] == max(probs)
+    state = result["learning_state"]
+    assert {
+        "learning_emotions",
+        "valence",
+        "arousal",
+        "dominance",
+        "readiness",
+        "intervention_level",
+        "reasons",
+    } <= set(state)
+    assert 0 <= state["readiness"]["score"] <= 1
+    assert r.headers["x-cache"] == "miss"
+    assert float(r.headers["x-inference-time"]) >= 0 and float(r.headers["x-total-time"]) > 0
+
+
+async def test_cache_hit_returns_the_same_result_without_calling_triton(client, fake):
+    first = await client.post("/v1/emotions", json={"text": "Same text"})
+    second = await client.post("/v1/emotions", json={"text": "  Same text  "})  # outer spaces normalized
+    assert second.headers["x-cache"] == "hit"
+    assert len(fake.calls) == 1
+    a, b = first.json()["results"][0], second.json()["results"][0]
+    assert b["cached"] is True and a["cached"] is False
+    assert {k: v for k, v in a.items() if k != "cached"} == {k: v for k, v in b.items() if k != "cached"}
+
+
+async def test_batch_is_one_triton_call_in_order(client, fake):
+    texts = ["one", "two", "three", "two"]
+    r = await client.post("/v1/emotions", json={"texts": texts})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["text_index"] for x in results] == [0, 1, 2, 3]
+    assert fake.calls == [["one", "two", "three"]]  # misses deduplicated, one call
+    for text, result in zip(texts, results, strict=True):
+        assert list(result["emotions"].values()) == fake.probabilities(text)  # each answer is its own text's
+    partial = await client.post("/v1/emotions", json={"texts": ["one", "four"]})
+    assert partial.headers["x-cache"] == "miss" and fake.calls[-1] == ["four"]
+
+
+async def test_concurrent_identical_misses_call_triton_once(client, fake):
+    fake.delay = 0.2
+    responses = await asyncio.gather(*(client.post("/v1/emotions", json={"text": "hot"}) for _ in range(10)))
+    assert all(r.status_code == 200 for r in responses)
+    assert fake.calls == [["hot"]]
+    assert len({json.dumps(r.json()["results"][0]["emotions"]) for r in responses}) == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ({"text": ""}, "text is empty"),
+        ({"text": "   \n\t"}, "text is empty"),
+        ({"texts": ["ok", ""]}, "texts[1] is empty"),
+        ({"text": "x" * 5001}, "5001 characters; the limit is 5000"),
+        ({"texts": ["a"] * 33}, "too many texts: 33; send at most 32"),
+        ({"texts": []}, "at least one text"),
+        ({"text": "a", "texts": ["b"]}, "exactly one of 'text'"),
+        ({}, "exactly one of 'text'"),
+        ({"text": 5}, "text: Input should be a valid string"),
+        ({"texts": "not a list"}, "texts: Input should be a valid list"),
+        ({"text": "a", "colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"text": "a", "learner_id": "bad id!"}, "learner_id"),
+        ({"text": "a", "context": {"recent_error_rate": 2}}, "recent_error_rate"),
+    ],
+)
+async def test_bad_input_is_a_422_saying_what_to_fix(client, fake, payload, needle):
+    r = await client.post("/v1/emotions", json=payload)
+    assert r.status_code == 422, r.text
+    assert error(r)["code"] == "invalid_request"
+    assert needle in error(r)["message"]
+    assert fake.calls == []
+
+
+async def test_malformed_json_and_lone_surrogates(client):
+    r = await client.post(
+        "/v1/emotions", content=b'{"text": "unterminated', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "not valid JSON" in error(r)["message"]
+    r = await client.post(
+        "/v1/emotions", content=b'{"text": "\\ud800 x"}', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "unpaired surrogate" in error(r)["message"]
+
+
+async def test_oversized_body_is_413(labels_file, fake):
+    async with gateway(
+        Settings(labels_file=labels_file, max_body_bytes=2048, _env_file=None), fake
+    ) as client:
+        r = await client.post("/v1/emotions", json={"texts": ["x" * 1000] * 3})
+        assert r.status_code == 413 and error(r)["code"] == "payload_too_large"
+
+        async def chunks():  # no Content-Length: the limit applies while streaming
+            for _ in range(4):
+                yield b" " * 1000
+
+        r = await client.post("/v1/emotions", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (
+            GatewayError("backend_unavailable", "the model server is unavailable", {"Retry-After": "1"}),
+            503,
+            "backend_unavailable",
+        ),
+        (
+            GatewayError("backend_timeout", "did not answer within 5 s", {"Retry-After": "1"}),
+            504,
+            "backend_timeout",
+        ),
+        (GatewayError("invalid_request", "TEXT row 0 is not valid UTF-8"), 422, "invalid_request"),
+    ],
+)
+async def test_triton_failures_map_to_statuses(client, fake, failure, status, code):
+    fake.fail = failure
+    r = await client.post("/v1/emotions", json={"text": "hello"})
+    assert r.status_code == status and error(r)["code"] == code
+    if status in (503, 504):
+        assert r.headers["retry-after"] == "1"
+    fake.fail = None
+    assert (await client.post("/v1/emotions", json={"text": "hello"})).status_code == 200  # nothing cached
+
+
+async def test_unexpected_error_is_a_500_without_details(client, fake):
+    fake.fail = RuntimeError("secret internals /etc/passwd")
+    r = await client.post("/v1/emotions", json={"text": "hello"})
+    assert r.status_code == 500
+    assert "secret" not in r.text and "request id" in error(r)["message"]
+
+
+async def test_overload_is_429_with_retry_after(labels_file, fake):
+    fake.delay = 0.3
+    async with gateway(Settings(labels_file=labels_file, max_concurrency=1, _env_file=None), fake) as client:
+        slow = asyncio.create_task(client.post("/v1/emotions", json={"text": "slow"}))
+        await asyncio.sleep(0.1)
+        r = await client.post("/v1/emotions", json={"text": "fast"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert (await slow).status_code == 200
+        assert (await client.post("/v1/emotions", json={"text": "fast"})).status_code == 200
+
+
+async def test_api_key_auth(labels_file, fake):
+    settings = Settings(labels_file=labels_file, api_keys="k-one,k-two", _env_file=None)
+    async with gateway(settings, fake) as client:
+        assert (await client.post("/v1/emotions", json={"text": "a"})).status_code == 401
+        assert (
+            await client.post("/v1/emotions", json={"text": "a"}, headers={"x-api-key": "wrong"})
+        ).status_code == 401
+        assert (
+            await client.post("/v1/emotions", json={"text": "a"}, headers={"x-api-key": "k-two"})
+        ).status_code == 200
+        ok = await client.get("/v1/learners/l1/trajectory", headers={"authorization": "Bearer k-one"})
+        assert ok.status_code == 200
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_health_and_readiness(client, fake):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True and r.json()["version"] == "test-v1"
+    fake.is_ready = False
+    r = await client.get("/readyz")
+    assert r.status_code == 503 and r.json()["ready"] is False
+
+
+async def test_metrics_count_requests_cache_and_triton(client):
+    await client.post("/v1/emotions", json={"text": "m"})
+    await client.post("/v1/emotions", json={"text": "m"})
+    await client.post("/v1/emotions", json={"text": ""})
+    text = (await client.get("/metrics")).text
+    assert 'gateway_requests_total{method="POST",route="/v1/emotions",status="200"} 2.0' in text
+    assert 'gateway_requests_total{method="POST",route="/v1/emotions",status="422"} 1.0' in text
+    assert 'gateway_cache_lookups_total{result="hit"} 1.0' in text
+    assert 'gateway_cache_lookups_total{result="miss"} 1.0' in text
+    assert "gateway_triton_duration_seconds_count 1.0" in text
+    assert "gateway_triton_batch_size_bucket" in text
+
+
+async def test_learner_trajectory(client):
+    empty = await client.get("/v1/learners/learner-1/trajectory")
+    assert empty.status_code == 200
+    assert empty.json()["points"] == [] and empty.json()["trend"]["label"] == "insufficient_data"
+    for i in range(6):
+        r = await client.post(
+            "/v1/emotions",
+            json={"text": f"message {i}", "learner_id": "learner-1", "context": {"recent_error_rate": 0.2}},
+        )
+        assert r.status_code == 200 and r.json()["trend"] is not None
+    body = (await client.get("/v1/learners/learner-1/trajectory")).json()
+    assert len(body["points"]) == 6
+    assert body["trend"]["points"] == 6
+    assert body["trend"]["label"] in {"improving", "stable", "declining", "volatile", "recovering"}
+    other = (await client.get("/v1/learners/learner-2/trajectory")).json()
+    assert other["points"] == []  # histories are per learner
+
+
+async def test_unknown_route_and_method(client):
+    assert error(await client.get("/v1/nope"))["code"] == "not_found"
+    r = await client.get("/v1/emotions")
+    assert r.status_code == 405 and error(r)["code"] == "method_not_allowed"
+
+
+async def test_invalid_policy_file_fails_at_startup(labels_file, fake, tmp_path):
+    bad = tmp_path / "policy.toml"
+    bad.write_text("this is = = not toml")
+    with pytest.raises(PolicyError, match=r"policy\.toml"):
+        async with gateway(Settings(labels_file=labels_file, policy_file=bad, _env_file=None), fake):
+            pass
+
+
+async def test_missing_labels_file_fails_at_startup(tmp_path, fake):
+    from export.labels import LabelsFileError
+
+    with pytest.raises(LabelsFileError, match="missing"):
+        async with gateway(Settings(labels_file=tmp_path / "nope.json", _env_file=None), fake):
+            pass
+
+
+async def test_openapi_docs_have_examples(client):
+    spec = (await client.get("/openapi.json")).json()
+    assert "/v1/emotions" in spec["paths"]
+    schema = spec["components"]["schemas"]["EmotionsRequest"]
+    assert schema["examples"][0] == {"text": "I finally get it, thank you!"}
+    assert (await client.get("/docs")).status_code == 200

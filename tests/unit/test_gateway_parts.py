@@ -1,0 +1,102 @@
+"""Gateway pieces without HTTP: cache keys, single-flight, Triton error translation, settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from gateway.cache import MemoryCache, SingleFlight, cache_key, normalize
+from gateway.settings import Settings
+from gateway.triton import Prediction, _translate
+
+
+def test_normalize_only_touches_what_cannot_change_the_answer():
+    assert normalize("  Café \n") == "Café"
+    assert normalize("Cafe\u0301") == "Café"  # NFD -> NFC: same characters, same tokens
+    assert normalize("I  LOVE it") == "I  LOVE it"  # case and inner spaces are the model's business
+
+
+def test_cache_key_includes_model_version():
+    assert cache_key("v1", "hello") != cache_key("v2", "hello")
+    assert cache_key("v1", "hello") == cache_key("v1", "hello")
+    assert cache_key("v1", "a\0b") != cache_key("v1\0a", "b")
+
+
+async def test_memory_cache_roundtrip_and_ttl():
+    cache = MemoryCache(maxsize=2, ttl_s=0.05)
+    p = Prediction([0.1] * 28, ["joy"])
+    await cache.set_many({"a": p})
+    assert await cache.get_many(["a", "b"]) == [p, None]
+    await asyncio.sleep(0.06)
+    assert await cache.get_many(["a"]) == [None]
+
+
+async def test_single_flight_shares_one_computation():
+    flight = SingleFlight()
+    calls: list[list[str]] = []
+
+    async def compute(keys: list[str]) -> dict[str, Prediction]:
+        calls.append(keys)
+        await asyncio.sleep(0.05)
+        return {k: Prediction([float(len(k))] * 28, []) for k in keys}
+
+    results = await asyncio.gather(
+        flight.run(["a", "b"], compute), flight.run(["b", "c"], compute), flight.run(["a"], compute)
+    )
+    assert calls == [["a", "b"], ["c"]]  # b and a were already in flight
+    assert results[1]["b"] is results[0]["b"]
+    assert set(results[1]) == {"b", "c"} and set(results[2]) == {"a"}
+
+
+async def test_single_flight_propagates_failure_to_waiters_and_forgets_it():
+    flight = SingleFlight()
+
+    async def boom(keys: list[str]) -> dict[str, Prediction]:
+        await asyncio.sleep(0.02)
+        raise RuntimeError("triton down")
+
+    outcomes = await asyncio.gather(flight.run(["k"], boom), flight.run(["k"], boom), return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+    async def ok(keys: list[str]) -> dict[str, Prediction]:
+        return {k: Prediction([0.0] * 28, []) for k in keys}
+
+    assert "k" in await flight.run(["k"], ok)  # the failure was not cached
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retry"),
+    [
+        ("StatusCode.INVALID_ARGUMENT", "invalid_request", False),
+        ("StatusCode.DEADLINE_EXCEEDED", "backend_timeout", True),
+        ("StatusCode.UNAVAILABLE", "backend_unavailable", True),
+        ("StatusCode.NOT_FOUND", "backend_unavailable", True),
+        ("StatusCode.INTERNAL", "backend_error", False),
+    ],
+)
+def test_triton_errors_translate(status, code, retry):
+    err = _translate(
+        InferenceServerException("in ensemble 'goemotions', TEXT row 0 is empty", status=status), 2.0
+    )
+    assert err.code == code
+    assert ("Retry-After" in err.headers) is retry
+    if code == "invalid_request":
+        assert err.message == "TEXT row 0 is empty"
+    if code == "backend_timeout":
+        assert "2 s" in err.message
+
+
+def test_settings_from_environment(monkeypatch, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("from-file\n\n")
+    monkeypatch.setenv("GATEWAY_MAX_TEXTS", "8")
+    monkeypatch.setenv("GATEWAY_API_KEYS", "key-alpha-1,key-beta-2")
+    monkeypatch.setenv("GATEWAY_API_KEYS_FILE", str(keys))
+    s = Settings(_env_file=None)
+    assert s.max_texts == 8
+    assert s.resolved_api_keys() == ["key-alpha-1", "key-beta-2", "from-file"]
+    assert "key-alpha" not in repr(s)  # secrets are not printed
+    monkeypatch.setenv("GATEWAY_API_KEYS", '["json-key"]')
+    assert Settings(_env_file=None).resolved_api_keys() == ["json-key", "from-file"]

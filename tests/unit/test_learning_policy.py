@@ -1,0 +1,176 @@
+"""The learning policy file: the default loads and matches its sources; broken files fail loudly."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.learning.policy import (
+    DEFAULT_POLICY_PATH,
+    GOEMOTIONS_LABELS,
+    INTERVENTION_LEVELS,
+    Policy,
+    PolicyError,
+    load_policy,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TEXT = DEFAULT_POLICY_PATH.read_text(encoding="utf-8")
+
+
+def write_variant(tmp_path: Path, old: str, new: str) -> Path:
+    """The default policy with one exact edit (asserted to apply, so a stale edit cannot pass silently)."""
+    assert DEFAULT_TEXT.count(old) == 1, f"edit target not unique in policy.toml: {old!r}"
+    path = tmp_path / "policy.toml"
+    path.write_text(DEFAULT_TEXT.replace(old, new), encoding="utf-8")
+    return path
+
+
+def test_default_policy_loads():
+    policy = load_policy()
+    assert isinstance(policy, Policy)
+    assert load_policy(DEFAULT_POLICY_PATH) == policy
+    assert tuple(policy.intervention.levels) == INTERVENTION_LEVELS
+    assert set(policy.vad) == set(GOEMOTIONS_LABELS)
+    for emotion in ("frustration", "anxiety", "confusion", "curiosity", "breakthrough", "mastery_joy"):
+        assert emotion in policy.learning_emotions.map
+    assert policy.readiness.states[-1].name == "ready_to_learn"
+    assert {s.name for s in policy.readiness.states} == {
+        "ready_to_learn",
+        "engaged_struggle",
+        "needs_support",
+        "disengaged",
+        "overwhelmed",
+    }
+
+
+def test_label_list_matches_the_dataset_and_the_model_repository():
+    names = (REPO_ROOT / "data" / "goemotions" / "emotions.txt").read_text(encoding="utf-8").split()
+    assert tuple(names) == GOEMOTIONS_LABELS
+    labels_json = REPO_ROOT / "model_repository" / "labels.json"
+    if labels_json.is_file():
+        served = [entry["name"] for entry in json.loads(labels_json.read_text())["labels"]]
+        assert tuple(served) == GOEMOTIONS_LABELS
+
+
+# NRC VAD Lexicon v1 (Mohammad 2018, ACL), 0..1 scale, copied from NRC-VAD-Lexicon.txt in
+# github.com/KristinHuangg/gpt-writing-prompts @ ea0220dbc128dedb68abd71efa86085c9d6d6516 (identical rows in
+# github.com/alexander-schott/LyricGenerator @ 08de2d24845e2a76f741cae2680af9fc0d8c714f).
+@pytest.mark.parametrize(
+    ("label", "valence", "arousal", "dominance"),
+    [
+        ("joy", 0.980, 0.824, 0.794),
+        ("grief", 0.070, 0.640, 0.474),
+        ("nervousness", 0.163, 0.915, 0.241),
+        ("neutral", 0.469, 0.184, 0.357),
+    ],
+)
+def test_vad_values_are_the_lexicon_numbers(label, valence, arousal, dominance):
+    vad = load_policy().vad[label]
+    assert (vad.valence, vad.arousal, vad.dominance) == (valence, arousal, dominance)
+
+
+def test_missing_file(tmp_path: Path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(PolicyError, match="not found") as err:
+        load_policy(path)
+    assert str(path) in str(err.value)
+
+
+def test_invalid_toml(tmp_path: Path):
+    path = write_variant(tmp_path, "version = 1\n", "version = = 1\n")
+    with pytest.raises(PolicyError, match="invalid TOML") as err:
+        load_policy(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(
+            "nervousness    = { valence = 0.163, arousal = 0.915, dominance = 0.241 }\n",
+            "",
+            r"vad: .*missing GoEmotions label\(s\) \['nervousness'\]",
+            id="missing-vad-label",
+        ),
+        pytest.param(
+            "annoyance = 0.9 ",
+            "boredom = 0.9 ",
+            r"learning_emotions\.map: .*frustration: unknown GoEmotions label\(s\) \['boredom'\]",
+            id="unknown-label-in-mapping",
+        ),
+        pytest.param(
+            "cut_points = [0.15, 0.3, 0.45, 0.6, 0.75]",
+            "cut_points = [0.15, 0.45, 0.45, 0.6, 0.75]",
+            r"intervention\.cut_points: .*strictly increasing",
+            id="non-increasing-cut-points",
+        ),
+        pytest.param(
+            '"mild", "moderate"',
+            '"moderate", "mild"',
+            r"intervention\.levels: .*exactly \['none', 'preventive', 'mild', 'moderate'",
+            id="wrong-level-order",
+        ),
+        pytest.param(
+            "max_history = 50 ",
+            "max_history = 50\nmax_histroy = 60 ",
+            r"trajectory\.max_histroy: Extra inputs are not permitted",
+            id="extra-key",
+        ),
+        pytest.param(
+            "annoyance = 0.9 ",
+            "annoyance = 1.5 ",
+            r"learning_emotions\.map\.frustration\.annoyance: .*less than or equal to 1",
+            id="weight-out-of-range",
+        ),
+        pytest.param(
+            "window = 8\n",
+            'window = "8"\n',
+            r"trajectory\.window: Input should be a valid integer",
+            id="string-for-number",
+        ),
+        pytest.param(
+            'signal = "engagement", op = "<"',
+            'signal = "boredom", op = "<"',
+            r"readiness\.states\[disengaged\]: unknown signal\(s\) \['boredom'\]",
+            id="unknown-signal-in-rule",
+        ),
+        pytest.param(
+            "declining = 0.1 ",
+            "plummeting = 0.1 ",
+            r"intervention\.trend_adjustment: .*unknown trend label\(s\) \['plummeting'\]",
+            id="unknown-trend",
+        ),
+        pytest.param(
+            'description = "Default: no sign of struggle, withdrawal or distress."',
+            'description = "Default"\nany_of = [{ signal = "joy", op = ">=", value = 0.5 }]',
+            r"readiness\.states: .*last state \('ready_to_learn'\) is the default",
+            id="default-state-with-conditions",
+        ),
+        pytest.param(
+            "min_points = 3\n",
+            "min_points = 9\n",
+            r"min_points \(9\) > window \(8\)",
+            id="min-points-above-window",
+        ),
+    ],
+)
+def test_broken_policy_names_the_problem(tmp_path: Path, old: str, new: str, expected: str):
+    path = write_variant(tmp_path, old, new)
+    with pytest.raises(PolicyError, match=expected) as err:
+        load_policy(path)
+    assert str(err.value).startswith(f"{path}: invalid policy: ")
+
+
+def test_missing_section(tmp_path: Path):
+    start = DEFAULT_TEXT.index("[trajectory]")
+    path = tmp_path / "policy.toml"
+    path.write_text(DEFAULT_TEXT[:start], encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"trajectory: Field required"):
+        load_policy(path)
+
+
+def test_policy_is_immutable():
+    policy = load_policy()
+    with pytest.raises(ValueError, match="frozen"):
+        policy.readiness.base = 0.9

