@@ -9,13 +9,13 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench loadtest test lint typecheck \
         unit integration e2e clean
 
 help:
 	@echo "make serve   install, prepare the model (MODEL=<hub id|dir> optional), run Triton + gateway"
 	@echo "make test    install dev tools, lint, type-check, run all tests"
-	@echo "make train | prepare | configs | bench | bench-model | bench-triton | tensorrt-command | clean"
+	@echo "make train | prepare | configs | bench | loadtest | tensorrt-command | clean"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,16 @@ bench-triton: prepare
 bench-gateway: prepare
 	$(BIN)/python -m loadtest.bench_gateway
 
-bench: bench-model bench-triton bench-gateway
+# naive / ort-inproc / ort-raw / triton-grpc / gateway at the same texts and concurrency.
+bench-peers: prepare
+	$(BIN)/python -m loadtest.bench_peers
+
+bench: bench-model bench-triton bench-gateway bench-peers
+
+# Locust step load per path (gateway, cache hit, direct gRPC) -> results/capacity.md + charts.
+# Starts embedded Triton + gateway if they are not running; loopback only; about 5 minutes.
+loadtest: install-dev prepare
+	$(BIN)/python -m loadtest.run
 
 tensorrt-command: install
 	$(BIN)/python -m export tensorrt --dry-run

@@ -18,63 +18,32 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from export.data import load_split
-from export.pipeline import MODEL_REPOSITORY, read_installed
-from loadtest.bench_triton import PathResult, _client_factory, run_triton
+from export.pipeline import read_installed
+from loadtest.common import (
+    PathResult,
+    UniqueTexts,
+    bench_main,
+    closed_loop,
+    http_client,
+    triton_client,
+    wait_http,
+)
 from server.embedded import EmbeddedTriton, ServerConfig
 from server.gateway_process import GatewayProcess
 
 log = logging.getLogger("loadtest.bench_gateway")
 
 
-def _http_client(
-    url: str, payload: Callable[[str], dict[str, str]], server_times: list[float] | None = None
-) -> Callable[[], Callable[[str], Any]]:
-    def make() -> Callable[[str], Any]:
-        import httpx
-
-        client = httpx.Client(timeout=30)
-
-        def infer(text: str) -> Any:
-            r = client.post(url, json=payload(text))
-            if r.status_code != 200:
-                raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
-            if server_times is not None and "x-total-time" in r.headers:
-                server_times.append(float(r.headers["x-total-time"]) / 1000)
-            return r
-
-        return infer
-
-    return make
-
-
-def _wait(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = read_installed(args.repository)
     if manifest is None:
         raise SystemExit(f"no model installed in {args.repository}; run `make prepare` first")
-    rng = np.random.default_rng(args.seed)
-    test = load_split("test").texts
-    sample = [test[i] for i in rng.permutation(len(test))]
+    # Unique texts per path and round: no cache ever sees a text twice here.
+    fresh = UniqueTexts(load_split("test").texts, args.seed).take
     base = args.base_port
     triton = EmbeddedTriton(
         ServerConfig(
@@ -92,40 +61,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["GATEWAY_CACHE_BACKEND"] = "memory"
     os.environ["GATEWAY_MAX_CONCURRENCY"] = "1024"
     naive = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.naive_service", "--model", manifest.source, "--port", str(base + 4)],
+        [
+            sys.executable,
+            "-m",
+            "loadtest.peer_service",
+            "--backend",
+            "torch",
+            "--model",
+            manifest.source,
+            "--port",
+            str(base + 4),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     try:
         gateway.start()
-        _wait(f"http://127.0.0.1:{base + 4}/healthz")
-        direct = _client_factory("grpc", triton, "goemotions")
+        wait_http(f"http://127.0.0.1:{base + 4}/healthz")
+        direct = triton_client("grpc", triton, "goemotions")
         server_hit_times: list[float] = []
-        gw = _http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
-        gw_hit = _http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t}, server_hit_times)
-        naive_client = _http_client(f"http://127.0.0.1:{base + 4}/classify", lambda t: {"text": t})
+        gw = http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
+        gw_hit = http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t}, server_hit_times)
+        naive_client = http_client(f"http://127.0.0.1:{base + 4}/classify", lambda t: {"text": t})
         rounds = []
-        used = 0
-
-        def fresh(n: int) -> list[str]:
-            # Unique texts per path and round: the gateway's cache never sees a text twice here.
-            nonlocal used
-            out = [f"{sample[(used + i) % len(sample)]} [{used + i}]" for i in range(n)]
-            used += n
-            return out
 
         for r in range(args.rounds):
             log.info("round %d/%d", r + 1, args.rounds)
             res: dict[str, PathResult] = {}
-            res["triton-grpc@1"] = run_triton(direct, fresh(args.requests_1), 1)
-            res["gateway@1"] = run_triton(gw, fresh(args.requests_1), 1)
+            res["triton-grpc@1"] = closed_loop(direct, fresh(args.requests_1), 1)
+            res["gateway@1"] = closed_loop(gw, fresh(args.requests_1), 1)
             server_hit_times.clear()
-            res["gateway-hit@1"] = run_triton(
+            res["gateway-hit@1"] = closed_loop(
                 gw_hit, ["I finally understand it, thank you!"] * args.requests_1, 1
             )
             res["gateway-hit-server@1"] = PathResult.of(server_hit_times, sum(server_hit_times) or 1.0)
-            res["naive@16"] = run_triton(naive_client, fresh(args.requests_16), 16)
-            res["gateway@16"] = run_triton(gw, fresh(args.requests_16), 16)
+            res["naive@16"] = closed_loop(naive_client, fresh(args.requests_16), 16)
+            res["gateway@16"] = closed_loop(gw, fresh(args.requests_16), 16)
             rounds.append(res)
     finally:
         gateway.stop()
@@ -201,21 +172,17 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_gateway", description=__doc__)
-    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests-1", type=int, default=200)
-    p.add_argument("--requests-16", type=int, default=400)
-    p.add_argument("--base-port", type=int, default=18100)
-    p.add_argument("--seed", type=int, default=12)
-    p.add_argument("--out", type=Path, default=Path("results"))
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("loadtest", "server"):
-        logging.getLogger(name).setLevel(logging.INFO)
-    for path in write_report(run(args), args.out):
-        log.info("wrote %s", path)
-    return 0
+    return bench_main(
+        "python -m loadtest.bench_gateway",
+        __doc__,
+        argv,
+        run,
+        write_report,
+        requests_1=200,
+        requests_16=400,
+        base_port=18100,
+        seed=12,
+    )
 
 
 if __name__ == "__main__":

@@ -17,11 +17,8 @@ import multiprocessing as mp
 import re
 import statistics
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +26,14 @@ import numpy as np
 
 from export.arrays import Array
 from export.data import load_split
-from export.pipeline import MODEL_REPOSITORY, read_installed
+from export.pipeline import read_installed
 from export.spec import SPEC_FILE, ServingSpec
+from loadtest.common import PathResult, bench_main, closed_loop, triton_client
 from server.embedded import EmbeddedTriton, ServerConfig
 
 log = logging.getLogger("loadtest.bench_triton")
 
 RESULTS = Path("results")
-
-
-@dataclass(frozen=True)
-class PathResult:
-    texts_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    requests: int
-
-    @classmethod
-    def of(cls, latencies_s: list[float], wall_s: float) -> PathResult:
-        ms = np.asarray(latencies_s) * 1000
-        p50, p95, p99 = (float(np.percentile(ms, q)) for q in (50, 95, 99))
-        return cls(len(ms) / wall_s, p50, p95, p99, len(ms))
 
 
 # ---- raw ONNX Runtime: tokenizer + session in-process, no server (the limit) -------------------------
@@ -122,70 +105,6 @@ def run_raw(repo: Path, spec: ServingSpec, texts: list[str], processes: int, bat
 # ---- Triton: the goemotions ensemble over gRPC or HTTP, closed loop --------------------------------
 
 
-def _client_factory(
-    protocol: str, server: EmbeddedTriton, ensemble: str
-) -> Callable[[], Callable[[str], Any]]:
-    def make() -> Callable[[str], Any]:
-        if protocol == "grpc":
-            import tritonclient.grpc as client_mod
-
-            client: Any = client_mod.InferenceServerClient(server.grpc_url)
-        else:
-            import tritonclient.http as client_mod
-
-            client = client_mod.InferenceServerClient(server.http_url.removeprefix("http://"))
-
-        def infer(text: str) -> Any:
-            inp = client_mod.InferInput("TEXT", [1, 1], "BYTES")
-            inp.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
-            result = client.infer(ensemble, [inp])
-            if result.as_numpy("PROBABILITIES").shape != (1, 28):
-                raise RuntimeError("unexpected PROBABILITIES shape")
-            return result
-
-        return infer
-
-    return make
-
-
-def run_triton(make_client: Callable[[], Callable[[str], Any]], texts: list[str], clients: int) -> PathResult:
-    lock = threading.Lock()
-    queue = iter(texts)
-    latencies: list[float] = []
-    errors: list[BaseException] = []
-    ready = threading.Barrier(clients + 1)
-
-    def loop() -> None:
-        infer = make_client()
-        infer("warm-up")
-        ready.wait()
-        while True:
-            with lock:
-                text = next(queue, None)
-            if text is None:
-                return
-            t0 = time.perf_counter()
-            try:
-                infer(text)
-            except BaseException as exc:  # recorded and re-raised: a benchmark with errors is void
-                errors.append(exc)
-                return
-            with lock:
-                latencies.append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=loop) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    ready.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    if errors:
-        raise RuntimeError(f"{len(errors)} request(s) failed, first: {errors[0]!r}")
-    return PathResult.of(latencies, wall)
-
-
 def scrape(metrics_url: str, model: str) -> dict[str, float]:
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     out = {}
@@ -226,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         cold_start = server.startup_seconds
         rss_loaded = server.rss_bytes()
-        clients = {p: _client_factory(p, server, spec.ensemble_name) for p in ("grpc", "http")}
+        clients = {p: triton_client(p, server, spec.ensemble_name) for p in ("grpc", "http")}
         rounds: list[dict[str, Any]] = []
         batch_sizes: list[float] = []
         for r in range(args.rounds):
@@ -236,8 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             off = (r * (n1 + n16)) % max(1, len(sample) - n1 - n16)
             t1, t16 = sample[off : off + n1], sample[off + n1 : off + n1 + n16]
             res["ort-raw@1"] = run_raw(repo, spec, t1, processes=1, batch=1)
-            res["triton-grpc@1"] = run_triton(clients["grpc"], t1, 1)
-            res["triton-http@1"] = run_triton(clients["http"], t1, 1)
+            res["triton-grpc@1"] = closed_loop(clients["grpc"], t1, 1)
+            res["triton-http@1"] = closed_loop(clients["http"], t1, 1)
             # The raw ceiling at 16: best of the layouts that fit 2 cores (measured: 2 x 1 thread, batch 1).
             candidates = {
                 f"{p}proc-bs{b}": run_raw(repo, spec, t16, processes=p, batch=b)
@@ -247,13 +166,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["ort-raw@16"] = candidates[best]
             res["ort-raw@16-layout"] = best
             before = scrape(server.metrics_url, "classifier")
-            res["triton-grpc@16"] = run_triton(clients["grpc"], t16, 16)
+            res["triton-grpc@16"] = closed_loop(clients["grpc"], t16, 16)
             after = scrape(server.metrics_url, "classifier")
             executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
             batch_sizes.append(
                 (after["nv_inference_count"] - before["nv_inference_count"]) / max(executions, 1)
             )
-            res["triton-http@16"] = run_triton(clients["http"], t16, 16)
+            res["triton-http@16"] = closed_loop(clients["http"], t16, 16)
             rounds.append(res)
         rss_after = server.rss_bytes()
         totals = {m: scrape(server.metrics_url, m) for m in ("tokenizer", "classifier", "postprocess")}
@@ -405,24 +324,17 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_triton", description=__doc__)
-    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests-1", type=int, default=300)
-    p.add_argument("--requests-16", type=int, default=1500)
-    p.add_argument(
-        "--base-port", type=int, default=18000, help="HTTP port of the benchmark's own server (+1, +2)"
+    return bench_main(
+        "python -m loadtest.bench_triton",
+        __doc__,
+        argv,
+        run,
+        write_report,
+        requests_1=300,
+        requests_16=1500,
+        base_port=18000,
+        seed=11,
     )
-    p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("loadtest", "server"):
-        logging.getLogger(name).setLevel(logging.INFO)
-    report = run(args)
-    for path in write_report(report, args.out):
-        log.info("wrote %s", path)
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ def load_texts(data_dir: Path = DATA_DIR, limit: int | None = None, seed: int = 
 
 
 class PayloadPicker:
-    """Draws texts for load: a share of repeats (to exercise caches), the rest unique."""
+    """Draws texts for load: a share of repeats from a small hot set (to exercise caches), the rest unique.
+
+    Unique texts are real corpus texts with a short tag appended: many users walking a 5k-text corpus
+    would otherwise send each other's texts and turn "fresh" requests into cache hits.
+    """
 
     def __init__(
         self, texts: list[str], repeat_share: float, hot_set: int = 20, seed: int | None = None
@@ -29,14 +33,15 @@ class PayloadPicker:
         self.hot = texts[:hot_set]
         self.repeat_share = repeat_share
         self.rng = random.Random(seed)
+        self.salt = f"{self.rng.getrandbits(32):08x}"
         self.position = self.rng.randrange(len(texts))
+        self.sent = 0
 
     def fresh(self) -> str:
-        # Walk the corpus and tag each pass, so a long run never repeats a text by accident.
         text = self.texts[self.position % len(self.texts)]
-        lap = self.position // len(self.texts)
         self.position += 1
-        return text if lap == 0 else f"{text} ({lap})"
+        self.sent += 1
+        return f"{text} #{self.salt}{self.sent}"
 
     def next(self) -> str:
         return self.rng.choice(self.hot) if self.rng.random() < self.repeat_share else self.fresh()

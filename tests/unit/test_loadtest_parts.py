@@ -25,8 +25,10 @@ def test_picker_repeat_share_and_batches():
     assert 0.25 < hot / 2000 < 0.36
     assert all(2 <= len(picker.batch()) <= 8 for _ in range(50))
     fresh = PayloadPicker(["a", "b"], repeat_share=0.0, seed=0)
-    seen = [fresh.next() for _ in range(6)]
-    assert len(set(seen)) == 6  # later laps are tagged: a long run never repeats by accident
+    other = PayloadPicker(["a", "b"], repeat_share=0.0, seed=1)
+    seen = [fresh.next() for _ in range(6)] + [other.next() for _ in range(6)]
+    assert len(set(seen)) == 12  # fresh texts never repeat, not even across users
+    assert all(s.split(" #")[0] in ("a", "b") for s in seen)  # still the real texts
     with pytest.raises(ValueError):
         PayloadPicker([], 0.1)
     with pytest.raises(ValueError):
