@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
@@ -27,6 +28,7 @@ from gateway.learning.trajectory import (
     classify_trend,
 )
 from gateway.metrics import Metrics
+from gateway.ratelimit import SlidingWindowLimiter, retry_after_header
 from gateway.schemas import (
     EmotionResult,
     EmotionsRequest,
@@ -133,15 +135,29 @@ CoreDep = Annotated[Core, Depends(_core)]
 
 
 def require_api_key(request: Request, core: CoreDep) -> None:
-    if not core.api_keys:
-        return
+    """Auth (when keys are configured), then the per-client rate limit (when set)."""
     given = request.headers.get("x-api-key") or ""
     auth = request.headers.get("authorization", "")
     if not given and auth.lower().startswith("bearer "):
         given = auth[7:].strip()
+    if core.api_keys:
+        _check_key(given, core.api_keys)
+    if core.limiter is not None:
+        client = f"key:{given}" if core.api_keys else f"ip:{request.client.host if request.client else '-'}"
+        wait = core.limiter.check(client)
+        if wait is not None:
+            core.metrics.rate_limited.inc()
+            raise GatewayError(
+                "overloaded",
+                f"rate limit of {core.limiter.limit} requests per minute reached; retry later",
+                {"Retry-After": retry_after_header(wait)},
+            )
+
+
+def _check_key(given: str, keys: list[str]) -> None:
     # compare_digest against every key: the time taken does not reveal which key (or prefix) matched
     ok = False
-    for key in core.api_keys:
+    for key in keys:
         ok |= hmac.compare_digest(given.encode(), key.encode())
     if not ok:
         raise GatewayError(
@@ -277,8 +293,19 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
             else MemoryTrajectoryStore(policy)
         )
         client = triton or TritonClient(settings.triton_url, settings.triton_model, settings.triton_timeout_s)
+        limiter = (
+            SlidingWindowLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+        )
         app.state.core = Core(
-            settings, client, cache, trajectories, labels, policy, metrics, settings.resolved_api_keys()
+            settings,
+            client,
+            cache,
+            trajectories,
+            labels,
+            policy,
+            metrics,
+            settings.resolved_api_keys(),
+            limiter,
         )
         log.info(
             "gateway ready: model %s (%s), Triton %s, cache %s, auth %s",
@@ -305,6 +332,13 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
     )
     install_error_handlers(app)
     app.include_router(build_router())
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "x-api-key", "authorization"],
+        )
 
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

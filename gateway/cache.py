@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
+
+REDIS_RETRY_S = 5.0  # after a Redis failure, try it again this much later
 
 
 def normalize(text: str) -> str:
@@ -77,17 +80,29 @@ class RedisCache:
         on_error: Callable[[], None] | None = None,
     ) -> None:
         self._redis = client
+        self._retry_at = 0.0
         self._ttl_ms = int(ttl_s * 1000)
         self._prefix = prefix
         self._on_error = on_error or (lambda: None)
 
     def _failed(self, exc: Exception) -> None:
-        log.warning("Redis cache unavailable (%s); serving without cache", type(exc).__name__)
+        log.warning(
+            "Redis cache unavailable (%s); serving without cache for %.0f s",
+            type(exc).__name__,
+            REDIS_RETRY_S,
+        )
+        # Back off: while Redis is down, requests must not each pay a connect timeout.
+        self._retry_at = time.monotonic() + REDIS_RETRY_S
         self._on_error()
+
+    def _down(self) -> bool:
+        return time.monotonic() < self._retry_at
 
     async def get_many(self, keys: list[str]) -> list[Prediction | None]:
         from redis.exceptions import RedisError
 
+        if self._down():
+            return [None] * len(keys)
         try:
             raw = await self._redis.mget([self._prefix + k for k in keys])
         except (RedisError, OSError) as exc:
@@ -98,6 +113,8 @@ class RedisCache:
     async def set_many(self, items: dict[str, Prediction]) -> None:
         from redis.exceptions import RedisError
 
+        if self._down():
+            return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for k, p in items.items():

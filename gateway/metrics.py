@@ -25,6 +25,9 @@ class Metrics:
         self.cache_errors = Counter(
             "gateway_cache_errors", "Cache backend failures (served without cache)", registry=r
         )
+        self.store_errors = Counter(
+            "gateway_store_errors", "Learner store failures (served without trajectory)", registry=r
+        )
         self.triton_latency = Histogram(
             "gateway_triton_duration_seconds", "Triton call latency", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -36,4 +39,9 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge("gateway_inflight_requests", "Inference requests in flight", registry=r)
-        self.rejected = Counter("gateway_overload_rejections", "Requests rejected with 429", registry=r)
+        self.rejected = Counter(
+            "gateway_overload_rejections", "Requests rejected with 429 (concurrency)", registry=r
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests rejected with 429 (rate limit)", registry=r
+        )

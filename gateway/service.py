@@ -8,6 +8,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from redis.exceptions import RedisError
+
 from export.labels import LabelSet
 from gateway.cache import ResultCache, SingleFlight, cache_key, normalize
 from gateway.errors import GatewayError
@@ -15,10 +17,15 @@ from gateway.learning.policy import Policy
 from gateway.learning.state import LearnerContext, LearningState, assess
 from gateway.learning.trajectory import TrajectoryPoint, TrajectoryStore, Trend, classify_trend
 from gateway.metrics import Metrics
+from gateway.ratelimit import SlidingWindowLimiter
 from gateway.settings import Settings
 from gateway.triton import Inference, Prediction
 
 log = logging.getLogger(__name__)
+
+# What a learner-store outage raises (Redis down or timing out); anything else is a bug and propagates.
+STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, asyncio.TimeoutError)
+STORE_RETRY_S = 5.0
 
 
 @dataclass
@@ -50,6 +57,8 @@ class Core:
     policy: Policy
     metrics: Metrics
     api_keys: list[str]
+    limiter: SlidingWindowLimiter | None = None
+    store_retry_at: float = 0.0
     flight: SingleFlight = field(default_factory=SingleFlight)
     inflight: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -123,19 +132,39 @@ async def analyse(
 ) -> Outcome:
     normalized = validate_texts(texts, core.settings)
     predictions, cached, inference_seconds = await predict(core, normalized)
-    history = await core.trajectories.history(learner_id) if learner_id else []
-    trend = classify_trend(history, core.policy) if learner_id else None
+    store_ok = learner_id is not None and time.monotonic() >= core.store_retry_at
+    history: list[TrajectoryPoint] = []
+    if store_ok and learner_id:
+        try:
+            history = await core.trajectories.history(learner_id)
+        except STORE_ERRORS as exc:
+            store_ok = _store_failed(core, exc)
+    trend = classify_trend(history, core.policy) if store_ok else None
     results = []
     for prediction, was_cached in zip(predictions, cached, strict=True):
         probs = dict(zip(core.labels.names, prediction.probabilities, strict=True))
         primary = max(probs, key=lambda k: probs[k])
         state = assess(probs, core.policy, context, trend.label if trend else None)
         results.append(Scored(prediction, was_cached, primary, probs[primary], state))
-        if learner_id:
+        if learner_id and store_ok:
             point = TrajectoryPoint(
                 time.time(), state.readiness_score, state.valence, state.intervention_level, primary
             )
-            await core.trajectories.append(learner_id, point)
+            try:
+                await core.trajectories.append(learner_id, point)
+            except STORE_ERRORS as exc:
+                store_ok = _store_failed(core, exc)
+                trend = None
+                continue
             history.append(point)
             trend = classify_trend(history, core.policy)
     return Outcome(results, inference_seconds, all(cached), trend)
+
+
+def _store_failed(core: Core, exc: Exception) -> bool:
+    """A learner store outage costs the trend, never the answer: log, count, carry on without it."""
+    log.warning(
+        "learner history store unavailable (%s); answering without the trajectory", type(exc).__name__
+    )
+    core.metrics.store_errors.inc()
+    return False

@@ -43,11 +43,16 @@ class Settings(BaseSettings):
 
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
 
+    # Per-client rate limit (per API key; per client address when auth is off). 0 = off.
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    # Browser origins allowed by CORS; empty = CORS off (no CORS headers at all).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # API keys: auth is off while both are empty. A key file holds one key per line.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         # GATEWAY_API_KEYS="k1,k2" as well as a JSON list.

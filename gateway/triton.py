@@ -58,7 +58,20 @@ class TritonClient:
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
-        self._client = triton.InferenceServerClient(url)
+        # Fast reconnects: after a Triton restart the channel is back within ~1 s instead of gRPC's
+        # default backoff (up to 120 s). Size limits as tritonclient's own defaults.
+        self._client = triton.InferenceServerClient(
+            url,
+            channel_args=[
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 2_000),
+            ],
+        )
 
     async def infer(self, texts: list[str]) -> list[Prediction]:
         inp = triton.InferInput("TEXT", [len(texts), 1], "BYTES")

@@ -8,6 +8,9 @@ import logging
 import signal
 import sys
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from export.spec import SPEC_FILE, ServingSpec
@@ -15,6 +18,33 @@ from server.embedded import EmbeddedTriton, ServerConfig, ServerError
 from server.gateway_process import GatewayProcess
 
 log = logging.getLogger("server")
+
+
+class RestartBudget:
+    """At most ``limit`` restarts in any ``window_s``: a crash loop stops instead of spinning forever."""
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self.times: deque[float] = deque()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        while self.times and now - self.times[0] > self.window_s:
+            self.times.popleft()
+        if len(self.times) >= self.limit:
+            return False
+        self.times.append(now)
+        return True
+
+
+def _keep_log(path: Path) -> Path:
+    """Keep a dead process's log as <name>.1 before its successor overwrites it."""
+    kept = path.with_suffix(path.suffix + ".1")
+    if path.exists():
+        path.replace(kept)
+    return kept
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-file", type=Path, default=None, help="server log (default build/tritonserver/)")
     p.add_argument("--no-gateway", dest="gateway", action="store_false", help="run Triton only")
+    p.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        help="exit when Triton or the gateway dies instead of restarting it",
+    )
+    p.add_argument("--max-restarts", type=int, default=5, help="restarts allowed per minute before giving up")
     p.add_argument("--gateway-port", type=int, default=8080, help="gateway HTTP port (on --host)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -93,17 +130,36 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.url,
             )
         log.info("Ctrl-C to stop")
+        restarts = RestartBudget(args.max_restarts, window_s=60.0)
         while not stop.is_set():
             if server.process is not None and server.process.poll() is not None:
+                code = server.process.returncode
+                if not args.restart or not restarts.allow():
+                    log.error("tritonserver exited (code %s); not restarting; log: %s", code, server.log_file)
+                    return 1
+                # The gateway keeps answering (503 + Retry-After) meanwhile; its gRPC channel reconnects.
                 log.error(
-                    "tritonserver exited unexpectedly (code %s); log: %s",
-                    server.process.returncode,
-                    server.log_file,
+                    "tritonserver exited unexpectedly (code %s); restarting (log of the dead one: %s)",
+                    code,
+                    _keep_log(server.log_file),
                 )
-                return 1
+                server.stop()
+                try:
+                    server.start()
+                except ServerError as exc:
+                    log.error("%s", exc)
+                    return 1
             if gateway and not gateway.alive():
-                log.error("gateway exited unexpectedly; log: %s", gateway.log_file)
-                return 1
+                if not args.restart or not restarts.allow():
+                    log.error("gateway exited; not restarting; log: %s", gateway.log_file)
+                    return 1
+                log.error("gateway exited unexpectedly; restarting (log: %s)", _keep_log(gateway.log_file))
+                gateway.stop()
+                try:
+                    gateway.start()
+                except RuntimeError as exc:
+                    log.error("%s", exc)
+                    return 1
             stop.wait(0.5)
     finally:
         if gateway:

@@ -139,6 +139,21 @@ def _mapped_regions() -> set[str]:
     return mapped
 
 
+def group_regions(pgid: int) -> set[str]:
+    """Shared-memory regions mapped by the processes of one process group (a server and its stubs)."""
+    found: set[str] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            found.update(
+                line.rsplit("/", 1)[-1].strip()
+                for line in (stat.parent / "maps").read_text().splitlines()
+                if SHM_PREFIX in line
+            )
+    return found
+
+
 def remove_stale_shm(only: set[str] | None = None) -> list[str]:
     """Remove python-backend shared-memory regions no live process maps (left by a killed server)."""
     candidates = shm_regions() if only is None else only & shm_regions()
@@ -241,6 +256,10 @@ class EmbeddedTriton:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    def shm_regions(self) -> set[str]:
+        """The python-backend regions this server's stubs map right now."""
+        return group_regions(self.process.pid) if self.process else set()
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and its python stubs (the whole process group)."""

@@ -329,3 +329,34 @@ async def test_openapi_docs_have_examples(client):
     schema = spec["components"]["schemas"]["EmotionsRequest"]
     assert schema["examples"][0] == {"text": "I finally get it, thank you!"}
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_rate_limit_per_key_is_429_with_retry_after(labels_file, fake):
+    settings = Settings(
+        labels_file=labels_file, api_keys="key-a,key-b", rate_limit_per_minute=2, _env_file=None
+    )
+    async with gateway(settings, fake) as client:
+        a = {"x-api-key": "key-a"}
+        for _ in range(2):
+            assert (await client.post("/v1/emotions", json={"text": "hi"}, headers=a)).status_code == 200
+        r = await client.post("/v1/emotions", json={"text": "hi"}, headers=a)
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+        assert "rate limit of 2 requests per minute" in error(r)["message"]
+        b = await client.post("/v1/emotions", json={"text": "hi"}, headers={"x-api-key": "key-b"})
+        assert b.status_code == 200  # another key has its own window
+        metrics = (await client.get("/metrics", headers={"x-api-key": "key-b"})).text
+        assert "gateway_rate_limited_total 1.0" in metrics
+
+
+async def test_cors_is_off_by_default_and_on_when_configured(client, labels_file, fake):
+    preflight = {"origin": "https://lms.example", "access-control-request-method": "POST"}
+    r = await client.options("/v1/emotions", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    settings = Settings(labels_file=labels_file, cors_origins="https://lms.example", _env_file=None)
+    async with gateway(settings, fake) as cors_client:
+        r = await cors_client.options("/v1/emotions", headers=preflight)
+        assert r.headers["access-control-allow-origin"] == "https://lms.example"
+        other = await cors_client.options(
+            "/v1/emotions", headers={**preflight, "origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers
