@@ -1,0 +1,528 @@
+"""The Kubernetes manifests (deploy/k8s) checked without a cluster: schemas, kustomization, wiring.
+
+Every document is validated against the Kubernetes 1.30 OpenAPI schemas bundled with
+kubernetes-validate in strict mode (unknown fields are errors); the rest checks what a schema cannot:
+that names, ports, selectors, settings and users agree with each other and with the code and images.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from google.protobuf import text_format
+from kubernetes_validate.utils import all_versions
+from tritonclient.grpc import model_config_pb2
+
+from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+K8S_VERSION = "1.30.0"
+KUSTOMIZATION = "kustomization.yaml"
+SECRET_EXAMPLE = "secret.example.yaml"
+NAMESPACE = "goemotions"
+
+Doc = dict[str, Any]
+
+
+def _load(path: Path) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+# Every *.yaml here but the kustomization (a kustomize file, not a Kubernetes object).
+MANIFEST_FILES = sorted(p for p in K8S.glob("*.yaml") if p.name != KUSTOMIZATION)
+DOCS: dict[str, list[Doc]] = {p.name: _load(p) for p in MANIFEST_FILES}
+KUSTOMIZE: Doc = yaml.safe_load((K8S / KUSTOMIZATION).read_text(encoding="utf-8"))
+# What `kubectl apply -k` creates (the Secrets example is not part of it).
+APPLIED: list[Doc] = [doc for name, docs in DOCS.items() if name != SECRET_EXAMPLE for doc in docs]
+
+
+def _get(kind: str, name: str, docs: list[Doc] = APPLIED) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _container(deployment: Doc, name: str | None = None) -> Doc:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    name = name or deployment["metadata"]["name"]
+    return next(c for c in containers if c["name"] == name)
+
+
+def _env(container: Doc) -> dict[str, Doc]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _pod_labels(deployment: Doc) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _selects(selector: Doc, labels: dict[str, str]) -> bool:
+    assert "matchExpressions" not in selector, "only matchLabels is understood by these checks"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _container_port(deployment: Doc, port: int | str) -> int:
+    """A probe's or Service's port (name or number) resolved against the pod's container ports."""
+    ports = [p for c in deployment["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])]
+    for p in ports:
+        if port in (p.get("name"), p["containerPort"]):
+            return int(p["containerPort"])
+    raise AssertionError(f"port {port!r} is not a container port of {deployment['metadata']['name']}")
+
+
+def _volume(deployment: Doc, container: Doc, path: str) -> tuple[Doc, Doc]:
+    """The volumeMount that holds file/dir `path` (deepest mount wins) and its volume."""
+    mounts = [
+        m
+        for m in container.get("volumeMounts", [])
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    assert mounts, f"nothing is mounted at {path}"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    return mount, volumes[mount["name"]]
+
+
+# --- schemas ---------------------------------------------------------------------------------------
+
+
+def test_the_kubernetes_version_is_bundled():
+    # validate() silently falls back to the newest bundled version not above the one asked for.
+    assert K8S_VERSION in all_versions()
+
+
+SCHEMA_CASES = [
+    pytest.param(doc, id=f"{name}:{doc['kind']}/{doc['metadata']['name']}")
+    for name, docs in DOCS.items()
+    for doc in docs
+]
+
+
+@pytest.mark.parametrize("doc", SCHEMA_CASES)
+def test_every_document_validates_strictly(doc: Doc):
+    assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == "1.30"
+
+
+def test_strict_validation_rejects_an_unknown_field():
+    # Guards the test above against a validator that accepts anything.
+    bad = copy.deepcopy(_get("Deployment", "gateway"))
+    bad["spec"]["template"]["spec"]["containers"][0]["readynessProbe"] = {"httpGet": {"port": 8080}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_there_are_manifests_and_each_file_has_documents():
+    assert {"namespace.yaml", "triton.yaml", "gateway.yaml", "redis.yaml", "networkpolicy.yaml"} <= set(DOCS)
+    assert SECRET_EXAMPLE in DOCS
+    for name, docs in DOCS.items():
+        assert docs, f"{name} has no documents"
+
+
+# --- kustomization ---------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_exactly_the_manifests_that_exist():
+    assert KUSTOMIZE["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+    assert KUSTOMIZE["kind"] == "Kustomization"
+    resources = KUSTOMIZE["resources"]
+    assert len(resources) == len(set(resources)), "a resource is listed twice"
+    assert set(resources) == set(DOCS) - {SECRET_EXAMPLE}
+
+
+def test_kustomization_namespace_and_common_labels():
+    assert KUSTOMIZE["namespace"] == NAMESPACE
+    pairs = [entry["pairs"] for entry in KUSTOMIZE["labels"]]
+    assert {"app.kubernetes.io/part-of": "goemotions"} in pairs
+    # Selectors are immutable on Deployments: the common label must stay out of them.
+    assert all(entry.get("includeSelectors") is not True for entry in KUSTOMIZE["labels"])
+    namespace = _get("Namespace", NAMESPACE)
+    assert "namespace" not in namespace["metadata"]
+
+
+def test_kustomization_image_tags_match_the_manifests():
+    # An unquoted tag such as 24.10 would be read as the number 24.1.
+    images = {
+        c["image"].rsplit(":", 1)[0]: c["image"].rsplit(":", 1)[1]
+        for d in APPLIED
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    for entry in KUSTOMIZE.get("images", []):
+        assert entry["name"] in images, f"kustomization rewrites an image no manifest uses: {entry['name']}"
+        if "newTag" in entry:
+            assert entry["newTag"] == images[entry["name"]]
+
+
+def test_every_namespaced_object_names_the_namespace():
+    for docs in DOCS.values():
+        for doc in docs:
+            if doc["kind"] != "Namespace":
+                assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+
+
+def test_no_real_secret_is_applied():
+    assert not [d["metadata"]["name"] for d in APPLIED if d["kind"] == "Secret"]
+    for secret in DOCS[SECRET_EXAMPLE]:
+        assert secret["kind"] == "Secret"
+        assert all("REPLACE-ME" in v for v in secret["stringData"].values())
+
+
+# --- Triton ----------------------------------------------------------------------------------------
+
+TRITON = _get("Deployment", "triton")
+TRITON_POD = TRITON["spec"]["template"]["spec"]
+TRITON_C = _container(TRITON)
+TRITON_ENV = _env(TRITON_C)
+
+
+def test_triton_image_is_the_compose_image():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert TRITON_C["image"] == compose["services"]["triton"]["image"] == "goemotions-triton:24.10"
+
+
+def test_triton_requests_a_gpu_on_the_gpu_pool():
+    assert int(TRITON_C["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    tolerations = TRITON_POD["tolerations"]
+    assert any(
+        t["key"] == "nvidia.com/gpu"
+        and t["effect"] == "NoSchedule"
+        and (t.get("operator") == "Exists" or "value" in t)
+        for t in tolerations
+    )
+    assert TRITON_POD["nodeSelector"], "no node selector for the GPU pool"
+
+
+def test_triton_probes():
+    ready, live, startup = (TRITON_C[k] for k in ("readinessProbe", "livenessProbe", "startupProbe"))
+    assert ready["httpGet"]["path"] == "/v2/health/ready"
+    assert _container_port(TRITON, ready["httpGet"]["port"]) == 8000
+    assert live["httpGet"]["path"] == "/v2/health/live"
+    assert _container_port(TRITON, live["httpGet"]["port"]) == 8000
+    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    # Model download and load: at least 5 minutes before liveness starts counting.
+    assert startup["failureThreshold"] * startup.get("periodSeconds", 10) >= 300
+
+
+def test_triton_command_matches_compose_and_reads_the_repository_from_object_storage():
+    assert TRITON_C["command"] == ["tritonserver"]
+    args = TRITON_C["args"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton"]["command"]
+    for flag in compose:
+        if flag.startswith(("--cache-config=", "--exit-timeout-secs=")):
+            assert flag in args
+    assert "--model-repository=$(MODEL_REPOSITORY)" in args
+    ref = TRITON_ENV["MODEL_REPOSITORY"]["valueFrom"]["configMapKeyRef"]
+    config = _get("ConfigMap", ref["name"])
+    assert config["data"][ref["key"]].startswith("s3://")
+    # --exit-timeout-secs must fit in the pod's grace period.
+    exit_timeout = int(next(a for a in args if a.startswith("--exit-timeout-secs=")).split("=")[1])
+    assert TRITON_POD["terminationGracePeriodSeconds"] > exit_timeout
+
+
+@pytest.mark.parametrize("flag", ["--http-restricted-api", "--grpc-restricted-protocol"])
+def test_triton_restricted_apis_need_the_admin_key_from_the_secret(flag: str):
+    values = [a.split("=", 1)[1] for a in TRITON_C["args"] if a.startswith(flag + "=")]
+    assert len(values) == 1, f"{flag} missing or repeated"
+    apis, restriction = values[0].rsplit(":", 1)  # <api1>,<api2>:<key>=<value>
+    assert {"model-repository", "model-config"} <= set(apis.split(","))
+    assert not {"inference", "health"} & set(apis.split(",")), "the gateway and the probes need these open"
+    header, value = restriction.split("=", 1)
+    assert header == "admin-key"
+    match = re.fullmatch(r"\$\((\w+)\)", value)
+    assert match, "the key must come from the environment, not be written into the manifest"
+    ref = TRITON_ENV[match.group(1)]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "triton-admin"
+    assert not ref.get("optional", False)
+    example = _get("Secret", ref["name"], DOCS[SECRET_EXAMPLE])
+    assert ref["key"] in example["stringData"]
+
+
+def test_every_variable_reference_is_defined():
+    # Kubernetes leaves an undefined $(NAME) in place literally, so a typo would pass unnoticed.
+    for deployment in (d for d in APPLIED if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            defined = set(_env(container))
+            texts = container.get("command", []) + container.get("args", [])
+            texts += [e["value"] for e in container.get("env", []) if "value" in e]
+            for text in texts:
+                for name in re.findall(r"\$\((\w+)\)", text):
+                    assert name in defined, f"{deployment['metadata']['name']}: $({name}) is not defined"
+
+
+def test_triton_shared_memory_and_labels_next_to_the_downloaded_models():
+    _, shm = _volume(TRITON, TRITON_C, "/dev/shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    # postprocess reads "../labels.json" relative to its own (downloaded) model directory, and Triton
+    # downloads each model from S3 into $TRITON_AWS_MOUNT_DIRECTORY/folderXXXXXX.
+    config = text_format.Parse(
+        (ROOT / "model_repository" / "postprocess" / "config.pbtxt").read_text(),
+        model_config_pb2.ModelConfig(),
+    )
+    assert config.parameters["labels_file"].string_value == "../labels.json"
+    cache_dir = TRITON_ENV["TRITON_AWS_MOUNT_DIRECTORY"]["value"]
+    mount, volume = _volume(TRITON, TRITON_C, f"{cache_dir}/labels.json")
+    assert mount["mountPath"] == f"{cache_dir}/labels.json"
+    assert volume["configMap"]["name"] == "goemotions-labels"
+    item = next(i for i in volume["configMap"]["items"] if i["path"] == mount["subPath"])
+    assert item["key"] == "labels.json"
+    _, cache = _volume(TRITON, TRITON_C, f"{cache_dir}/folder0")
+    assert "emptyDir" in cache
+
+
+def test_triton_runs_as_the_images_non_root_user():
+    pod, ctx = TRITON_POD["securityContext"], TRITON_C["securityContext"]
+    assert pod["runAsUser"] == 1000  # triton-server in the NGC image
+    assert pod["runAsNonRoot"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+
+
+# --- gateway ---------------------------------------------------------------------------------------
+
+GATEWAY = _get("Deployment", "gateway")
+GATEWAY_POD = GATEWAY["spec"]["template"]["spec"]
+GATEWAY_C = _container(GATEWAY)
+GATEWAY_ENV = _env(GATEWAY_C)
+
+
+def test_gateway_env_names_are_settings_fields():
+    prefix = Settings.model_config.get("env_prefix")
+    assert prefix == "GATEWAY_"
+    names = [n for n in GATEWAY_ENV if n.startswith(prefix)]
+    assert names
+    for name in names:
+        assert name.removeprefix(prefix).lower() in Settings.model_fields, f"{name} is not a gateway setting"
+    assert set(GATEWAY_ENV) == set(names), "an env var without the GATEWAY_ prefix does nothing"
+
+
+def test_gateway_env_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch):
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
+        monkeypatch.delenv(name)
+    for name, entry in GATEWAY_ENV.items():
+        monkeypatch.setenv(name, entry["value"])
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.triton_url == "triton:8001"
+    assert settings.cache_backend == "redis"
+    assert settings.trajectory_backend == "redis"
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert str(settings.labels_file) == "/models/labels.json"
+    assert settings.api_keys_file is not None
+
+
+def test_gateway_reaches_triton_and_redis_through_their_services():
+    host, port = GATEWAY_ENV["GATEWAY_TRITON_URL"]["value"].rsplit(":", 1)
+    triton_svc = _get("Service", host)
+    grpc = next(p for p in triton_svc["spec"]["ports"] if p["port"] == int(port))
+    assert _container_port(TRITON, grpc["targetPort"]) == 8001
+    match = re.fullmatch(r"redis://([\w.-]+):(\d+)/\d+", GATEWAY_ENV["GATEWAY_REDIS_URL"]["value"])
+    assert match
+    redis_svc = _get("Service", match.group(1))
+    redis_port = next(p for p in redis_svc["spec"]["ports"] if p["port"] == int(match.group(2)))
+    assert _container_port(_get("Deployment", "redis"), redis_port["targetPort"]) == 6379
+
+
+def test_gateway_labels_and_api_keys_files_are_mounted():
+    labels_file = GATEWAY_ENV["GATEWAY_LABELS_FILE"]["value"]
+    mount, volume = _volume(GATEWAY, GATEWAY_C, labels_file)
+    assert volume["configMap"]["name"] == "goemotions-labels"
+    relative = labels_file.removeprefix(mount["mountPath"].rstrip("/") + "/")
+    assert {"key": "labels.json", "path": relative} in volume["configMap"]["items"]
+
+    keys_file = GATEWAY_ENV["GATEWAY_API_KEYS_FILE"]["value"]
+    mount, volume = _volume(GATEWAY, GATEWAY_C, keys_file)
+    assert volume["secret"]["secretName"] == "gateway-api-keys"
+    relative = keys_file.removeprefix(mount["mountPath"].rstrip("/") + "/")
+    item = next(i for i in volume["secret"]["items"] if i["path"] == relative)
+    assert item["key"] in _get("Secret", "gateway-api-keys", DOCS[SECRET_EXAMPLE])["stringData"]
+
+
+def test_an_optional_key_secret_needs_a_gateway_that_tolerates_a_missing_file(tmp_path: Path):
+    # An optional Secret volume that is absent leaves GATEWAY_API_KEYS_FILE pointing at nothing.
+    volume = _volume(GATEWAY, GATEWAY_C, GATEWAY_ENV["GATEWAY_API_KEYS_FILE"]["value"])[1]
+    settings = Settings(_env_file=None, api_keys_file=tmp_path / "missing")  # type: ignore[call-arg]
+    try:
+        settings.resolved_api_keys()
+        tolerates_missing = True
+    except OSError:
+        tolerates_missing = False
+    if volume["secret"].get("optional", False):
+        assert tolerates_missing, "the gateway stops on a missing key file: the Secret must be required"
+
+
+def test_gateway_runs_as_the_dockerfiles_user():
+    dockerfile = (ROOT / "docker" / "gateway.Dockerfile").read_text()
+    useradd = re.search(r"useradd\b[^\n]*--uid\s+(\d+)\s+(\S+)", dockerfile)
+    user = re.search(r"^USER\s+(\S+)\s*$", dockerfile, re.MULTILINE)
+    assert useradd and user
+    assert user.group(1) == useradd.group(2)
+    uid = int(useradd.group(1))
+    assert uid == 10001
+    pod, ctx = GATEWAY_POD["securityContext"], GATEWAY_C["securityContext"]
+    assert ctx.get("runAsUser", pod.get("runAsUser")) == uid
+    assert ctx.get("runAsNonRoot", pod.get("runAsNonRoot")) is True
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"]["drop"] == ["ALL"]
+
+
+def test_gateway_probes_port_and_resources():
+    assert _container_port(GATEWAY, "http") == 8080
+    assert GATEWAY_C["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert GATEWAY_C["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert _container_port(GATEWAY, GATEWAY_C[probe]["httpGet"]["port"]) == 8080
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(GATEWAY_C["resources"][kind])
+    assert GATEWAY["spec"]["replicas"] == 2
+
+
+def test_hpa_scales_the_gateway_on_cpu():
+    hpa = _get("HorizontalPodAutoscaler", "gateway")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+    assert _get(target["kind"], target["name"]) is GATEWAY
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    # Utilization is relative to the request: every container must request CPU.
+    for container in GATEWAY_POD["containers"]:
+        assert container["resources"]["requests"]["cpu"]
+    assert GATEWAY["spec"]["replicas"] >= hpa["spec"]["minReplicas"]
+
+
+def test_pdb_keeps_a_gateway_up():
+    pdb = _get("PodDisruptionBudget", "gateway")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert _selects(pdb["spec"]["selector"], _pod_labels(GATEWAY))
+
+
+# --- all workloads ---------------------------------------------------------------------------------
+
+DEPLOYMENTS = [d for d in APPLIED if d["kind"] == "Deployment"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["metadata"]["name"])
+def test_deployment_selector_matches_its_pods(deployment: Doc):
+    assert _selects(deployment["spec"]["selector"], _pod_labels(deployment))
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["metadata"]["name"])
+def test_pods_meet_the_restricted_pod_security_profile(deployment: Doc):
+    pod = deployment["spec"]["template"]["spec"]
+    pod_ctx = pod.get("securityContext", {})
+    for container in pod["containers"]:
+        ctx = container.get("securityContext", {})
+        assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True
+        assert ctx.get("runAsUser", pod_ctx.get("runAsUser", 1)) != 0
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert not ctx.get("capabilities", {}).get("add")
+        seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile", {}))
+        assert seccomp.get("type") == "RuntimeDefault"
+
+
+def test_redis_matches_compose_and_runs_as_its_user():
+    redis = _get("Deployment", "redis")
+    container = _container(redis)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
+    assert container["image"] == compose["image"] == "redis:7.4-alpine"
+    assert container["command"] + container["args"] == compose["command"]
+    assert container["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    assert redis["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 999
+
+
+@pytest.mark.parametrize(
+    "service", [d for d in APPLIED if d["kind"] == "Service"], ids=lambda d: d["metadata"]["name"]
+)
+def test_service_selects_one_deployment_and_targets_its_container_ports(service: Doc):
+    selected = [
+        d for d in DEPLOYMENTS if _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(d))
+    ]
+    assert len(selected) == 1, f"service {service['metadata']['name']} selects {len(selected)} deployments"
+    for port in service["spec"]["ports"]:
+        _container_port(selected[0], port.get("targetPort", port["port"]))
+
+
+def test_service_ports():
+    triton = {p["name"]: p["port"] for p in _get("Service", "triton")["spec"]["ports"]}
+    assert triton == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert _get("Service", "triton")["spec"].get("type", "ClusterIP") == "ClusterIP"
+    [gateway] = _get("Service", "gateway")["spec"]["ports"]
+    assert gateway["port"] == 80 and _container_port(GATEWAY, gateway["targetPort"]) == 8080
+    [redis] = _get("Service", "redis")["spec"]["ports"]
+    assert redis["port"] == 6379
+
+
+@pytest.mark.parametrize(("deployment", "port"), [(TRITON, 8002), (GATEWAY, 8080)], ids=["triton", "gateway"])
+def test_prometheus_scrape_annotations(deployment: Doc, port: int):
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert _container_port(deployment, port) == port
+
+
+# --- network policies ------------------------------------------------------------------------------
+
+POLICIES = [d for d in APPLIED if d["kind"] == "NetworkPolicy"]
+
+
+def _policy_for(deployment: Doc) -> Doc:
+    found = [p for p in POLICIES if _selects(p["spec"]["podSelector"], _pod_labels(deployment))]
+    assert len(found) == 1, f"{len(found)} policies select {deployment['metadata']['name']}"
+    assert "Ingress" in found[0]["spec"]["policyTypes"]
+    return found[0]
+
+
+def _peers_for_port(policy: Doc, port: int) -> list[Doc]:
+    """Every peer allowed on `port`; an empty peer ({}) means "from anywhere"."""
+    peers: list[Doc] = []
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is None or any(p.get("port") in (None, port) for p in ports):
+            peers += rule.get("from") or [{}]
+    return peers
+
+
+def _only_gateway(peers: list[Doc]) -> bool:
+    gateway = _pod_labels(GATEWAY)
+    return bool(peers) and all(
+        set(peer) == {"podSelector"}  # same namespace only, no ipBlock, no namespaceSelector
+        and peer["podSelector"].get("matchLabels")
+        and _selects(peer["podSelector"], gateway)
+        for peer in peers
+    )
+
+
+def test_network_policy_lets_only_the_gateway_call_triton():
+    policy = _policy_for(TRITON)
+    assert not _selects(policy["spec"]["podSelector"], _pod_labels(GATEWAY))
+    assert _only_gateway(_peers_for_port(policy, 8001))
+    assert _only_gateway(_peers_for_port(policy, 8000))
+
+
+def test_network_policy_lets_prometheus_scrape_triton():
+    peers = _peers_for_port(_policy_for(TRITON), 8002)
+    assert {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    } in peers
+    for peer in peers:
+        assert peer.get("podSelector", {}).get("matchLabels"), "metrics must not be open to every pod"
+
+
+def test_network_policy_lets_only_the_gateway_reach_redis():
+    policy = _policy_for(_get("Deployment", "redis"))
+    assert _only_gateway(_peers_for_port(policy, 6379))
+    all_peers = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from") or [{}]]
+    assert _only_gateway(all_peers)
