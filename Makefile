@@ -9,13 +9,13 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench loadtest test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench loadtest soak test lint typecheck \
         unit integration e2e clean
 
 help:
 	@echo "make serve   install, prepare the model (MODEL=<hub id|dir> optional), run Triton + gateway"
 	@echo "make test    install dev tools, lint, type-check, run all tests"
-	@echo "make train | prepare | configs | bench | loadtest | tensorrt-command | clean"
+	@echo "make train | prepare | configs | bench | loadtest | soak | tensorrt-command | clean"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-peers: prepare
 	$(BIN)/python -m loadtest.bench_peers
 
 bench: bench-model bench-triton bench-gateway bench-peers
+
+# 10-minute soak through the gateway; fails when Triton's or the gateway's memory grows past 50 MB.
+soak: prepare
+	$(BIN)/python -m loadtest.soak
 
 # Locust step load per path (gateway, cache hit, direct gRPC) -> results/capacity.md + charts.
 # Starts embedded Triton + gateway if they are not running; loopback only; about 5 minutes.

@@ -24,7 +24,7 @@ def test_triton_service_has_gpu_ports_health_and_repository():
     triton = COMPOSE["services"]["triton"]
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert triton["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
+    assert triton["ports"] == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert "./model_repository:/models:ro" in triton["volumes"]
     command = triton["command"]
@@ -102,3 +102,13 @@ def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
     for copied in re.findall(r"^COPY (.+) \S+/$", dockerfile, re.M):
         for path in copied.split():
             assert (ROOT / path).exists(), path
+
+
+def test_triton_model_control_apis_need_the_admin_key():
+    command = COMPOSE["services"]["triton"]["command"]
+    for flag in ("--http-restricted-api=", "--grpc-restricted-protocol="):
+        value = next(c for c in command if c.startswith(flag)).removeprefix(flag)
+        apis, _, key = value.partition(":")
+        assert {"model-repository", "model-config", "shared-memory"} <= set(apis.split(","))
+        assert "inference" not in apis and "health" not in apis  # the gateway still infers and checks health
+        assert key.startswith("admin-key=${TRITON_ADMIN_KEY:?")  # no default key: compose refuses to start

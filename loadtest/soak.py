@@ -1,0 +1,179 @@
+"""Bounded soak (``make soak``): steady load through the gateway for a fixed time while the memory of
+tritonserver (+ its python stubs) and of the gateway is sampled; fails when either grows past a bound.
+
+Growth is measured after a warm-up (caches, arenas and Python's allocator settle first): median RSS of
+the last tenth of the run minus median RSS of the first tenth after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from export.data import load_split
+from export.pipeline import MODEL_REPOSITORY
+from loadtest.common import UniqueTexts, closed_loop, http_client
+from server.embedded import EmbeddedTriton, ServerConfig
+from server.gateway_process import GatewayProcess
+
+log = logging.getLogger("loadtest.soak")
+
+
+def process_rss(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def growth_mb(samples: list[tuple[float, float]], warmup_share: float = 0.2) -> float:
+    """RSS growth (MB) between the start and the end of the post-warm-up part of (t, MB) samples."""
+    steady = samples[int(len(samples) * warmup_share) :]
+    if len(steady) < 10:
+        raise ValueError("too few samples to judge growth; run longer")
+    tenth = max(1, len(steady) // 10)
+    return statistics.median(v for _, v in steady[-tenth:]) - statistics.median(v for _, v in steady[:tenth])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    base = args.base_port
+    triton = EmbeddedTriton(
+        ServerConfig(repository=args.repository, http_port=base, grpc_port=base + 1, metrics_port=base + 2)
+    )
+    os.environ.update(
+        GATEWAY_LABELS_FILE=str(args.repository / "labels.json"), GATEWAY_MAX_CONCURRENCY="1024"
+    )
+    gateway = GatewayProcess("127.0.0.1", base + 3, f"127.0.0.1:{base + 1}", Path("build/soak/gateway.log"))
+    samples: dict[str, list[tuple[float, float]]] = {"triton": [], "gateway": []}
+    stop = threading.Event()
+    texts = UniqueTexts(load_split("test").texts, seed=21)
+    started = time.monotonic()
+    requests = 0
+    try:
+        triton.start()
+        gateway.start()
+
+        def sample() -> None:
+            while not stop.is_set():
+                t = time.monotonic() - started
+                samples["triton"].append((t, triton.rss_bytes() / 1e6))
+                if gateway.process is not None:
+                    samples["gateway"].append((t, process_rss(gateway.process.pid) / 1e6))
+                stop.wait(args.sample_s)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        client = http_client(
+            f"{gateway.url}/v1/emotions", lambda t: {"text": t, "learner_id": f"soak-{hash(t) % 500}"}
+        )
+        deadline = started + args.seconds
+        while time.monotonic() < deadline:
+            # Bursts of fresh texts plus a repeated one: cache, learner store and Triton all stay busy.
+            batch = texts.take(args.burst) + ["I finally get it, thank you!"] * (args.burst // 5)
+            closed_loop(client, batch, args.clients)
+            requests += len(batch)
+            log.info(
+                "%.0f/%d s: %d requests, triton %.0f MB, gateway %.0f MB",
+                time.monotonic() - started,
+                args.seconds,
+                requests,
+                samples["triton"][-1][1] if samples["triton"] else 0,
+                samples["gateway"][-1][1] if samples["gateway"] else 0,
+            )
+        stop.set()
+        sampler.join(timeout=10)
+    finally:
+        stop.set()
+        gateway.stop()
+        triton.stop()
+    from export.bench import machine_info
+
+    growth = {name: growth_mb(s) for name, s in samples.items()}
+    return {
+        "date": dt.date.today().isoformat(),
+        "command": "make soak",
+        "machine": machine_info(),
+        "seconds": args.seconds,
+        "clients": args.clients,
+        "requests": requests,
+        "bound_mb": args.max_growth_mb,
+        "growth_mb": growth,
+        "passed": all(g <= args.max_growth_mb for g in growth.values()),
+        "samples": samples,
+    }
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "soak.json", out / "soak.md", out / "soak.png"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    g = report["growth_mb"]
+    paths[1].write_text(
+        "\n".join(
+            [
+                "# Soak",
+                "",
+                f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores). "
+                f"Command: `{report['command']}`. {report['seconds']} s at {report['clients']} clients "
+                f"through the gateway (embedded Triton, caches on, learners), {report['requests']} requests.",
+                "",
+                f"- RSS growth after warm-up: tritonserver + stubs **{g['triton']:+.1f} MB**, gateway "
+                f"**{g['gateway']:+.1f} MB** (bound {report['bound_mb']:.0f} MB each): "
+                f"**{'pass' if report['passed'] else 'FAIL'}**.",
+                "",
+                "![memory over time](soak.png)",
+                "",
+            ]
+        )
+    )
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, series in report["samples"].items():
+        ax.plot([t for t, _ in series], [v for _, v in series], label=name)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title(f"Soak: memory over {report['seconds']} s ({report['date']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=100)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__)
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--seconds", type=int, default=600)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--burst", type=int, default=200, help="texts per load burst")
+    p.add_argument("--sample-s", type=float, default=5.0)
+    p.add_argument("--max-growth-mb", type=float, default=50.0, help="fail when RSS grows more than this")
+    p.add_argument("--base-port", type=int, default=18300)
+    p.add_argument("--out", type=Path, default=Path("results"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("loadtest", "server"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    report = run(args)
+    for path in write_report(report, args.out):
+        log.info("wrote %s", path)
+    if not report["passed"]:
+        log.error("memory grew past %.0f MB: %s", args.max_growth_mb, report["growth_mb"])
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
