@@ -215,7 +215,10 @@ def build_router() -> APIRouter:
             core.inflight += 1
             core.metrics.inflight.inc()
         try:
-            context = LearnerContext(**body.context.model_dump()) if body.context else None
+            try:
+                context = LearnerContext(**body.context.model_dump()) if body.context else None
+            except ValueError as exc:  # the policy's own range checks: still the client's input
+                raise GatewayError("invalid_request", f"context: {exc}") from None
             outcome: Outcome = await analyse(core, body.all_texts(), body.learner_id, context)
         finally:
             core.inflight -= 1

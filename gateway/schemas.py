@@ -8,13 +8,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class LearnerContextIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No infinities/NaN, and upper bounds: found by fuzzing, 1e999 or a 310-digit count used to reach
+    # the policy arithmetic and end in a 500.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    time_on_task_seconds: float | None = Field(default=None, ge=0, description="time on the current task")
+    time_on_task_seconds: float | None = Field(
+        default=None, ge=0, le=7 * 24 * 3600, description="time on the current task (at most a week)"
+    )
     recent_error_rate: float | None = Field(
         default=None, ge=0, le=1, description="share of recent wrong answers"
     )
-    consecutive_errors: int | None = Field(default=None, ge=0)
+    consecutive_errors: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class EmotionsRequest(BaseModel):

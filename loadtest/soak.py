@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients,
         "requests": requests,
         "bound_mb": args.max_growth_mb,
+        "caches": {"triton_bytes": args.triton_cache_bytes, "gateway_entries": args.gateway_cache_size},
         "growth_mb": growth,
         "passed": all(g <= args.max_growth_mb for g in growth.values()),
         "samples": samples,
@@ -129,7 +130,10 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
                 "",
                 f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores). "
                 f"Command: `{report['command']}`. {report['seconds']} s at {report['clients']} clients "
-                f"through the gateway (embedded Triton, caches on, learners), {report['requests']} requests.",
+                f"through the gateway (embedded Triton, caches on but small so they fill during warm-up: "
+                f"Triton {report['caches']['triton_bytes'] // 2**20} MB, gateway "
+                f"{report['caches']['gateway_entries']} results; 500 learners), "
+                f"{report['requests']} requests.",
                 "",
                 f"- RSS growth after warm-up: tritonserver + stubs **{g['triton']:+.1f} MB**, gateway "
                 f"**{g['gateway']:+.1f} MB** (bound {report['bound_mb']:.0f} MB each): "
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=200, help="texts per load burst")
     p.add_argument("--sample-s", type=float, default=5.0)
     p.add_argument("--max-growth-mb", type=float, default=50.0, help="fail when RSS grows more than this")
+    p.add_argument("--triton-cache-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--gateway-cache-size", type=int, default=2000)
     p.add_argument("--base-port", type=int, default=18300)
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args(argv)
