@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +113,39 @@ def redis_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str, int]:
+    """`python -m server` (Triton + gateway) on free ports: (process, gateway URL, Triton HTTP port).
+    The caller waits for readiness and stops the process."""
+    import os
+    import sys
+
+    http, grpc, metrics, gw = free_ports(4)
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--repository",
+        str(repository),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--gateway-port",
+        str(gw),
+        "--log-file",
+        str(log_dir / "triton.log"),
+    ]
+    full_env = {**os.environ, "GATEWAY_LABELS_FILE": str(repository / "labels.json"), **env}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=Path(__file__).resolve().parents[2],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, f"http://127.0.0.1:{gw}", http

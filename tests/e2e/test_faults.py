@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from export.runtime import load_tokenizer, onnx_classifier
 from gateway.app import create_app
 from gateway.settings import Settings
 from server.embedded import EmbeddedTriton, group_regions, shm_regions
-from tests.e2e.conftest import free_ports, make_repository, server_config
+from tests.e2e.conftest import free_ports, make_repository, server_config, start_launcher
 from tests.e2e.test_embedded_triton import TEXTS
 
 pytestmark = pytest.mark.e2e
@@ -69,33 +68,7 @@ def _tritonserver_pid(http_port: int) -> int:
 @pytest.fixture
 def stack(repository: Path, tmp_path: Path) -> Iterator[tuple[str, int]]:
     """`python -m server` (Triton + gateway, restarts on crash) on free ports."""
-    http, grpc, metrics, gw = free_ports(4)
-    env = {
-        **os.environ,
-        "GATEWAY_LABELS_FILE": str(repository / "labels.json"),
-        "GATEWAY_TRITON_TIMEOUT_S": "2",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--repository",
-        str(repository),
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
-        "--gateway-port",
-        str(gw),
-        "--log-file",
-        str(tmp_path / "triton.log"),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{gw}"
+    proc, url, http = start_launcher(repository, tmp_path, GATEWAY_TRITON_TIMEOUT_S="2")
     try:
         assert _wait(f"{url}/readyz"), "stack did not come up"
         yield url, http
@@ -260,29 +233,7 @@ async def test_redis_down_serves_without_cache_and_reconnects(triton, repository
 
 
 def test_clean_shutdown_finishes_in_flight_and_leaves_no_shared_memory(repository, tmp_path):
-    http, grpc, metrics, gw = free_ports(4)
-    env = {**os.environ, "GATEWAY_LABELS_FILE": str(repository / "labels.json")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--repository",
-        str(repository),
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
-        "--gateway-port",
-        str(gw),
-        "--log-file",
-        str(tmp_path / "triton.log"),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{gw}"
+    proc, url, http = start_launcher(repository, tmp_path)
     try:
         assert _wait(f"{url}/readyz")
         owned = group_regions(os.getpgid(_tritonserver_pid(http)))

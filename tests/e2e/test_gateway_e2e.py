@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,7 +15,7 @@ import redis
 from export.labels import read_labels
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.e2e.conftest import free_ports
+from tests.e2e.conftest import free_ports, start_launcher
 from tests.e2e.test_embedded_triton import TEXTS, grpc_infer
 
 pytestmark = pytest.mark.e2e
@@ -98,40 +94,14 @@ async def test_triton_down_is_503(repository, redis_url):
 
 
 def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
-    http, grpc, metrics, gw = free_ports(4)
-    env = {**os.environ, "GATEWAY_LABELS_FILE": str(repository / "labels.json")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--repository",
-        str(repository),
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
-        "--gateway-port",
-        str(gw),
-        "--log-file",
-        str(tmp_path / "triton.log"),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, url, _ = start_launcher(repository, tmp_path)
     try:
         deadline = time.monotonic() + 90
         body = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 req = urllib.request.Request(
-                    f"http://127.0.0.1:{gw}/v1/emotions",
+                    f"{url}/v1/emotions",
                     data=b'{"text": "I get it now"}',
                     headers={"content-type": "application/json"},
                 )
@@ -144,7 +114,7 @@ def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "gateway stopped" in out and "tritonserver stopped (exit code 0)" in out
-        assert f"Gateway http://127.0.0.1:{gw}" in out
+        assert f"Gateway {url}" in out
     finally:
         if proc.poll() is None:
             proc.kill()
