@@ -21,7 +21,7 @@ from typing import Any
 
 from export.data import load_split
 from export.pipeline import MODEL_REPOSITORY
-from loadtest.common import UniqueTexts, closed_loop, http_client
+from loadtest.common import UniqueTexts, http_client
 from server.embedded import EmbeddedTriton, ServerConfig
 from server.gateway_process import GatewayProcess
 
@@ -72,23 +72,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        client = http_client(
+        make_client = http_client(
             f"{gateway.url}/v1/emotions", lambda t: {"text": t, "learner_id": f"soak-{hash(t) % 500}"}
         )
         deadline = started + args.seconds
-        while time.monotonic() < deadline:
-            # Bursts of fresh texts plus a repeated one: cache, learner store and Triton all stay busy.
-            batch = texts.take(args.burst) + ["I finally get it, thank you!"] * (args.burst // 5)
-            closed_loop(client, batch, args.clients)
-            requests += len(batch)
+        lock = threading.Lock()
+        counter = [0]
+
+        def worker() -> None:
+            # One persistent client per simulated platform: a soak must not leave thousands of
+            # half-closed connections behind (an earlier burst-per-thread harness did, and its memory
+            # curve measured that, not the servers).
+            infer = make_client()
+            while time.monotonic() < deadline:
+                with lock:
+                    n = counter[0]
+                    counter[0] += 1
+                    # Fresh texts plus a repeated one: cache, learner store and Triton all stay busy.
+                    text = "I finally get it, thank you!" if n % 6 == 5 else texts.take(1)[0]
+                infer(text)
+
+        workers = [threading.Thread(target=worker, daemon=True) for _ in range(args.clients)]
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):
+            time.sleep(min(30.0, max(0.1, deadline - time.monotonic())))
             log.info(
                 "%.0f/%d s: %d requests, triton %.0f MB, gateway %.0f MB",
                 time.monotonic() - started,
                 args.seconds,
-                requests,
+                counter[0],
                 samples["triton"][-1][1] if samples["triton"] else 0,
                 samples["gateway"][-1][1] if samples["gateway"] else 0,
             )
+        requests = counter[0]
         stop.set()
         sampler.join(timeout=10)
     finally:
@@ -161,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     p.add_argument("--seconds", type=int, default=600)
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--burst", type=int, default=200, help="texts per load burst")
     p.add_argument("--sample-s", type=float, default=5.0)
     p.add_argument("--max-growth-mb", type=float, default=50.0, help="fail when RSS grows more than this")
     p.add_argument("--triton-cache-bytes", type=int, default=4 * 1024 * 1024)
