@@ -63,8 +63,8 @@ bench: bench-model bench-triton bench-gateway bench-peers
 soak: prepare
 	$(BIN)/python -m loadtest.soak
 
-# Locust step load per path (gateway, cache hit, direct gRPC) -> results/capacity.md + charts.
-# Starts embedded Triton + gateway if they are not running; loopback only; about 5 minutes.
+# Locust step load per path (gateway, cache hit, direct gRPC, WebSocket stream) -> results/capacity.md
+# + charts. Starts embedded Triton + gateway if they are not running; loopback only; about 7 minutes.
 loadtest: install-dev prepare
 	$(BIN)/python -m loadtest.run
 

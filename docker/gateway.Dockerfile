@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN pip install \
       "fastapi==0.165.0" "uvicorn[standard]==0.54.0" "pydantic==2.14.4" "pydantic-settings==2.16.3" \
       "cachetools==8.0.2" "prometheus-client==0.26.0" "redis==8.1.0" \
-      "tritonclient[grpc]==2.73.0" "grpcio==1.85.3" "protobuf==6.33.6" "numpy==1.26.4"
+      "tritonclient[grpc]==2.73.0" "grpcio==1.85.3" "protobuf==6.33.6" "numpy==1.26.4" \
+      "psycopg[binary]==3.3.9"
 
 WORKDIR /app
 # export/ is imported for the labels file reader only (standard library code).

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from export.calibration import CALIBRATION_METHODS, PER_LABEL
 from export.data import DATA_DIR, DataError
-from export.gates import DEFAULT_MAX_MACRO_F1_DROP, GateFailed
+from export.gates import DEFAULT_MAX_CALIBRATION_F1_DROP, DEFAULT_MAX_MACRO_F1_DROP, GateFailed
 from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install, model_slug, read_installed
 from export.repository import stale_configs, write_configs
 from export.runtime import DEFAULT_MAX_LENGTH
@@ -71,6 +72,20 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         metavar="VARIANT=TOL",
         help="override the max |Δlogit| allowed for a variant, e.g. int8=0.3 (repeatable)",
     )
+    p.add_argument(
+        "--calibration",
+        choices=CALIBRATION_METHODS,
+        default=PER_LABEL,
+        help="temperature scaling fitted on dev: one temperature per label, one for all, or none "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--max-calibration-f1-drop",
+        type=float,
+        default=DEFAULT_MAX_CALIBRATION_F1_DROP,
+        help="calibration gate: allowed test macro-F1 drop with thresholds re-tuned after calibration "
+        "(default %(default)s)",
+    )
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N dev/test texts only")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="GoEmotions data directory")
 
@@ -95,6 +110,8 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
         max_macro_f1_drop=args.max_macro_f1_drop,
         min_macro_f1=args.min_macro_f1,
         eval_limit=args.eval_limit,
+        calibration=args.calibration,
+        max_calibration_f1_drop=args.max_calibration_f1_drop,
     )
 
 

@@ -10,13 +10,23 @@ from typing import Any
 import numpy as np
 
 from export.arrays import Array
-from export.metrics import f1_scores, sigmoid
+from export.calibration import (
+    ECE_BINS,
+    calibrated_probabilities,
+    per_label_ece,
+    reliability,
+)
+from export.metrics import f1_scores
 
 # max |Δlogit| against the torch model on the parity sample. INT8 is loose on purpose: dynamic
 # activation quantization moves the student's logits by ~0.1 on average and up to ~0.9 (per-channel
 # weights); what matters for INT8 is the accuracy gate.
 DEFAULT_PARITY_TOLERANCE = {"raw": 1e-3, "fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}
 DEFAULT_MAX_MACRO_F1_DROP = 0.01
+# Temperature scaling is monotone per label, so with thresholds re-tuned on the calibrated dev
+# probabilities the labels could be exactly the same as before; any macro-F1 difference comes only
+# from where the fixed 0.05..0.95 threshold grid falls on each label's new probability scale.
+DEFAULT_MAX_CALIBRATION_F1_DROP = 0.005
 
 
 class GateFailed(RuntimeError):
@@ -59,7 +69,7 @@ def parity_gate(
     report = GateReport("parity")
     for name, logits in variants.items():
         diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
-        prob_diff = np.abs(sigmoid(logits) - sigmoid(reference))
+        prob_diff = np.abs(calibrated_probabilities(logits) - calibrated_probabilities(reference))
         tol = tolerance[name]
         max_diff = float(diff.max()) if diff.size else 0.0
         report.results[name] = {
@@ -107,4 +117,62 @@ def accuracy_gate(
                 f"{name}: macro-F1 {got:.4f} is {ref - got:.4f} below {reference} ({ref:.4f}); "
                 f"allowed drop {max_macro_f1_drop}"
             )
+    return report
+
+
+def calibration_gate(
+    labels: Array,
+    logits: Array,
+    temperatures: Array,
+    uncalibrated_thresholds: Array,
+    calibrated_thresholds: Array,
+    label_names: list[str],
+    max_macro_f1_drop: float = DEFAULT_MAX_CALIBRATION_F1_DROP,
+    bins: int = ECE_BINS,
+) -> GateReport:
+    """ECE before/after temperature scaling and F1 with thresholds tuned before/after, on test.
+
+    Fails when the ECE gets worse or calibrated macro-F1 falls more than ``max_macro_f1_drop`` under
+    the uncalibrated one.
+    """
+    report = GateReport("calibration")
+    before = calibrated_probabilities(logits)
+    after = calibrated_probabilities(logits, temperatures)
+    rel_before, rel_after = reliability(before, labels, bins), reliability(after, labels, bins)
+    ece_before, ece_after = rel_before.ece, rel_after.ece
+    f1_before = f1_scores(before, labels, uncalibrated_thresholds)
+    f1_after = f1_scores(after, labels, calibrated_thresholds)
+    label_before, label_after = per_label_ece(before, labels, bins), per_label_ece(after, labels, bins)
+    report.results = {
+        "samples": int(labels.shape[0]),
+        "bins": bins,
+        "ece_before": round(ece_before, 6),
+        "ece_after": round(ece_after, 6),
+        "uncalibrated_tuned": f1_before.as_dict(),
+        "calibrated_tuned": f1_after.as_dict(),
+        "per_label": {
+            name: {
+                "temperature": round(float(temperatures[i]), 4),
+                "ece_before": round(label_before[i], 6),
+                "ece_after": round(label_after[i], 6),
+                "threshold_before": round(float(uncalibrated_thresholds[i]), 4),
+                "threshold_after": round(float(calibrated_thresholds[i]), 4),
+                "f1_before": round(f1_before.per_label[i], 4),
+                "f1_after": round(f1_after.per_label[i], 4),
+                "positives": int((labels[:, i] > 0.5).sum()),
+            }
+            for i, name in enumerate(label_names)
+        },
+        "reliability_before": rel_before.as_dict(),
+        "reliability_after": rel_after.as_dict(),
+        "_criteria": {"max_macro_f1_drop": max_macro_f1_drop, "ece_after_at_most": "ece_before"},
+    }
+    if ece_after > ece_before:
+        report.fail(f"calibration: ECE rose from {ece_before:.4f} to {ece_after:.4f} on test")
+    drop = f1_before.macro - f1_after.macro
+    if drop > max_macro_f1_drop:
+        report.fail(
+            f"calibration: macro-F1 {f1_after.macro:.4f} with re-tuned thresholds is {drop:.4f} below "
+            f"{f1_before.macro:.4f} uncalibrated; allowed drop {max_macro_f1_drop}"
+        )
     return report

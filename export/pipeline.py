@@ -12,10 +12,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.calibration import (
+    CALIBRATION_METHODS,
+    PER_LABEL,
+    calibrated_probabilities,
+    fit_temperatures,
+    reliability,
+    reliability_diagram,
+)
 from export.data import DATA_DIR, load_dataset
-from export.gates import DEFAULT_MAX_MACRO_F1_DROP, GateFailed, accuracy_gate, parity_gate
-from export.labels import LABELS_FILE, LabelSet
-from export.metrics import sigmoid, tune_thresholds
+from export.gates import (
+    DEFAULT_MAX_CALIBRATION_F1_DROP,
+    DEFAULT_MAX_MACRO_F1_DROP,
+    GateFailed,
+    accuracy_gate,
+    calibration_gate,
+    parity_gate,
+)
+from export.labels import LABELS_FILE, LabelSet, model_version
+from export.metrics import tune_thresholds
 from export.repository import write_configs
 from export.runtime import DEFAULT_MAX_LENGTH, load_tokenizer, onnx_classifier, torch_classifier
 from export.spec import MANIFEST_FILE, SPEC_FILE, Manifest, ServingSpec, TensorRTProfile, VariantFile
@@ -29,6 +44,7 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 CLASSIFIER_DIR = "classifier"
 TOKENIZER_DIR = "tokenizer"
 REPORTS_DIR = "reports"
+RELIABILITY_PNG = "reliability.png"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -53,6 +69,14 @@ class ExportOptions:
     min_macro_f1: float = 0.0
     eval_limit: int | None = None  # tests: evaluate on the first N texts of dev/test
     batch_size: int = 32
+    calibration: str = PER_LABEL  # temperature scaling: per-label, global or none
+    max_calibration_f1_drop: float = DEFAULT_MAX_CALIBRATION_F1_DROP
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATION_METHODS:  # before minutes of ONNX export, not after
+            raise ValueError(
+                f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibration!r}"
+            )
 
 
 def model_slug(model_ref: str) -> str:
@@ -86,6 +110,8 @@ def export_model(
         out_dir / SPEC_FILE,
         out_dir / MANIFEST_FILE,
         out_dir / REPORTS_DIR / "summary.json",
+        out_dir / REPORTS_DIR / "calibration.json",
+        out_dir / REPORTS_DIR / RELIABILITY_PNG,
     ):
         stale.unlink(missing_ok=True)
     onnx_export = export_onnx(model_ref, out_dir, options.opset)
@@ -110,15 +136,24 @@ def export_model(
         options.parity_tolerance,
     )
 
-    log.info("tuning per-label thresholds on dev (%d texts) with the FP32 model", len(dev_texts))
     tuning_variant = FP32 if FP32 in classifiers else RAW
-    dev_probs = sigmoid(classifiers[tuning_variant].predict(dev_texts, options.batch_size))
-    thresholds = tune_thresholds(dev_probs, dev_labels)
+    log.info(
+        "fitting %s temperatures, then tuning per-label thresholds on dev (%d texts) with the %s model",
+        options.calibration,
+        len(dev_texts),
+        tuning_variant,
+    )
+    dev_logits = classifiers[tuning_variant].predict(dev_texts, options.batch_size)
+    fit = fit_temperatures(dev_logits, dev_labels, options.calibration)
+    uncalibrated_thresholds = tune_thresholds(calibrated_probabilities(dev_logits), dev_labels)
+    thresholds = tune_thresholds(calibrated_probabilities(dev_logits, fit.temperatures), dev_labels)
 
     log.info("accuracy gate on test (%d texts): torch + %s", len(test_texts), ", ".join(classifiers))
-    test_probs = {"torch": sigmoid(reference.predict(test_texts, options.batch_size))}
+    test_logits = {"torch": reference.predict(test_texts, options.batch_size)}
     for name, clf in classifiers.items():
-        test_probs[name] = sigmoid(clf.predict(test_texts, options.batch_size))
+        test_logits[name] = clf.predict(test_texts, options.batch_size)
+    # Every variant is scored as served: through the temperatures, at the thresholds tuned after them.
+    test_probs = {k: calibrated_probabilities(v, fit.temperatures) for k, v in test_logits.items()}
     accuracy = accuracy_gate(
         test_labels,
         test_probs,
@@ -127,27 +162,74 @@ def export_model(
         max_macro_f1_drop=options.max_macro_f1_drop,
         min_macro_f1=options.min_macro_f1,
     )
+    log.info("calibration gate on test: ECE and macro-F1 before/after temperature scaling")
+    calibration = calibration_gate(
+        test_labels,
+        test_logits[tuning_variant],
+        fit.temperatures,
+        uncalibrated_thresholds,
+        thresholds,
+        label_names,
+        max_macro_f1_drop=options.max_calibration_f1_drop,
+    )
+    calibration.results = {
+        "method": fit.method,
+        "fitted_on": "dev",
+        "dev_samples": len(dev_texts),
+        "variant": tuning_variant,
+        "global_temperature": fit.global_temperature,
+        "fallback_labels": [label_names[i] for i in fit.fallback_labels],
+        **calibration.results,
+    }
 
     reports = out_dir / REPORTS_DIR
     parity.write(reports)
     accuracy.write(reports)
-    # Name + content hash: a retrained or re-exported model gets a new version (and new cache keys).
+    calibration.write(reports)
+    reliability_diagram(
+        reliability(calibrated_probabilities(test_logits[tuning_variant]), test_labels),
+        reliability(test_probs[tuning_variant], test_labels),
+        reports / RELIABILITY_PNG,
+        title=f"{Path(model_ref).name}: test split, {len(test_texts)} texts x {len(label_names)} labels, "
+        f"{fit.method} temperatures fitted on dev",
+    )
+    # Name + hash of the weights and the label mapping: new weights, thresholds or temperatures give a
+    # new version (and new cache keys).
     name = Path(model_ref).name if Path(model_ref).is_dir() else model_slug(model_ref)
-    version = f"{name[-40:]}-{file_digest(paths[RAW])[:12]}"
+    version = model_version(name, file_digest(paths[RAW]), thresholds.tolist(), fit.temperatures.tolist())
+    calibration_block = {
+        "method": fit.method,
+        "fitted_on": "dev",
+        "evaluated_on": "test",
+        "bins": calibration.results["bins"],
+        "ece_before": calibration.results["ece_before"],
+        "ece_after": calibration.results["ece_after"],
+    }
     summary = {
         "model": model_ref,
         "model_version": version,
         "seconds": round(time.monotonic() - started, 1),
         "parity": parity.results,
         "accuracy": accuracy.results,
-        "passed": parity.passed and accuracy.passed,
+        "calibration": {
+            **calibration_block,
+            "uncalibrated_tuned": calibration.results["uncalibrated_tuned"],
+            "calibrated_tuned": calibration.results["calibrated_tuned"],
+        },
+        "passed": parity.passed and accuracy.passed and calibration.passed,
     }
     (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    failures = parity.failures + accuracy.failures
+    failures = parity.failures + accuracy.failures + calibration.failures
     if failures:  # no labels file or spec: nothing downstream can pick up a failed export
         raise GateFailed("; ".join(failures) + f" (reports in {reports})")
 
-    LabelSet(label_names, thresholds.tolist(), version).write(out_dir / LABELS_FILE)
+    LabelSet(
+        label_names,
+        thresholds.tolist(),
+        version,
+        temperatures=fit.temperatures.tolist(),
+        calibration=calibration_block,
+    ).write(out_dir / LABELS_FILE)
     manifest = Manifest(
         source=model_ref,
         model_version=version,

@@ -24,7 +24,13 @@ def main(argv: list[str] | None = None) -> int:
         update={"host": args.host, "port": args.port, "triton_url": args.triton_url}
     )
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        # uvicorn reads a whole WebSocket frame before the gateway can check its size (default 16 MiB)
+        ws_max_size=max(settings.stream_max_message_bytes, 1 << 20),
     )
     return 0
 

@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AwareDatetime
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from export.labels import read_labels
+from gateway import audit
+from gateway.breaker import BreakerInference, CircuitBreaker
 from gateway.cache import MemoryCache, NoCache, RedisCache, ResultCache
 from gateway.errors import GatewayError, error_response, install_error_handlers
 from gateway.learning.policy import load_policy
@@ -34,6 +37,8 @@ from gateway.schemas import (
     EmotionsRequest,
     EmotionsResponse,
     ErrorResponse,
+    HistoryResponse,
+    LearnerIdPath,
     LearningStateOut,
     ModelInfo,
     TrajectoryPointOut,
@@ -204,6 +209,7 @@ def build_router() -> APIRouter:
         summary="GoEmotions probabilities, labels and learning state for one text or a batch",
     )
     async def emotions(body: EmotionsRequest, response: Response, core: CoreDep) -> EmotionsResponse:
+        started = time.perf_counter()
         async with core.lock:
             if core.inflight >= core.settings.max_concurrency:
                 core.metrics.rejected.inc()
@@ -223,6 +229,7 @@ def build_router() -> APIRouter:
         finally:
             core.inflight -= 1
             core.metrics.inflight.dec()
+        audit.record_outcome(core, outcome, body.learner_id, body.all_texts(), time.perf_counter() - started)
         response.headers["x-inference-time"] = f"{outcome.inference_seconds * 1000:.3f}"
         response.headers["x-cache"] = "hit" if outcome.all_cached else "miss"
         return EmotionsResponse(
@@ -247,6 +254,29 @@ def build_router() -> APIRouter:
             points=[TrajectoryPointOut(**p.__dict__) for p in points],
         )
 
+    @router.get(
+        "/v1/learners/{learner_id}/history",
+        response_model=HistoryResponse,
+        responses=ERRORS,
+        dependencies=protected,
+        summary="A learner's audit trail: each analysed text's labels, learning state and model version",
+        description="Newest first. 503 when the audit trail is disabled on this gateway or its database "
+        "is unavailable. Page with the response's next_before and next_before_id.",
+    )
+    async def history(
+        learner_id: LearnerIdPath,
+        core: CoreDep,
+        limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
+        before: Annotated[
+            AwareDatetime | None, Query(description="only entries older than this (ISO 8601 with a zone)")
+        ] = None,
+        before_id: Annotated[
+            int | None,
+            Query(ge=0, le=2**63 - 1, description="with before: the previous page's next_before_id"),
+        ] = None,
+    ) -> HistoryResponse:
+        return await audit.read_history(core, learner_id, limit, before, before_id)
+
     @router.get("/healthz", summary="process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -254,7 +284,10 @@ def build_router() -> APIRouter:
     @router.get("/readyz", summary="Triton is ready and the model is loaded")
     async def readyz(core: CoreDep) -> JSONResponse:
         ready = await core.triton.ready()
-        body = {"ready": ready, "model": core.settings.triton_model, "version": core.model_version}
+        body: dict[str, Any] = {"model": core.settings.triton_model, "version": core.model_version}
+        if isinstance(core.triton, BreakerInference):
+            body["circuit"] = core.triton.breaker.state.name.lower().replace("_", "-")
+        body["ready"] = ready
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics", dependencies=protected, summary="Prometheus metrics")
@@ -282,6 +315,7 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
         labels = read_labels(settings.labels_file)
         policy = load_policy(settings.policy_file)
         metrics = Metrics()
+        audit_trail = audit.from_settings(settings, metrics)  # None when GATEWAY_AUDIT_BACKEND=off
         redis = _redis(settings)
         cache: ResultCache
         if redis is not None and settings.cache_backend == "redis":
@@ -295,7 +329,16 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
             if redis is not None and settings.trajectory_backend == "redis"
             else MemoryTrajectoryStore(policy)
         )
-        client = triton or TritonClient(settings.triton_url, settings.triton_model, settings.triton_timeout_s)
+        breaker = CircuitBreaker(
+            settings.breaker_failures,
+            settings.breaker_reset_s,
+            on_change=lambda state: metrics.circuit_state.set(state.value),
+        )
+        client = BreakerInference(
+            triton or TritonClient(settings.triton_url, settings.triton_model, settings.triton_timeout_s),
+            breaker,
+            on_reject=metrics.circuit_rejections.inc,
+        )
         limiter = (
             SlidingWindowLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
         )
@@ -309,7 +352,10 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
             metrics,
             settings.resolved_api_keys(),
             limiter,
+            audit=audit_trail,
         )
+        if audit_trail is not None:
+            await audit_trail.start()
         log.info(
             "gateway ready: model %s (%s), Triton %s, cache %s, auth %s",
             settings.triton_model,
@@ -321,6 +367,8 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
         try:
             yield
         finally:
+            if audit_trail is not None:
+                await audit_trail.stop()  # writes what is queued, within a bounded time
             await client.close()
             await cache.close()
             if redis is not None and settings.cache_backend != "redis":
@@ -335,6 +383,9 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
     )
     install_error_handlers(app)
     app.include_router(build_router())
+    from gateway.stream import build_stream_router  # it uses this module's helpers: import here
+
+    app.include_router(build_stream_router())
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -32,6 +32,12 @@ class Metrics:
             "gateway_triton_duration_seconds", "Triton call latency", buckets=LATENCY_BUCKETS, registry=r
         )
         self.triton_errors = Counter("gateway_triton_errors", "Failed Triton calls", ["code"], registry=r)
+        self.circuit_state = Gauge(
+            "gateway_circuit_state", "Triton circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
+        )
+        self.circuit_rejections = Counter(
+            "gateway_circuit_rejections", "Requests answered 503 by the open circuit", registry=r
+        )
         self.batch_size = Histogram(
             "gateway_triton_batch_size",
             "Texts per Triton call",
@@ -44,4 +50,38 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "gateway_rate_limited", "Requests rejected with 429 (rate limit)", registry=r
+        )
+        self.audit_written = Counter("gateway_audit_written", "Audit rows written", registry=r)
+        self.audit_dropped = Counter(
+            "gateway_audit_dropped",
+            "Audit rows not written, by reason: queue_full, db_error, shutdown, internal",
+            ["reason"],
+            registry=r,
+        )
+        self.audit_deleted = Counter(
+            "gateway_audit_deleted", "Audit rows deleted by the retention setting", registry=r
+        )
+        self.audit_queue_depth = Gauge(
+            "gateway_audit_queue_depth", "Audit rows waiting to be written", registry=r
+        )
+        self.stream_connections = Gauge(
+            "gateway_stream_connections", "Open streaming (WebSocket) connections", registry=r
+        )
+        self.stream_messages = Counter(
+            "gateway_stream_messages",
+            "Streaming messages by outcome: ok, an error code, or queue_full",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_latency = Histogram(
+            "gateway_stream_message_duration_seconds",
+            "Streaming message receipt to answer (queue wait included)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_closes = Counter(
+            "gateway_stream_closes",
+            "Streaming connections ended, by reason: client, idle_timeout, unauthorized, error",
+            ["reason"],
+            registry=r,
         )

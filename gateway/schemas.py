@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class LearnerContextIn(BaseModel):
@@ -108,6 +109,78 @@ class TrajectoryResponse(BaseModel):
     points: list[TrajectoryPointOut]
 
 
+# ---- GET /v1/learners/{learner_id}/history (the audit trail) ------------------------------------------
+
+# The path form of EmotionsRequest.learner_id: its own limits and pattern, not a copy of them.
+LearnerIdPath = Annotated[str, *EmotionsRequest.model_fields["learner_id"].metadata]
+
+
+class AuditEntryOut(BaseModel):
+    """One analysed text as the audit trail recorded it."""
+
+    id: int
+    timestamp: datetime = Field(description="when the answer was sent (UTC)")
+    request_id: str = Field(description="shared by the texts of one request")
+    text_index: int = Field(description="the text's position in its request")
+    channel: str = Field(description="http (POST /v1/emotions) or ws (the stream)")
+    model_version: str
+    labels: list[str]
+    primary_emotion: str
+    confidence: float
+    readiness_state: str
+    readiness_score: float
+    valence: float
+    intervention_level: str
+    reasons: list[str]
+    latency_ms: float = Field(description="time the gateway took to answer the request")
+    cached: bool
+    text_hash: str | None = Field(description="HMAC-SHA256 (hex) of the normalized text, under the audit key")
+    text: str | None = Field(description="the normalized text; null unless GATEWAY_AUDIT_STORE_TEXT is on")
+
+
+class HistoryResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "learner_id": "learner-42",
+                    "entries": [
+                        {
+                            "id": 1041,
+                            "timestamp": "2025-03-04T10:15:02.118273Z",
+                            "request_id": "4b8e6f0c2a9d4e51b7c3f1a2d9e8c7b6",
+                            "text_index": 0,
+                            "channel": "http",
+                            "model_version": "goemotions-minilm-2025-03-01",
+                            "labels": ["confusion"],
+                            "primary_emotion": "confusion",
+                            "confidence": 0.81,
+                            "readiness_state": "engaged_struggle",
+                            "readiness_score": 0.46,
+                            "valence": 0.38,
+                            "intervention_level": "mild",
+                            "reasons": ["confusion 0.81 >= 0.5"],
+                            "latency_ms": 12.4,
+                            "cached": False,
+                            "text_hash": "3f1d0b9c6e2a8f47d5b1c09e7a6f3d28b4e1c7a95f0d2b6e8c3a1f4d7b9e0c5a",
+                            "text": None,
+                        }
+                    ],
+                    "next_before": None,
+                    "next_before_id": None,
+                }
+            ]
+        }
+    )
+
+    learner_id: str
+    entries: list[AuditEntryOut] = Field(description="newest first")
+    next_before: datetime | None = Field(
+        description="for the next page pass before=<this>&before_id=<next_before_id>; null on the last page"
+    )
+    next_before_id: int | None
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -115,3 +188,71 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# ---- WS /v1/emotions/stream frames (JSON text frames) ----------------------------------------------
+
+MessageId = str | int | None
+
+
+class StreamMessage(BaseModel):
+    """One learner message on the stream: the single-text form of EmotionsRequest (same rules)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"id": "m-1", "text": "I still don't get fractions.", "learner_id": "learner-42"},
+            ]
+        },
+    )
+
+    type: Literal["message"] = "message"
+    id: MessageId = Field(default=None, description="the client's message id, echoed in its answer")
+    text: str = Field(description="the learner's message")
+    # the HTTP request's own field (its limits, pattern and messages), not a copy of it
+    learner_id: str | None = EmotionsRequest.model_fields["learner_id"]  # type: ignore[assignment]
+    context: LearnerContextIn | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def check_id(cls, value: object) -> MessageId:
+        """The id as given, or ValueError saying why it cannot be echoed back."""
+        # bool is an int to Python: refuse it here rather than echo `true` back as the id
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if isinstance(value, str) and len(value) <= 128:
+            try:
+                value.encode("utf-8")  # JSON can carry a lone surrogate ("\ud800"), which cannot be echoed
+            except UnicodeEncodeError:
+                raise ValueError("id contains an invalid unicode character (an unpaired surrogate)") from None
+            return value
+        raise ValueError("id must be a string of at most 128 characters or an integer")
+
+
+class StreamResultFrame(BaseModel):
+    type: Literal["result"] = "result"
+    id: MessageId
+    model: ModelInfo
+    result: EmotionResult
+    learner_id: str | None = None
+    trend: TrendOut | None = None
+
+
+class StreamTrajectoryFrame(BaseModel):
+    """Sent after a result whose learner trend label differs from the last one this connection saw."""
+
+    type: Literal["trajectory"] = "trajectory"
+    id: MessageId = Field(description="the message that moved the trend")
+    learner_id: str
+    previous: str | None = Field(description="the label this connection saw before (null: first seen)")
+    trend: TrendOut
+
+
+class StreamErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    id: MessageId
+    status: int = Field(description="the HTTP status the same error gets on POST /v1/emotions")
+    code: str
+    message: str
+    retry_after: int | None = Field(default=None, description="seconds, for status 429")

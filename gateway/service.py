@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -20,6 +21,9 @@ from gateway.metrics import Metrics
 from gateway.ratelimit import SlidingWindowLimiter
 from gateway.settings import Settings
 from gateway.triton import Inference, Prediction
+
+if TYPE_CHECKING:  # only the type: the audit package (and psycopg) loads when the app uses it
+    from gateway.audit import AuditTrail
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class Core:
     flight: SingleFlight = field(default_factory=SingleFlight)
     inflight: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    audit: AuditTrail | None = None  # the audit trail, when GATEWAY_AUDIT_BACKEND is not off
 
     @property
     def model_version(self) -> str:

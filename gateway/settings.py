@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # Overload: requests past this many in flight get 429 at once instead of queueing.
     max_concurrency: int = Field(default=64, ge=1)
     retry_after_s: int = Field(default=1, ge=1)
+    # Circuit breaker on the Triton client: open after this many failed calls in a row, probe again
+    # after the cool-down.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=5.0, gt=0)
 
     # Result cache and learner history: in-process by default, Redis when a URL is given.
     cache_backend: Literal["memory", "redis", "off"] = "memory"
@@ -43,6 +47,18 @@ class Settings(BaseSettings):
 
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
 
+    # Audit trail (off by default): one row per analysed text, written off the request path (gateway/audit).
+    # Texts are stored as HMAC-SHA256 hashes under audit_hash_key (required unless audit_store_text).
+    audit_backend: Literal["off", "sqlite", "postgres"] = "off"
+    audit_sqlite_path: Path = REPO_ROOT / "build" / "audit.sqlite3"
+    audit_dsn: SecretStr | None = None  # postgresql:// URI for the postgres backend (may hold a password)
+    audit_store_text: bool = False
+    audit_hash_key: SecretStr | None = None
+    audit_retention_days: int = Field(default=90, ge=0, le=36_500)  # 0 keeps rows forever
+    audit_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)  # rows waiting; more are dropped
+    audit_batch_size: int = Field(default=500, ge=1, le=10_000)
+    audit_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+
     # Per-client rate limit (per API key; per client address when auth is off). 0 = off.
     rate_limit_per_minute: int = Field(default=0, ge=0)
     # Browser origins allowed by CORS; empty = CORS off (no CORS headers at all).
@@ -51,6 +67,14 @@ class Settings(BaseSettings):
     # API keys: auth is off while both are empty. A key file holds one key per line.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
+
+    # Streaming (WS /v1/emotions/stream), per connection: unanswered messages held (more are dropped
+    # with an error frame), seconds without a frame before the server closes, the largest frame, and the
+    # seconds a browser client has to send its first-frame API key.
+    stream_queue_size: int = Field(default=16, ge=1, le=10_000)
+    stream_idle_timeout_s: float = Field(default=300.0, gt=0)
+    stream_max_message_bytes: int = Field(default=65_536, ge=1024)
+    stream_auth_timeout_s: float = Field(default=5.0, gt=0)
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -4,7 +4,8 @@
     make loadtest        # starts what is missing, runs the step shape per path, writes the report
 
 Tags pick a path: ``gateway`` (single texts and batches, a share of repeats, optional learners),
-``gateway-hit`` (a small hot set: cache hits), ``grpc`` (the power-user path, tritonclient).
+``gateway-hit`` (a small hot set: cache hits), ``grpc`` (the power-user path, tritonclient),
+``stream`` (``WS /v1/emotions/stream``: one WebSocket per user, a learner's messages one by one).
 Every response is checked (shape, 28 probabilities, labels, learning state): a wrong answer is a
 failure, not just a transport error. SLO options set the exit code, so a run can gate a deployment.
 """
@@ -17,12 +18,14 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
+import websocket  # noqa: E402  (websocket-client: plain sockets, which gevent patches)
 from locust import FastHttpUser, LoadTestShape, User, constant, events, tag, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
@@ -34,6 +37,7 @@ from loadtest.triton_metrics import MetricsRecorder  # noqa: E402
 log = logging.getLogger("loadtest")
 TEXTS = load_texts()
 NUM_LABELS = 28
+STREAM_NAME = "/v1/emotions/stream [message]"
 LEARNING_STATE_KEYS = {
     "learning_emotions",
     "valence",
@@ -126,6 +130,87 @@ class GatewayUser(FastHttpUser):
     @task(1)
     def cache_hit(self) -> None:
         self._post("/v1/emotions [hit]", {"text": self.hot.next()}, 1)
+
+
+class StreamUser(User):
+    """A chat or tutoring session: one WebSocket per user, its learner's messages sent one by one."""
+
+    wait_time = constant(0)
+    host = "http://127.0.0.1:8080"
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        self.picker = PayloadPicker(TEXTS, opts.repeat_share if opts else 0.2)
+        self.learner = f"learner-{self.picker.rng.randrange(1_000_000)}"
+        self.api_key = opts.api_key if opts else ""
+        self.url = (self.host or StreamUser.host).replace("http", "ws", 1) + "/v1/emotions/stream"
+        self.ws: websocket.WebSocket | None = None
+        self.sent = 0
+
+    def on_stop(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+
+    def _connect(self) -> websocket.WebSocket:
+        headers = [f"X-API-Key: {self.api_key}"] if self.api_key else []
+        # no Origin header: this is not a browser (the gateway checks origins against its CORS list)
+        return websocket.create_connection(self.url, timeout=30, header=headers, suppress_origin=True)
+
+    def _answer(self, ws: websocket.WebSocket, message_id: int) -> tuple[dict[str, Any], int]:
+        """This message's result or error frame (and bytes received); trajectory frames are checked."""
+        length = 0
+        while True:
+            raw = ws.recv()
+            if not isinstance(raw, str):
+                raise ValueError("binary frame from the gateway")
+            length += len(raw)
+            frame = json.loads(raw)
+            if not isinstance(frame, dict):
+                raise ValueError(f"frame is not an object: {raw[:120]}")
+            if frame.get("type") == "trajectory":
+                if frame.get("learner_id") != self.learner or "label" not in (frame.get("trend") or {}):
+                    raise ValueError(f"bad trajectory frame: {raw[:120]}")
+                continue
+            if frame.get("id") != message_id:
+                raise ValueError(f"answer out of order: expected id {message_id}, got {frame.get('id')!r}")
+            return frame, length
+
+    @tag("stream")
+    @task
+    def message(self) -> None:
+        self.sent += 1
+        payload = {"id": self.sent, "text": self.picker.next(), "learner_id": self.learner}
+        started = time.perf_counter()
+        exception: Exception | None = None
+        length = 0
+        try:
+            if self.ws is None:
+                self.ws = self._connect()  # first task, or after a dropped connection
+            self.ws.send(json.dumps(payload))
+            frame, length = self._answer(self.ws, self.sent)
+            if frame.get("type") == "error":
+                raise ValueError(f"{frame.get('status')} {frame.get('code')}: {frame.get('message')}")
+            problem = check_emotions({"results": [frame.get("result")]}, 1)
+            if problem:
+                raise ValueError(problem)
+        except (OSError, ValueError, websocket.WebSocketException) as exc:  # this message's failure
+            exception = exc
+            if not isinstance(exc, ValueError) or "out of order" in str(exc):
+                self._drop()
+        self.environment.events.request.fire(
+            request_type="WS",
+            name=STREAM_NAME,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+
+    def _drop(self) -> None:
+        """Forget a broken connection (the next message reconnects), so one failure does not cascade."""
+        if self.ws is not None:
+            self.ws.close()
+        self.ws = None
 
 
 class TritonGrpcUser(User):

@@ -1,8 +1,8 @@
 """``make loadtest``: bounded, headless, loopback-only capacity run and report.
 
 Starts embedded Triton + gateway unless they already answer, runs Locust's step shape once per path
-(gateway, gateway cache-hit, direct gRPC), scrapes Triton's metrics meanwhile, writes the capacity
-report (results/capacity.md + charts), and stops what it started.
+(gateway, gateway cache-hit, direct gRPC, WebSocket stream), scrapes Triton's metrics meanwhile, writes
+the capacity report (results/capacity.md + charts), and stops what it started.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ PATHS = {
     "gateway": ("GatewayUser", "gateway"),
     "gateway-hit": ("GatewayUser", "gateway-hit"),
     "grpc": ("TritonGrpcUser", "grpc"),
+    "stream": ("StreamUser", "stream"),  # WS /v1/emotions/stream, one connection per user
 }
 
 

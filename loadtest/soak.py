@@ -1,8 +1,11 @@
 """Bounded soak (``make soak``): steady load through the gateway for a fixed time while the memory of
 tritonserver (+ its python stubs) and of the gateway is sampled; fails when either grows past a bound.
 
-Growth is measured after a warm-up (caches, arenas and Python's allocator settle first): median RSS of
-the last tenth of the run minus median RSS of the first tenth after warm-up.
+Memory is private (anonymous) resident memory per process plus the python backend's shared-memory
+regions counted once: plain RSS counts every shared page once per process that touches it, and counts
+library code pages, so it grows without anything leaking. Growth is measured after a warm-up (caches,
+arenas and Python's allocator settle first): median of the last tenth of the run minus median of the
+first tenth after warm-up.
 """
 
 from __future__ import annotations
@@ -22,17 +25,10 @@ from typing import Any
 from export.data import load_split
 from export.pipeline import MODEL_REPOSITORY
 from loadtest.common import UniqueTexts, http_client
-from server.embedded import EmbeddedTriton, ServerConfig
+from server.embedded import EmbeddedTriton, ServerConfig, private_bytes
 from server.gateway_process import GatewayProcess
 
 log = logging.getLogger("loadtest.soak")
-
-
-def process_rss(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def growth_mb(samples: list[tuple[float, float]], warmup_share: float = 0.2) -> float:
@@ -46,14 +42,12 @@ def growth_mb(samples: list[tuple[float, float]], warmup_share: float = 0.2) -> 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     base = args.base_port
-    triton = EmbeddedTriton(
-        ServerConfig(repository=args.repository, http_port=base, grpc_port=base + 1, metrics_port=base + 2)
-    )
-    os.environ.update(
-        GATEWAY_LABELS_FILE=str(args.repository / "labels.json"), GATEWAY_MAX_CONCURRENCY="1024"
-    )
+    triton = EmbeddedTriton(server_config(args))
+    os.environ.update(gateway_env(args))
     gateway = GatewayProcess("127.0.0.1", base + 3, f"127.0.0.1:{base + 1}", Path("build/soak/gateway.log"))
     samples: dict[str, list[tuple[float, float]]] = {"triton": [], "gateway": []}
+    # Per part of Triton's process group (server, each stub's model, shared memory): where growth is.
+    parts: dict[str, list[tuple[float, float]]] = {}
     stop = threading.Event()
     texts = UniqueTexts(load_split("test").texts, seed=21)
     started = time.monotonic()
@@ -65,9 +59,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def sample() -> None:
             while not stop.is_set():
                 t = time.monotonic() - started
-                samples["triton"].append((t, triton.rss_bytes() / 1e6))
+                memory = triton.memory()
+                samples["triton"].append((t, sum(memory.values()) / 1e6))
+                for part, value in memory.items():
+                    parts.setdefault(part, []).append((t, value / 1e6))
                 if gateway.process is not None:
-                    samples["gateway"].append((t, process_rss(gateway.process.pid) / 1e6))
+                    samples["gateway"].append((t, private_bytes(gateway.process.pid) / 1e6))
                 stop.wait(args.sample_s)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -117,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     growth = {name: growth_mb(s) for name, s in samples.items()}
     return {
         "date": dt.date.today().isoformat(),
-        "command": "make soak",
+        "command": " ".join(["python -m loadtest.soak", *sys.argv[1:]]),
         "machine": machine_info(),
         "seconds": args.seconds,
         "clients": args.clients,
@@ -125,8 +122,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bound_mb": args.max_growth_mb,
         "caches": {"triton_bytes": args.triton_cache_bytes, "gateway_entries": args.gateway_cache_size},
         "growth_mb": growth,
+        "part_growth_mb": {name: growth_mb(series) for name, series in parts.items()},
+        "parts": parts,
         "passed": all(g <= args.max_growth_mb for g in growth.values()),
         "samples": samples,
+    }
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    base = args.base_port
+    return ServerConfig(
+        repository=args.repository,
+        http_port=base,
+        grpc_port=base + 1,
+        metrics_port=base + 2,
+        cache_bytes=args.triton_cache_bytes,
+    )
+
+
+def gateway_env(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "GATEWAY_LABELS_FILE": str(args.repository / "labels.json"),
+        "GATEWAY_MAX_CONCURRENCY": "1024",
+        "GATEWAY_CACHE_SIZE": str(args.gateway_cache_size),
     }
 
 
@@ -140,6 +158,11 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     paths = [out / "soak.json", out / "soak.md", out / "soak.png"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     g = report["growth_mb"]
+    part_rows = [
+        f"| {name} | {series[0][1]:.1f} | {series[-1][1]:.1f} | {report['part_growth_mb'][name]:+.1f} |"
+        for name, series in sorted(report["parts"].items())
+        if series
+    ]
     paths[1].write_text(
         "\n".join(
             [
@@ -147,27 +170,40 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
                 "",
                 f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores). "
                 f"Command: `{report['command']}`. {report['seconds']} s at {report['clients']} clients "
-                f"through the gateway (embedded Triton, caches on but small so they fill during warm-up: "
+                f"through the gateway (embedded Triton; response caches: "
                 f"Triton {report['caches']['triton_bytes'] // 2**20} MB, gateway "
-                f"{report['caches']['gateway_entries']} results; 500 learners), "
-                f"{report['requests']} requests.",
+                f"{report['caches']['gateway_entries']} results; 500 learners; 1 request in 6 a repeated "
+                f"text), {report['requests']} requests.",
                 "",
-                f"- RSS growth after warm-up: tritonserver + stubs **{g['triton']:+.1f} MB**, gateway "
+                "Memory = private (anonymous) resident memory of each process + the python backend's "
+                "shared-memory regions counted once; growth = median of the last tenth minus median of "
+                "the first tenth after a 20 % warm-up.",
+                "",
+                f"- Growth after warm-up: tritonserver + stubs **{g['triton']:+.1f} MB**, gateway "
                 f"**{g['gateway']:+.1f} MB** (bound {report['bound_mb']:.0f} MB each): "
                 f"**{'pass' if report['passed'] else 'FAIL'}**.",
+                "",
+                "| Triton part | first sample MB | last sample MB | growth after warm-up MB |",
+                "|---|---:|---:|---:|",
+                *part_rows,
                 "",
                 "![memory over time](soak.png)",
                 "",
             ]
         )
     )
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, series in report["samples"].items():
-        ax.plot([t for t, _ in series], [v for _, v in series], label=name)
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("RSS (MB)")
-    ax.set_title(f"Soak: memory over {report['seconds']} s ({report['date']})")
-    ax.legend()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, series_by_name, title in (
+        (left, report["samples"], "totals"),
+        (right, report["parts"], "Triton by process"),
+    ):
+        for name, series in series_by_name.items():
+            ax.plot([t for t, _ in series], [v for _, v in series], label=name)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("MB (private + shared memory once)")
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Soak: memory over {report['seconds']} s ({report['date']})")
     fig.tight_layout()
     fig.savefig(paths[2], dpi=100)
     return paths

@@ -139,19 +139,45 @@ def _mapped_regions() -> set[str]:
     return mapped
 
 
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
 def group_regions(pgid: int) -> set[str]:
     """Shared-memory regions mapped by the processes of one process group (a server and its stubs)."""
     found: set[str] = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
             found.update(
                 line.rsplit("/", 1)[-1].strip()
-                for line in (stat.parent / "maps").read_text().splitlines()
+                for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
                 if SHM_PREFIX in line
             )
     return found
+
+
+def private_bytes(pid: int) -> int:
+    """A process's anonymous resident memory (heap, arenas): where leaks show. File-backed pages
+    (shared libraries) are excluded: clean, shared and reclaimable."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return next(int(x.split()[1]) * 1024 for x in status if x.startswith("RssAnon:"))
+    return 0
+
+
+def process_role(cmdline: bytes) -> str:
+    """``tritonserver``, or the model a python-backend stub serves (its first argument is the model
+    file path: .../<model>/<version>/model.py)."""
+    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    if not args or "triton_python_backend_stub" not in args[0]:
+        return Path(args[0]).name if args else "?"
+    parts = Path(args[1]).parts if len(args) > 1 else ()
+    return f"stub:{parts[-3]}" if len(parts) >= 3 else "stub"
 
 
 def remove_stale_shm(only: set[str] | None = None) -> list[str]:
@@ -261,17 +287,33 @@ class EmbeddedTriton:
         """The python-backend regions this server's stubs map right now."""
         return group_regions(self.process.pid) if self.process else set()
 
+    def memory(self) -> dict[str, int]:
+        """Bytes per part of the group, without double counting: each process's private (anonymous)
+        resident memory, keyed by role (``tritonserver`` or the stub's model), plus the python
+        backend's shared-memory regions counted once (RSS counts a shared page in every process
+        that touches it)."""
+        parts: dict[str, int] = {}
+        if self.process is None:
+            return parts
+        for pid in group_pids(self.process.pid):
+            with contextlib.suppress(OSError):
+                role = process_role(Path(f"/proc/{pid}/cmdline").read_bytes())
+                parts[role] = parts.get(role, 0) + private_bytes(pid)
+        parts["shared memory"] = sum(
+            (SHM_DIR / name).stat().st_blocks * 512
+            for name in self.shm_regions()
+            if (SHM_DIR / name).exists()
+        )
+        return parts
+
     def rss_bytes(self) -> int:
         """Resident memory of the server and its python stubs (the whole process group)."""
         if self.process is None:
             return 0
         total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
+        for pid in group_pids(self.process.pid):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == self.process.pid:  # field 5 of stat: process group id
-                    statm = (stat.parent / "statm").read_text().split()
-                    total += int(statm[1]) * os.sysconf("SC_PAGE_SIZE")
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         return total
 
     def stop(self, timeout: float | None = None) -> int | None:

@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from export.calibration import calibrated_probabilities
 from export.labels import read_labels
-from export.metrics import sigmoid
 from export.runtime import load_tokenizer, onnx_classifier
 from server.embedded import EmbeddedTriton, shm_regions
 from tests.e2e.conftest import server_config
@@ -38,9 +38,12 @@ def expected(repository: Path):
         repository / "classifier" / "1" / "model.fp32.onnx", load_tokenizer(repository / "tokenizer" / "1")
     )
     labels = read_labels(repository / "labels.json")
+    assert len(set(labels.temperatures)) > 1  # served answers go through fitted per-label temperatures
 
     def run(texts: list[str]) -> tuple[np.ndarray, list[list[str]]]:
-        probs = np.concatenate([sigmoid(clf.logits([t])) for t in texts]).astype(np.float32)
+        probs = np.concatenate(
+            [calibrated_probabilities(clf.logits([t]), np.array(labels.temperatures)) for t in texts]
+        ).astype(np.float32)
         names = [
             [n for n, p, t in zip(labels.names, row, labels.thresholds, strict=True) if p >= t]
             for row in probs
@@ -186,3 +189,11 @@ def test_readme_client_example_runs(triton, expected, protocol):
     ).stdout
     rows = json.loads(out)
     assert [r["labels"] for r in rows] == expected(TEXTS[:2])[1]
+
+
+def test_memory_breakdown_covers_the_server_each_stub_and_shared_memory_once(triton):
+    parts = triton.memory()
+    assert {"tritonserver", "stub:tokenizer", "stub:classifier", "stub:postprocess"} <= parts.keys()
+    assert all(v > 0 for v in parts.values()), parts
+    # Shared memory counted once is far less than what plain RSS counts (libraries, shared pages twice).
+    assert 0 < parts["shared memory"] < sum(parts.values()) < triton.rss_bytes()

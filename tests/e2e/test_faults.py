@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from export.calibration import calibrated_probabilities
 from export.labels import read_labels
-from export.metrics import sigmoid
 from export.runtime import load_tokenizer, onnx_classifier
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -37,7 +37,8 @@ def expected_for(repository: Path):
     labels = read_labels(repository / "labels.json")
 
     def run(text: str) -> tuple[np.ndarray, list[str]]:
-        probs = sigmoid(clf.logits([text]))[0].astype(np.float32)
+        logits = clf.logits([text])
+        probs = calibrated_probabilities(logits, np.array(labels.temperatures))[0].astype(np.float32)
         return probs, [n for n, p, t in zip(labels.names, probs, labels.thresholds, strict=True) if p >= t]
 
     return run

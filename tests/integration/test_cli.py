@@ -12,7 +12,17 @@ from export.__main__ import EXIT_BAD_INPUT, EXIT_GATE_FAILED, main
 from export.pipeline import read_installed
 
 REPO = Path(__file__).resolve().parents[2]
-LOOSE = ["--eval-limit", "60", "--min-macro-f1", "0", "--max-macro-f1-drop", "1"]
+# Random weights: the F1 criteria are meaningless (calibration's too: temperatures end at their bounds).
+LOOSE = [
+    "--eval-limit",
+    "60",
+    "--min-macro-f1",
+    "0",
+    "--max-macro-f1-drop",
+    "1",
+    "--max-calibration-f1-drop",
+    "1",
+]
 
 
 def test_help_lists_every_command():
@@ -79,6 +89,25 @@ def test_gate_failure_exit_code(tmp_path, tiny_model, tiny_data):
         ]
     )
     assert code == EXIT_GATE_FAILED
+
+
+def test_calibration_flag_and_gate_exit_code(tmp_path, tiny_model, tiny_data):
+    import json
+
+    from export.labels import read_labels
+
+    base = ["build", str(tiny_model), "--data-dir", str(tiny_data), "--variants", "fp32", *LOOSE]
+    assert main([*base, "--out", str(tmp_path / "global"), "--calibration", "global"]) == 0
+    labels = read_labels(tmp_path / "global" / "labels.json")
+    assert labels.calibration is not None and labels.calibration["method"] == "global"
+    assert len(set(labels.temperatures)) == 1 and labels.temperatures[0] != 1.0
+    # argparse keeps the last value: a negative allowance fails even an unchanged macro-F1.
+    failing = [*base, "--out", str(tmp_path / "failed"), "--max-calibration-f1-drop", "-1"]
+    assert main(failing) == EXIT_GATE_FAILED
+    assert json.loads((tmp_path / "failed" / "reports" / "calibration.json").read_text())["passed"] is False
+    assert not (tmp_path / "failed" / "labels.json").exists()
+    with pytest.raises(SystemExit):
+        main([*base, "--calibration", "isotonic"])
 
 
 def test_bad_inputs_exit_code(tmp_path, tiny_model, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,16 +11,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from export.calibration import calibrated_probabilities
+from export.data import load_dataset
 from export.gates import GateFailed
 from export.labels import read_labels
+from export.metrics import f1_scores
 from export.pipeline import ExportOptions, export_model, install, read_installed
 from export.repository import stale_configs
 from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
 from export.spec import Manifest, ServingSpec
 from tests.conftest import build_tiny_model
 
-# Random weights: accuracy is meaningless, so the accuracy criteria are opened up; parity stays strict.
-LOOSE = ExportOptions(eval_limit=100, max_macro_f1_drop=1.0, min_macro_f1=0.0)
+# Random weights: accuracy is meaningless, so the accuracy criteria are opened up (calibration's F1
+# criterion too: the random logits push temperatures to their bounds); parity and ECE stay strict.
+LOOSE = ExportOptions(eval_limit=100, max_macro_f1_drop=1.0, min_macro_f1=0.0, max_calibration_f1_drop=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +96,57 @@ def test_reports_labels_and_spec_written(exported, label_names):
     assert len(set(labels.thresholds)) > 1  # tuned per label, not one global cut
     assert Manifest.read(out / "manifest.json") == manifest
     assert spec.labels == label_names and spec.max_length == 128
+
+
+def test_calibration_fitted_reported_and_written_to_the_labels_file(exported, tiny_model, tiny_data):
+    out, manifest, spec = exported
+    report = json.loads((out / "reports" / "calibration.json").read_text())
+    assert report["passed"] is True
+    results = report["results"]
+    assert results["method"] == "per-label" and results["fitted_on"] == "dev"
+    assert results["ece_after"] <= results["ece_before"]
+    assert set(results["per_label"]) == set(spec.labels)
+    assert sum(results["reliability_before"]["counts"]) == 100 * 28  # every (text, label) pair of test
+    png = (out / "reports" / "reliability.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+    labels = read_labels(out / "labels.json")
+    assert labels.calibration is not None and labels.calibration["ece_after"] == results["ece_after"]
+    assert len(set(labels.temperatures)) > 1  # one per label
+    assert labels.temperatures == [results["per_label"][n]["temperature"] for n in labels.names]
+    assert json.loads((out / "reports" / "summary.json").read_text())["calibration"]["method"] == "per-label"
+
+    # Served as written: test probabilities through the file's temperatures at its thresholds score
+    # exactly what the report says.
+    test = load_dataset(tiny_data)[1]["test"]
+    logits = onnx_classifier(out / manifest.variants["fp32"].file, load_tokenizer(out)).logits(
+        test.texts[:100]
+    )
+    probs = calibrated_probabilities(logits, np.array(labels.temperatures))
+    f1 = f1_scores(probs, test.labels[:100], np.array(labels.thresholds, dtype=np.float32))
+    assert round(f1.macro, 4) == results["calibrated_tuned"]["macro_f1"]
+
+
+def test_calibration_none_keeps_temperatures_at_one(tmp_path, tiny_model, tiny_data):
+    opts = dataclasses.replace(LOOSE, variants=("fp32",), calibration="none")
+    manifest = export_model(str(tiny_model), tmp_path, opts, tiny_data)
+    labels = read_labels(tmp_path / "labels.json")
+    assert labels.temperatures == [1.0] * 28
+    assert labels.calibration is not None and labels.calibration["method"] == "none"
+    assert labels.calibration["ece_before"] == labels.calibration["ece_after"]
+    assert labels.model_version == manifest.model_version
+
+
+def test_calibration_gate_failure_raises_and_writes_no_labels_file(tmp_path, tiny_model, tiny_data):
+    # A negative tolerance fails even an unchanged macro-F1.
+    opts = dataclasses.replace(LOOSE, variants=("fp32",), max_calibration_f1_drop=-1.0)
+    with pytest.raises(GateFailed, match="calibration: macro-F1"):
+        export_model(str(tiny_model), tmp_path, opts, tiny_data)
+    report = json.loads((tmp_path / "reports" / "calibration.json").read_text())
+    assert report["passed"] is False
+    assert (tmp_path / "reports" / "reliability.png").is_file()  # the evidence is still written
+    assert json.loads((tmp_path / "reports" / "summary.json").read_text())["passed"] is False
+    assert not (tmp_path / "labels.json").exists()  # a failed export never produces a labels file
 
 
 def test_install_writes_repository_layout(exported, tmp_path):

@@ -270,6 +270,40 @@ async def test_health_and_readiness(client, fake):
     assert r.status_code == 503 and r.json()["ready"] is False
 
 
+async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_triton_is_back(labels_file, fake):
+    settings = Settings(labels_file=labels_file, breaker_failures=3, breaker_reset_s=0.2, _env_file=None)
+    async with gateway(settings, fake) as client:
+        fake.fail = GatewayError("backend_timeout", "the model did not answer", {"Retry-After": "1"})
+        for i in range(3):
+            assert (await client.post("/v1/emotions", json={"text": f"t{i}"})).status_code == 504
+        calls = len(fake.calls)
+        r = await client.post("/v1/emotions", json={"text": "t9"})
+        assert r.status_code == 503 and "circuit open" in error(r)["message"]
+        assert r.headers["retry-after"] == "1"
+        assert len(fake.calls) == calls  # an open circuit does not call Triton
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["circuit"] == "open"
+        metrics = (await client.get("/metrics")).text
+        assert "gateway_circuit_state 2.0" in metrics and "gateway_circuit_rejections_total 1.0" in metrics
+        fake.fail = None
+        await asyncio.sleep(0.25)  # past the cool-down: the next request is the probe
+        assert (await client.post("/v1/emotions", json={"text": "t10"})).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["circuit"] == "closed"
+        assert "gateway_circuit_state 0.0" in (await client.get("/metrics")).text
+        # Without traffic (a replica out of its Service gets none), a ready Triton closes it too.
+        fake.fail = GatewayError("backend_unavailable", "down", {"Retry-After": "1"})
+        for i in range(3):
+            assert (await client.post("/v1/emotions", json={"text": f"u{i}"})).status_code == 503
+        fake.is_ready = False
+        await asyncio.sleep(0.25)
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["circuit"] == "half-open"
+        fake.is_ready = True
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["circuit"] == "closed"
+
+
 async def test_metrics_count_requests_cache_and_triton(client):
     await client.post("/v1/emotions", json={"text": "m"})
     await client.post("/v1/emotions", json={"text": "m"})

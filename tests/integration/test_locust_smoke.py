@@ -38,7 +38,13 @@ def gateway_url(tmp_path_factory, label_names):
     thread.join(timeout=10)
 
 
-def run_locust(url: str, tmp_path: Path, *extra: str) -> tuple[int, dict[str, dict[str, str]]]:
+def run_locust(
+    url: str,
+    tmp_path: Path,
+    *extra: str,
+    tags: tuple[str, ...] = ("gateway", "gateway-hit"),
+    user: str = "GatewayUser",
+) -> tuple[int, dict[str, dict[str, str]]]:
     cmd = [
         sys.executable,
         "-m",
@@ -61,10 +67,9 @@ def run_locust(url: str, tmp_path: Path, *extra: str) -> tuple[int, dict[str, di
         str(tmp_path / "smoke"),
         *extra,
         "--tags",
-        "gateway",
-        "gateway-hit",
+        *tags,
         "--",  # --tags takes several values: end it before the user class
-        "GatewayUser",
+        user,
     ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     with (tmp_path / "smoke_stats.csv").open() as f:
@@ -83,4 +88,21 @@ def test_locustfile_runs_and_checks_answers(gateway_url, tmp_path):
 def test_slo_miss_sets_exit_code(gateway_url, tmp_path):
     code, stats = run_locust(gateway_url, tmp_path, "--slo-p95-ms", "0.0001")
     assert int(stats["Aggregated"]["Request Count"]) > 0
+    assert code == 1
+
+
+def test_stream_user_runs_over_websockets_and_checks_answers(gateway_url, tmp_path):
+    code, stats = run_locust(gateway_url, tmp_path, tags=("stream",), user="StreamUser")
+    stream = stats["/v1/emotions/stream [message]"]
+    assert code == 0
+    assert stream["Type"] == "WS"
+    assert int(stream["Request Count"]) > 20 and int(stream["Failure Count"]) == 0
+    assert set(stats) == {"/v1/emotions/stream [message]", "Aggregated"}  # the HTTP user did not run
+
+
+def test_stream_user_reports_failures(tmp_path):
+    (port,) = free_ports(1)  # nothing listens there: every message fails, and is reported
+    code, stats = run_locust(f"http://127.0.0.1:{port}", tmp_path, tags=("stream",), user="StreamUser")
+    stream = stats["/v1/emotions/stream [message]"]
+    assert int(stream["Request Count"]) > 0 and stream["Failure Count"] == stream["Request Count"]
     assert code == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from google.protobuf import text_format
@@ -14,6 +15,10 @@ from export.pipeline import MODEL_REPOSITORY
 from export.spec import SPEC_FILE, ServingSpec
 from export.tensorrt import BUILD_SCRIPT, PLAN_FILE
 from export.variants import VARIANT_FILES
+from gateway.audit import from_settings
+from gateway.audit.store import PostgresStore
+from gateway.metrics import Metrics
+from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -75,6 +80,7 @@ def test_gateway_and_redis_services():
     assert gateway["depends_on"] == {
         "triton": {"condition": "service_healthy"},
         "redis": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
     }
     assert gateway["ports"] == ["8080:8080"]
     assert any(
@@ -95,6 +101,7 @@ def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
         "redis",
         "grpcio",
         "numpy",
+        "psycopg",
     ):
         pin = next(p for p in pins if p.split("==")[0].split("[")[0] == name)
         assert f'"{pin}"' in dockerfile, pin
@@ -112,3 +119,38 @@ def test_triton_model_control_apis_need_the_admin_key():
         assert {"model-repository", "model-config", "shared-memory"} <= set(apis.split(","))
         assert "inference" not in apis and "health" not in apis  # the gateway still infers and checks health
         assert key.startswith("admin-key=${TRITON_ADMIN_KEY:?")  # no default key: compose refuses to start
+
+
+def _interpolate(value: str, required: str = "set-by-the-operator-0123456789") -> str:
+    """Compose's ${VAR:-default} with its default and ${VAR:?message} with a stand-in value."""
+    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", required, value)
+
+
+def test_postgres_service_for_the_audit_trail():
+    postgres = COMPOSE["services"]["postgres"]
+    assert postgres["image"] == "postgres:16"
+    assert "ports" not in postgres  # only the compose network reaches it
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    assert "pg-data" in COMPOSE["volumes"]
+    env = postgres["environment"]
+    assert env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:-")  # overridable, a default for dev
+
+
+def test_gateway_audits_to_the_postgres_service_with_a_required_hash_key():
+    env = COMPOSE["services"]["gateway"]["environment"]
+    pg = COMPOSE["services"]["postgres"]["environment"]
+    assert env["GATEWAY_AUDIT_BACKEND"] == "postgres"
+    assert env["GATEWAY_AUDIT_HASH_KEY"].startswith("${GATEWAY_AUDIT_HASH_KEY:?")  # no default key
+    dsn = urlsplit(_interpolate(env["GATEWAY_AUDIT_DSN"]))
+    assert (dsn.scheme, dsn.hostname, dsn.port) == ("postgresql", "postgres", 5432)
+    assert dsn.path == f"/{pg['POSTGRES_DB']}"
+    assert dsn.username == pg["POSTGRES_USER"] and dsn.password == _interpolate(pg["POSTGRES_PASSWORD"])
+    # every GATEWAY_ variable is a setting, and together they make a valid audit trail
+    fields = {f"GATEWAY_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    values = {k.removeprefix("GATEWAY_").lower(): _interpolate(v) for k, v in env.items()}
+    settings = Settings(_env_file=None, **values)
+    trail = from_settings(settings, Metrics())
+    assert trail is not None and isinstance(trail.store, PostgresStore) and not trail.store_text

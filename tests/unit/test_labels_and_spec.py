@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from export.labels import LabelSet, LabelsFileError, read_labels
+from export.labels import LabelSet, LabelsFileError, model_version, read_labels
 from export.spec import Manifest, ServingSpec, TensorRTProfile, VariantFile
 
 
@@ -38,6 +38,64 @@ def test_labels_file_errors(tmp_path: Path, label_names: list[str]):
         read_labels(tmp_path / "labels.json")
     with pytest.raises(LabelsFileError, match="thresholds"):
         LabelSet(label_names, [0.5], "v")
+
+
+def test_labels_file_roundtrip_with_temperatures_and_calibration(tmp_path: Path, label_names: list[str]):
+    temperatures = [0.5 + i / 10 for i in range(28)]
+    block = {"method": "per-label", "fitted_on": "dev", "ece_before": 0.04, "ece_after": 0.01}
+    LabelSet(label_names, [0.5] * 28, "v2", temperatures=temperatures, calibration=block).write(
+        tmp_path / "labels.json"
+    )
+    data = json.loads((tmp_path / "labels.json").read_text())
+    assert data["labels"][3]["temperature"] == pytest.approx(0.8)
+    assert data["calibration"] == block
+    back = read_labels(tmp_path / "labels.json")
+    assert back.temperatures == pytest.approx(temperatures)
+    assert back.calibration == block
+
+
+def test_labels_file_without_temperatures_reads_as_one(tmp_path: Path, label_names: list[str]):
+    old = {
+        "model_version": "student-5719d5850fb3",
+        "activation": "sigmoid",
+        "tuned_on": "dev",
+        "labels": [{"id": i, "name": n, "threshold": 0.4} for i, n in enumerate(label_names)],
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(old))
+    labels = read_labels(tmp_path / "labels.json")
+    assert labels.temperatures == [1.0] * 28
+    assert labels.calibration is None
+    assert labels == LabelSet(label_names, [0.4] * 28, "student-5719d5850fb3")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_temperature_must_be_finite_and_positive(tmp_path: Path, label_names: list[str], bad: float):
+    with pytest.raises(LabelsFileError, match="temperatures must be finite and greater than 0"):
+        LabelSet(label_names, [0.5] * 28, "v", temperatures=[1.0] * 27 + [bad])
+    with pytest.raises(LabelsFileError, match="28 labels but 2 temperatures"):
+        LabelSet(label_names, [0.5] * 28, "v", temperatures=[1.0, 2.0])
+    data = LabelSet(label_names, [0.5] * 28, "v").to_json()
+    data["labels"][5]["temperature"] = "hot"
+    (tmp_path / "labels.json").write_text(json.dumps(data))
+    with pytest.raises(LabelsFileError, match="could not convert string to float"):
+        read_labels(tmp_path / "labels.json")
+    data["labels"][5]["temperature"] = 1.0
+    data["calibration"] = "per-label"
+    (tmp_path / "labels.json").write_text(json.dumps(data))
+    with pytest.raises(LabelsFileError, match="'calibration' must be an object"):
+        read_labels(tmp_path / "labels.json")
+
+
+def test_model_version_changes_with_weights_thresholds_and_temperatures():
+    thresholds, temperatures = [0.3] * 28, [1.0] * 28
+    base = model_version("student", "abc123", thresholds, temperatures)
+    assert base.startswith("student-") and len(base) == len("student-") + 12
+    assert model_version("student", "abc123", list(thresholds), list(temperatures)) == base  # stable
+    assert model_version("student", "abc124", thresholds, temperatures) != base
+    assert model_version("student", "abc123", [0.31, *thresholds[1:]], temperatures) != base
+    assert model_version("student", "abc123", thresholds, [*temperatures[:-1], 1.5]) != base
+    # Below the precision the labels file keeps, nothing served changes, so neither does the version.
+    assert model_version("student", "abc123", thresholds, [1.00001, *temperatures[1:]]) == base
 
 
 def test_tensorrt_profile_shapes_and_validation():

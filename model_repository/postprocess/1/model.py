@@ -1,9 +1,12 @@
-"""Triton python backend: logits -> per-label sigmoid probabilities -> labels at the tuned thresholds.
+"""Triton python backend: logits -> per-label calibrated sigmoid probabilities -> labels at the tuned
+thresholds.
 
-Multi-label: every label has its own sigmoid and threshold (never a softmax). Thresholds and label
-names come from the one labels file written by export (`labels_file`, relative to this model's
-directory). LABELS holds a row's predicted labels; in a multi-row request, shorter rows are padded
-with empty strings, and a row whose probabilities all stay under their thresholds has none.
+Multi-label: every label has its own sigmoid, temperature and threshold (never a softmax); the
+probability is sigmoid(logit / temperature), the same as export.calibration.calibrated_probabilities
+(a unit test keeps them equal). Thresholds, temperatures (1.0 where absent) and label names come from
+the one labels file written by export (`labels_file`, relative to this model's directory).
+LABELS holds a row's predicted labels; in a multi-row request, shorter rows are padded with empty
+strings, and a row whose probabilities all stay under their thresholds has none.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ class TritonPythonModel:
             )
         self.names = np.array([e["name"].encode() for e in entries], dtype=object)
         self.thresholds = np.array([e["threshold"] for e in entries], dtype=np.float32)
+        self.temperatures = np.array([e.get("temperature", 1.0) for e in entries], dtype=np.float64)
+        if not (np.isfinite(self.temperatures).all() and (self.temperatures > 0).all()):
+            raise pb_utils.TritonModelException(f"{labels_file}: temperatures must be finite and > 0")
 
     def execute(self, requests):
         logits = [pb_utils.get_input_tensor_by_name(r, "logits").as_numpy() for r in requests]
-        stacked = np.concatenate(logits).astype(np.float64)
-        probs = (1.0 / (1.0 + np.exp(-np.clip(stacked, -50, 50)))).astype(np.float32)
+        scaled = np.concatenate(logits).astype(np.float64) / self.temperatures
+        probs = (1.0 / (1.0 + np.exp(-np.clip(scaled, -50, 50)))).astype(np.float32)
         hits = probs >= self.thresholds
         responses, start = [], 0
         for block in logits:

@@ -1,0 +1,330 @@
+"""Audit-trail storage: SQLite (embedded, the standard library) or PostgreSQL (psycopg).
+
+Both stores are synchronous and meant to be called from one worker thread (``AuditTrail`` runs them in
+a single-thread executor). A store connects lazily, applies the pending migrations from
+``migrations/<dialect>/NNNN_name.sql`` once each (recorded in ``schema_migrations``), and drops its
+connection after any error so that the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
+# Any integer: serializes migrations when several gateway replicas start at once.
+PG_MIGRATION_LOCK = 0x601A0D17
+PG_CONNECT_TIMEOUT_S = 3
+PG_STATEMENT_TIMEOUT_MS = 5000
+APPLICATION_NAME = "goemotions-gateway-audit"
+
+# What a store raises when its database is unavailable or refuses a statement.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, OSError)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One analysed text: what was decided, by which model, for whom, how fast."""
+
+    ts: datetime  # UTC
+    learner_id: str | None
+    request_id: str
+    text_index: int
+    channel: str  # "http" or "ws"
+    model_version: str
+    labels: list[str]
+    primary_emotion: str
+    confidence: float
+    readiness_state: str
+    readiness_score: float
+    valence: float
+    intervention_level: str
+    reasons: list[str]
+    latency_ms: float
+    cached: bool
+    text_hash: str | None
+    text: str | None
+
+
+@dataclass(frozen=True)
+class AuditEntry(AuditRow):
+    id: int
+
+
+COLUMNS = tuple(f.name for f in fields(AuditRow))
+JSON_COLUMNS = frozenset({"labels", "reasons"})
+
+
+def migrations(dialect: str) -> list[tuple[str, str]]:
+    """``(version, sql)`` for every migration of a dialect, in order."""
+    out = []
+    for path in sorted((MIGRATIONS_DIR / dialect).glob("*.sql")):
+        if not MIGRATION_NAME.match(path.name):
+            raise ValueError(f"{path}: migration files are named NNNN_name.sql")
+        out.append((path.stem, path.read_text(encoding="utf-8")))
+    if not out:
+        raise ValueError(f"no migrations in {MIGRATIONS_DIR / dialect}")
+    return out
+
+
+@dataclass(frozen=True)
+class Before:
+    """A position in a learner's history (newest first): the rows strictly older than ``ts`` or, with
+    ``id``, older than (``ts``, ``id``) — so that a page boundary inside one request loses no row."""
+
+    ts: datetime  # timezone-aware
+    id: int | None = None
+
+
+class AuditStore(Protocol):
+    dialect: str
+
+    def open(self) -> None: ...
+    def insert(self, rows: Sequence[AuditRow]) -> None: ...
+    def delete_before(self, cutoff: datetime) -> int: ...
+    def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]: ...
+    def close(self) -> None: ...
+
+
+def _history_sql(placeholder: str, before: Before | None) -> str:
+    where = f"learner_id = {placeholder}"
+    if before is not None and before.id is not None:
+        where += f" AND (ts, id) < ({placeholder}, {placeholder})"
+    elif before is not None:
+        where += f" AND ts < {placeholder}"
+    return (
+        f"SELECT {', '.join(COLUMNS)}, id FROM audit_log WHERE {where} "
+        f"ORDER BY ts DESC, id DESC LIMIT {placeholder}"
+    )
+
+
+def _history_params(learner_id: str, limit: int, before: Before | None, ts: Any) -> list[Any]:
+    params: list[Any] = [learner_id]
+    if before is not None:
+        params.append(ts)
+        if before.id is not None:
+            params.append(before.id)
+    return [*params, limit]
+
+
+# ------------------------------------------------------------------------------------------------
+# SQLite
+
+
+def sqlite_ts(ts: datetime) -> str:
+    # isoformat pads the year to four digits: every stored value has the same width and sorts as a time
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _split_statements(script: str) -> list[str]:
+    """Statements of an SQL script, split where SQLite itself says a statement is complete."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    leftover = "\n".join(line for line in buffer.splitlines() if not line.strip().startswith("--")).strip()
+    if leftover:
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {leftover[:80]!r}")
+    return statements
+
+
+class SqliteStore:
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; every write below opens its own.
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")  # readers (an auditor's sqlite3 shell) never block us
+                self._migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection, mode: str = "") -> Iterator[None]:
+        conn.execute(f"BEGIN {mode}")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # IMMEDIATE takes the write lock first: a second process waits, then sees the versions applied.
+        with self._transaction(conn, "IMMEDIATE"):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            for version, script in migrations(self.dialect):
+                if version in applied:
+                    continue
+                for statement in _split_statements(script):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, sqlite_ts(datetime.now(UTC))),
+                )
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._connection()
+        except BaseException:
+            self.close()  # whatever went wrong, the next call starts from a fresh connection
+            raise
+
+    def insert(self, rows: Sequence[AuditRow]) -> None:
+        sql = f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        params = [self._params(row) for row in rows]
+        with self._use() as conn, self._transaction(conn):
+            conn.executemany(sql, params)
+
+    @staticmethod
+    def _params(row: AuditRow) -> tuple[Any, ...]:
+        values = dict(zip(COLUMNS, astuple(row), strict=True))
+        values["ts"] = sqlite_ts(row.ts)
+        for name in JSON_COLUMNS:
+            values[name] = json.dumps(values[name])
+        return tuple(values[c] for c in COLUMNS)
+
+    def delete_before(self, cutoff: datetime) -> int:
+        with self._use() as conn, self._transaction(conn):
+            return conn.execute("DELETE FROM audit_log WHERE ts < ?", (sqlite_ts(cutoff),)).rowcount
+
+    def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
+        ts = sqlite_ts(before.ts) if before else None
+        with self._use() as conn:
+            found = conn.execute(
+                _history_sql("?", before), _history_params(learner_id, limit, before, ts)
+            ).fetchall()
+        entries = []
+        for raw in found:
+            values = dict(zip((*COLUMNS, "id"), raw, strict=True))
+            values["ts"] = datetime.fromisoformat(values["ts"])  # 3.11 reads the trailing Z as UTC
+            values["cached"] = bool(values["cached"])
+            for name in JSON_COLUMNS:
+                values[name] = json.loads(values[name])
+            entries.append(AuditEntry(**values))
+        return entries
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+class PostgresStore:
+    dialect = "postgres"
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn  # may hold a password: never logged, never in repr
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def __repr__(self) -> str:
+        return "PostgresStore(<dsn hidden>)"
+
+    def open(self) -> None:
+        self._connection()
+
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self._dsn,
+                autocommit=True,  # explicit transactions below
+                connect_timeout=PG_CONNECT_TIMEOUT_S,
+                application_name=APPLICATION_NAME,
+            )
+            try:
+                conn.execute(f"SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS}")
+                self._migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _migrate(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PG_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            for version, script in migrations(self.dialect):
+                if version not in applied:
+                    # No parameters: psycopg sends the whole script as one simple query.
+                    conn.execute(script)
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+
+    @contextmanager
+    def _use(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        try:
+            yield self._connection()
+        except BaseException:
+            self.close()
+            raise
+
+    def insert(self, rows: Sequence[AuditRow]) -> None:
+        sql = f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+        params = [
+            tuple(Jsonb(v) if c in JSON_COLUMNS else v for c, v in zip(COLUMNS, astuple(row), strict=True))
+            for row in rows
+        ]
+        with self._use() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(sql, params)
+
+    def delete_before(self, cutoff: datetime) -> int:
+        with self._use() as conn, conn.transaction():
+            return conn.execute("DELETE FROM audit_log WHERE ts < %s", (cutoff,)).rowcount
+
+    def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
+        with self._use() as conn:
+            found = conn.execute(
+                _history_sql("%s", before),
+                _history_params(learner_id, limit, before, before.ts if before else None),
+            ).fetchall()
+        entries = []
+        for raw in found:
+            values = dict(zip((*COLUMNS, "id"), raw, strict=True))
+            values["ts"] = values["ts"].astimezone(UTC)
+            entries.append(AuditEntry(**values))
+        return entries
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()

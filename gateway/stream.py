@@ -1,0 +1,372 @@
+"""``WS /v1/emotions/stream``: a chat or tutoring session's learner messages over one connection.
+
+Auth (when keys are configured) by the API key in the handshake headers, or, for browsers (which cannot
+set WebSocket headers), in a first frame ``{"type": "auth", "api_key": "..."}``; never in the URL. A
+receiver task reads frames into a bounded queue (when it is full, the message is dropped with an error
+frame); one worker answers them in order with the HTTP route's validation, errors, rate limit and
+concurrency limit. An error is a frame and the connection stays open for the next message. A connection
+that sends nothing for ``stream_idle_timeout_s`` (and is owed no answer) is closed with 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache
+from fastapi import APIRouter, WebSocket
+from pydantic import BaseModel, ValidationError
+from starlette.types import Message
+from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
+
+from gateway import audit
+from gateway.app import _check_key, _result, _trend
+from gateway.errors import GatewayError, _describe
+from gateway.learning.state import LearnerContext
+from gateway.ratelimit import retry_after_header
+from gateway.schemas import (
+    MessageId,
+    ModelInfo,
+    StreamErrorFrame,
+    StreamMessage,
+    StreamResultFrame,
+    StreamTrajectoryFrame,
+)
+from gateway.service import Core, Outcome, analyse
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/emotions/stream"
+POLICY_VIOLATION = 1008  # RFC 6455 close code for a refused client (here: the API key)
+QUEUE_FULL = "queue full: wait for answers before sending more"
+TRACKED_LEARNERS = 1024  # per connection, for trajectory frames; a forgotten learner is re-sent
+
+
+@dataclass
+class Job:
+    """A received frame: its JSON object, or the error it already earned; answered in order."""
+
+    id: MessageId
+    payload: dict[str, Any] | None
+    error: GatewayError | None
+    received: float  # perf_counter
+
+
+def _header_key(websocket: WebSocket) -> str:
+    given = websocket.headers.get("x-api-key") or ""
+    auth = websocket.headers.get("authorization", "")
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return given
+
+
+def _frame_id(payload: dict[str, Any]) -> MessageId:
+    """The client's id when it can be echoed back (StreamMessage's own check reports a bad one)."""
+    try:
+        return StreamMessage.check_id(payload.get("id"))
+    except ValueError:
+        return None
+
+
+def _decode(text: str) -> dict[str, Any] | GatewayError:
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError):
+        return GatewayError("invalid_request", 'frame is not valid JSON; send an object like {"text": "..."}')
+    if not isinstance(payload, dict):
+        return GatewayError(
+            "invalid_request",
+            f'a frame must be a JSON object like {{"text": "..."}}, not {type(payload).__name__}',
+        )
+    return payload
+
+
+def _error_frame(message_id: MessageId, exc: GatewayError) -> StreamErrorFrame:
+    retry = exc.headers.get("Retry-After")
+    return StreamErrorFrame(
+        id=message_id,
+        status=exc.status,
+        code=exc.code,
+        message=exc.message,
+        retry_after=int(retry) if retry and retry.isdigit() else None,
+    )
+
+
+class Connection:
+    """One authenticated stream: a receiver and a worker sharing a bounded queue."""
+
+    def __init__(self, websocket: WebSocket, core: Core, client: str) -> None:
+        self.websocket = websocket
+        self.core = core
+        self.client = client  # the rate limit's key, as HTTP has it
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(core.settings.stream_queue_size)
+        self.busy = False
+        self.closed = False
+        self.send_lock = asyncio.Lock()
+        self.trends: LRUCache[str, str] = LRUCache(TRACKED_LEARNERS)
+
+    async def run(self) -> str:
+        """Serve until the client leaves or idles out; returns which. Leaves no task behind."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._work(), name="stream-worker")
+                receiver = tasks.create_task(self._receive(), name="stream-receiver")
+        except Exception:  # a bug stopped the worker (the group ended the receiver): close, and let it log
+            async with self.send_lock:
+                self.closed = True
+                with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
+                    await self.websocket.close(1011, "internal error")
+            raise
+        return receiver.result()
+
+    async def send(self, frame: BaseModel) -> None:
+        if self.closed:
+            return
+        async with self.send_lock:
+            try:
+                await self.websocket.send_text(frame.model_dump_json())
+            except (WebSocketDisconnect, WebSocketDisconnected):
+                self.closed = True  # the client left; the receiver sees the disconnect and ends the run
+
+    async def _receive(self) -> str:
+        try:
+            return await self._receive_frames()
+        finally:
+            # Drop what was not started; the message in hand is finished, not cancelled (a cancelled
+            # Triton call would fail the other requests sharing it through the single-flight).
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+    async def _receive_frames(self) -> str:
+        settings = self.core.settings
+        while True:
+            try:
+                async with asyncio.timeout(settings.stream_idle_timeout_s):
+                    message = await self.websocket.receive()
+            except TimeoutError:
+                if self.busy or not self.queue.empty():
+                    continue  # idle means nothing sent and nothing owed
+                async with self.send_lock:
+                    self.closed = True
+                    with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
+                        await self.websocket.close(1000, "idle timeout")
+                return "idle_timeout"
+            if message["type"] == "websocket.disconnect":
+                self.closed = True
+                return "client"
+            job = self._job(message)
+            if job is None:
+                continue
+            try:
+                self.queue.put_nowait(job)
+            except asyncio.QueueFull:
+                self.core.metrics.stream_messages.labels("queue_full").inc()
+                await self.send(_error_frame(job.id, GatewayError("overloaded", QUEUE_FULL)))
+
+    def _job(self, message: Message) -> Job | None:
+        """The frame as a job; None for an auth frame (the connection is authenticated already)."""
+        received = time.perf_counter()
+        text = message.get("text")
+        if text is None:
+            error = GatewayError("invalid_request", "binary frames are not supported; send JSON text frames")
+            return Job(None, None, error, received)
+        limit = self.core.settings.stream_max_message_bytes
+        if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+            error = GatewayError("payload_too_large", f"frame over {limit} bytes; send a shorter text")
+            return Job(None, None, error, received)
+        payload = _decode(text)
+        if isinstance(payload, GatewayError):
+            return Job(None, None, payload, received)
+        if payload.get("type") == "auth":
+            return None
+        return Job(_frame_id(payload), payload, None, received)
+
+    async def _work(self) -> None:
+        while (job := await self.queue.get()) is not None:
+            self.busy = True
+            try:
+                await self._answer(job)
+            finally:
+                self.busy = False
+
+    async def _answer(self, job: Job) -> None:
+        core = self.core
+        message: StreamMessage | None = None
+        outcome: Outcome | None = None
+        frames: list[BaseModel]
+        try:
+            if job.error is not None:
+                raise job.error
+            assert job.payload is not None
+            self._check_rate()
+            message = _validate(job.payload)
+            outcome = await self._analyse(message)
+            frames = self._frames(job.id, message, outcome)
+            code = "ok"
+        except GatewayError as exc:
+            code = exc.code
+            frames = [_error_frame(job.id, exc)]
+        except Exception:  # a bug: logged with an id; the connection carries on, as HTTP answers a 500
+            request_id = uuid.uuid4().hex[:12]
+            log.exception("unhandled error in a stream message (request id %s)", request_id)
+            code = "internal_error"
+            frames = [
+                _error_frame(
+                    job.id, GatewayError("internal_error", f"internal error; request id {request_id}")
+                )
+            ]
+        if outcome is not None and message is not None:
+            audit.record_outcome(
+                core, outcome, message.learner_id, [message.text], time.perf_counter() - job.received, "ws"
+            )
+        core.metrics.stream_messages.labels(code).inc()
+        core.metrics.stream_latency.observe(time.perf_counter() - job.received)
+        for frame in frames:
+            await self.send(frame)
+
+    def _check_rate(self) -> None:
+        limiter = self.core.limiter
+        if limiter is None:
+            return
+        wait = limiter.check(self.client)
+        if wait is not None:
+            self.core.metrics.rate_limited.inc()
+            raise GatewayError(
+                "overloaded",
+                f"rate limit of {limiter.limit} requests per minute reached; retry later",
+                {"Retry-After": retry_after_header(wait)},
+            )
+
+    async def _analyse(self, message: StreamMessage) -> Outcome:
+        core = self.core
+        async with core.lock:  # the HTTP route's concurrency limit, shared with it
+            if core.inflight >= core.settings.max_concurrency:
+                core.metrics.rejected.inc()
+                raise GatewayError(
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                    {"Retry-After": str(core.settings.retry_after_s)},
+                )
+            core.inflight += 1
+            core.metrics.inflight.inc()
+        try:
+            try:
+                context = LearnerContext(**message.context.model_dump()) if message.context else None
+            except ValueError as exc:
+                raise GatewayError("invalid_request", f"context: {exc}") from None
+            return await analyse(core, [message.text], message.learner_id, context)
+        finally:
+            core.inflight -= 1
+            core.metrics.inflight.dec()
+
+    def _frames(self, message_id: MessageId, message: StreamMessage, outcome: Outcome) -> list[BaseModel]:
+        core = self.core
+        trend = _trend(outcome.trend) if outcome.trend else None
+        frames: list[BaseModel] = [
+            StreamResultFrame(
+                id=message_id,
+                model=ModelInfo(name=core.settings.triton_model, version=core.model_version),
+                result=_result(outcome.results[0], 0, core.labels.names),
+                learner_id=message.learner_id,
+                trend=trend,
+            )
+        ]
+        learner = message.learner_id
+        if learner and trend is not None:
+            previous = self.trends.get(learner)
+            if previous != trend.label:
+                self.trends[learner] = trend.label
+                frames.append(
+                    StreamTrajectoryFrame(id=message_id, learner_id=learner, previous=previous, trend=trend)
+                )
+        return frames
+
+
+def _validate(payload: dict[str, Any]) -> StreamMessage:
+    try:
+        return StreamMessage.model_validate(payload)
+    except ValidationError as exc:
+        raise GatewayError("invalid_request", _describe(list(exc.errors()))) from None
+
+
+async def _authenticate(websocket: WebSocket, core: Core) -> str | None:
+    """The rate limit's client key once the connection may proceed; None after closing it (1008)."""
+    if not core.api_keys:
+        host = websocket.client.host if websocket.client else "-"
+        return f"ip:{host}"
+    given = _header_key(websocket) or await _first_frame_key(websocket, core.settings.stream_auth_timeout_s)
+    if given is None:
+        return None
+    try:
+        _check_key(given, core.api_keys)
+    except (GatewayError, UnicodeEncodeError):  # a JSON key can hold a lone surrogate, never a valid key
+        await _refuse(websocket, "invalid API key")
+        return None
+    return f"key:{given}"
+
+
+async def _first_frame_key(websocket: WebSocket, timeout_s: float) -> str | None:
+    missing = 'missing API key: send X-API-Key or a first frame {"type": "auth", "api_key": "..."}'
+    try:
+        async with asyncio.timeout(timeout_s):
+            message = await websocket.receive()
+    except TimeoutError:
+        await _refuse(websocket, f"no API key within {timeout_s:g} s")
+        return None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    payload = _decode(message["text"]) if message.get("text") is not None else None
+    if not isinstance(payload, dict) or payload.get("type") != "auth":
+        await _refuse(websocket, missing)
+        return None
+    key = payload.get("api_key")
+    if not isinstance(key, str):
+        await _refuse(websocket, missing)
+        return None
+    return key
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):  # already gone
+        await websocket.close(POLICY_VIOLATION, reason)
+
+
+def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
+    # Browsers do not apply CORS to WebSockets: with CORS origins configured, other pages are refused here.
+    origin = websocket.headers.get("origin")
+    return not allowed or origin is None or "*" in allowed or origin in allowed
+
+
+def build_stream_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket(PATH, name="emotions_stream")
+    async def emotions_stream(websocket: WebSocket) -> None:
+        core: Core = websocket.app.state.core
+        metrics = core.metrics
+        await websocket.accept()
+        metrics.stream_connections.inc()
+        reason = "unauthorized"
+        try:
+            if not _origin_allowed(websocket, core.settings.cors_origins):
+                await _refuse(websocket, "origin not allowed")
+                return
+            client = await _authenticate(websocket, core)
+            if client is None:
+                return
+            reason = "error"  # unless the run ends normally
+            reason = await Connection(websocket, core, client).run()
+        except WebSocketDisconnect:
+            reason = "client"  # left while authenticating
+        finally:
+            metrics.stream_connections.dec()
+            metrics.stream_closes.labels(reason).inc()
+
+    return router

@@ -1,0 +1,46 @@
+"""WS /v1/emotions/stream through a real uvicorn, a real embedded Triton and Redis (learner histories)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import redis
+
+from gateway.learning.policy import load_policy
+from gateway.settings import Settings
+from tests.e2e.test_embedded_triton import TEXTS, grpc_infer
+from tests.integration.test_stream import recv, serve, ws
+
+pytestmark = pytest.mark.e2e
+
+
+def test_stream_answers_what_triton_answers_with_the_learner_trajectory(triton, repository, redis_url):
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = Settings(
+        triton_url=triton.grpc_url,
+        labels_file=repository / "labels.json",
+        cache_backend="redis",
+        trajectory_backend="redis",
+        redis_url=redis_url,
+        _env_file=None,
+    )
+    with serve(settings) as served, ws(served) as conn:
+        for i, text in enumerate(TEXTS):
+            conn.send(json.dumps({"id": i, "text": text, "learner_id": "stream-e2e"}))
+        frames = []
+        while len([f for f in frames if f["type"] == "result"]) < len(TEXTS):
+            frames.append(recv(conn))
+    results = [f for f in frames if f["type"] == "result"]
+    assert [f["id"] for f in results] == list(range(len(TEXTS)))
+    direct = grpc_infer(triton, TEXTS)
+    probs = direct.as_numpy("PROBABILITIES")
+    for i, frame in enumerate(results):
+        np.testing.assert_allclose(list(frame["result"]["emotions"].values()), probs[i], atol=1e-6)
+        assert frame["result"]["labels"] == [x.decode() for x in direct.as_numpy("LABELS")[i] if x]
+    window = load_policy().trajectory.window
+    # Redis kept every point (the trend looks at the last `window` of them)
+    assert [f["trend"]["points"] for f in results] == [min(n, window) for n in range(1, len(TEXTS) + 1)]
+    trajectory = [f for f in frames if f["type"] == "trajectory"]
+    assert trajectory[0]["previous"] is None and trajectory[0]["id"] == 0

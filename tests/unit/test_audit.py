@@ -1,0 +1,343 @@
+"""The audit trail on SQLite: migrations, hashing, the bounded queue, outages, retention, paging."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from gateway import audit
+from gateway.audit import store as audit_store
+from gateway.audit.store import AuditRow, Before, SqliteStore, migrations
+from gateway.audit.writer import AuditTrail
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+
+KEY = b"0123456789abcdef-test-key"
+NOW = datetime(2025, 3, 4, 10, 0, tzinfo=UTC)
+
+
+def row(
+    ts: datetime = NOW, learner_id: str | None = "learner-1", index: int = 0, request: str = "r1"
+) -> AuditRow:
+    return AuditRow(
+        ts=ts,
+        learner_id=learner_id,
+        request_id=request,
+        text_index=index,
+        channel="http",
+        model_version="test-v1",
+        labels=["joy", "gratitude"],
+        primary_emotion="joy",
+        confidence=0.9,
+        readiness_state="ready_to_learn",
+        readiness_score=0.8,
+        valence=0.7,
+        intervention_level="none",
+        reasons=["joy 0.90"],
+        latency_ms=3.5,
+        cached=False,
+        text_hash="ab" * 32,
+        text=None,
+    )
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "audit.sqlite3"
+
+
+@pytest.fixture
+async def make_trail(db: Path) -> AsyncIterator:
+    made: list[AuditTrail] = []
+
+    def make(path: Path = db, **kwargs) -> AuditTrail:
+        kwargs.setdefault("hash_key", KEY)
+        kwargs.setdefault("retention_days", 0)  # the rows' fixed timestamps are older than the default
+        trail = AuditTrail(SqliteStore(path), Metrics(), **kwargs)
+        made.append(trail)
+        return trail
+
+    yield make
+    for trail in made:
+        await trail.stop()
+
+
+def count_rows(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM audit_log").fetchone()[0])
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+def test_migrations_apply_once_and_reopening_is_a_no_op(db: Path):
+    for _ in range(3):
+        store = SqliteStore(db)
+        store.open()
+        store.insert([row()])
+        store.close()
+    with sqlite3.connect(db) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations")]
+        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert versions == [v for v, _ in migrations("sqlite")] == ["0001_init"]
+    assert {"audit_log_learner_ts", "audit_log_ts"} <= indexes
+    assert count_rows(db) == 3
+
+
+def test_a_new_migration_applies_in_order_on_the_next_open(db: Path, tmp_path: Path, monkeypatch):
+    root = tmp_path / "migrations"
+    (root / "sqlite").mkdir(parents=True)
+    (root / "sqlite" / "0001_init.sql").write_text(
+        (audit_store.MIGRATIONS_DIR / "sqlite" / "0001_init.sql").read_text()
+    )
+    monkeypatch.setattr(audit_store, "MIGRATIONS_DIR", root)
+    SqliteStore(db).open()
+    # 0003 depends on 0002's column: applied out of order it would fail
+    (root / "sqlite" / "0003_fill.sql").write_text(
+        "UPDATE audit_log SET note = 'x'; -- a comment; with a semicolon\n"
+    )
+    (root / "sqlite" / "0002_note.sql").write_text(
+        "-- adds a column\nALTER TABLE audit_log\n  ADD COLUMN note TEXT;\n"
+    )
+    store = SqliteStore(db)
+    store.open()
+    store.close()
+    with sqlite3.connect(db) as conn:
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [
+            "0001_init",
+            "0002_note",
+            "0003_fill",
+        ]
+        assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(audit_log)")}
+
+
+def test_a_failing_migration_leaves_nothing_half_applied(db: Path, tmp_path: Path, monkeypatch):
+    root = tmp_path / "migrations"
+    (root / "sqlite").mkdir(parents=True)
+    (root / "sqlite" / "0001_init.sql").write_text(
+        "CREATE TABLE audit_log (id INTEGER PRIMARY KEY);\nCREATE TABLE broken (;\n"
+    )
+    monkeypatch.setattr(audit_store, "MIGRATIONS_DIR", root)
+    with pytest.raises(sqlite3.OperationalError):
+        SqliteStore(db).open()
+    with sqlite3.connect(db) as conn:
+        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "audit_log" not in tables
+
+
+def test_migration_files_must_be_numbered(tmp_path: Path, monkeypatch):
+    (tmp_path / "sqlite").mkdir()
+    (tmp_path / "sqlite" / "init.sql").write_text("SELECT 1;")
+    monkeypatch.setattr(audit_store, "MIGRATIONS_DIR", tmp_path)
+    with pytest.raises(ValueError, match=r"NNNN_name\.sql"):
+        migrations("sqlite")
+
+
+def test_an_unterminated_statement_in_a_migration_is_refused():
+    with pytest.raises(ValueError, match="incomplete SQL statement"):
+        audit_store._split_statements("CREATE TABLE a (x INTEGER);\nCREATE TABLE b (y INTEGER)\n-- end\n")
+    # line by line: a statement keeps its comments; a semicolon inside a comment does not split
+    assert audit_store._split_statements("-- only\nSELECT 1; -- trailing; comment\n-- end\n") == [
+        "-- only\nSELECT 1; -- trailing; comment"
+    ]
+
+
+# --- settings and privacy -----------------------------------------------------------------------
+
+
+def settings(**kwargs) -> Settings:
+    return Settings(_env_file=None, **kwargs)
+
+
+def test_audit_is_off_by_default():
+    assert settings().audit_backend == "off"
+    assert audit.from_settings(settings(), Metrics()) is None
+
+
+def test_audit_without_a_hash_key_refuses_to_start_unless_texts_are_stored(tmp_path: Path):
+    with pytest.raises(ValueError, match="GATEWAY_AUDIT_HASH_KEY is required"):
+        audit.from_settings(settings(audit_backend="sqlite"), Metrics())
+    with pytest.raises(ValueError, match="too short"):
+        audit.from_settings(settings(audit_backend="sqlite", audit_hash_key=SecretStr("short")), Metrics())
+    trail = audit.from_settings(
+        settings(audit_backend="sqlite", audit_store_text=True, audit_sqlite_path=tmp_path / "a.db"),
+        Metrics(),
+    )
+    assert trail is not None and trail.text_fields("hi") == (None, "hi")
+
+
+def test_postgres_needs_a_dsn():
+    with pytest.raises(ValueError, match="GATEWAY_AUDIT_DSN"):
+        audit.from_settings(settings(audit_backend="postgres", audit_hash_key=SecretStr("k" * 32)), Metrics())
+
+
+def test_the_key_and_the_dsn_never_show_in_reprs():
+    s = settings(
+        audit_backend="postgres",
+        audit_hash_key=SecretStr("super-secret-hash-key"),
+        audit_dsn=SecretStr("postgresql://gateway:pg-password@db/audit"),
+    )
+    trail = audit.from_settings(s, Metrics())
+    text = repr(s) + str(s) + repr(trail) + repr(trail.store) + repr(vars(trail.store).keys())
+    assert "super-secret-hash-key" not in text and "pg-password" not in text
+
+
+async def test_texts_are_recorded_as_a_keyed_hash_of_the_normalized_text(make_trail):
+    trail = make_trail()
+    digest, text = trail.text_fields("  Cafe\u0301 is open \n")
+    assert text is None
+    assert digest == hmac.new(KEY, "Café is open".encode(), hashlib.sha256).hexdigest()
+    assert trail.text_fields("Café is open") == (digest, None)  # NFC + strip: same text, same hash
+    other = make_trail(hash_key=b"another-key-of-16-chars")
+    assert other.text_fields("Café is open")[0] != digest  # keyed: no key, no dictionary attack
+
+
+async def test_store_text_records_the_normalized_text_and_the_hash(make_trail):
+    trail = make_trail(store_text=True)
+    digest, text = trail.text_fields(" hello ")
+    assert text == "hello" and digest == hmac.new(KEY, b"hello", hashlib.sha256).hexdigest()
+
+
+# --- the queue ----------------------------------------------------------------------------------
+
+
+async def test_a_full_queue_drops_rows_and_counts_them(make_trail):
+    trail = make_trail(queue_size=3)
+    trail.submit([row(index=i) for i in range(5)])
+    assert sample(trail.metrics, "gateway_audit_dropped_total", reason="queue_full") == 2
+    assert sample(trail.metrics, "gateway_audit_queue_depth") == 3
+    assert await trail.flush() == 3
+    assert sample(trail.metrics, "gateway_audit_written_total") == 3
+    assert sample(trail.metrics, "gateway_audit_queue_depth") == 0
+
+
+async def test_flush_writes_in_batches(make_trail, db: Path):
+    trail = make_trail(batch_size=4)
+    trail.submit([row(index=i) for i in range(10)])
+    assert await trail.flush() == 10
+    assert count_rows(db) == 10
+
+
+async def test_a_database_outage_drops_the_batch_logs_once_and_recovers(make_trail, tmp_path: Path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the database directory should be")
+    path = blocker / "audit.sqlite3"
+    trail = make_trail(path=path, batch_size=2)
+    caplog.set_level(logging.WARNING, logger="gateway.audit.writer")
+
+    trail.submit([row(index=i) for i in range(3)])
+    assert await trail.flush() == 0  # the first batch fails; the writer stops there
+    assert sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") == 2
+    assert trail.queue.qsize() == 1  # left for the next attempt
+    assert await trail.flush() == 0
+    assert sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") == 3
+    outage_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(outage_logs) == 1  # once per outage, not per batch
+
+    blocker.unlink()  # the database can be created again
+    trail.submit([row(index=7)])
+    assert await trail.flush() == 1
+    assert sample(trail.metrics, "gateway_audit_written_total") == 1
+    assert any("back after" in r.getMessage() and "3 audit rows" in r.getMessage() for r in caplog.records)
+    assert [e.text_index for e in await trail.history("learner-1", 10, None)] == [7]
+
+
+async def test_the_background_writer_backs_off_and_shutdown_drops_what_it_cannot_write(make_trail, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    trail = make_trail(path=blocker / "audit.sqlite3", batch_size=1, flush_interval_s=0.01)
+    await trail.start()
+    trail.submit([row(index=i) for i in range(5)])
+    deadline = asyncio.get_running_loop().time() + 30
+    while sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") < 1:
+        assert asyncio.get_running_loop().time() < deadline, "the writer never tried"
+        await asyncio.sleep(0.01)
+    await trail.stop()
+    dropped = {
+        reason: sample(trail.metrics, "gateway_audit_dropped_total", reason=reason)
+        for reason in ("db_error", "shutdown")
+    }
+    # back-off (1 s) kept the writer from burning every row on retries; nothing is lost silently
+    assert dropped["db_error"] < 5 and sum(dropped.values()) == 5
+    assert sample(trail.metrics, "gateway_audit_written_total") == 0
+
+
+async def test_the_background_writer_writes_a_full_batch_without_waiting_for_the_interval(make_trail, db):
+    trail = make_trail(batch_size=3, flush_interval_s=3600)
+    await trail.start()
+    trail.submit([row(index=i) for i in range(3)])
+    deadline = asyncio.get_running_loop().time() + 30
+    while sample(trail.metrics, "gateway_audit_written_total") < 3:
+        assert asyncio.get_running_loop().time() < deadline, "a full batch waited for the interval"
+        await asyncio.sleep(0.01)
+    assert count_rows(db) == 3
+
+
+async def test_shutdown_writes_what_is_queued(make_trail, db: Path):
+    trail = make_trail(flush_interval_s=3600)
+    await trail.start()
+    trail.submit([row(index=i) for i in range(7)])
+    await trail.stop()
+    assert count_rows(db) == 7
+    assert sample(trail.metrics, "gateway_audit_written_total") == 7
+
+
+# --- retention and reads ------------------------------------------------------------------------
+
+
+async def test_retention_deletes_rows_older_than_the_setting(make_trail, db: Path):
+    trail = make_trail(retention_days=30)
+    trail.submit([row(NOW - timedelta(days=d), index=d) for d in (0, 29, 31, 400)])
+    await trail.flush()
+    assert await trail.apply_retention(now=NOW) == 2
+    assert sorted(e.text_index for e in await trail.history("learner-1", 10, None)) == [0, 29]
+    assert sample(trail.metrics, "gateway_audit_deleted_total") == 2
+
+
+async def test_retention_zero_keeps_everything(make_trail, db: Path):
+    trail = make_trail(retention_days=0)
+    trail.submit([row(NOW - timedelta(days=5000))])
+    await trail.flush()
+    assert await trail.apply_retention(now=NOW) == 0
+    assert count_rows(db) == 1
+
+
+async def test_history_is_one_learners_rows_newest_first_and_pages_without_gaps(make_trail):
+    trail = make_trail()
+    rows = [row(NOW - timedelta(minutes=m), index=i, request=f"r{m}") for m in (3, 2, 1) for i in range(3)]
+    rows.append(row(NOW, learner_id="someone-else"))
+    rows.append(row(NOW, learner_id=None))
+    trail.submit(rows)
+    seen = []
+    before = None
+    while True:
+        page = await trail.history("learner-1", 2, before)
+        seen += [(e.request_id, e.text_index) for e in page]
+        if len(page) < 2:
+            break
+        before = Before(page[-1].ts, page[-1].id)  # the page boundaries fall inside requests
+    assert seen == [(f"r{m}", i) for m in (1, 2, 3) for i in (2, 1, 0)]
+    only_older = await trail.history("learner-1", 10, Before(NOW - timedelta(minutes=2)))
+    assert {e.request_id for e in only_older} == {"r3"}
+
+
+async def test_history_reads_back_every_field(make_trail):
+    trail = make_trail()
+    written = row(NOW)
+    trail.submit([written])
+    [entry] = await trail.history("learner-1", 5, None)
+    assert entry.ts == NOW and entry.ts.tzinfo is not None
+    assert {k: v for k, v in vars(entry).items() if k != "id"} == vars(written)

@@ -1,0 +1,230 @@
+"""Temperature scaling, ECE, the calibration gate, and the Triton postprocess model's copy of the maths."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.calibration import (
+    GLOBAL,
+    NONE,
+    PER_LABEL,
+    TEMPERATURE_BOUNDS,
+    calibrated_probabilities,
+    expected_calibration_error,
+    fit_temperatures,
+    per_label_ece,
+    reliability,
+    reliability_diagram,
+)
+from export.gates import calibration_gate
+from export.labels import LabelSet
+from export.metrics import sigmoid, tune_thresholds
+from export.pipeline import ExportOptions
+
+POSTPROCESS = Path(__file__).resolve().parents[2] / "model_repository" / "postprocess" / "1" / "model.py"
+
+
+def calibrated_data(n: int = 20_000, labels: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits that are calibrated by construction: each label is drawn with probability sigmoid(logit)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(-1.5, 2.0, (n, labels))
+    gold = (rng.random((n, labels)) < sigmoid(logits)).astype(np.float32)
+    return logits, gold
+
+
+def test_overconfident_logits_get_back_their_factor_and_ece_drops():
+    logits, gold = calibrated_data()
+    factors = np.array([2.5, 1.0, 0.5])  # over-confident, calibrated, under-confident
+    distorted = logits * factors
+    fit = fit_temperatures(distorted, gold)
+    assert fit.method == PER_LABEL and fit.fallback_labels == []
+    np.testing.assert_allclose(fit.temperatures, factors, rtol=0.08)
+    before = expected_calibration_error(calibrated_probabilities(distorted), gold)
+    after = expected_calibration_error(calibrated_probabilities(distorted, fit.temperatures), gold)
+    assert before > 0.03 and after < before / 3
+    per_label_before = per_label_ece(calibrated_probabilities(distorted), gold)
+    per_label_after = per_label_ece(calibrated_probabilities(distorted, fit.temperatures), gold)
+    assert per_label_after[0] < per_label_before[0] and per_label_after[2] < per_label_before[2]
+
+
+def test_global_fits_one_temperature_per_label_fits_each():
+    logits, gold = calibrated_data()
+    uniform = fit_temperatures(logits * 3.0, gold, GLOBAL)
+    assert uniform.method == GLOBAL and len(set(uniform.temperatures.tolist())) == 1
+    assert uniform.temperatures[0] == pytest.approx(3.0, rel=0.08)
+
+    mixed = logits * np.array([3.0, 1.0, 0.5])
+    per_label, single = fit_temperatures(mixed, gold), fit_temperatures(mixed, gold, GLOBAL)
+    assert 0.5 < single.temperatures[0] < 3.0  # one compromise temperature
+    nll = {
+        name: -np.mean(np.where(gold > 0.5, np.log(p), np.log1p(-p)))
+        for name, p in (
+            ("per-label", calibrated_probabilities(mixed, per_label.temperatures)),
+            ("global", calibrated_probabilities(mixed, single.temperatures)),
+        )
+    }
+    assert nll["per-label"] < nll["global"]
+
+
+def test_label_without_positives_falls_back_to_the_global_temperature():
+    logits, gold = calibrated_data()
+    gold[:, 1] = 0.0
+    fit = fit_temperatures(logits * 2.0, gold)
+    assert fit.fallback_labels == [1]
+    assert fit.temperatures[1] == fit.global_temperature
+    assert fit.temperatures[0] == pytest.approx(2.0, rel=0.08)
+
+
+def test_separable_label_stays_within_bounds_and_none_is_identity():
+    logits = np.array([[-3.0], [-1.0], [2.0], [4.0]])
+    gold = np.array([[0.0], [0.0], [1.0], [1.0]])
+    fit = fit_temperatures(logits, gold)
+    # Perfectly separated: sharper is always better, so the optimum is the lower bound.
+    assert fit.temperatures[0] == pytest.approx(TEMPERATURE_BOUNDS[0], rel=1e-3)
+    none = fit_temperatures(logits, gold, NONE)
+    assert none.temperatures.tolist() == [1.0] and none.method == NONE
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(ValueError, match="calibration method"):
+        fit_temperatures(np.zeros((2, 2)), np.zeros((2, 2)), "isotonic")
+    with pytest.raises(ValueError, match="shape"):
+        fit_temperatures(np.zeros((2, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        ExportOptions(calibration="platt")
+
+
+def test_calibrated_probabilities_at_one_are_the_plain_sigmoid():
+    logits = np.array([[-80.0, -1.0, 0.0, 3.0, 1e6]], dtype=np.float32)
+    np.testing.assert_array_equal(calibrated_probabilities(logits), sigmoid(logits))
+    np.testing.assert_allclose(calibrated_probabilities(logits, 2.0), sigmoid(logits / 2.0))
+
+
+def test_reliability_bins_and_ece_by_hand():
+    probs = np.array([[0.05], [0.05], [0.95], [0.95], [1.0]])
+    gold = np.array([[0.0], [1.0], [1.0], [1.0], [1.0]])
+    rel = reliability(probs, gold, bins=10)
+    assert rel.counts.tolist() == [2, 0, 0, 0, 0, 0, 0, 0, 0, 3]  # 1.0 belongs to the last bin
+    assert rel.confidence[0] == pytest.approx(0.05) and rel.frequency[0] == pytest.approx(0.5)
+    assert np.isnan(rel.frequency[1])
+    # bin 0: 2/5 * |0.05 - 0.5|; bin 9: 3/5 * |(0.95 + 0.95 + 1) / 3 - 1|
+    assert rel.ece == pytest.approx(0.4 * 0.45 + 0.6 * (1 - 2.9 / 3))
+    assert rel.as_dict()["frequency"][1] is None  # JSON-safe
+    with pytest.raises(ValueError, match="shape"):
+        reliability(probs, gold[:3])
+
+
+def test_reliability_diagram_is_a_png(tmp_path: Path):
+    logits, gold = calibrated_data(n=2000)
+    before = reliability(calibrated_probabilities(logits * 3), gold)
+    after = reliability(calibrated_probabilities(logits), gold)
+    path = reliability_diagram(before, after, tmp_path / "out" / "reliability.png", title="synthetic")
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def _gate(distorted: np.ndarray, gold: np.ndarray, temperatures: np.ndarray, drop: float = 0.005):
+    uncal = tune_thresholds(calibrated_probabilities(distorted), gold)
+    cal = tune_thresholds(calibrated_probabilities(distorted, temperatures), gold)
+    return calibration_gate(
+        gold, distorted, temperatures, uncal, cal, ["a", "b", "c"], max_macro_f1_drop=drop
+    )
+
+
+def test_calibration_gate_passes_a_good_fit_and_reports_per_label():
+    logits, gold = calibrated_data()
+    distorted = logits * 2.0
+    report = _gate(distorted, gold, fit_temperatures(distorted, gold).temperatures)
+    assert report.passed, report.failures
+    assert report.results["ece_after"] < report.results["ece_before"]
+    assert set(report.results["per_label"]) == {"a", "b", "c"}
+    assert report.results["per_label"]["a"]["temperature"] == pytest.approx(2.0, rel=0.08)
+    assert sum(report.results["reliability_after"]["counts"]) == gold.size
+
+
+def test_calibration_gate_fails_when_ece_rises_or_f1_drops():
+    logits, gold = calibrated_data()
+    worse = _gate(logits, gold, np.full(3, 4.0))  # calibrated logits made under-confident
+    assert not worse.passed and "ECE rose" in worse.failures[0]
+    strict = _gate(logits, gold, np.ones(3), drop=-0.01)  # unchanged F1 under a negative allowance
+    assert not strict.passed and any("macro-F1" in f for f in strict.failures)
+
+
+class _StubTensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _StubResponse:
+    def __init__(self, output_tensors: list[_StubTensor]) -> None:
+        self.outputs = {t.name: t.array for t in output_tensors}
+
+
+@pytest.fixture
+def postprocess(monkeypatch: pytest.MonkeyPatch):
+    """Triton's postprocess model.py loaded with a stub ``triton_python_backend_utils``."""
+    stub = types.ModuleType("triton_python_backend_utils")
+    stub.Tensor = _StubTensor  # type: ignore[attr-defined]
+    stub.InferenceResponse = _StubResponse  # type: ignore[attr-defined]
+    stub.TritonModelException = RuntimeError  # type: ignore[attr-defined]
+    stub.get_input_tensor_by_name = lambda request, name: request[name]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    spec = importlib.util.spec_from_file_location("postprocess_model", POSTPROCESS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def load(repository: Path):
+        config = {
+            "parameters": {"labels_file": {"string_value": "../labels.json"}},
+            "output": [{"name": "PROBABILITIES", "dims": [28]}, {"name": "LABELS", "dims": [-1]}],
+        }
+        model = module.TritonPythonModel()
+        model.initialize(
+            {"model_config": json.dumps(config), "model_repository": str(repository / "postprocess")}
+        )
+        return model
+
+    return load
+
+
+def test_postprocess_matches_the_python_probabilities_and_thresholds(postprocess, tmp_path, label_names):
+    rng = np.random.default_rng(3)
+    temperatures = np.round(rng.uniform(0.3, 3.0, 28), 4)
+    thresholds = np.round(rng.uniform(0.05, 0.95, 28), 2)
+    LabelSet(label_names, thresholds.tolist(), "v", temperatures=temperatures.tolist()).write(
+        tmp_path / "labels.json"
+    )
+    model = postprocess(tmp_path)
+    blocks = [rng.normal(0, 4, (n, 28)).astype(np.float32) for n in (1, 5, 2)]
+    blocks[1][0, :3] = [1e4, -1e4, 0.0]  # extremes stay finite on both sides
+    responses = model.execute([{"logits": _StubTensor("logits", b)} for b in blocks])
+    for block, response in zip(blocks, responses, strict=True):
+        expected = calibrated_probabilities(block, temperatures).astype(np.float32)
+        np.testing.assert_array_equal(response.outputs["PROBABILITIES"], expected)
+        for row, labels in zip(expected, response.outputs["LABELS"], strict=True):
+            want = [n for n, p, t in zip(label_names, row, thresholds, strict=True) if p >= np.float32(t)]
+            assert [x.decode() for x in labels if x] == want
+
+
+def test_postprocess_reads_old_labels_files_as_temperature_one(postprocess, tmp_path, label_names):
+    data = LabelSet(label_names, [0.5] * 28, "old").to_json()
+    assert all("temperature" not in entry for entry in data["labels"])  # the pre-calibration format
+    (tmp_path / "labels.json").write_text(json.dumps(data))
+    logits = np.linspace(-6, 6, 28, dtype=np.float32)[None, :]
+    (response,) = postprocess(tmp_path).execute([{"logits": _StubTensor("logits", logits)}])
+    np.testing.assert_array_equal(response.outputs["PROBABILITIES"], sigmoid(logits).astype(np.float32))
+
+    data["labels"][0]["temperature"] = 0.0
+    (tmp_path / "labels.json").write_text(json.dumps(data))
+    with pytest.raises(RuntimeError, match="temperatures must be finite"):
+        postprocess(tmp_path)
