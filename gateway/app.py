@@ -23,7 +23,6 @@ from gateway.breaker import BreakerInference, CircuitBreaker
 from gateway.cache import MemoryCache, NoCache, RedisCache, ResultCache
 from gateway.errors import GatewayError, error_response, install_error_handlers
 from gateway.learning.policy import load_policy
-from gateway.learning.state import LearnerContext
 from gateway.learning.trajectory import (
     MemoryTrajectoryStore,
     RedisTrajectoryStore,
@@ -45,7 +44,7 @@ from gateway.schemas import (
     TrajectoryResponse,
     TrendOut,
 )
-from gateway.service import Core, Outcome, analyse
+from gateway.service import Core, analyse_bounded
 from gateway.settings import Settings, get_settings
 from gateway.triton import Inference, TritonClient
 
@@ -210,25 +209,8 @@ def build_router() -> APIRouter:
     )
     async def emotions(body: EmotionsRequest, response: Response, core: CoreDep) -> EmotionsResponse:
         started = time.perf_counter()
-        async with core.lock:
-            if core.inflight >= core.settings.max_concurrency:
-                core.metrics.rejected.inc()
-                raise GatewayError(
-                    "overloaded",
-                    "too many requests in flight; retry shortly",
-                    {"Retry-After": str(core.settings.retry_after_s)},
-                )
-            core.inflight += 1
-            core.metrics.inflight.inc()
-        try:
-            try:
-                context = LearnerContext(**body.context.model_dump()) if body.context else None
-            except ValueError as exc:  # the policy's own range checks: still the client's input
-                raise GatewayError("invalid_request", f"context: {exc}") from None
-            outcome: Outcome = await analyse(core, body.all_texts(), body.learner_id, context)
-        finally:
-            core.inflight -= 1
-            core.metrics.inflight.dec()
+        context = body.context.model_dump() if body.context else None
+        outcome = await analyse_bounded(core, body.all_texts(), body.learner_id, context)
         audit.record_outcome(core, outcome, body.learner_id, body.all_texts(), time.perf_counter() - started)
         response.headers["x-inference-time"] = f"{outcome.inference_seconds * 1000:.3f}"
         response.headers["x-cache"] = "hit" if outcome.all_cached else "miss"

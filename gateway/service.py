@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -164,6 +164,32 @@ async def analyse(
             history.append(point)
             trend = classify_trend(history, core.policy)
     return Outcome(results, inference_seconds, all(cached), trend)
+
+
+async def analyse_bounded(
+    core: Core, texts: list[str], learner_id: str | None, context: dict[str, Any] | None
+) -> Outcome:
+    """``analyse`` under the gateway's concurrency limit (429 at once past it, shared by HTTP and the
+    stream), with the learner context checked against the policy's ranges."""
+    async with core.lock:
+        if core.inflight >= core.settings.max_concurrency:
+            core.metrics.rejected.inc()
+            raise GatewayError(
+                "overloaded",
+                "too many requests in flight; retry shortly",
+                {"Retry-After": str(core.settings.retry_after_s)},
+            )
+        core.inflight += 1
+        core.metrics.inflight.inc()
+    try:
+        try:
+            learner_context = LearnerContext(**context) if context else None
+        except ValueError as exc:  # the policy's own range checks: still the client's input
+            raise GatewayError("invalid_request", f"context: {exc}") from None
+        return await analyse(core, texts, learner_id, learner_context)
+    finally:
+        core.inflight -= 1
+        core.metrics.inflight.dec()
 
 
 def _store_failed(core: Core, exc: Exception) -> bool:

@@ -28,7 +28,6 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 from gateway import audit
 from gateway.app import _check_key, _result, _trend
 from gateway.errors import GatewayError, _describe
-from gateway.learning.state import LearnerContext
 from gateway.ratelimit import retry_after_header
 from gateway.schemas import (
     MessageId,
@@ -38,7 +37,7 @@ from gateway.schemas import (
     StreamResultFrame,
     StreamTrajectoryFrame,
 )
-from gateway.service import Core, Outcome, analyse
+from gateway.service import Core, Outcome, analyse_bounded
 
 log = logging.getLogger(__name__)
 
@@ -245,26 +244,8 @@ class Connection:
             )
 
     async def _analyse(self, message: StreamMessage) -> Outcome:
-        core = self.core
-        async with core.lock:  # the HTTP route's concurrency limit, shared with it
-            if core.inflight >= core.settings.max_concurrency:
-                core.metrics.rejected.inc()
-                raise GatewayError(
-                    "overloaded",
-                    "too many requests in flight; retry shortly",
-                    {"Retry-After": str(core.settings.retry_after_s)},
-                )
-            core.inflight += 1
-            core.metrics.inflight.inc()
-        try:
-            try:
-                context = LearnerContext(**message.context.model_dump()) if message.context else None
-            except ValueError as exc:
-                raise GatewayError("invalid_request", f"context: {exc}") from None
-            return await analyse(core, [message.text], message.learner_id, context)
-        finally:
-            core.inflight -= 1
-            core.metrics.inflight.dec()
+        context = message.context.model_dump() if message.context else None
+        return await analyse_bounded(self.core, [message.text], message.learner_id, context)
 
     def _frames(self, message_id: MessageId, message: StreamMessage, outcome: Outcome) -> list[BaseModel]:
         core = self.core

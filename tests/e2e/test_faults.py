@@ -108,6 +108,7 @@ def test_triton_killed_under_load_503_fast_then_recovers_with_no_wrong_answer(st
     saw_unready = _wait(f"{url}/readyz", want=503, timeout=10)
     recovered = _wait(f"{url}/readyz", want=200, timeout=60)
     recovered_at = time.monotonic()
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
     time.sleep(2)
     stop.set()
     for t in threads:
@@ -121,6 +122,10 @@ def test_triton_killed_under_load_503_fast_then_recovers_with_no_wrong_answer(st
     assert outage, "no request saw the outage"
     assert max(lat for lat, _ in outage) < 1.0  # answered fast, not hung until a deadline
     assert all(body["error"]["code"] == "backend_unavailable" for _, body in outage)
+    # The circuit breaker opened on the real outage (answering without calling Triton) and closed again.
+    rejected = next(x for x in metrics.splitlines() if x.startswith("gateway_circuit_rejections_total"))
+    assert float(rejected.split()[-1]) > 0
+    assert "gateway_circuit_state 0.0" in metrics
     after = [status for started, _, status, _, _ in results if started > recovered_at]
     assert after and set(after) == {200}
     ok = [(text, body) for _, _, status, text, body in results if status == 200]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 import urllib.request
 
@@ -94,7 +95,15 @@ async def test_triton_down_is_503(repository, redis_url):
 
 
 def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
-    proc, url, _ = start_launcher(repository, tmp_path)
+    # With the audit trail on (SQLite), so the real process also records and serves history.
+    audit_db = tmp_path / "audit.sqlite3"
+    proc, url, _ = start_launcher(
+        repository,
+        tmp_path,
+        GATEWAY_AUDIT_BACKEND="sqlite",
+        GATEWAY_AUDIT_SQLITE_PATH=str(audit_db),
+        GATEWAY_AUDIT_HASH_KEY="e2e-audit-key-0123456789",
+    )
     try:
         deadline = time.monotonic() + 90
         body = None
@@ -102,7 +111,7 @@ def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
             try:
                 req = urllib.request.Request(
                     f"{url}/v1/emotions",
-                    data=b'{"text": "I get it now"}',
+                    data=b'{"text": "I get it now", "learner_id": "e2e-audit"}',
                     headers={"content-type": "application/json"},
                 )
                 body = json.loads(urllib.request.urlopen(req, timeout=5).read())
@@ -110,11 +119,20 @@ def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
             except OSError:
                 time.sleep(0.3)
         assert body is not None and len(body["results"][0]["emotions"]) == 28
+        history = json.loads(urllib.request.urlopen(f"{url}/v1/learners/e2e-audit/history", timeout=5).read())
+        (entry,) = history["entries"]
+        assert (
+            entry["model_version"] == body["model"]["version"]
+            and entry["labels"] == body["results"][0]["labels"]
+        )
+        assert entry["text"] is None and len(entry["text_hash"]) == 64
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "gateway stopped" in out and "tritonserver stopped (exit code 0)" in out
         assert f"Gateway {url}" in out
+        with sqlite3.connect(audit_db) as db:  # written to disk, text not stored
+            assert db.execute("SELECT learner_id, text FROM audit_log").fetchall() == [("e2e-audit", None)]
     finally:
         if proc.poll() is None:
             proc.kill()

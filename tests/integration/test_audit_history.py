@@ -17,7 +17,6 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from export.labels import LabelSet
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import free_port
@@ -26,18 +25,6 @@ from tests.integration.test_gateway import FakeTriton, error, gateway
 KEY = "integration-test-audit-key"
 API_KEY = "client-key-1"
 AUTH = {"X-API-Key": API_KEY}
-
-
-@pytest.fixture
-def labels_file(tmp_path: Path, label_names: list[str]) -> Path:
-    path = tmp_path / "labels.json"
-    LabelSet(label_names, [0.5] * 28, "test-v1").write(path)
-    return path
-
-
-@pytest.fixture
-def fake(label_names: list[str]) -> FakeTriton:
-    return FakeTriton(label_names)
 
 
 @asynccontextmanager

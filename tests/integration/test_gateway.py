@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from export.labels import LabelSet
 from gateway.app import create_app
 from gateway.errors import GatewayError
 from gateway.learning.policy import PolicyError
@@ -51,18 +50,6 @@ class FakeTriton:
 
     async def close(self) -> None:
         return None
-
-
-@pytest.fixture
-def labels_file(tmp_path: Path, label_names: list[str]) -> Path:
-    path = tmp_path / "labels.json"
-    LabelSet(label_names, [0.5] * 28, "test-v1").write(path)
-    return path
-
-
-@pytest.fixture
-def fake(label_names: list[str]) -> FakeTriton:
-    return FakeTriton(label_names)
 
 
 @asynccontextmanager

@@ -22,7 +22,6 @@ from pydantic import SecretStr
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from export.labels import LabelSet
 from gateway.app import create_app
 from gateway.errors import GatewayError
 from gateway.settings import Settings
@@ -118,13 +117,6 @@ def closed_with(conn: ClientConnection) -> tuple[int, str]:
         conn.recv(timeout=WAIT_S)
     assert info.value.rcvd is not None, "the server did not send a close frame"
     return info.value.rcvd.code, info.value.rcvd.reason
-
-
-@pytest.fixture
-def labels_file(tmp_path: Path, label_names: list[str]) -> Path:
-    path = tmp_path / "labels.json"
-    LabelSet(label_names, [0.5] * 28, "test-v1").write(path)
-    return path
 
 
 @pytest.fixture
