@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from export.arrays import Array
-from export.metrics import sigmoid
+from export.metrics import f1_scores, sigmoid, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,26 @@ _GOLDEN_ITERATIONS = 60  # the log-T interval (~6) shrinks by 0.618 per step: ~1
 def calibrated_probabilities(logits: Array, temperatures: Array | float = 1.0) -> Array:
     """``sigmoid(logits / T)`` per label (float64): the probabilities the served model returns."""
     return sigmoid(logits.astype(np.float64) / np.asarray(temperatures, dtype=np.float64))
+
+
+def carry_thresholds(thresholds: Array, temperatures: Array | float) -> Array:
+    """The uncalibrated cuts on the calibrated scale, ``sigmoid(logit(t) / T)``: the same decisions
+    (scaling is monotone per label), rounded as labels.json stores thresholds."""
+    t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
+    carried = sigmoid(np.log(t / (1 - t)) / np.asarray(temperatures, dtype=np.float64))
+    return np.clip(np.round(carried, 4), 1e-4, 1 - 1e-4)
+
+
+def retune_thresholds(probs: Array, labels: Array, carried: Array) -> Array:
+    """Per label, whichever cut scores the higher dev F1: the grid optimum on the calibrated
+    probabilities, or the carried-over uncalibrated optimum (ties keep the carried one). The grid alone
+    can land on a worse cut than before calibration (it quantizes a rescaled axis); with the carried
+    cut as a candidate, no label's dev F1 falls below the uncalibrated model's."""
+    grid = tune_thresholds(probs, labels)
+    better = np.array(f1_scores(probs, labels, grid).per_label) > np.array(
+        f1_scores(probs, labels, carried).per_label
+    )
+    return np.where(better, grid, carried).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ from export.calibration import (
     CALIBRATION_METHODS,
     PER_LABEL,
     calibrated_probabilities,
+    carry_thresholds,
     fit_temperatures,
     reliability,
     reliability_diagram,
+    retune_thresholds,
 )
 from export.data import DATA_DIR, load_dataset
 from export.gates import (
@@ -146,7 +148,11 @@ def export_model(
     dev_logits = classifiers[tuning_variant].predict(dev_texts, options.batch_size)
     fit = fit_temperatures(dev_logits, dev_labels, options.calibration)
     uncalibrated_thresholds = tune_thresholds(calibrated_probabilities(dev_logits), dev_labels)
-    thresholds = tune_thresholds(calibrated_probabilities(dev_logits, fit.temperatures), dev_labels)
+    thresholds = retune_thresholds(
+        calibrated_probabilities(dev_logits, fit.temperatures),
+        dev_labels,
+        carry_thresholds(uncalibrated_thresholds, fit.temperatures),
+    )
 
     log.info("accuracy gate on test (%d texts): torch + %s", len(test_texts), ", ".join(classifiers))
     test_logits = {"torch": reference.predict(test_texts, options.batch_size)}

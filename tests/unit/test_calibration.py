@@ -17,15 +17,17 @@ from export.calibration import (
     PER_LABEL,
     TEMPERATURE_BOUNDS,
     calibrated_probabilities,
+    carry_thresholds,
     expected_calibration_error,
     fit_temperatures,
     per_label_ece,
     reliability,
     reliability_diagram,
+    retune_thresholds,
 )
 from export.gates import calibration_gate
 from export.labels import LabelSet
-from export.metrics import sigmoid, tune_thresholds
+from export.metrics import f1_scores, sigmoid, tune_thresholds
 from export.pipeline import ExportOptions
 
 POSTPROCESS = Path(__file__).resolve().parents[2] / "model_repository" / "postprocess" / "1" / "model.py"
@@ -228,3 +230,30 @@ def test_postprocess_reads_old_labels_files_as_temperature_one(postprocess, tmp_
     (tmp_path / "labels.json").write_text(json.dumps(data))
     with pytest.raises(RuntimeError, match="temperatures must be finite"):
         postprocess(tmp_path)
+
+
+def test_carried_thresholds_keep_every_decision():
+    logits, _ = calibrated_data(n=5000, labels=3, seed=4)
+    temperatures = np.array([0.7, 1.0, 2.5])
+    cuts = np.array([0.3, 0.5, 0.81])
+    carried = carry_thresholds(cuts, temperatures)
+    before = calibrated_probabilities(logits) >= cuts
+    after = calibrated_probabilities(logits, temperatures) >= carried
+    # Only a probability within the 4-decimal rounding of a cut could flip.
+    assert (before != after).mean() < 1e-3
+    # T < 1 pushes a cut away from 0.5, T > 1 pulls it towards 0.5; T = 1 leaves it.
+    assert carried[0] < 0.3 and carried[1] == pytest.approx(0.5) and 0.5 < carried[2] < 0.81
+
+
+def test_retuned_thresholds_never_lose_dev_f1_against_the_carried_cuts():
+    logits, gold = calibrated_data(n=4000, labels=4, seed=5)
+    probs = calibrated_probabilities(logits, 1.3)
+    carried = carry_thresholds(tune_thresholds(calibrated_probabilities(logits), gold), 1.3)
+    retuned = retune_thresholds(probs, gold, carried)
+    per_label = np.array(f1_scores(probs, gold, retuned).per_label)
+    assert (per_label >= np.array(f1_scores(probs, gold, carried).per_label)).all()
+    assert (per_label >= np.array(f1_scores(probs, gold, tune_thresholds(probs, gold)).per_label)).all()
+    # A deliberately bad carried cut is replaced by the grid's.
+    bad = carried.copy()
+    bad[0] = 0.999
+    assert retune_thresholds(probs, gold, bad)[0] == pytest.approx(tune_thresholds(probs, gold)[0])
