@@ -9,7 +9,7 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench loadtest soak test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench-audit bench loadtest soak test lint typecheck \
         unit integration e2e clean
 
 help:
@@ -57,7 +57,11 @@ bench-gateway: prepare
 bench-peers: prepare
 	$(BIN)/python -m loadtest.bench_peers
 
-bench: bench-model bench-triton bench-gateway bench-peers
+# Audit trail off vs SQLite: two gateways on one Triton, same load.
+bench-audit: prepare
+	$(BIN)/python -m loadtest.bench_audit
+
+bench: bench-model bench-triton bench-gateway bench-peers bench-audit
 
 # 10-minute soak through the gateway; fails when Triton's or the gateway's memory grows past 50 MB.
 soak: prepare

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -138,12 +138,18 @@ def _core(request: Request) -> Core:
 CoreDep = Annotated[Core, Depends(_core)]
 
 
-def require_api_key(request: Request, core: CoreDep) -> None:
-    """Auth (when keys are configured), then the per-client rate limit (when set)."""
-    given = request.headers.get("x-api-key") or ""
-    auth = request.headers.get("authorization", "")
+def api_key_from(headers: Mapping[str, str]) -> str:
+    """The key in ``X-API-Key`` or ``Authorization: Bearer`` (HTTP requests and WebSocket handshakes)."""
+    given = headers.get("x-api-key") or ""
+    auth = headers.get("authorization", "")
     if not given and auth.lower().startswith("bearer "):
         given = auth[7:].strip()
+    return given
+
+
+def require_api_key(request: Request, core: CoreDep) -> None:
+    """Auth (when keys are configured), then the per-client rate limit (when set)."""
+    given = api_key_from(request.headers)
     if core.api_keys:
         _check_key(given, core.api_keys)
     if core.limiter is not None:

@@ -26,7 +26,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from gateway import audit
-from gateway.app import _check_key, _result, _trend
+from gateway.app import _check_key, _result, _trend, api_key_from
 from gateway.errors import GatewayError, _describe
 from gateway.ratelimit import retry_after_header
 from gateway.schemas import (
@@ -55,14 +55,6 @@ class Job:
     payload: dict[str, Any] | None
     error: GatewayError | None
     received: float  # perf_counter
-
-
-def _header_key(websocket: WebSocket) -> str:
-    given = websocket.headers.get("x-api-key") or ""
-    auth = websocket.headers.get("authorization", "")
-    if not given and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    return given
 
 
 def _frame_id(payload: dict[str, Any]) -> MessageId:
@@ -282,7 +274,9 @@ async def _authenticate(websocket: WebSocket, core: Core) -> str | None:
     if not core.api_keys:
         host = websocket.client.host if websocket.client else "-"
         return f"ip:{host}"
-    given = _header_key(websocket) or await _first_frame_key(websocket, core.settings.stream_auth_timeout_s)
+    given = api_key_from(websocket.headers) or await _first_frame_key(
+        websocket, core.settings.stream_auth_timeout_s
+    )
     if given is None:
         return None
     try:

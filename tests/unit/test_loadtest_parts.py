@@ -82,3 +82,38 @@ nv_gpu_utilization{gpu_uuid="x"} 0.5
     assert metrics["classifier"]["nv_inference_count"] == 120
     assert metrics["classifier"]["nv_inference_exec_count"] == 30
     assert metrics["goemotions"]["nv_inference_request_failure"] == 3
+
+
+def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
+    import argparse
+
+    from loadtest.bench_audit import audit_counts, summarize, write_report
+    from loadtest.common import PathResult
+
+    metrics = "\n".join(
+        [
+            "# HELP gateway_audit_written_total Audit rows written",
+            "gateway_audit_written_total 1234.0",
+            'gateway_audit_dropped_total{reason="queue_full"} 3.0',
+            'gateway_audit_dropped_total{reason="db_error"} 2.0',
+            "gateway_audit_written_created 1.7e9",
+        ]
+    )
+    assert audit_counts(metrics) == {"written": 1234.0, "dropped": 5.0}
+    rounds = [
+        {
+            "audit-off@1": PathResult(100.0, 10.0, 12.0, 14.0, 200),
+            "audit-sqlite@1": PathResult(95.0, 10.0 + extra, 13.0, 15.0, 200),
+            "audit-off@16": PathResult(400.0, 40.0, 60.0, 70.0, 800),
+            "audit-sqlite@16": PathResult(400.0 * ratio, 41.0, 61.0, 72.0, 800),
+        }
+        for extra, ratio in ((0.2, 0.98), (0.4, 0.95), (0.1, 1.0))
+    ]
+    counts = {"written": 1234.0, "dropped": 5.0, "sent": 1239.0}
+    report = summarize(rounds, counts, "v1", argparse.Namespace(rounds=3))
+    assert report["p50_delta_ms_1_client"]["median"] == pytest.approx(0.2)
+    assert report["throughput_ratio_16_clients"]["range"] == pytest.approx([0.95, 1.0])
+    _, md = write_report(report, tmp_path)
+    text = md.read_text()
+    assert "**+0.20 ms** [+0.10 to +0.40]" in text and "**0.98x** [0.95-1.00]" in text
+    assert "1239 texts sent, 1234 written, 5 dropped" in text
