@@ -23,7 +23,16 @@ from typing import Any
 
 from export.data import load_split
 from export.pipeline import read_installed
-from loadtest.common import PathResult, UniqueTexts, bench_main, closed_loop, http_client
+from loadtest.common import (
+    PathResult,
+    UniqueTexts,
+    bench_main,
+    closed_loop,
+    http_client,
+    median_paths,
+    paths_table,
+    spread,
+)
 from server.embedded import EmbeddedTriton, ServerConfig
 from server.gateway_process import GatewayProcess
 
@@ -132,13 +141,7 @@ def summarize(
 ) -> dict[str, Any]:
     from export.bench import machine_info
 
-    paths = {
-        p: {
-            f: statistics.median(getattr(r[p], f) for r in rounds)
-            for f in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms")
-        }
-        for p in rounds[0]
-    }
+    paths = median_paths(rounds)
     delta = [r["audit-sqlite@1"].p50_ms - r["audit-off@1"].p50_ms for r in rounds]
     ratio = [r["audit-sqlite@16"].texts_per_s / r["audit-off@16"].texts_per_s for r in rounds]
     return {
@@ -148,7 +151,7 @@ def summarize(
         "model_version": version,
         "rounds": args.rounds,
         "paths": paths,
-        "p50_delta_ms_1_client": {"median": statistics.median(delta), "range": [min(delta), max(delta)]},
+        "p50_delta_ms_1_client": spread(delta),
         "throughput_ratio_16_clients": {
             "median": statistics.median(ratio),
             "range": [min(ratio), max(ratio)],
@@ -177,15 +180,9 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
         f"- Audit rows: {c.get('sent', 0):.0f} texts sent, {c['written']:.0f} written, "
         f"{c['dropped']:.0f} dropped",
         "",
-        "| path | texts/s | p50 ms | p95 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|",
+        *paths_table(report["paths"]),
+        "",
     ]
-    for name, row in report["paths"].items():
-        lines.append(
-            f"| {name} | {row['texts_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} |"
-        )
-    lines.append("")
     md_path.write_text("\n".join(lines))
     return json_path, md_path
 

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,9 @@ from loadtest.common import (
     bench_main,
     closed_loop,
     http_client,
+    median_paths,
+    paths_table,
+    spread,
     triton_client,
     wait_http,
 )
@@ -109,13 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def summarize(rounds: list[dict[str, PathResult]], version: str, args: argparse.Namespace) -> dict[str, Any]:
     from export.bench import machine_info
 
-    paths = {
-        p: {
-            f: statistics.median(getattr(r[p], f) for r in rounds)
-            for f in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms")
-        }
-        for p in rounds[0]
-    }
+    paths = median_paths(rounds)
     overhead = [r["gateway@1"].p50_ms - r["triton-grpc@1"].p50_ms for r in rounds]
     hit = [r["gateway-hit-server@1"].p50_ms for r in rounds]
     speedup = [r["gateway@16"].texts_per_s / r["naive@16"].texts_per_s for r in rounds]
@@ -126,12 +122,9 @@ def summarize(rounds: list[dict[str, PathResult]], version: str, args: argparse.
         "model_version": version,
         "rounds": args.rounds,
         "paths": paths,
-        "gateway_overhead_p50_ms": {
-            "median": statistics.median(overhead),
-            "range": [min(overhead), max(overhead)],
-        },
-        "cache_hit_server_p50_ms": {"median": statistics.median(hit), "range": [min(hit), max(hit)]},
-        "gateway_vs_naive_16": {"median": statistics.median(speedup), "range": [min(speedup), max(speedup)]},
+        "gateway_overhead_p50_ms": spread(overhead),
+        "cache_hit_server_p50_ms": spread(hit),
+        "gateway_vs_naive_16": spread(speedup),
     }
 
 
@@ -158,15 +151,9 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
         f"- Gateway + Triton vs naive FastAPI + transformers pipeline, 16 clients: **{s['median']:.2f}x** "
         f"[{s['range'][0]:.2f}-{s['range'][1]:.2f}] (goal >= 4x)",
         "",
-        "| path | texts/s | p50 ms | p95 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|",
+        *paths_table(report["paths"]),
+        "",
     ]
-    for name, row in report["paths"].items():
-        lines.append(
-            f"| {name} | {row['texts_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} |"
-        )
-    lines.append("")
     md_path.write_text("\n".join(lines))
     return json_path, md_path
 

@@ -34,6 +34,7 @@ from loadtest.common import (
     bench_main,
     closed_loop,
     http_client,
+    median_paths,
     triton_client,
     wait_http,
 )
@@ -138,13 +139,7 @@ def summarize(
 ) -> dict[str, Any]:
     from export.bench import machine_info
 
-    paths = {
-        p: {
-            f: statistics.median(getattr(r[p], f) for r in rounds)
-            for f in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms")
-        }
-        for p in rounds[0]
-    }
+    paths = median_paths(rounds)
     per_round = {
         GOALS[0][0]: [r["triton-grpc@16"].texts_per_s / r["ort-raw@16"].texts_per_s for r in rounds],
         GOALS[1][0]: [r["gateway@16"].texts_per_s / r["naive@16"].texts_per_s for r in rounds],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import threading
 import time
 import urllib.request
@@ -35,6 +36,34 @@ class PathResult:
         ms = np.asarray(latencies_s) * 1000
         p50, p95, p99 = (float(np.percentile(ms, q)) for q in (50, 95, 99))
         return cls(len(ms) / wall_s, p50, p95, p99, len(ms))
+
+
+def median_paths(rounds: list[dict[str, PathResult]]) -> dict[str, dict[str, float]]:
+    """Per path, the median over the interleaved rounds of each figure."""
+    return {
+        p: {
+            f: statistics.median(getattr(r[p], f) for r in rounds)
+            for f in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms")
+        }
+        for p in rounds[0]
+    }
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "range": [min(values), max(values)]}
+
+
+def paths_table(paths: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown rows: texts/s and latency percentiles per path."""
+    return [
+        "| path | texts/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {row['texts_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} |"
+            for name, row in paths.items()
+        ),
+    ]
 
 
 def triton_client(protocol: str, server: EmbeddedTriton, ensemble: str) -> Callable[[], Callable[[str], Any]]:
