@@ -124,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if gateway:
             log.info(
-                "ready. Gateway %s  (API docs %s/docs, metrics %s/metrics)",
+                "ready. Gateway %s  (API docs %s/docs, metrics %s/metrics, stream %s/v1/emotions/stream)",
                 gateway.url,
                 gateway.url,
                 gateway.url,
+                gateway.url.replace("http://", "ws://", 1),
             )
         log.info("Ctrl-C to stop")
         restarts = RestartBudget(args.max_restarts, window_s=60.0)
