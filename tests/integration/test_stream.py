@@ -485,3 +485,28 @@ def test_each_stream_message_is_recorded_in_the_audit_trail(labels_file, triton,
     entries = history["entries"]
     assert [e["channel"] for e in entries] == ["ws", "ws"]
     assert all(e["text_hash"] and e["text"] is None for e in entries)
+
+
+def test_the_stream_client_example_runs(labels_file, triton):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "clients" / "stream_client.py"
+    settings = make_settings(labels_file, api_keys="client-key")
+    with serve(settings, triton) as s:
+        out = subprocess.run(
+            [
+                *(sys.executable, str(script), "--url", s.url, "--api-key", "client-key"),
+                *("--learner", "l-cli", "I don't get fractions.", "", "Oh wait, now it clicks!"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    frames = [json.loads(line) for line in out.splitlines()]
+    answers = [f for f in frames if f["type"] != "trajectory"]
+    assert [(f["type"], f["id"]) for f in answers] == [("result", 0), ("error", 1), ("result", 2)]
+    assert answers[1]["status"] == 422
+    trajectory = [f for f in frames if f["type"] == "trajectory"]
+    assert trajectory and trajectory[0]["previous"] is None and trajectory[0]["learner_id"] == "l-cli"
