@@ -13,7 +13,10 @@ WORKDIR /app
 # export/ is imported for the labels file reader only (standard library code).
 COPY export/__init__.py export/labels.py export/arrays.py export/
 COPY gateway/ gateway/
-RUN useradd --system --uid 10001 gateway
+RUN useradd --system --uid 10001 gateway && mkdir /data && chown gateway /data
+# A writable place for the SQLite audit trail (when GATEWAY_AUDIT_BACKEND=sqlite): mount a volume here.
+ENV GATEWAY_AUDIT_SQLITE_PATH=/data/audit.sqlite3
+VOLUME /data
 USER gateway
 
 EXPOSE 8080

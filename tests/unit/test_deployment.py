@@ -106,6 +106,8 @@ def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
         pin = next(p for p in pins if p.split("==")[0].split("[")[0] == name)
         assert f'"{pin}"' in dockerfile, pin
     assert "USER gateway" in dockerfile
+    # the non-root user can write the SQLite audit trail (the default path under the app is read-only)
+    assert "chown gateway /data" in dockerfile and "GATEWAY_AUDIT_SQLITE_PATH=/data/" in dockerfile
     for copied in re.findall(r"^COPY (.+) \S+/$", dockerfile, re.M):
         for path in copied.split():
             assert (ROOT / path).exists(), path
