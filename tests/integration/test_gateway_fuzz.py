@@ -32,7 +32,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.labels import LabelSet
 from gateway.schemas import EmotionsRequest
 from gateway.settings import Settings
 from tests.integration.test_gateway import FakeTriton, gateway
@@ -184,22 +183,15 @@ class LiveGateway:
 
 
 @pytest.fixture
-def fuzz_labels_file(tmp_path: Path, label_names: list[str]) -> Path:
-    path = tmp_path / "labels.json"
-    LabelSet(label_names, [0.5] * 28, "test-v1").write(path)
-    return path
-
-
-@pytest.fixture
 def start_gateway(
-    request: pytest.FixtureRequest, fuzz_labels_file: Path, label_names: list[str]
+    request: pytest.FixtureRequest, labels_file: Path, label_names: list[str]
 ) -> Iterator[Callable[..., LiveGateway]]:
     started: list[LiveGateway] = []
 
     def start(**overrides: Any) -> LiveGateway:
         options = {"max_body_bytes": BODY_LIMIT, **overrides}
         live = LiveGateway(
-            Settings(labels_file=fuzz_labels_file, _env_file=None, **options),
+            Settings(labels_file=labels_file, _env_file=None, **options),
             FakeTriton(label_names),
             case_name(request),
         )
