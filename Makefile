@@ -33,11 +33,15 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 # Prepare the model if missing, then run embedded Triton (CPU, no Docker) and the gateway until Ctrl-C.
+# On a fresh offline machine a first student snapshot (FIRST_SNAPSHOT_MINUTES of training) is served at
+# once; the full training finishes in the background and the launcher swaps that model in live.
+FIRST_SNAPSHOT_MINUTES ?= 3
+serve: PREPARE_ARGS = --first-snapshot-minutes $(FIRST_SNAPSHOT_MINUTES)
 serve: prepare
 	$(BIN)/python -m server
 
 prepare: install
-	$(BIN)/python -m export prepare $(if $(MODEL),--model $(MODEL))
+	$(BIN)/python -m export prepare $(if $(MODEL),--model $(MODEL)) $(PREPARE_ARGS)
 
 train: install
 	$(BIN)/python -m export train
@@ -77,10 +81,10 @@ tensorrt-command: install
 
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check export server gateway loadtest clients tests model_repository
+	$(BIN)/ruff format --check contract export server gateway loadtest clients tests model_repository
 
 typecheck: install-dev
-	$(BIN)/mypy export server gateway loadtest clients
+	$(BIN)/mypy contract export server gateway loadtest clients
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -3,8 +3,9 @@
     python clients/triton_client.py "I finally get it!" "This makes no sense."
     python clients/triton_client.py --protocol http --url 127.0.0.1:8000 "..."
 
-TEXT is BYTES [rows, 1]; PROBABILITIES is FP32 [rows, 28] (a sigmoid per label, in labels.json
-order); LABELS is BYTES [rows, k]: each row's labels over their tuned thresholds, "" as padding.
+TEXT is BYTES [rows, 1]; PROBABILITIES is FP32 [rows, 28] (a calibrated sigmoid per label, in GoEmotions
+label-id order); LABELS is BYTES [rows, k]: each row's labels over their tuned thresholds, "" as padding;
+MODEL_VERSION is BYTES [rows, 1]: the model that produced the row (manifest digest + variant).
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ def classify(
     client = triton.InferenceServerClient(url)
     text = triton.InferInput("TEXT", [len(texts), 1], "BYTES")
     text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
-    outputs = [triton.InferRequestedOutput("PROBABILITIES"), triton.InferRequestedOutput("LABELS")]
-    result = client.infer("goemotions", [text], outputs=outputs)
-    probs = result.as_numpy("PROBABILITIES")
-    labels = result.as_numpy("LABELS")
+    names = ("PROBABILITIES", "LABELS", "MODEL_VERSION")
+    result = client.infer("goemotions", [text], outputs=[triton.InferRequestedOutput(n) for n in names])
+    probs, labels, versions = (result.as_numpy(n) for n in names)
     return [
-        {"text": t, "labels": [x.decode() for x in row if x], "max_probability": float(p.max())}
-        for t, row, p in zip(texts, labels, probs, strict=True)
+        {
+            "text": t,
+            "labels": [x.decode() for x in row if x],
+            "max_probability": float(p.max()),
+            "model_version": v[0].decode(),
+        }
+        for t, row, p, v in zip(texts, labels, probs, versions, strict=True)
     ]
 
 

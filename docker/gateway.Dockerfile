@@ -10,8 +10,9 @@ RUN pip install \
       "psycopg[binary]==3.3.9"
 
 WORKDIR /app
-# export/ is imported for the labels file reader only (standard library code).
-COPY export/__init__.py export/labels.py export/arrays.py export/
+# contract/ (standard library only) holds the label names and tensor names; the model version comes
+# from Triton with every answer, so no model file and no export/ code is in this image.
+COPY contract/ contract/
 COPY gateway/ gateway/
 RUN useradd --system --uid 10001 gateway && mkdir /data && chown gateway /data
 # A writable place for the SQLite audit trail (when GATEWAY_AUDIT_BACKEND=sqlite): mount a volume here.

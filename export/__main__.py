@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from contract.manifest import MANIFEST_FILE, Manifest, ManifestError
+from contract.names import DEFAULT_MAX_LENGTH
 from export.calibration import CALIBRATION_METHODS, PER_LABEL
 from export.data import DATA_DIR, DataError
 from export.gates import DEFAULT_MAX_CALIBRATION_F1_DROP, DEFAULT_MAX_MACRO_F1_DROP, GateFailed
 from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install, model_slug, read_installed
 from export.repository import stale_configs, write_configs
-from export.runtime import DEFAULT_MAX_LENGTH
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
-from export.spec import MANIFEST_FILE, SPEC_FILE, Manifest, ServingSpec
-from export.train import REPORT_FILE, TrainConfig, is_trained, train
+from export.spec import SPEC_FILE, ServingSpec
+from export.train import REPORT_FILE, Snapshot, TrainConfig, is_trained, train
 from export.variants import INT8_CONFIGS, ONNX_VARIANTS
 
 log = logging.getLogger("export")
@@ -29,6 +33,8 @@ EXIT_BAD_INPUT = 3
 # Default floor for the reference variant: catches a broken or unrelated checkpoint, not a weak one.
 DEFAULT_MIN_MACRO_F1 = 0.30
 TRAIN_MINUTES_ESTIMATE = 21
+# The first snapshot is gated on this many dev texts (and reported on as many test texts): minutes saved.
+SNAPSHOT_EVAL_LIMIT = 1000
 
 
 def _add_export_options(p: argparse.ArgumentParser) -> None:
@@ -63,7 +69,7 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         "--min-macro-f1",
         type=float,
         default=DEFAULT_MIN_MACRO_F1,
-        help="accuracy gate: minimum FP32 macro-F1 on test at tuned thresholds (default %(default)s)",
+        help="accuracy gate: minimum FP32 macro-F1 on dev at tuned thresholds (default %(default)s)",
     )
     p.add_argument(
         "--parity-tolerance",
@@ -83,7 +89,7 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         "--max-calibration-f1-drop",
         type=float,
         default=DEFAULT_MAX_CALIBRATION_F1_DROP,
-        help="calibration gate: allowed test macro-F1 drop with thresholds re-tuned after calibration "
+        help="calibration gate: allowed dev macro-F1 drop (cross-fitted, thresholds re-tuned) "
         "(default %(default)s)",
     )
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N dev/test texts only")
@@ -155,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     p.add_argument("--force", action="store_true", help="re-export even when a passing export exists")
+    p.add_argument(
+        "--first-snapshot-minutes",
+        type=float,
+        default=0.0,
+        help="offline student not trained yet: train this many minutes, export and install that snapshot "
+        "to serve at once, and finish training in the background (a running `python -m server` swaps the "
+        "final model in live). 0 (default): train fully first",
+    )
     _add_export_options(p)
 
     p = sub.add_parser("configs", help="regenerate every Triton config from the repository's spec.json")
@@ -184,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--invariance-texts",
+        type=int,
+        default=300,
+        help="dev texts for the batch-invariance check (default %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=Path("results"))
     return parser
 
@@ -207,7 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     out = args.out or EXPORTS_DIR / model_slug(args.model)
     manifest = export_model(args.model, out, _export_options(args), args.data_dir)
-    log.info("export written to %s (model version %s)", out, manifest.model_version)
+    log.info("export written to %s (model version %s)", out, manifest.version)
     return 0
 
 
@@ -220,6 +240,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     choice = choose_model(args.model)
     log.info("model: %s (%s)", choice.ref, choice.reason)
     if choice.kind == "student" and not is_trained(Path(choice.ref)):
+        if args.first_snapshot_minutes > 0:
+            try:
+                return _serve_snapshot_first(args, Path(choice.ref))
+            except GateFailed as exc:  # too early a snapshot: serve the trained model instead
+                log.warning("the first snapshot did not pass its gates (%s); training fully first", exc)
         log.info(
             "the offline student is not trained yet: training it once now (about %d min on 2 CPU cores; "
             "progress below; resumable if interrupted)",
@@ -239,11 +264,63 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         log.info("using the cached export in %s (--force to rebuild)", out)
     installed = read_installed(args.repository)
     wanted = Manifest.read(out / MANIFEST_FILE)
-    if installed and installed.model_version == wanted.model_version:
-        log.info("model repository %s already holds %s", args.repository, wanted.model_version)
+    if installed and installed.digest == wanted.digest:
+        log.info("model repository %s already holds %s", args.repository, wanted.version)
     else:
         install(out, args.repository)
     return 0
+
+
+def _serve_snapshot_first(args: argparse.Namespace, student: Path) -> int:
+    """A servable model within minutes on a fresh machine: train a snapshot, gate it on a slice of dev,
+    install it, and leave the full training (resumed from the snapshot's checkpoint), its export and
+    install to a background process. Run again while that process lives, it only reports on it."""
+    if read_installed(args.repository) is None:
+        snapshot_dir = student.with_name(student.name + "-first")
+        if not (snapshot_dir / REPORT_FILE).is_file():
+            log.info(
+                "the offline student is not trained yet: training a first snapshot for %.0f min "
+                "(the full training, ~%d min, continues in the background afterwards)",
+                args.first_snapshot_minutes,
+                TRAIN_MINUTES_ESTIMATE,
+            )
+            train(student, TrainConfig(), snapshot=Snapshot(snapshot_dir, args.first_snapshot_minutes))
+        spec_file = args.repository / SPEC_FILE
+        spec = ServingSpec.read(spec_file if spec_file.is_file() else MODEL_REPOSITORY / SPEC_FILE)
+        options = dataclasses.replace(
+            _export_options(args),
+            variants=tuple(dict.fromkeys(("fp32", spec.cpu_variant, spec.gpu_variant))),
+            eval_limit=args.eval_limit or SNAPSHOT_EVAL_LIMIT,
+        )
+        out = EXPORTS_DIR / model_slug(snapshot_dir.name)
+        export_model(str(snapshot_dir), out, options, args.data_dir)
+        install(out, args.repository)
+    log_file = EXPORTS_DIR.parent / "logs" / "prepare-final.log"
+    pid_file = log_file.with_suffix(".pid")
+    if _alive(pid_file):
+        log.info("the final model is still being prepared in the background (log: %s)", log_file)
+        return 0
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "export", "prepare", "--repository", str(args.repository)]
+    with log_file.open("ab") as out_log:
+        # Its own session: Ctrl-C on `make serve` does not kill it; it resumes if killed anyway.
+        process = subprocess.Popen(command, stdout=out_log, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file.write_text(f"{process.pid}\n")
+    log.info(
+        "serving the snapshot now; the full training, export and install run in the background "
+        "(pid %d, log %s): a running `python -m server` swaps the final model in when it is installed",
+        process.pid,
+        log_file,
+    )
+    return 0
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
@@ -284,13 +361,28 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
         return 1
     if args.dry_run and cmd:
         sys.stdout.write(shlex.join(cmd) + "\n")
+        return 0
+    installed = read_installed(args.repository)
+    if installed is not None and args.onnx is None:
+        # The plan is valid for this manifest only; install removes plans of other manifests.
+        plan.with_name(plan.name + ".digest").write_text(installed.digest + "\n")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from export.bench import BenchConfig, machine_info, run_bench, save_report
+    from export.bench import (
+        INVARIANCE_COMPANIONS,
+        BenchConfig,
+        batch_invariance,
+        invariance_sample,
+        longest_texts,
+        machine_info,
+        paired_ratios,
+        run_bench,
+        save_report,
+    )
     from export.data import load_split
-    from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
+    from export.runtime import BATCH, load_tokenizer, onnx_classifier, torch_classifier
 
     if args.export_dir is None:
         installed = read_installed(args.repository)
@@ -301,18 +393,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
         export_dir = EXPORTS_DIR / model_slug("student" if Path(ref).resolve() == STUDENT_DIR else ref)
     else:
         export_dir = args.export_dir
-    spec = ServingSpec.read(export_dir / SPEC_FILE)
     manifest = Manifest.read(export_dir / MANIFEST_FILE)
     summary = json.loads((export_dir / "reports" / "summary.json").read_text())
     tokenizer = load_tokenizer(export_dir)
-    reference = torch_classifier(manifest.source, tokenizer, spec.input_names, spec.max_length, args.threads)
+    max_length = manifest.max_length
+    reference = torch_classifier(manifest.source, tokenizer, manifest.input_names, max_length, args.threads)
     paths = {"torch": reference}
+    # raw: the TensorRT input, run on the CPU for reference; the others as served (own execution mode).
+    paths["raw"] = onnx_classifier(export_dir / manifest.onnx.file, tokenizer, max_length, args.threads)
     for name, variant in manifest.variants.items():
-        paths[name] = onnx_classifier(export_dir / variant.file, tokenizer, spec.max_length, args.threads)
+        paths[name] = onnx_classifier(
+            export_dir / variant.file, tokenizer, max_length, args.threads, execution=variant.execution
+        )
     cfg = BenchConfig(rounds=args.rounds, threads=args.threads)
     test = load_split("test")
     started = time.monotonic()
     bench = run_bench(paths, test.texts, cfg)
+    bench_seconds = round(time.monotonic() - started, 1)
+
+    dev = load_split("dev")
+    companions = longest_texts(tokenizer, dev.texts, INVARIANCE_COMPANIONS, max_length)
+    sample = invariance_sample(dev.texts, companions, args.invariance_texts)
+    log.info("batch invariance: %d dev texts alone vs with %d long texts", len(sample), len(companions))
+    invariance = {name: batch_invariance(clf, sample, companions) for name, clf in paths.items()}
+    for name, variant in manifest.variants.items():
+        if variant.execution != BATCH:  # what serving it batched would do: the reason it is not
+            batched = onnx_classifier(export_dir / variant.file, tokenizer, max_length, args.threads)
+            invariance[f"{name} (batch execution, not served)"] = batch_invariance(
+                batched, sample, companions
+            )
+
     source_dir = Path(manifest.source)
     torch_size = sum(f.stat().st_size for f in source_dir.glob("*.safetensors")) if source_dir.is_dir() else 0
     training = None
@@ -323,22 +433,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "train_seconds": t["train_seconds_this_run"],
             "wall_seconds": t["wall_seconds_this_run"],
         }
+    dev_accuracy = summary.get("accuracy_dev", {})
+    test_accuracy = summary.get("test", {})
     report = {
         "model": manifest.source if source_dir != STUDENT_DIR else "offline student (build/models/student)",
-        "model_version": manifest.model_version,
+        "model_version": manifest.version,
         "date": dt.date.today().isoformat(),
         "command": "make bench-model",
         "machine": machine_info(),
         "bench_config": cfg.__dict__,
-        "bench_seconds": round(time.monotonic() - started, 1),
-        "test_texts": len(test),
+        "bench_seconds": bench_seconds,
+        "test_texts": test_accuracy.get("_about", {}).get("texts", len(test)),
         "sizes_mb": {
             "torch": torch_size / 1e6,
+            "raw": manifest.onnx.size_bytes / 1e6,
             **{k: v.size_bytes / 1e6 for k, v in manifest.variants.items()},
         },
-        "accuracy": summary["accuracy"],
-        "parity": summary["parity"],
+        "executions": {
+            "torch": BATCH,
+            "raw": BATCH,
+            **{k: v.execution for k, v in manifest.variants.items()},
+        },
+        "quantization": {k: v.quantization for k, v in manifest.variants.items() if v.quantization},
+        "accuracy": {
+            "dev": {k: v["at_tuned"] for k, v in dev_accuracy.items() if not k.startswith("_")},
+            "test": {k: v["at_tuned"] for k, v in test_accuracy.items() if not k.startswith("_")},
+        },
+        "parity": summary.get("parity"),
         "bench": bench,
+        "comparisons": {
+            "int8_vs_int8_dynamic": paired_ratios(bench, "int8", "int8_dynamic"),
+            "int8_vs_fp32": paired_ratios(bench, "int8", "fp32"),
+        },
+        "invariance": invariance,
         "training": training,
     }
     json_path, md_path = save_report(report, args.out)
@@ -367,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     except GateFailed as exc:
         log.error("gate failed: %s", exc)
         return EXIT_GATE_FAILED
-    except (DataError, FileNotFoundError, ValueError) as exc:
+    except (DataError, FileNotFoundError, ManifestError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_INPUT
 

@@ -127,6 +127,32 @@ def fit_temperatures(logits: Array, labels: Array, method: str = PER_LABEL) -> T
 
 
 @dataclass(frozen=True)
+class Mapping:
+    """What the postprocess model applies to one variant's logits: temperatures, then thresholds."""
+
+    fit: TemperatureFit
+    thresholds: Array  # (L,) on the calibrated scale
+    uncalibrated_thresholds: Array  # (L,) tuned on the raw sigmoid: the "before" of the calibration gate
+
+    @property
+    def temperatures(self) -> Array:
+        return self.fit.temperatures
+
+
+def fit_mapping(logits: Array, labels: Array, method: str = PER_LABEL) -> Mapping:
+    """Temperatures fitted on ``logits``, then per-label thresholds tuned on the calibrated probabilities
+    (each label keeps the better of the grid optimum and its carried-over uncalibrated cut)."""
+    fit = fit_temperatures(logits, labels, method)
+    uncalibrated = tune_thresholds(calibrated_probabilities(logits), labels)
+    thresholds = retune_thresholds(
+        calibrated_probabilities(logits, fit.temperatures),
+        labels,
+        carry_thresholds(uncalibrated, fit.temperatures),
+    )
+    return Mapping(fit, thresholds, uncalibrated)
+
+
+@dataclass(frozen=True)
 class Reliability:
     """Equal-width bins over predicted probability: how often the label was there in each."""
 

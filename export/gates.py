@@ -13,20 +13,23 @@ from export.arrays import Array
 from export.calibration import (
     ECE_BINS,
     calibrated_probabilities,
+    fit_mapping,
     per_label_ece,
     reliability,
 )
 from export.metrics import f1_scores
 
-# max |Δlogit| against the torch model on the parity sample. INT8 is loose on purpose: dynamic
-# activation quantization moves the student's logits by ~0.1 on average and up to ~0.9 (per-channel
-# weights); what matters for INT8 is the accuracy gate.
-DEFAULT_PARITY_TOLERANCE = {"raw": 1e-3, "fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}
+# max |Δlogit| against the torch model on the parity sample. INT8 is loose on purpose: on the student,
+# static INT8 moved logits by up to 1.38 and dynamic INT8 (run per row) by up to 1.07 (2026-12-01, dev
+# sample); what matters for INT8 is the accuracy gate.
+DEFAULT_PARITY_TOLERANCE = {"raw": 1e-3, "fp32": 1e-3, "fp16": 5e-2, "int8": 1.5, "int8_dynamic": 1.5}
 DEFAULT_MAX_MACRO_F1_DROP = 0.01
 # Temperature scaling is monotone per label, so with thresholds re-tuned on the calibrated dev
 # probabilities the labels could be exactly the same as before; any macro-F1 difference comes only
 # from where the fixed 0.05..0.95 threshold grid falls on each label's new probability scale.
 DEFAULT_MAX_CALIBRATION_F1_DROP = 0.005
+# Out-of-fold, a model that is calibrated already can come out a hair worse from fitting noise alone.
+DEFAULT_MAX_ECE_RISE = 0.001
 
 
 class GateFailed(RuntimeError):
@@ -89,21 +92,22 @@ def parity_gate(
 def accuracy_gate(
     labels: Array,
     probs: dict[str, Array],
-    thresholds: Array,
+    thresholds: dict[str, Array],
     reference: str = "fp32",
     max_macro_f1_drop: float = DEFAULT_MAX_MACRO_F1_DROP,
     min_macro_f1: float = 0.0,
 ) -> GateReport:
-    """Micro/macro-F1 per variant at 0.5 and at the tuned thresholds; every variant must stay within
+    """Micro/macro-F1 per variant at 0.5 and at its own tuned thresholds; every variant must stay within
     ``max_macro_f1_drop`` of the reference variant, and the reference must reach ``min_macro_f1``."""
     report = GateReport("accuracy")
     for name, p in probs.items():
         report.results[name] = {
             "at_0.5": f1_scores(p, labels).as_dict(),
-            "at_tuned": f1_scores(p, labels, thresholds).as_dict(),
+            "at_tuned": f1_scores(p, labels, thresholds[name]).as_dict(),
         }
     ref = report.results[reference]["at_tuned"]["macro_f1"]
     report.results["_criteria"] = {
+        "split": "dev",
         "reference": reference,
         "max_macro_f1_drop": max_macro_f1_drop,
         "min_macro_f1": min_macro_f1,
@@ -120,59 +124,82 @@ def accuracy_gate(
     return report
 
 
+CROSS_FIT_FOLDS = 2
+CROSS_FIT_SEED = 11
+
+
+def cross_fitted(logits: Array, labels: Array, method: str) -> tuple[Array, Array, Array, Array]:
+    """Out-of-fold predictions on dev: each fold is scored with temperatures and thresholds fitted on
+    the other, so the calibration gate never judges a fit on the texts it was fitted on.
+
+    Returns (uncalibrated probs, calibrated probs, labels predicted before, labels predicted after).
+    """
+    n = logits.shape[0]
+    folds = np.random.default_rng(CROSS_FIT_SEED).permutation(n) % CROSS_FIT_FOLDS
+    before = calibrated_probabilities(logits)
+    after = np.zeros_like(before)
+    pred_before = np.zeros(before.shape, dtype=bool)
+    pred_after = np.zeros(before.shape, dtype=bool)
+    for k in range(CROSS_FIT_FOLDS):
+        held, fit_on = folds == k, folds != k
+        mapping = fit_mapping(logits[fit_on], labels[fit_on], method)
+        after[held] = calibrated_probabilities(logits[held], mapping.temperatures)
+        pred_before[held] = before[held] >= mapping.uncalibrated_thresholds
+        pred_after[held] = after[held] >= mapping.thresholds
+    return before, after, pred_before, pred_after
+
+
 def calibration_gate(
+    logits: dict[str, Array],
     labels: Array,
-    logits: Array,
-    temperatures: Array,
-    uncalibrated_thresholds: Array,
-    calibrated_thresholds: Array,
+    method: str,
     label_names: list[str],
     max_macro_f1_drop: float = DEFAULT_MAX_CALIBRATION_F1_DROP,
     bins: int = ECE_BINS,
+    max_ece_rise: float = DEFAULT_MAX_ECE_RISE,
 ) -> GateReport:
-    """ECE before/after temperature scaling and F1 with thresholds tuned before/after, on test.
-
-    Fails when the ECE gets worse or calibrated macro-F1 falls more than ``max_macro_f1_drop`` under
-    the uncalibrated one.
-    """
+    """Per variant, on dev with 2-fold cross-fitting: ECE before/after temperature scaling, and macro-F1
+    with thresholds tuned before/after. Fails when a variant's ECE rises by more than ``max_ece_rise``
+    or its calibrated macro-F1 falls more than ``max_macro_f1_drop`` under the uncalibrated one."""
     report = GateReport("calibration")
-    before = calibrated_probabilities(logits)
-    after = calibrated_probabilities(logits, temperatures)
-    rel_before, rel_after = reliability(before, labels, bins), reliability(after, labels, bins)
-    ece_before, ece_after = rel_before.ece, rel_after.ece
-    f1_before = f1_scores(before, labels, uncalibrated_thresholds)
-    f1_after = f1_scores(after, labels, calibrated_thresholds)
-    label_before, label_after = per_label_ece(before, labels, bins), per_label_ece(after, labels, bins)
     report.results = {
-        "samples": int(labels.shape[0]),
+        "method": method,
+        "split": f"dev, {CROSS_FIT_FOLDS}-fold cross-fitted",
         "bins": bins,
-        "ece_before": round(ece_before, 6),
-        "ece_after": round(ece_after, 6),
-        "uncalibrated_tuned": f1_before.as_dict(),
-        "calibrated_tuned": f1_after.as_dict(),
-        "per_label": {
-            name: {
-                "temperature": round(float(temperatures[i]), 4),
-                "ece_before": round(label_before[i], 6),
-                "ece_after": round(label_after[i], 6),
-                "threshold_before": round(float(uncalibrated_thresholds[i]), 4),
-                "threshold_after": round(float(calibrated_thresholds[i]), 4),
-                "f1_before": round(f1_before.per_label[i], 4),
-                "f1_after": round(f1_after.per_label[i], 4),
-                "positives": int((labels[:, i] > 0.5).sum()),
-            }
-            for i, name in enumerate(label_names)
-        },
-        "reliability_before": rel_before.as_dict(),
-        "reliability_after": rel_after.as_dict(),
-        "_criteria": {"max_macro_f1_drop": max_macro_f1_drop, "ece_after_at_most": "ece_before"},
+        "_criteria": {"max_macro_f1_drop": max_macro_f1_drop, "max_ece_rise": max_ece_rise},
+        "per_variant": {},
     }
-    if ece_after > ece_before:
-        report.fail(f"calibration: ECE rose from {ece_before:.4f} to {ece_after:.4f} on test")
-    drop = f1_before.macro - f1_after.macro
-    if drop > max_macro_f1_drop:
-        report.fail(
-            f"calibration: macro-F1 {f1_after.macro:.4f} with re-tuned thresholds is {drop:.4f} below "
-            f"{f1_before.macro:.4f} uncalibrated; allowed drop {max_macro_f1_drop}"
-        )
+    for variant, z in logits.items():
+        before, after, pred_before, pred_after = cross_fitted(z, labels, method)
+        ece_before, ece_after = reliability(before, labels, bins).ece, reliability(after, labels, bins).ece
+        f1_before = f1_scores(pred_before.astype(np.float64), labels)
+        f1_after = f1_scores(pred_after.astype(np.float64), labels)
+        label_before, label_after = per_label_ece(before, labels, bins), per_label_ece(after, labels, bins)
+        report.results["per_variant"][variant] = {
+            "samples": int(labels.shape[0]),
+            "ece_before": round(ece_before, 6),
+            "ece_after": round(ece_after, 6),
+            "uncalibrated_tuned": f1_before.as_dict(),
+            "calibrated_tuned": f1_after.as_dict(),
+            "per_label": {
+                name: {
+                    "ece_before": round(label_before[i], 6),
+                    "ece_after": round(label_after[i], 6),
+                    "f1_before": round(f1_before.per_label[i], 4),
+                    "f1_after": round(f1_after.per_label[i], 4),
+                    "positives": int((labels[:, i] > 0.5).sum()),
+                }
+                for i, name in enumerate(label_names)
+            },
+        }
+        if ece_after - ece_before > max_ece_rise:
+            report.fail(
+                f"{variant}: calibration raised the ECE from {ece_before:.4f} to {ece_after:.4f} on dev"
+            )
+        drop = f1_before.macro - f1_after.macro
+        if drop > max_macro_f1_drop:
+            report.fail(
+                f"{variant}: macro-F1 {f1_after.macro:.4f} with re-tuned thresholds is {drop:.4f} below "
+                f"{f1_before.macro:.4f} uncalibrated; allowed drop {max_macro_f1_drop}"
+            )
     return report

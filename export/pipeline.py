@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -11,16 +10,24 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from contract.manifest import (
+    MANIFEST_FILE,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    VariantEntry,
+    file_sha256,
+)
+from contract.names import DEFAULT_MAX_LENGTH
 from export.calibration import (
     CALIBRATION_METHODS,
     PER_LABEL,
     calibrated_probabilities,
-    carry_thresholds,
-    fit_temperatures,
+    fit_mapping,
     reliability,
     reliability_diagram,
-    retune_thresholds,
 )
 from export.data import DATA_DIR, load_dataset
 from export.gates import (
@@ -31,13 +38,21 @@ from export.gates import (
     calibration_gate,
     parity_gate,
 )
-from export.labels import LABELS_FILE, LabelSet, model_version
-from export.metrics import tune_thresholds
+from export.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_f1
 from export.repository import write_configs
-from export.runtime import DEFAULT_MAX_LENGTH, load_tokenizer, onnx_classifier, torch_classifier
-from export.spec import MANIFEST_FILE, SPEC_FILE, Manifest, ServingSpec, TensorRTProfile, VariantFile
-from export.tensorrt import write_build_script
-from export.variants import FP32, ONNX_VARIANTS, RAW, VARIANT_FILES, build_variants, export_onnx
+from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
+from export.spec import SPEC_FILE, ServingSpec, TensorRTProfile
+from export.tensorrt import PLAN_FILE, write_build_script
+from export.variants import (
+    CALIBRATION_TEXTS,
+    FP32,
+    ONNX_VARIANTS,
+    RAW,
+    Calibration,
+    build_variants,
+    calibration_sample,
+    export_onnx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +60,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 CLASSIFIER_DIR = "classifier"
 TOKENIZER_DIR = "tokenizer"
+POSTPROCESS_DIR = "postprocess"
 REPORTS_DIR = "reports"
 RELIABILITY_PNG = "reliability.png"
 TOKENIZER_FILES = (
@@ -73,6 +89,7 @@ class ExportOptions:
     batch_size: int = 32
     calibration: str = PER_LABEL  # temperature scaling: per-label, global or none
     max_calibration_f1_drop: float = DEFAULT_MAX_CALIBRATION_F1_DROP
+    calibration_texts: int = CALIBRATION_TEXTS  # static INT8 ranges: a seeded sample of train
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_METHODS:  # before minutes of ONNX export, not after
@@ -85,16 +102,8 @@ def model_slug(model_ref: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "--", model_ref.strip("/")).strip("-") or "model"
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def parity_sample(texts: list[str], n: int = PARITY_SAMPLE, seed: int = PARITY_SEED) -> list[str]:
-    """A fixed, seeded sample of the test split: the same texts on every run and every variant."""
+    """A fixed, seeded sample of dev: the same texts on every run and every variant."""
     rng = random.Random(seed)
     return rng.sample(texts, min(n, len(texts)))
 
@@ -102,35 +111,52 @@ def parity_sample(texts: list[str], n: int = PARITY_SAMPLE, seed: int = PARITY_S
 def export_model(
     model_ref: str, out_dir: Path, options: ExportOptions, data_dir: Path = DATA_DIR
 ) -> Manifest:
-    """Export ``model_ref`` (hub id or local dir) into ``out_dir``; raise GateFailed when a gate fails."""
+    """Export ``model_ref`` (hub id or local dir) into ``out_dir``; raise GateFailed when a gate fails.
+
+    Every decision (temperatures, thresholds, gates) uses dev; test is only reported, once, with
+    bootstrap intervals. Each variant is evaluated as it is served (its own execution mode) and gets
+    its own temperatures and thresholds, fitted on its own dev logits.
+    """
     started = time.monotonic()
     label_names, splits = load_dataset(data_dir)
     _check_label_order(model_ref, label_names)
+    _check_training_max_length(model_ref, options.max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (
-        out_dir / LABELS_FILE,
+        out_dir / "labels.json",
         out_dir / SPEC_FILE,
         out_dir / MANIFEST_FILE,
         out_dir / REPORTS_DIR / "summary.json",
         out_dir / REPORTS_DIR / "calibration.json",
+        out_dir / REPORTS_DIR / "test.json",
         out_dir / REPORTS_DIR / RELIABILITY_PNG,
     ):
         stale.unlink(missing_ok=True)
     onnx_export = export_onnx(model_ref, out_dir, options.opset)
-    paths = build_variants(onnx_export, options.variants, options.int8_config, options.int8_per_channel)
-
     tokenizer = load_tokenizer(out_dir)
+    calibration_texts = calibration_sample(splits["train"].texts, options.calibration_texts)
+    built = build_variants(
+        onnx_export,
+        options.variants,
+        options.int8_config,
+        options.int8_per_channel,
+        Calibration(tokenizer=tokenizer, texts=calibration_texts, max_length=options.max_length),
+    )
+
     dev, test = splits["dev"], splits["test"]
     n = options.eval_limit
     dev_texts, dev_labels = dev.texts[:n], dev.labels[:n]
     test_texts, test_labels = test.texts[:n], test.labels[:n]
 
     reference = torch_classifier(model_ref, tokenizer, onnx_export.input_names, options.max_length)
-    classifiers = {name: onnx_classifier(path, tokenizer, options.max_length) for name, path in paths.items()}
+    classifiers = {
+        name: onnx_classifier(b.path, tokenizer, options.max_length, execution=b.execution)
+        for name, b in built.items()
+    }
 
-    log.info("parity gate: %d fixed test texts, torch vs %s", PARITY_SAMPLE, ", ".join(classifiers))
-    sample = parity_sample(test.texts)
-    # Fixed batches of 16 in sample order, identical on every path.
+    log.info("parity gate: %d fixed dev texts, torch vs %s", PARITY_SAMPLE, ", ".join(classifiers))
+    sample = parity_sample(dev.texts)
+    # Fixed batches of 16 in sample order, identical on every path (per-row variants run row by row).
     ref_logits = reference.predict(sample, batch_size=16)
     parity = parity_gate(
         ref_logits,
@@ -138,112 +164,113 @@ def export_model(
         options.parity_tolerance,
     )
 
-    tuning_variant = FP32 if FP32 in classifiers else RAW
+    reference_variant = FP32 if FP32 in classifiers else RAW
     log.info(
-        "fitting %s temperatures, then tuning per-label thresholds on dev (%d texts) with the %s model",
+        "per variant: %s temperatures, then per-label thresholds, fitted on its own dev logits (%d texts)",
         options.calibration,
         len(dev_texts),
-        tuning_variant,
     )
-    dev_logits = classifiers[tuning_variant].predict(dev_texts, options.batch_size)
-    fit = fit_temperatures(dev_logits, dev_labels, options.calibration)
-    uncalibrated_thresholds = tune_thresholds(calibrated_probabilities(dev_logits), dev_labels)
-    thresholds = retune_thresholds(
-        calibrated_probabilities(dev_logits, fit.temperatures),
-        dev_labels,
-        carry_thresholds(uncalibrated_thresholds, fit.temperatures),
-    )
-
-    log.info("accuracy gate on test (%d texts): torch + %s", len(test_texts), ", ".join(classifiers))
-    test_logits = {"torch": reference.predict(test_texts, options.batch_size)}
+    dev_logits = {"torch": reference.predict(dev_texts, options.batch_size)}
     for name, clf in classifiers.items():
-        test_logits[name] = clf.predict(test_texts, options.batch_size)
-    # Every variant is scored as served: through the temperatures, at the thresholds tuned after them.
-    test_probs = {k: calibrated_probabilities(v, fit.temperatures) for k, v in test_logits.items()}
+        dev_logits[name] = clf.predict(dev_texts, options.batch_size)
+    fits = {name: fit_mapping(logits, dev_labels, options.calibration) for name, logits in dev_logits.items()}
+
+    log.info("accuracy gate on dev: every variant at its own thresholds vs %s", reference_variant)
+    dev_probs = {k: calibrated_probabilities(v, fits[k].temperatures) for k, v in dev_logits.items()}
     accuracy = accuracy_gate(
-        test_labels,
-        test_probs,
-        thresholds,
-        reference=tuning_variant,
+        dev_labels,
+        dev_probs,
+        {k: f.thresholds for k, f in fits.items()},
+        reference=reference_variant,
         max_macro_f1_drop=options.max_macro_f1_drop,
         min_macro_f1=options.min_macro_f1,
     )
-    log.info("calibration gate on test: ECE and macro-F1 before/after temperature scaling")
+    log.info("calibration gate on dev (2-fold cross-fitted): ECE and macro-F1 before/after, every variant")
     calibration = calibration_gate(
-        test_labels,
-        test_logits[tuning_variant],
-        fit.temperatures,
-        uncalibrated_thresholds,
-        thresholds,
+        {k: v for k, v in dev_logits.items() if k != "torch"},
+        dev_labels,
+        options.calibration,
         label_names,
         max_macro_f1_drop=options.max_calibration_f1_drop,
     )
-    calibration.results = {
-        "method": fit.method,
-        "fitted_on": "dev",
-        "dev_samples": len(dev_texts),
-        "variant": tuning_variant,
-        "global_temperature": fit.global_temperature,
-        "fallback_labels": [label_names[i] for i in fit.fallback_labels],
-        **calibration.results,
+
+    log.info("test report (%d texts): reported only, never a decision", len(test_texts))
+    test_logits = {"torch": reference.predict(test_texts, options.batch_size)}
+    for name, clf in classifiers.items():
+        test_logits[name] = clf.predict(test_texts, options.batch_size)
+    test_probs = {k: calibrated_probabilities(v, fits[k].temperatures) for k, v in test_logits.items()}
+    test_report: dict[str, Any] = {
+        name: {
+            "at_tuned": bootstrap_f1(probs, test_labels, fits[name].thresholds, BOOTSTRAP_RESAMPLES),
+            "ece": round(reliability(probs, test_labels).ece, 6),
+        }
+        for name, probs in test_probs.items()
+    }
+    test_report["_about"] = {
+        "split": "test",
+        "texts": len(test_texts),
+        "interval": f"bootstrap 95% over texts, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}",
+        "thresholds_and_temperatures": "fitted on dev per variant",
     }
 
     reports = out_dir / REPORTS_DIR
     parity.write(reports)
     accuracy.write(reports)
     calibration.write(reports)
+    (reports / "test.json").write_text(json.dumps(test_report, indent=2) + "\n")
     reliability_diagram(
-        reliability(calibrated_probabilities(test_logits[tuning_variant]), test_labels),
-        reliability(test_probs[tuning_variant], test_labels),
+        reliability(calibrated_probabilities(test_logits[reference_variant]), test_labels),
+        reliability(test_probs[reference_variant], test_labels),
         reports / RELIABILITY_PNG,
-        title=f"{Path(model_ref).name}: test split, {len(test_texts)} texts x {len(label_names)} labels, "
-        f"{fit.method} temperatures fitted on dev",
+        title=f"{Path(model_ref).name} ({reference_variant}): test split, {len(test_texts)} texts x "
+        f"{len(label_names)} labels, {options.calibration} temperatures fitted on dev",
     )
-    # Name + hash of the weights and the label mapping: new weights, thresholds or temperatures give a
-    # new version (and new cache keys).
-    name = Path(model_ref).name if Path(model_ref).is_dir() else model_slug(model_ref)
-    version = model_version(name, file_digest(paths[RAW]), thresholds.tolist(), fit.temperatures.tolist())
-    calibration_block = {
-        "method": fit.method,
-        "fitted_on": "dev",
-        "evaluated_on": "test",
-        "bins": calibration.results["bins"],
-        "ece_before": calibration.results["ece_before"],
-        "ece_after": calibration.results["ece_after"],
-    }
     summary = {
         "model": model_ref,
-        "model_version": version,
         "seconds": round(time.monotonic() - started, 1),
+        "decisions_on": "dev",
         "parity": parity.results,
-        "accuracy": accuracy.results,
-        "calibration": {
-            **calibration_block,
-            "uncalibrated_tuned": calibration.results["uncalibrated_tuned"],
-            "calibrated_tuned": calibration.results["calibrated_tuned"],
+        "accuracy_dev": accuracy.results,
+        "calibration_dev": {k: v for k, v in calibration.results.items() if k != "per_variant"}
+        | {
+            "per_variant": {k: _calibration_summary(v) for k, v in calibration.results["per_variant"].items()}
         },
+        "test": test_report,
         "passed": parity.passed and accuracy.passed and calibration.passed,
     }
-    (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     failures = parity.failures + accuracy.failures + calibration.failures
-    if failures:  # no labels file or spec: nothing downstream can pick up a failed export
+    if failures:  # no manifest or spec: nothing downstream can pick up a failed export
+        (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         raise GateFailed("; ".join(failures) + f" (reports in {reports})")
 
-    LabelSet(
-        label_names,
-        thresholds.tolist(),
-        version,
-        temperatures=fit.temperatures.tolist(),
-        calibration=calibration_block,
-    ).write(out_dir / LABELS_FILE)
     manifest = Manifest(
+        name=Path(model_ref).name if Path(model_ref).is_dir() else model_slug(model_ref),
         source=model_ref,
-        model_version=version,
+        labels=label_names,
+        input_names=onnx_export.input_names,
+        max_length=options.max_length,
+        tokenizer={
+            name: FileEntry.of(out_dir / name) for name in TOKENIZER_FILES if (out_dir / name).is_file()
+        },
+        onnx=FileEntry.of(built[RAW].path),
         variants={
-            name: VariantFile(VARIANT_FILES[name], file_digest(p), p.stat().st_size)
-            for name, p in paths.items()
+            name: VariantEntry(
+                file=b.path.name,
+                sha256=file_sha256(b.path),
+                size_bytes=b.path.stat().st_size,
+                precision=b.precision,
+                execution=b.execution,
+                thresholds=[round(float(t), 4) for t in fits[name].thresholds],
+                temperatures=[round(float(t), 4) for t in fits[name].temperatures],
+                quantization=b.quantization,
+            )
+            for name, b in built.items()
+            if name != RAW
         },
     )
+    summary["model_version"] = manifest.version
+    (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (reports / "summary.md").write_text(summary_markdown(summary, manifest))
     manifest.write(out_dir / MANIFEST_FILE)
     ServingSpec(
         input_names=onnx_export.input_names,
@@ -251,8 +278,68 @@ def export_model(
         labels=label_names,
         tensorrt=TensorRTProfile(max_seq=max(options.max_length, TensorRTProfile.max_seq)),
     ).write(out_dir / SPEC_FILE)
-    log.info("export of %s passed all gates in %.0f s", model_ref, summary["seconds"])
+    log.info(
+        "export of %s passed all gates in %.0f s: %s (test macro-F1 %s %.4f [%.4f, %.4f])",
+        model_ref,
+        summary["seconds"],
+        manifest.version,
+        reference_variant,
+        test_report[reference_variant]["at_tuned"]["macro_f1"],
+        *test_report[reference_variant]["at_tuned"]["macro_f1_ci95"],
+    )
     return manifest
+
+
+def summary_markdown(summary: dict[str, Any], manifest: Manifest) -> str:
+    """The export's gates (dev) and test report as tables: what `results/` keeps of an export."""
+    test = summary["test"]
+    lines = [
+        f"# Export of `{manifest.version}`",
+        "",
+        f"Source `{summary['model']}`, max_length {manifest.max_length}; export took {summary['seconds']} s. "
+        "Every decision (temperatures, thresholds, gates) on dev; test only reported "
+        f"({test['_about']['texts']} texts, {test['_about']['interval']}).",
+        "",
+        "| variant | execution | parity max abs dlogit (dev) | dev macro-F1 "
+        "| dev ECE before / after (cross-fitted) | **test macro-F1 [95% CI]** | test micro-F1 [95% CI] "
+        "| test ECE |",
+        "|---|---|---:|---:|---|---|---|---:|",
+    ]
+    for name in ["torch", "raw", *manifest.variants]:
+        if name not in test:
+            continue
+        execution = manifest.variants[name].execution if name in manifest.variants else "batch"
+        parity = summary["parity"].get(name, {}).get("max_abs_logit_diff")
+        cal = summary["calibration_dev"].get(name)
+        ece = "" if cal is None else f"{cal['ece_before']:.5f} / {cal['ece_after']:.5f}"
+        t = test[name]["at_tuned"]
+        lines.append(
+            f"| {name} | {execution} | {'' if parity is None else f'{parity:.3g}'} "
+            f"| {summary['accuracy_dev'][name]['at_tuned']['macro_f1']:.4f} "
+            f"| {ece} "
+            f"| **{t['macro_f1']:.4f}** [{t['macro_f1_ci95'][0]:.4f}, {t['macro_f1_ci95'][1]:.4f}] "
+            f"| {t['micro_f1']:.4f} [{t['micro_f1_ci95'][0]:.4f}, {t['micro_f1_ci95'][1]:.4f}] "
+            f"| {test[name]['ece']:.5f} |"
+        )
+    lines += ["", "torch is scored with its own dev-fitted temperatures and thresholds, as a reference.", ""]
+    return "\n".join(lines)
+
+
+def _calibration_summary(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: results[k] for k in ("ece_before", "ece_after", "uncalibrated_tuned", "calibrated_tuned")}
+
+
+def _check_training_max_length(model_ref: str, max_length: int) -> None:
+    """A model trained here must be exported at the length it was trained at (one max_length)."""
+    report = Path(model_ref) / "training_report.json"
+    if not report.is_file():
+        return
+    trained = json.loads(report.read_text()).get("config", {}).get("max_length")
+    if trained is not None and int(trained) != max_length:
+        raise ValueError(
+            f"{model_ref} was trained with max_length {trained} but would be exported with {max_length}; "
+            "train and serve must truncate alike (retrain, or pass --max-length to match)"
+        )
 
 
 def _check_label_order(model_ref: str, label_names: list[str]) -> None:
@@ -270,9 +357,18 @@ def _check_label_order(model_ref: str, label_names: list[str]) -> None:
 
 
 def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> Manifest:
-    """Copy an export's model files, tokenizer and labels file into the repository layout, then
-    regenerate the configs: the repository's serving settings, the new model's interface."""
+    """Copy an export's files into the repository layout, then regenerate the configs: the repository's
+    serving settings, the new model's interface.
+
+    The manifest goes last, into the root and every model's version directory: the python models
+    verify their files against the copy next to them, so a half-copied install fails to load instead
+    of serving a mix. Files of the previous model (variants, a TensorRT plan built for another
+    manifest) are removed.
+    """
     manifest = Manifest.read(export_dir / MANIFEST_FILE)
+    bad = manifest.mismatched_files(export_dir, manifest.files())
+    if bad:
+        raise ManifestError(f"{export_dir}: {', '.join(bad)} missing or not what the manifest says")
     exported = ServingSpec.read(export_dir / SPEC_FILE)
     current = repository / SPEC_FILE
     spec = (
@@ -280,40 +376,57 @@ def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> Manifest:
         if current.is_file()
         else exported
     )
+    missing = {spec.cpu_variant, spec.gpu_variant} - set(manifest.variants)
+    if missing:
+        raise ValueError(
+            f"the serving spec serves {sorted(missing)} but {export_dir} has only "
+            f"{sorted(manifest.variants)}; export them (--variants) or change spec.json"
+        )
     version_dir = repository / CLASSIFIER_DIR / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    for stale in version_dir.glob("model*.onnx"):
-        stale.unlink()
-    for variant in manifest.variants.values():
-        shutil.copy2(export_dir / variant.file, version_dir / variant.file)
+    for stale in [*version_dir.glob("model*.onnx"), *version_dir.glob(f"{PLAN_FILE}*")]:
+        stale.unlink()  # a plan is only valid for the manifest it was built from (build_plan.sh)
+    for name in [manifest.onnx.file, *(v.file for v in manifest.variants.values())]:
+        shutil.copy2(export_dir / name, version_dir / name)
     tok_dir = repository / TOKENIZER_DIR / "1"
     tok_dir.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
-        if (export_dir / name).is_file():
-            shutil.copy2(export_dir / name, tok_dir / name)
-    shutil.copy2(export_dir / LABELS_FILE, repository / LABELS_FILE)
-    manifest.write(repository / MANIFEST_FILE)
+        (tok_dir / name).unlink(missing_ok=True)
+    for name in manifest.tokenizer:
+        shutil.copy2(export_dir / name, tok_dir / name)
+    (repository / "labels.json").unlink(missing_ok=True)  # before manifests, thresholds lived there
     spec.write(current)
     write_configs(repository, spec)
-    write_build_script(repository / CLASSIFIER_DIR, spec.input_names, spec.tensorrt)
-    log.info("installed %s (%s) into %s", manifest.source, manifest.model_version, repository)
+    write_build_script(repository / CLASSIFIER_DIR, spec.input_names, spec.tensorrt, manifest.digest)
+    for model in (TOKENIZER_DIR, CLASSIFIER_DIR, POSTPROCESS_DIR):
+        manifest.write(repository / model / "1" / MANIFEST_FILE)
+    manifest.write(repository / MANIFEST_FILE)
+    log.info("installed %s (%s) into %s", manifest.source, manifest.version, repository)
     return manifest
 
 
 def read_installed(repository: Path = MODEL_REPOSITORY) -> Manifest | None:
-    """The installed manifest when every file it names is present and intact in size, else None."""
+    """The installed manifest when every file it names is present in its place with the right size
+    (the python models check the sha256 at load), else None."""
     path = repository / MANIFEST_FILE
     if not path.is_file():
         return None
-    manifest = Manifest.read(path)
-    version_dir = repository / CLASSIFIER_DIR / "1"
-    for variant in manifest.variants.values():
-        f = version_dir / variant.file
-        if not f.is_file() or f.stat().st_size != variant.size_bytes:
-            return None
-    if (
-        not (repository / LABELS_FILE).is_file()
-        or not (repository / TOKENIZER_DIR / "1" / "tokenizer.json").is_file()
-    ):
+    try:
+        manifest = Manifest.read(path)
+    except ManifestError as exc:
+        log.warning("%s", exc)
         return None
+    places = [
+        (repository / TOKENIZER_DIR / "1", list(manifest.tokenizer.values())),
+        (repository / CLASSIFIER_DIR / "1", manifest.files()[len(manifest.tokenizer) :]),
+    ]
+    for directory, entries in places:
+        for entry in entries:
+            f = directory / entry.file
+            if not f.is_file() or f.stat().st_size != entry.size_bytes:
+                return None
+    for model in (TOKENIZER_DIR, CLASSIFIER_DIR, POSTPROCESS_DIR):
+        copy = repository / model / "1" / MANIFEST_FILE
+        if not copy.is_file() or json.loads(copy.read_text()).get("digest") != manifest.digest:
+            return None
     return manifest

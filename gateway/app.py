@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -17,9 +19,9 @@ from pydantic import AwareDatetime
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from export.labels import read_labels
+from contract.names import GOEMOTIONS_LABELS
 from gateway import audit
-from gateway.breaker import BreakerInference, CircuitBreaker
+from gateway.breaker import BreakerInference, CircuitBreaker, State
 from gateway.cache import MemoryCache, NoCache, RedisCache, ResultCache
 from gateway.errors import GatewayError, error_response, install_error_handlers
 from gateway.learning.policy import load_policy
@@ -44,7 +46,7 @@ from gateway.schemas import (
     TrajectoryResponse,
     TrendOut,
 )
-from gateway.service import Core, analyse_bounded
+from gateway.service import Core, analyse_bounded, probe_version, watch_version
 from gateway.settings import Settings, get_settings
 from gateway.triton import Inference, TritonClient
 
@@ -57,6 +59,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "request body too large",
         422: "invalid input: the message says what to fix",
         429: "overloaded: retry after the Retry-After seconds",
+        502: "the model server returned an error, or an invalid answer (invalid_model_output: not cached)",
         503: "model server unavailable or not ready",
         504: "model server did not answer in time",
     }.items()
@@ -177,11 +180,11 @@ def _check_key(given: str, keys: list[str]) -> None:
         )
 
 
-def _result(scored: Any, index: int, labels: list[str]) -> EmotionResult:
+def _result(scored: Any, index: int) -> EmotionResult:
     s = scored.state
     return EmotionResult(
         text_index=index,
-        emotions=dict(zip(labels, scored.prediction.probabilities, strict=True)),
+        emotions=dict(zip(GOEMOTIONS_LABELS, scored.prediction.probabilities, strict=True)),
         labels=scored.prediction.labels,
         primary_emotion=scored.primary_emotion,
         confidence=scored.confidence,
@@ -200,6 +203,26 @@ def _result(scored: Any, index: int, labels: list[str]) -> EmotionResult:
 
 def _trend(trend: Any) -> TrendOut:
     return TrendOut(label=trend.label, slope=trend.slope, volatility=trend.volatility, points=trend.points)
+
+
+async def _not_ready_reason(core: Core) -> str | None:
+    """Why this gateway should get no traffic now, or None when it should."""
+    if not await core.triton.ready():
+        if isinstance(core.triton, BreakerInference) and core.triton.breaker.state is not State.CLOSED:
+            state = core.triton.breaker.state.name.lower().replace("_", "-")
+            return f"the circuit breaker is {state}: recent Triton calls failed"
+        return "Triton or the model is not ready"
+    try:
+        version = await probe_version(core)
+    except GatewayError as exc:
+        return f"the probe inference failed: {exc.message}"
+    except Exception:
+        log.exception("the readiness probe inference failed")
+        return "the probe inference failed (an unexpected error; see the gateway log)"
+    expected = core.settings.expected_model_version
+    if expected and not version.startswith(expected):
+        return f"serving model version {version}, expected {expected} (GATEWAY_EXPECTED_MODEL_VERSION)"
+    return None
 
 
 def build_router() -> APIRouter:
@@ -221,8 +244,8 @@ def build_router() -> APIRouter:
         response.headers["x-inference-time"] = f"{outcome.inference_seconds * 1000:.3f}"
         response.headers["x-cache"] = "hit" if outcome.all_cached else "miss"
         return EmotionsResponse(
-            model=ModelInfo(name=core.settings.triton_model, version=core.model_version),
-            results=[_result(s, i, core.labels.names) for i, s in enumerate(outcome.results)],
+            model=ModelInfo(name=core.settings.triton_model, version=outcome.model_version),
+            results=[_result(s, i) for i, s in enumerate(outcome.results)],
             learner_id=body.learner_id,
             trend=_trend(outcome.trend) if outcome.trend else None,
         )
@@ -269,14 +292,23 @@ def build_router() -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Triton is ready and the model is loaded")
+    @router.get(
+        "/readyz",
+        summary="Triton is ready, answers a probe with a well-formed result, and serves the expected model",
+        description="503 (with a `reason`) when Triton or the model is not ready, the circuit is open, the "
+        "probe inference fails or is malformed, or the served version does not start with "
+        "GATEWAY_EXPECTED_MODEL_VERSION. `version` is the served model version (null before Triton's first "
+        "answer).",
+    )
     async def readyz(core: CoreDep) -> JSONResponse:
-        ready = await core.triton.ready()
-        body: dict[str, Any] = {"model": core.settings.triton_model, "version": core.model_version}
+        reason = await _not_ready_reason(core)
+        body: dict[str, Any] = {"model": core.settings.triton_model, "version": core.served_version}
         if isinstance(core.triton, BreakerInference):
             body["circuit"] = core.triton.breaker.state.name.lower().replace("_", "-")
-        body["ready"] = ready
-        return JSONResponse(body, status_code=200 if ready else 503)
+        body["ready"] = reason is None
+        if reason is not None:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @router.get("/metrics", dependencies=protected, summary="Prometheus metrics")
     async def metrics(core: CoreDep) -> Response:
@@ -300,7 +332,6 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Fail at start-up, with the file's own error message, rather than on the first request.
-        labels = read_labels(settings.labels_file)
         policy = load_policy(settings.policy_file)
         metrics = Metrics()
         audit_trail = audit.from_settings(settings, metrics)  # None when GATEWAY_AUDIT_BACKEND=off
@@ -323,38 +354,53 @@ def create_app(settings: Settings | None = None, triton: Inference | None = None
             on_change=lambda state: metrics.circuit_state.set(state.value),
         )
         client = BreakerInference(
-            triton or TritonClient(settings.triton_url, settings.triton_model, settings.triton_timeout_s),
+            triton or TritonClient(settings.triton_urls(), settings.triton_model, settings.triton_timeout_s),
             breaker,
             on_reject=metrics.circuit_rejections.inc,
         )
         limiter = (
             SlidingWindowLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
         )
-        app.state.core = Core(
-            settings,
-            client,
-            cache,
-            trajectories,
-            labels,
-            policy,
-            metrics,
-            settings.resolved_api_keys(),
-            limiter,
+        core = Core(
+            settings=settings,
+            triton=client,
+            cache=cache,
+            trajectories=trajectories,
+            policy=policy,
+            metrics=metrics,
+            api_keys=settings.resolved_api_keys(),
+            limiter=limiter,
             audit=audit_trail,
         )
+        app.state.core = core
         if audit_trail is not None:
             await audit_trail.start()
+        try:
+            await probe_version(core)
+        except GatewayError as exc:  # Triton down: start anyway, the version comes with its first answer
+            log.warning("could not learn the served model version at start-up: %s", exc.message)
+        except Exception:
+            log.exception("could not learn the served model version at start-up")
+        watcher = (
+            asyncio.create_task(watch_version(core, settings.version_check_s), name="model-version-check")
+            if settings.version_check_s > 0
+            else None
+        )
         log.info(
             "gateway ready: model %s (%s), Triton %s, cache %s, auth %s",
             settings.triton_model,
-            labels.model_version,
+            core.served_version or "version not known yet",
             settings.triton_url,
             settings.cache_backend,
-            "on" if app.state.core.api_keys else "off",
+            "on" if core.api_keys else "off",
         )
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             if audit_trail is not None:
                 await audit_trail.stop()  # writes what is queued, within a bounded time
             await client.close()

@@ -6,7 +6,8 @@ closed → (``failure_threshold`` failures in a row) → open: immediate 503 wit
 → probe succeeds: closed; probe fails: open again for another cool-down.
 
 Only the server's failures count (unavailable, timeout, server error); a client's bad input is not a
-sign that Triton is unwell.
+sign that Triton is unwell, and neither is an invalid answer (``invalid_model_output``: Triton answered,
+that request fails on its own, and an open circuit would only turn every other text away too).
 """
 
 from __future__ import annotations

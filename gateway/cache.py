@@ -1,5 +1,7 @@
 """Result cache keyed by model version + normalized text, with single-flight for concurrent misses.
 
+The version is the one Triton answered with (each answer carries it), never one read from a file: an
+answer is stored under the version that produced it, and looked up under the version Triton serves now.
 The gateway sends Triton the same normalized text it caches under, so a hit returns exactly what a
 miss would have computed: the cache never changes a result. Redis errors degrade to "no cache"
 (logged and counted), never to a failed request.
@@ -108,7 +110,7 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return [None] * len(keys)
-        return [Prediction(**json.loads(v)) if v else None for v in raw]
+        return [_decode(v) if v else None for v in raw]
 
     async def set_many(self, items: dict[str, Prediction]) -> None:
         from redis.exceptions import RedisError
@@ -125,6 +127,20 @@ class RedisCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _decode(raw: bytes | str) -> Prediction | None:
+    """A stored result, or None (a miss) for one this gateway cannot read (e.g. written by an older one)."""
+    try:
+        data = json.loads(raw)
+        prediction = Prediction(
+            [float(x) for x in data["probabilities"]],
+            [str(x) for x in data["labels"]],
+            str(data["model_version"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+    return prediction
 
 
 class SingleFlight:

@@ -26,6 +26,7 @@ STATUS = {
     "method_not_allowed": 405,
     "overloaded": 429,
     "backend_error": 502,
+    "invalid_model_output": 502,  # Triton answered with something unusable (never cached or served)
     "backend_unavailable": 503,
     "backend_timeout": 504,
     "internal_error": 500,

@@ -32,6 +32,13 @@ class Metrics:
             "gateway_triton_duration_seconds", "Triton call latency", buckets=LATENCY_BUCKETS, registry=r
         )
         self.triton_errors = Counter("gateway_triton_errors", "Failed Triton calls", ["code"], registry=r)
+        self.invalid_outputs = Counter(
+            "gateway_invalid_model_outputs",
+            "Triton answers refused as invalid (never cached or served), by reason: missing_output, "
+            "shape, non_finite, out_of_range, unknown_label, missing_version",
+            ["reason"],
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "gateway_circuit_state", "Triton circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )

@@ -69,10 +69,16 @@ class LearningStateOut(BaseModel):
 class EmotionResult(BaseModel):
     text_index: int
     emotions: dict[str, float] = Field(description="probability per GoEmotions label (independent sigmoids)")
-    labels: list[str] = Field(description="labels at or over their tuned thresholds (may be empty)")
-    primary_emotion: str
-    confidence: float
-    cached: bool
+    labels: list[str] = Field(
+        description="labels at or over their tuned per-label thresholds, as the model server applied them "
+        "(may be empty)"
+    )
+    primary_emotion: str = Field(
+        description="the most probable label among `labels`; `neutral` when `labels` is empty (so it is "
+        "never a label under its threshold)"
+    )
+    confidence: float = Field(description="the probability of `primary_emotion`")
+    cached: bool = Field(description="answered from the gateway's result cache (same model version)")
     learning_state: LearningStateOut
 
 
@@ -85,7 +91,10 @@ class TrendOut(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    version: str
+    version: str = Field(
+        description="the version of the model that produced every result of this answer, as the model "
+        "server reported it with the answer (one version per response, also after a model swap)"
+    )
 
 
 class EmotionsResponse(BaseModel):
@@ -100,7 +109,10 @@ class TrajectoryPointOut(BaseModel):
     readiness_score: float
     valence: float
     intervention_level: str
-    primary_emotion: str
+    primary_emotion: str = Field(description="as in the result: the most probable label over its threshold")
+    model_version: str | None = Field(
+        default=None, description="the model version that answered (null for points recorded before it was)"
+    )
 
 
 class TrajectoryResponse(BaseModel):
@@ -123,10 +135,10 @@ class AuditEntryOut(BaseModel):
     request_id: str = Field(description="shared by the texts of one request")
     text_index: int = Field(description="the text's position in its request")
     channel: str = Field(description="http (POST /v1/emotions) or ws (the stream)")
-    model_version: str
+    model_version: str = Field(description="the version of the model that produced this text's answer")
     labels: list[str]
-    primary_emotion: str
-    confidence: float
+    primary_emotion: str = Field(description="the most probable of `labels`; `neutral` when it is empty")
+    confidence: float = Field(description="the probability of `primary_emotion`")
     readiness_state: str
     readiness_score: float
     valence: float
@@ -151,7 +163,7 @@ class HistoryResponse(BaseModel):
                             "request_id": "4b8e6f0c2a9d4e51b7c3f1a2d9e8c7b6",
                             "text_index": 0,
                             "channel": "http",
-                            "model_version": "goemotions-minilm-2025-03-01",
+                            "model_version": "student-3f2a9c1b7d10-int8",
                             "labels": ["confusion"],
                             "primary_emotion": "confusion",
                             "confidence": 0.81,

@@ -19,11 +19,17 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
 
-    # Triton (gRPC): where, which model, how long one call may take.
+    # Triton (gRPC): where, which model, how long one call may take. ``triton_url`` may list several
+    # endpoints, comma-separated (first = primary): a call that finds one down or without the model is
+    # tried on the others (the launcher's blue/green model swap).
     triton_url: str = "127.0.0.1:8001"
     triton_model: str = "goemotions"
     triton_timeout_s: float = Field(default=5.0, gt=0)
-    labels_file: Path = REPO_ROOT / "model_repository" / "labels.json"
+    # The served model version comes from Triton with every answer; a probe refreshes it this often
+    # (seconds; 0 = only at start-up, in /readyz and from answers).
+    version_check_s: float = Field(default=2.0, ge=0)
+    # When set, /readyz is 503 unless the served version starts with it (e.g. "student-3f2a9c1b7d10").
+    expected_model_version: str | None = None
 
     # Input limits.
     max_texts: int = Field(default=32, ge=1, le=1024)
@@ -76,6 +82,18 @@ class Settings(BaseSettings):
     stream_max_message_bytes: int = Field(default=65_536, ge=1024)
     stream_auth_timeout_s: float = Field(default=5.0, gt=0)
 
+    @field_validator("triton_url")
+    @classmethod
+    def _endpoints(cls, value: str) -> str:
+        if not [u for u in value.split(",") if u.strip()]:
+            raise ValueError("give at least one Triton gRPC endpoint (host:port), comma-separated")
+        return value
+
+    @field_validator("expected_model_version")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -85,6 +103,10 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    def triton_urls(self) -> list[str]:
+        """The Triton endpoints, primary first."""
+        return list(dict.fromkeys(u.strip() for u in self.triton_url.split(",") if u.strip()))
 
     def resolved_api_keys(self) -> list[str]:
         keys = [k.get_secret_value() for k in self.api_keys]

@@ -245,8 +245,8 @@ class Connection:
         frames: list[BaseModel] = [
             StreamResultFrame(
                 id=message_id,
-                model=ModelInfo(name=core.settings.triton_model, version=core.model_version),
-                result=_result(outcome.results[0], 0, core.labels.names),
+                model=ModelInfo(name=core.settings.triton_model, version=outcome.model_version),
+                result=_result(outcome.results[0], 0),
                 learner_id=message.learner_id,
                 trend=trend,
             )

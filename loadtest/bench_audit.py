@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     saved = {k: os.environ.get(k) for k in AUDIT_ENV}
     os.environ.update(
-        GATEWAY_LABELS_FILE=str(args.repository / "labels.json"),
         GATEWAY_CACHE_BACKEND="off",
         GATEWAY_MAX_CONCURRENCY="1024",
     )
@@ -133,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return summarize(rounds, counts, manifest.model_version, args)
+    return summarize(rounds, counts, manifest.version, args)
 
 
 def summarize(

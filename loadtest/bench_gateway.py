@@ -59,7 +59,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     triton.start()
     work = Path("build") / "bench"
     gateway = GatewayProcess("127.0.0.1", base + 3, triton.grpc_url, work / "gateway.log")
-    os.environ["GATEWAY_LABELS_FILE"] = str(args.repository / "labels.json")
     os.environ["GATEWAY_CACHE_BACKEND"] = "memory"
     os.environ["GATEWAY_MAX_CONCURRENCY"] = "1024"
     naive = subprocess.Popen(
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         naive.terminate()
         naive.wait(timeout=30)
         triton.stop()
-    return summarize(rounds, manifest.model_version, args)
+    return summarize(rounds, manifest.version, args)
 
 
 def summarize(rounds: list[dict[str, PathResult]], version: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -87,7 +87,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     os.environ.update(
-        GATEWAY_LABELS_FILE=str(args.repository / "labels.json"),
         GATEWAY_CACHE_BACKEND="memory",
         GATEWAY_MAX_CONCURRENCY="1024",
     )
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.terminate()
             proc.wait(timeout=30)
         triton.stop()
-    return summarize(rounds, manifest.model_version, spec, args)
+    return summarize(rounds, manifest.served_version(spec.cpu_variant), spec, args)
 
 
 def summarize(

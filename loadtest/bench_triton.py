@@ -179,7 +179,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
     return summarize(
-        rounds, batch_sizes, cold_start, rss_loaded, rss_after, totals, spec, manifest.model_version, args
+        rounds,
+        batch_sizes,
+        cold_start,
+        rss_loaded,
+        rss_after,
+        totals,
+        spec,
+        manifest.served_version(spec.cpu_variant),
+        args,
     )
 
 

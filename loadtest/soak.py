@@ -142,7 +142,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
 def gateway_env(args: argparse.Namespace) -> dict[str, str]:
     return {
-        "GATEWAY_LABELS_FILE": str(args.repository / "labels.json"),
         "GATEWAY_MAX_CONCURRENCY": "1024",
         "GATEWAY_CACHE_SIZE": str(args.gateway_cache_size),
     }

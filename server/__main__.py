@@ -1,9 +1,19 @@
 """``python -m server``: run the embedded Triton server (CPU, no Docker) and the gateway in front of it,
-until Ctrl-C / SIGTERM stops both (gateway first, so in-flight requests finish against a live Triton)."""
+until Ctrl-C / SIGTERM stops both (gateway first, so in-flight requests finish against a live Triton).
+
+Live model swaps: when another model is installed into the repository (``python -m export install`` or
+``prepare``), the launcher starts a standby Triton on the new model (other ports), stops the main one
+(the gateway fails over to the standby: no failed request), restarts the main one on the new model and
+stops the standby. Each Triton serves one consistent repository snapshot, and every answer carries
+the version of the model that produced it (MODEL_VERSION), so nothing is ever labelled with the
+other model's version.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -13,6 +23,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from contract.manifest import MANIFEST_FILE
+from contract.names import CLASSIFIER, POSTPROCESS, TOKENIZER
 from export.spec import SPEC_FILE, ServingSpec
 from server.embedded import EmbeddedTriton, ServerConfig, ServerError
 from server.gateway_process import GatewayProcess
@@ -47,6 +59,52 @@ def _keep_log(path: Path) -> Path:
     return kept
 
 
+def installed_digest(repository: Path) -> str | None:
+    """The digest of the installed model once install has finished (the root manifest and the copy in
+    every model's version directory agree); None while an install is half-way or nothing is installed."""
+    digests = set()
+    for path in [repository / MANIFEST_FILE] + [
+        repository / model / "1" / MANIFEST_FILE for model in (TOKENIZER, CLASSIFIER, POSTPROCESS)
+    ]:
+        try:
+            digests.add(json.loads(path.read_text())["digest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return digests.pop() if len(digests) == 1 else None
+
+
+def standby_config(config: ServerConfig, offset: int) -> ServerConfig:
+    log_file = config.log_file or config.work_dir / "tritonserver.log"
+    return dataclasses.replace(
+        config,
+        http_port=config.http_port + offset,
+        grpc_port=config.grpc_port + offset,
+        metrics_port=config.metrics_port + offset,
+        log_file=log_file.with_name(log_file.stem + "-standby" + log_file.suffix),
+    )
+
+
+def swap_model(server: EmbeddedTriton, standby: EmbeddedTriton) -> EmbeddedTriton:
+    """Blue/green: the standby loads the new model, the main Triton restarts on it while the gateway
+    fails over to the standby, then the standby goes. Returns the Triton that serves afterwards (the
+    main one; the old one untouched if the standby cannot load the new model)."""
+    try:
+        standby.start()
+    except ServerError as exc:
+        log.error("the new model did not load; still serving the previous one. %s", exc)
+        return server
+    log.info("standby Triton serves the new model on %s; restarting the main one", standby.grpc_url)
+    server.stop()
+    try:
+        server.start()
+    except ServerError as exc:
+        log.error("the main Triton did not restart on the new model; the standby keeps serving. %s", exc)
+        return standby
+    standby.stop()
+    log.info("model swap done: %s serves the new model", server.grpc_url)
+    return server
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="python -m server", description=__doc__)
@@ -74,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-restarts", type=int, default=5, help="restarts allowed per minute before giving up")
     p.add_argument("--gateway-port", type=int, default=8080, help="gateway HTTP port (on --host)")
+    p.add_argument(
+        "--standby-port-offset",
+        type=int,
+        default=10,
+        help="a live model swap runs a standby Triton on the main ports + this offset (default 10)",
+    )
+    p.add_argument(
+        "--no-swap",
+        dest="swap",
+        action="store_false",
+        help="do not watch the repository for a newly installed model",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -100,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server = EmbeddedTriton(config)
+    standby = EmbeddedTriton(standby_config(config, args.standby_port_offset))
+    served_digest = installed_digest(args.repository)
     try:
         server.start()
     except ServerError as exc:
@@ -108,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     gateway = None
     try:
         if args.gateway:
+            # The standby endpoint answers only during a model swap; the gateway fails over to it.
+            endpoints = f"{server.grpc_url},{standby.grpc_url}" if args.swap else server.grpc_url
             gateway = GatewayProcess(
-                args.host, args.gateway_port, server.grpc_url, server.log_file.with_name("gateway.log")
+                args.host, args.gateway_port, endpoints, server.log_file.with_name("gateway.log")
             )
             try:
                 gateway.start()
@@ -133,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Ctrl-C to stop")
         restarts = RestartBudget(args.max_restarts, window_s=60.0)
         while not stop.is_set():
+            digest = installed_digest(args.repository) if args.swap else None
+            if digest is not None and digest != served_digest:
+                log.info("a new model was installed (%s); swapping it in", digest[:12])
+                serving = swap_model(server, standby)
+                if serving is standby:  # the roles flip; the next swap goes the other way
+                    server, standby = standby, server
+                served_digest = digest
             if server.process is not None and server.process.poll() is not None:
                 code = server.process.returncode
                 if not args.restart or not restarts.allow():
@@ -166,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if gateway:
             gateway.stop()
         server.stop()
+        standby.stop()
     return 0
 
 

@@ -98,7 +98,7 @@ def record_outcome(
                     request_id=request_id,
                     text_index=index,
                     channel=channel,
-                    model_version=core.model_version,
+                    model_version=scored.prediction.model_version,
                     labels=list(scored.prediction.labels),
                     primary_emotion=scored.primary_emotion,
                     confidence=float(scored.confidence),

@@ -16,42 +16,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# The model's output order, from the shared contract (a unit test keeps it equal to
+# data/goemotions/emotions.txt); imported from here by the rest of gateway.learning.
+from contract.names import GOEMOTIONS_LABELS as GOEMOTIONS_LABELS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.toml")
 
-# The model's output order (data/goemotions/emotions.txt, model_repository/labels.json); a unit test
-# keeps this copy in step with both files.
-GOEMOTIONS_LABELS: tuple[str, ...] = (
-    "admiration",
-    "amusement",
-    "anger",
-    "annoyance",
-    "approval",
-    "caring",
-    "confusion",
-    "curiosity",
-    "desire",
-    "disappointment",
-    "disapproval",
-    "disgust",
-    "embarrassment",
-    "excitement",
-    "fear",
-    "gratitude",
-    "grief",
-    "joy",
-    "love",
-    "nervousness",
-    "optimism",
-    "pride",
-    "realization",
-    "relief",
-    "remorse",
-    "sadness",
-    "surprise",
-    "neutral",
-)
 INTERVENTION_LEVELS: tuple[str, ...] = ("none", "preventive", "mild", "moderate", "significant", "critical")
 TREND_LABELS: tuple[str, ...] = (
     "improving",

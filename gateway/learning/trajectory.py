@@ -35,6 +35,7 @@ class TrajectoryPoint:
     valence: float
     intervention_level: str
     primary_emotion: str
+    model_version: str | None = None  # the model that answered (None in points stored before it was kept)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.timestamp):

@@ -19,6 +19,8 @@ from export.spec import SPEC_FILE, ServingSpec
 from server.embedded import EmbeddedTriton, ServerConfig
 
 PYTHON_MODELS = ("tokenizer/1/model.py", "classifier/1/model.py", "postprocess/1/model.py")
+# Random weights: F1 criteria opened up; the fitted temperatures are served (and checked) as-is.
+TINY_OPTIONS = ExportOptions(eval_limit=60, max_macro_f1_drop=1.0, max_calibration_f1_drop=1.0)
 
 
 def free_ports(n: int) -> list[int]:
@@ -45,15 +47,7 @@ def make_repository(target: Path, export_dir: Path, cpu_variant: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> Path:
     out = tmp_path_factory.mktemp("e2e-export")
-    export_model(
-        str(tiny_model),
-        out,
-        # Random weights: F1 criteria opened up; the fitted temperatures are served (and checked) as-is.
-        ExportOptions(
-            variants=("fp32", "int8"), eval_limit=60, max_macro_f1_drop=1.0, max_calibration_f1_drop=1.0
-        ),
-        tiny_data,
-    )
+    export_model(str(tiny_model), out, TINY_OPTIONS, tiny_data)
     return out
 
 
@@ -99,13 +93,32 @@ def redis_url() -> Iterator[str]:
         stop_process(proc)
 
 
+def standby_offset(ports: list[int]) -> int:
+    """An offset at which every one of ``ports`` is free too (the launcher's standby Triton)."""
+    for offset in range(101, 20_000, 97):
+        if all(p + offset < 65_536 and _free(p + offset) for p in ports):
+            return offset
+    raise RuntimeError(f"no free standby ports for {ports}")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str, int]:
     """`python -m server` (Triton + gateway) on free ports: (process, gateway URL, Triton HTTP port).
-    The caller waits for readiness and stops the process."""
+    The standby Triton of a live model swap gets free ports too. Output goes to ``log_dir/launcher.log``
+    (a pipe nobody reads would stall it). The caller waits for readiness and stops the process."""
     import os
     import sys
 
     http, grpc, metrics, gw = free_ports(4)
+    offset = standby_offset([http, grpc, metrics])
     cmd = [
         sys.executable,
         "-m",
@@ -122,14 +135,17 @@ def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subproc
         str(gw),
         "--log-file",
         str(log_dir / "triton.log"),
+        "--standby-port-offset",
+        str(offset),
     ]
-    full_env = {**os.environ, "GATEWAY_LABELS_FILE": str(repository / "labels.json"), **env}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=Path(__file__).resolve().parents[2],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    full_env = {**os.environ, **env}
+    with (log_dir / "launcher.log").open("w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=Path(__file__).resolve().parents[2],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     return proc, f"http://127.0.0.1:{gw}", http

@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from contract.manifest import Manifest
 from export.calibration import calibrated_probabilities
-from export.labels import read_labels
 from export.runtime import load_tokenizer, onnx_classifier
 from server.embedded import EmbeddedTriton, shm_regions
 from tests.e2e.conftest import server_config
@@ -37,15 +37,16 @@ def expected(repository: Path):
     clf = onnx_classifier(
         repository / "classifier" / "1" / "model.fp32.onnx", load_tokenizer(repository / "tokenizer" / "1")
     )
-    labels = read_labels(repository / "labels.json")
-    assert len(set(labels.temperatures)) > 1  # served answers go through fitted per-label temperatures
+    manifest = Manifest.read(repository / "manifest.json")
+    fp32 = manifest.variants["fp32"]
+    assert len(set(fp32.temperatures)) > 1  # served answers go through fitted per-label temperatures
 
     def run(texts: list[str]) -> tuple[np.ndarray, list[list[str]]]:
         probs = np.concatenate(
-            [calibrated_probabilities(clf.logits([t]), np.array(labels.temperatures)) for t in texts]
+            [calibrated_probabilities(clf.logits([t]), np.array(fp32.temperatures)) for t in texts]
         ).astype(np.float32)
         names = [
-            [n for n, p, t in zip(labels.names, row, labels.thresholds, strict=True) if p >= t]
+            [n for n, p, t in zip(manifest.labels, row, fp32.thresholds, strict=True) if p >= t]
             for row in probs
         ]
         return probs, names
@@ -147,13 +148,34 @@ def test_http_bad_input_is_a_400_with_reason(triton):
     assert "TEXT row 0 is empty" in exc.value.read().decode()
 
 
-def test_response_cache_serves_repeats(triton):
+def test_response_cache_serves_repeats_from_the_classifier(triton):
     text = "the cache should answer this one the second time"
-    hits = metric(triton, "nv_cache_num_hits_per_model", "goemotions")
+    hits = metric(triton, "nv_cache_num_hits_per_model", "classifier")
     first = grpc_infer(triton, [text])
     second = grpc_infer(triton, [text])
-    assert metric(triton, "nv_cache_num_hits_per_model", "goemotions") == hits + 1
+    assert metric(triton, "nv_cache_num_hits_per_model", "classifier") == hits + 1
     np.testing.assert_array_equal(first.as_numpy("PROBABILITIES"), second.as_numpy("PROBABILITIES"))
+
+
+def test_every_answer_names_the_model_that_produced_it(triton, repository):
+    served = Manifest.read(repository / "manifest.json").served_version("fp32")
+    result = grpc_infer(triton, TEXTS)
+    assert [v.decode() for v in result.as_numpy("MODEL_VERSION").ravel()] == [served] * len(TEXTS)
+
+
+def test_a_request_for_some_outputs_cannot_poison_the_cache(triton, expected):
+    """Power users may ask for a subset of the outputs; the next full request of the same text still
+    gets every output (the cache is keyed on what determines its one output)."""
+    text = "a power user only wants the probabilities of this one"
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    inp = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+    partial = client.infer("goemotions", [inp], outputs=[grpcclient.InferRequestedOutput("PROBABILITIES")])
+    assert partial.as_numpy("LABELS") is None
+    for _ in range(2):
+        full = grpc_infer(triton, [text])
+        assert labels_of(full) == expected([text])[1]
+        assert full.as_numpy("MODEL_VERSION") is not None
 
 
 def test_restart_serves_again_and_leaves_no_shared_memory(repository, tmp_path, expected):

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from contract.manifest import Manifest
 from export.calibration import calibrated_probabilities
-from export.labels import read_labels
 from export.runtime import load_tokenizer, onnx_classifier
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -34,12 +34,13 @@ def expected_for(repository: Path):
     clf = onnx_classifier(
         repository / "classifier" / "1" / "model.fp32.onnx", load_tokenizer(repository / "tokenizer" / "1")
     )
-    labels = read_labels(repository / "labels.json")
+    manifest = Manifest.read(repository / "manifest.json")
+    fp32 = manifest.variants["fp32"]
 
     def run(text: str) -> tuple[np.ndarray, list[str]]:
         logits = clf.logits([text])
-        probs = calibrated_probabilities(logits, np.array(labels.temperatures))[0].astype(np.float32)
-        return probs, [n for n, p, t in zip(labels.names, probs, labels.thresholds, strict=True) if p >= t]
+        probs = calibrated_probabilities(logits, np.array(fp32.temperatures))[0].astype(np.float32)
+        return probs, [n for n, p, t in zip(manifest.labels, probs, fp32.thresholds, strict=True) if p >= t]
 
     return run
 
@@ -153,9 +154,7 @@ def test_slow_triton_is_504_at_the_deadline(tmp_path, tiny_export, monkeypatch):
     monkeypatch.setenv("SLOW_POSTPROCESS_S", "3")
     server = EmbeddedTriton(server_config(repo, tmp_path / "work")).start()
     try:
-        settings = Settings(
-            triton_url=server.grpc_url, labels_file=repo / "labels.json", triton_timeout_s=0.5, _env_file=None
-        )
+        settings = Settings(triton_url=server.grpc_url, triton_timeout_s=0.5, _env_file=None)
 
         async def call() -> tuple[httpx.Response, float]:
             app = create_app(settings)
@@ -187,7 +186,6 @@ async def test_redis_down_serves_without_cache_and_reconnects(triton, repository
     redis = start_redis(port)
     settings = Settings(
         triton_url=triton.grpc_url,
-        labels_file=repository / "labels.json",
         cache_backend="redis",
         trajectory_backend="redis",
         redis_url=f"redis://127.0.0.1:{port}/0",
@@ -261,7 +259,8 @@ def test_clean_shutdown_finishes_in_flight_and_leaves_no_shared_memory(repositor
         proc.send_signal(signal.SIGTERM)  # with requests in flight
         for t in threads:
             t.join(timeout=30)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        out = (tmp_path / "launcher.log").read_text()
         assert proc.returncode == 0, out
         assert "200" in outcomes, outcomes  # the in-flight ones finished...
         assert set(outcomes) <= {"200", "not accepted"}, outcomes  # ...and none was cut off mid-way

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from export.labels import read_labels
+from contract.manifest import Manifest
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.e2e.conftest import free_ports, start_launcher
@@ -26,7 +26,6 @@ pytestmark = pytest.mark.e2e
 async def gateway_client(triton, repository, redis_url):
     settings = Settings(
         triton_url=triton.grpc_url,
-        labels_file=repository / "labels.json",
         cache_backend="redis",
         trajectory_backend="redis",
         redis_url=redis_url,
@@ -44,13 +43,32 @@ async def test_gateway_answers_what_triton_answers(gateway_client, triton, repos
     r = await gateway_client.post("/v1/emotions", json={"texts": TEXTS, "learner_id": "e2e-learner"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"]["version"] == read_labels(repository / "labels.json").model_version
+    assert body["model"]["version"] == Manifest.read(repository / "manifest.json").served_version("fp32")
     direct = grpc_infer(triton, TEXTS)
     probs = direct.as_numpy("PROBABILITIES")
     for i, result in enumerate(body["results"]):
         np.testing.assert_allclose(list(result["emotions"].values()), probs[i], atol=1e-6)
         assert result["labels"] == [x.decode() for x in direct.as_numpy("LABELS")[i] if x]
     assert r.headers["x-cache"] == "miss"
+
+
+async def test_a_native_request_for_some_outputs_does_not_break_the_gateway(gateway_client, triton):
+    """Cache poisoning: a power user's native call asks for PROBABILITIES only; the same text through
+    the gateway still gets every output (and the circuit stays closed)."""
+    import tritonclient.grpc as grpcclient
+
+    text = "poisoned? I hope not"
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    inp = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+    client.infer("goemotions", [inp], outputs=[grpcclient.InferRequestedOutput("PROBABILITIES")])
+    for _ in range(6):  # more than the breaker's threshold
+        r = await gateway_client.post("/v1/emotions", json={"text": text})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["labels"] == [
+            x.decode() for x in grpc_infer(triton, [text]).as_numpy("LABELS")[0] if x
+        ]
+    assert (await gateway_client.get("/readyz")).status_code == 200
 
 
 async def test_redis_cache_and_trajectory(gateway_client, redis_url):
@@ -78,7 +96,6 @@ async def test_triton_down_is_503(repository, redis_url):
     (port,) = free_ports(1)
     settings = Settings(
         triton_url=f"127.0.0.1:{port}",
-        labels_file=repository / "labels.json",
         triton_timeout_s=1.0,
         _env_file=None,
     )
@@ -127,7 +144,8 @@ def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
         )
         assert entry["text"] is None and len(entry["text_hash"]) == 64
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        out = (tmp_path / "launcher.log").read_text()
         assert proc.returncode == 0, out
         assert "gateway stopped" in out and "tritonserver stopped (exit code 0)" in out
         assert f"Gateway {url}" in out

@@ -20,7 +20,6 @@ def test_stream_answers_what_triton_answers_with_the_learner_trajectory(triton, 
     redis.Redis.from_url(redis_url).flushdb()
     settings = Settings(
         triton_url=triton.grpc_url,
-        labels_file=repository / "labels.json",
         cache_backend="redis",
         trajectory_backend="redis",
         redis_url=redis_url,

@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from export.labels import read_labels
+from contract.manifest import Manifest
 from server.embedded import EmbeddedTriton
 from tests.integration.test_gateway_fuzz import EMOJI, RTL, case_name, chars, fuzz, mixed_text, write_counts
 
@@ -53,7 +53,7 @@ def _fuzz_counts() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def label_set(repository: Path) -> set[str]:
-    return set(read_labels(repository / "labels.json").names)
+    return set(Manifest.read(repository / "manifest.json").labels)
 
 
 # --------------------------------------------------------------------------------------------------

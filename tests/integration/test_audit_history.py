@@ -42,15 +42,15 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "audit.sqlite3"
 
 
-def audit_settings(labels_file: Path, **kwargs: Any) -> Settings:
+def audit_settings(**kwargs: Any) -> Settings:
     kwargs.setdefault("api_keys", [SecretStr(API_KEY)])
     kwargs.setdefault("audit_hash_key", SecretStr(KEY))
-    return Settings(labels_file=labels_file, _env_file=None, **kwargs)
+    return Settings(_env_file=None, **kwargs)
 
 
 @pytest.fixture
-async def client(labels_file: Path, fake: FakeTriton, db: Path) -> AsyncIterator[httpx.AsyncClient]:
-    s = audit_settings(labels_file, audit_backend="sqlite", audit_sqlite_path=db)
+async def client(fake: FakeTriton, db: Path) -> AsyncIterator[httpx.AsyncClient]:
+    s = audit_settings(audit_backend="sqlite", audit_sqlite_path=db)
     async with gateway(s, fake) as c:
         yield c
 
@@ -177,8 +177,8 @@ async def test_bad_history_parameters_are_a_422_that_names_them(client, path, wh
     assert where in error(r)["message"]
 
 
-async def test_store_text_records_the_normalized_text(labels_file, fake, db):
-    s = audit_settings(labels_file, audit_backend="sqlite", audit_sqlite_path=db, audit_store_text=True)
+async def test_store_text_records_the_normalized_text(fake, db):
+    s = audit_settings(audit_backend="sqlite", audit_sqlite_path=db, audit_store_text=True)
     async with gateway(s, fake) as c:
         await analyse(c, text="  Exactly what I needed \n", learner_id="learner-1")
         [entry] = (await c.get("/v1/learners/learner-1/history", headers=AUTH)).json()["entries"]
@@ -186,8 +186,8 @@ async def test_store_text_records_the_normalized_text(labels_file, fake, db):
     assert entry["text_hash"] == hmac.new(KEY.encode(), b"Exactly what I needed", hashlib.sha256).hexdigest()
 
 
-async def test_history_says_when_the_audit_trail_is_disabled(labels_file, fake):
-    async with gateway(audit_settings(labels_file), fake) as c:
+async def test_history_says_when_the_audit_trail_is_disabled(fake):
+    async with gateway(audit_settings(), fake) as c:
         await analyse(c, text="hello", learner_id="learner-1")
         r = await c.get("/v1/learners/learner-1/history", headers=AUTH)
         assert r.status_code == 503
@@ -197,17 +197,17 @@ async def test_history_says_when_the_audit_trail_is_disabled(labels_file, fake):
         assert await metric(c, "gateway_audit_written_total") == 0
 
 
-async def test_the_gateway_refuses_to_start_with_audit_on_and_no_hash_key(labels_file, fake, db):
-    s = audit_settings(labels_file, audit_backend="sqlite", audit_sqlite_path=db, audit_hash_key=None)
+async def test_the_gateway_refuses_to_start_with_audit_on_and_no_hash_key(fake, db):
+    s = audit_settings(audit_backend="sqlite", audit_sqlite_path=db, audit_hash_key=None)
     with pytest.raises(ValueError, match="GATEWAY_AUDIT_HASH_KEY"):
         async with gateway(s, fake):
             pass
 
 
-async def test_requests_succeed_while_the_audit_database_is_unreachable(labels_file, fake, caplog):
+async def test_requests_succeed_while_the_audit_database_is_unreachable(fake, caplog):
     # nothing listens on this port: every connect attempt fails
     dsn = f"postgresql://gateway:s3cret-pg-pass@127.0.0.1:{free_port()}/audit"
-    s = audit_settings(labels_file, audit_backend="postgres", audit_dsn=SecretStr(dsn), audit_batch_size=1)
+    s = audit_settings(audit_backend="postgres", audit_dsn=SecretStr(dsn), audit_batch_size=1)
     async with running(s, fake) as (c, app):
         for i in range(3):
             answer = await analyse(c, text=f"still answered {i}", learner_id="learner-1")
@@ -226,9 +226,8 @@ async def test_requests_succeed_while_the_audit_database_is_unreachable(labels_f
     assert "audit database unavailable" in caplog.text and "s3cret-pg-pass" not in caplog.text
 
 
-async def test_requests_succeed_when_the_audit_queue_is_full(labels_file, fake, db):
+async def test_requests_succeed_when_the_audit_queue_is_full(fake, db):
     s = audit_settings(
-        labels_file,
         audit_backend="sqlite",
         audit_sqlite_path=db,
         audit_queue_size=1,

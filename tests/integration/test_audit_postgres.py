@@ -19,7 +19,6 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
-from export.labels import LabelSet
 from gateway.audit.store import Before, PostgresStore, migrations
 from gateway.audit.writer import AuditTrail
 from gateway.metrics import Metrics
@@ -163,9 +162,7 @@ async def test_a_dropped_connection_costs_one_batch_then_the_writer_reconnects(
 async def test_the_gateway_records_to_postgres_and_reads_the_history_back(
     pg_dsn: str, tmp_path: Path, label_names
 ):
-    labels_file = tmp_path / "labels.json"
-    LabelSet(label_names, [0.5] * 28, "test-v1").write(labels_file)
-    s = audit_settings(labels_file, audit_backend="postgres", audit_dsn=SecretStr(pg_dsn))
+    s = audit_settings(audit_backend="postgres", audit_dsn=SecretStr(pg_dsn))
     async with running(s, FakeTriton(label_names)) as (client, _):
         answer = await analyse(client, texts=["first", "second"], learner_id="learner-pg")
         r = await client.get("/v1/learners/learner-pg/history", headers=AUTH)

@@ -50,9 +50,9 @@ def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) 
 
 
 def test_build_install_tensorrt_dry_run(tmp_path, tiny_model, tiny_data, capsys):
-    repo = _build_and_install(tmp_path, tiny_model, tiny_data, "fp32", "int8")
+    repo = _build_and_install(tmp_path, tiny_model, tiny_data, "fp32", "fp16", "int8")
     installed = read_installed(repo)
-    assert installed is not None and set(installed.variants) == {"raw", "fp32", "int8"}
+    assert installed is not None and set(installed.variants) == {"fp32", "fp16", "int8"}
 
     capsys.readouterr()
     assert main(["tensorrt", "--repository", str(repo), "--dry-run"]) == 0
@@ -66,7 +66,7 @@ def test_build_install_tensorrt_dry_run(tmp_path, tiny_model, tiny_data, capsys)
 
 
 def test_tensorrt_without_tensorrt_fails_clearly(tmp_path, tiny_model, tiny_data, monkeypatch, caplog):
-    repo = _build_and_install(tmp_path, tiny_model, tiny_data, "int8")
+    repo = _build_and_install(tmp_path, tiny_model, tiny_data, "fp16", "int8")
     monkeypatch.setenv("PATH", "/nonexistent")
     assert main(["tensorrt", "--repository", str(repo)]) == 1
     assert "cannot build the TensorRT plan here" in caplog.text
@@ -94,18 +94,17 @@ def test_gate_failure_exit_code(tmp_path, tiny_model, tiny_data):
 def test_calibration_flag_and_gate_exit_code(tmp_path, tiny_model, tiny_data):
     import json
 
-    from export.labels import read_labels
+    from contract.manifest import Manifest
 
     base = ["build", str(tiny_model), "--data-dir", str(tiny_data), "--variants", "fp32", *LOOSE]
     assert main([*base, "--out", str(tmp_path / "global"), "--calibration", "global"]) == 0
-    labels = read_labels(tmp_path / "global" / "labels.json")
-    assert labels.calibration is not None and labels.calibration["method"] == "global"
-    assert len(set(labels.temperatures)) == 1 and labels.temperatures[0] != 1.0
+    temperatures = Manifest.read(tmp_path / "global" / "manifest.json").variants["fp32"].temperatures
+    assert len(set(temperatures)) == 1 and temperatures[0] != 1.0
     # argparse keeps the last value: a negative allowance fails even an unchanged macro-F1.
     failing = [*base, "--out", str(tmp_path / "failed"), "--max-calibration-f1-drop", "-1"]
     assert main(failing) == EXIT_GATE_FAILED
     assert json.loads((tmp_path / "failed" / "reports" / "calibration.json").read_text())["passed"] is False
-    assert not (tmp_path / "failed" / "labels.json").exists()
+    assert not (tmp_path / "failed" / "manifest.json").exists()
     with pytest.raises(SystemExit):
         main([*base, "--calibration", "isotonic"])
 
@@ -132,6 +131,7 @@ def test_prepare_is_cached(tmp_path, tiny_model, tiny_data, monkeypatch, caplog)
         "--data-dir",
         str(tiny_data),
         "--variants",
+        "fp16",
         "int8",
         *LOOSE,
     ]
@@ -144,3 +144,89 @@ def test_prepare_is_cached(tmp_path, tiny_model, tiny_data, monkeypatch, caplog)
     assert calls == []  # second run re-exports nothing
     assert "cached export" in caplog.text and "already holds" in caplog.text
     assert read_installed(tmp_path / "repo") == first
+
+
+def test_prepare_serves_a_snapshot_first_and_finishes_in_the_background(
+    tmp_path, tiny_model, tiny_data, monkeypatch
+):
+    """A fresh machine: a first snapshot is trained, gated and installed at once; the full training,
+    export and install are left to one background `prepare` (not started twice)."""
+    import shutil
+    import subprocess
+
+    import export.__main__ as cli
+    from export.source import ModelChoice
+
+    student = tmp_path / "models" / "student"
+    monkeypatch.setattr(cli, "EXPORTS_DIR", tmp_path / "exports")
+    monkeypatch.setattr(cli, "choose_model", lambda _: ModelChoice(str(student), "student", "offline"))
+    snapshots = []
+
+    def fake_train(output, cfg, data_dir=None, base=None, snapshot=None):
+        snapshots.append(snapshot)
+        shutil.copytree(tiny_model, snapshot.directory)  # the weights so far
+        (snapshot.directory / "training_report.json").write_text('{"config": {"max_length": 128}}')
+        return {}
+
+    spawned = []
+
+    class FakePopen:
+        pid = 4242
+
+        def __init__(self, command, **kwargs):
+            spawned.append((command, kwargs))
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    repo = tmp_path / "repo"
+    shutil.copytree(cli.MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("1", "manifest.json"))
+    args = [
+        "prepare",
+        "--repository",
+        str(repo),
+        "--data-dir",
+        str(tiny_data),
+        "--first-snapshot-minutes",
+        "2",
+    ]
+    assert main([*args, *LOOSE]) == 0
+    assert [s.after_minutes for s in snapshots] == [2.0]
+    installed = read_installed(repo)
+    assert installed is not None and installed.name == "student-first"
+    ((command, kwargs),) = spawned
+    assert command[-4:] == ["export", "prepare", "--repository", str(repo)] and kwargs["start_new_session"]
+
+    alive = []
+    monkeypatch.setattr(cli, "_alive", lambda pid_file: alive.append(pid_file.read_text()) or True)
+    assert main([*args, *LOOSE]) == 0
+    assert len(snapshots) == 1 and len(spawned) == 1  # nothing trained or started twice
+    assert alive == ["4242\n"]
+
+
+def test_a_snapshot_that_fails_its_gates_is_not_served(tmp_path, tiny_data, monkeypatch, caplog):
+    import export.__main__ as cli
+    from export.gates import GateFailed
+    from export.source import ModelChoice
+
+    student = tmp_path / "models" / "student"
+    monkeypatch.setattr(cli, "EXPORTS_DIR", tmp_path / "exports")
+    monkeypatch.setattr(cli, "choose_model", lambda _: ModelChoice(str(student), "student", "offline"))
+    trained = []
+
+    def fake_train(output, cfg, data_dir=None, base=None, snapshot=None):
+        trained.append(snapshot)
+        if snapshot is not None:
+            snapshot.directory.mkdir(parents=True)
+            (snapshot.directory / "training_report.json").write_text("{}")
+        return {}
+
+    def failing_export(*args, **kwargs):
+        raise GateFailed("fp32: macro-F1 0.1000 below the minimum 0.3000")
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    monkeypatch.setattr(cli, "export_model", failing_export)
+    args = ["prepare", "--repository", str(tmp_path / "repo"), "--data-dir", str(tiny_data)]
+    assert main([*args, "--first-snapshot-minutes", "1"]) == cli.EXIT_GATE_FAILED  # the full export too
+    assert [s is not None for s in trained] == [True, False]  # the snapshot, then the full training
+    assert "training fully first" in caplog.text
+    assert cli.read_installed(tmp_path / "repo") is None

@@ -11,15 +11,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from contract.manifest import Manifest
 from export.calibration import calibrated_probabilities
 from export.data import load_dataset
 from export.gates import GateFailed
-from export.labels import read_labels
 from export.metrics import f1_scores
 from export.pipeline import ExportOptions, export_model, install, read_installed
 from export.repository import stale_configs
 from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
-from export.spec import Manifest, ServingSpec
+from export.spec import ServingSpec
 from tests.conftest import build_tiny_model
 
 # Random weights: accuracy is meaningless, so the accuracy criteria are opened up (calibration's F1
@@ -36,10 +36,12 @@ def exported(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> tuple[Path,
 
 def test_every_variant_written_with_named_dynamic_io(exported):
     out, manifest, spec = exported
-    assert set(manifest.variants) == {"raw", "fp32", "fp16", "int8"}
+    assert set(manifest.variants) == {"fp32", "fp16", "int8", "int8_dynamic"}
+    assert manifest.variants["int8_dynamic"].execution == "per_row"  # batch-dependent scales: one row a run
+    assert {manifest.variants[v].execution for v in ("fp32", "fp16", "int8")} == {"batch"}
     # BERT has token_type_ids; they are kept because the model has them.
     assert spec.input_names == ["input_ids", "attention_mask", "token_type_ids"]
-    for variant in manifest.variants.values():
+    for variant in [manifest.onnx, *manifest.variants.values()]:
         session = ort.InferenceSession(str(out / variant.file), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == spec.input_names
         assert [o.name for o in session.get_outputs()] == ["logits"]
@@ -53,13 +55,13 @@ def test_every_variant_written_with_named_dynamic_io(exported):
 
 def test_variants_have_the_intended_graphs(exported):
     out, manifest, _ = exported
-    ops = {
-        name: {n.op_type for n in onnx.load(str(out / v.file)).graph.node}
-        for name, v in manifest.variants.items()
-    }
+    files = {"raw": manifest.onnx.file} | {name: v.file for name, v in manifest.variants.items()}
+    ops = {name: {n.op_type for n in onnx.load(str(out / f)).graph.node} for name, f in files.items()}
     assert "Attention" in ops["fp32"] or "MultiHeadAttention" in ops["fp32"]  # ORT fusions applied
     assert "Attention" not in ops["raw"]  # the TensorRT input stays standard ONNX
-    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops["int8"]
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops["int8_dynamic"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops["int8"]  # static: fixed, calibrated scales
+    assert "DynamicQuantizeLinear" not in ops["int8"]
     fp16 = onnx.load(str(out / manifest.variants["fp16"].file))
     init_types = {i.data_type for i in fp16.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in init_types
@@ -82,71 +84,84 @@ def test_variants_match_torch_on_dynamic_shapes(exported, tiny_model):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-def test_reports_labels_and_spec_written(exported, label_names):
+def test_reports_manifest_and_spec_written(exported, label_names):
     out, manifest, spec = exported
     parity = json.loads((out / "reports" / "parity.json").read_text())
     assert parity["passed"] is True
     assert parity["results"]["fp32"]["max_abs_logit_diff"] < 1e-4
-    assert parity["results"]["int8"]["samples"] == 120  # the whole (tiny) test split: sample capped
+    assert parity["results"]["int8"]["samples"] == 120  # the whole (tiny) dev split: sample capped
     accuracy = json.loads((out / "reports" / "accuracy.json").read_text())
-    assert set(accuracy["results"]) >= {"torch", "raw", "fp32", "fp16", "int8"}
-    labels = read_labels(out / "labels.json")
-    assert labels.names == label_names
-    assert labels.model_version == manifest.model_version
-    assert len(set(labels.thresholds)) > 1  # tuned per label, not one global cut
+    assert set(accuracy["results"]) >= {"torch", "fp32", "fp16", "int8", "int8_dynamic"}
+    assert accuracy["results"]["_criteria"]["split"] == "dev"
+    assert manifest.labels == label_names
+    for entry in manifest.variants.values():
+        assert len(set(entry.thresholds)) > 1  # tuned per label, not one global cut
+    # Fitted per variant, on that variant's own dev logits.
+    assert manifest.variants["int8"].temperatures != manifest.variants["fp32"].temperatures
     assert Manifest.read(out / "manifest.json") == manifest
-    assert spec.labels == label_names and spec.max_length == 128
+    assert spec.labels == label_names and spec.max_length == manifest.max_length == 128
 
 
-def test_calibration_fitted_reported_and_written_to_the_labels_file(exported, tiny_model, tiny_data):
-    out, manifest, spec = exported
-    report = json.loads((out / "reports" / "calibration.json").read_text())
-    assert report["passed"] is True
-    results = report["results"]
-    assert results["method"] == "per-label" and results["fitted_on"] == "dev"
-    assert results["ece_after"] <= results["ece_before"]
-    assert set(results["per_label"]) == set(spec.labels)
-    assert sum(results["reliability_before"]["counts"]) == 100 * 28  # every (text, label) pair of test
+def test_decisions_on_dev_and_test_only_reported_with_intervals(exported):
+    out, manifest, _ = exported
+    calibration = json.loads((out / "reports" / "calibration.json").read_text())
+    assert calibration["passed"] is True and "dev" in calibration["results"]["split"]
+    assert set(calibration["results"]["per_variant"]) == set(manifest.variants) | {"raw"}
+    test = json.loads((out / "reports" / "test.json").read_text())
+    assert test["_about"]["split"] == "test" and "bootstrap" in test["_about"]["interval"]
+    for variant in manifest.variants:
+        lo, hi = test[variant]["at_tuned"]["macro_f1_ci95"]
+        assert lo <= test[variant]["at_tuned"]["macro_f1"] <= hi
+    summary = json.loads((out / "reports" / "summary.json").read_text())
+    assert summary["decisions_on"] == "dev" and summary["model_version"] == manifest.version
     png = (out / "reports" / "reliability.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
-    labels = read_labels(out / "labels.json")
-    assert labels.calibration is not None and labels.calibration["ece_after"] == results["ece_after"]
-    assert len(set(labels.temperatures)) > 1  # one per label
-    assert labels.temperatures == [results["per_label"][n]["temperature"] for n in labels.names]
-    assert json.loads((out / "reports" / "summary.json").read_text())["calibration"]["method"] == "per-label"
 
-    # Served as written: test probabilities through the file's temperatures at its thresholds score
-    # exactly what the report says.
+def test_each_variant_is_served_as_the_report_scores_it(exported, tiny_data):
+    """The manifest's temperatures and thresholds, applied to the variant's logits run as served,
+    give exactly the test F1 the report states."""
+    out, manifest, _ = exported
     test = load_dataset(tiny_data)[1]["test"]
-    logits = onnx_classifier(out / manifest.variants["fp32"].file, load_tokenizer(out)).logits(
-        test.texts[:100]
-    )
-    probs = calibrated_probabilities(logits, np.array(labels.temperatures))
-    f1 = f1_scores(probs, test.labels[:100], np.array(labels.thresholds, dtype=np.float32))
-    assert round(f1.macro, 4) == results["calibrated_tuned"]["macro_f1"]
+    for name in ("fp32", "int8", "int8_dynamic"):
+        entry = manifest.variants[name]
+        clf = onnx_classifier(out / entry.file, load_tokenizer(out), execution=entry.execution)
+        probs = calibrated_probabilities(clf.predict(test.texts[:100]), np.array(entry.temperatures))
+        f1 = f1_scores(probs, test.labels[:100], np.array(entry.thresholds, dtype=np.float32))
+        report = json.loads((out / "reports" / "test.json").read_text())
+        assert round(f1.macro, 4) == report[name]["at_tuned"]["macro_f1"], name
 
 
 def test_calibration_none_keeps_temperatures_at_one(tmp_path, tiny_model, tiny_data):
     opts = dataclasses.replace(LOOSE, variants=("fp32",), calibration="none")
     manifest = export_model(str(tiny_model), tmp_path, opts, tiny_data)
-    labels = read_labels(tmp_path / "labels.json")
-    assert labels.temperatures == [1.0] * 28
-    assert labels.calibration is not None and labels.calibration["method"] == "none"
-    assert labels.calibration["ece_before"] == labels.calibration["ece_after"]
-    assert labels.model_version == manifest.model_version
+    assert manifest.variants["fp32"].temperatures == [1.0] * 28
+    report = json.loads((tmp_path / "reports" / "calibration.json").read_text())
+    assert report["results"]["method"] == "none"
+    fp32 = report["results"]["per_variant"]["fp32"]
+    assert fp32["ece_before"] == fp32["ece_after"]
 
 
-def test_calibration_gate_failure_raises_and_writes_no_labels_file(tmp_path, tiny_model, tiny_data):
+def test_calibration_gate_failure_raises_and_writes_no_manifest(tmp_path, tiny_model, tiny_data):
     # A negative tolerance fails even an unchanged macro-F1.
     opts = dataclasses.replace(LOOSE, variants=("fp32",), max_calibration_f1_drop=-1.0)
-    with pytest.raises(GateFailed, match="calibration: macro-F1"):
+    with pytest.raises(GateFailed, match="macro-F1"):
         export_model(str(tiny_model), tmp_path, opts, tiny_data)
     report = json.loads((tmp_path / "reports" / "calibration.json").read_text())
     assert report["passed"] is False
     assert (tmp_path / "reports" / "reliability.png").is_file()  # the evidence is still written
     assert json.loads((tmp_path / "reports" / "summary.json").read_text())["passed"] is False
-    assert not (tmp_path / "labels.json").exists()  # a failed export never produces a labels file
+    assert not (tmp_path / "manifest.json").exists()  # a failed export never produces a manifest
+
+
+def test_a_model_trained_at_another_length_is_refused(tmp_path, tiny_model, tiny_data):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "training_report.json").write_text(json.dumps({"config": {"max_length": 64}}))
+    with pytest.raises(ValueError, match="trained with max_length 64"):
+        export_model(str(model), tmp_path / "out", LOOSE, tiny_data)
 
 
 def test_install_writes_repository_layout(exported, tmp_path):
@@ -154,16 +169,33 @@ def test_install_writes_repository_layout(exported, tmp_path):
     repo = tmp_path / "model_repository"
     (repo / "classifier" / "1").mkdir(parents=True)
     (repo / "classifier" / "1" / "model.old.onnx").write_bytes(b"stale")
+    (repo / "classifier" / "1" / "model.plan").write_bytes(b"a plan of another model")
+    (repo / "labels.json").write_text("{}")
     install(out, repo)
     files = {p.name for p in (repo / "classifier" / "1").iterdir()}
-    assert files == {v.file for v in manifest.variants.values()}  # stale model removed
+    # stale model and plan removed
+    assert files == {v.file for v in manifest.variants.values()} | {"model.onnx", "manifest.json"}
     assert (repo / "tokenizer" / "1" / "tokenizer.json").is_file()
-    assert read_labels(repo / "labels.json").model_version == manifest.model_version
+    assert not (repo / "labels.json").exists()
+    for model in ("tokenizer", "classifier", "postprocess"):  # travels with each model
+        assert Manifest.read(repo / model / "1" / "manifest.json") == manifest
     assert read_installed(repo) == manifest
     assert ServingSpec.read(repo / "spec.json") == spec
     assert stale_configs(repo, spec) == []  # configs generated for this model's interface
     (repo / "classifier" / "1" / "model.int8.onnx").write_bytes(b"truncated")
     assert read_installed(repo) is None  # a damaged file means "not prepared"
+
+
+def test_install_refuses_an_export_whose_files_differ_from_its_manifest(exported, tmp_path):
+    import shutil
+
+    out, _, _ = exported
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text().replace("[UNK]", "[UNKNOWN]"))
+    with pytest.raises(ValueError, match=r"tokenizer\.json"):
+        install(copy, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "manifest.json").exists()
 
 
 def test_parity_gate_failure_raises_and_reports(tmp_path, tiny_model, tiny_data):
@@ -174,7 +206,7 @@ def test_parity_gate_failure_raises_and_reports(tmp_path, tiny_model, tiny_data)
         export_model(str(tiny_model), tmp_path, opts, tiny_data)
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     assert report["passed"] is False
-    assert not (tmp_path / "labels.json").exists()  # a failed export never produces a labels file
+    assert not (tmp_path / "manifest.json").exists()  # a failed export never produces a manifest
 
 
 def test_mislabelled_model_is_refused(tmp_path, tiny_data, label_names):
@@ -187,7 +219,7 @@ def test_install_writes_a_runnable_tensorrt_build_script(exported, tmp_path):
     import os
     import subprocess
 
-    out, _, _ = exported
+    out, manifest, _ = exported
     repo = tmp_path / "repo"
     install(out, repo)
     script = repo / "classifier" / "build_plan.sh"
@@ -208,7 +240,14 @@ def test_install_writes_a_runnable_tensorrt_build_script(exported, tmp_path):
     assert f"--onnx={repo / 'classifier' / '1' / 'model.onnx'}" in args
     assert "--fp16" in args and f"--timingCacheFile={tmp_path / 'tc'}" in args
     assert any(a.startswith("--layerPrecisions=") and a.endswith(":fp32") for a in args)
-    assert (repo / "classifier" / "1" / "model.plan").read_text() == "plan\n"
+    plan = repo / "classifier" / "1" / "model.plan"
+    assert plan.read_text() == "plan\n"
+    assert (repo / "classifier" / "1" / "model.plan.digest").read_text().strip() == manifest.digest
     (tmp_path / "args").unlink()
     rerun = subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True)
-    assert "plan exists" in rerun.stdout and not (tmp_path / "args").exists()  # no rebuild
+    assert "plan is current" in rerun.stdout and not (tmp_path / "args").exists()  # no rebuild
+    # A plan stamped for another manifest is never reused: the script rebuilds it.
+    (repo / "classifier" / "1" / "model.plan.digest").write_text("another-model\n")
+    subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True)
+    assert (tmp_path / "args").exists()
+    assert (repo / "classifier" / "1" / "model.plan.digest").read_text().strip() == manifest.digest

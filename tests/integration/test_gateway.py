@@ -7,7 +7,6 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,34 +14,53 @@ import pytest
 from gateway.app import create_app
 from gateway.errors import GatewayError
 from gateway.learning.policy import PolicyError
+from gateway.service import PROBE_TEXT
 from gateway.settings import Settings
 from gateway.triton import Prediction
 
 
-class FakeTriton:
-    """Deterministic per-text probabilities; records calls; can fail or stall on demand."""
+def expected_primary(names: list[str], probs: list[float], labels: list[str]) -> tuple[str, float]:
+    """The README's rule: the most probable of `labels`, or neutral when there are none."""
+    by_name = dict(zip(names, probs, strict=True))
+    primary = max(labels, key=by_name.__getitem__) if labels else "neutral"
+    return primary, by_name[primary]
 
-    def __init__(self, names: list[str]) -> None:
+
+class FakeTriton:
+    """Deterministic per-text probabilities, labels at 0.5, and the model version it reports (`version`,
+    switchable to simulate a model swap); records calls (version probes apart, in `probes`); can fail or
+    stall on demand; `answers` overrides the (probabilities, labels) of given texts."""
+
+    def __init__(self, names: list[str], version: str = "test-v1") -> None:
         self.names = names
+        self.version = version
         self.calls: list[list[str]] = []
+        self.probes = 0
         self.fail: GatewayError | Exception | None = None
         self.delay = 0.0
         self.is_ready = True
+        self.answers: dict[str, tuple[list[float], list[str]]] = {}
 
     def probabilities(self, text: str) -> list[float]:
         seed = hashlib.sha256(text.encode()).digest()
         return [round(b / 255, 4) for b in seed[: len(self.names)]]
 
+    def labels(self, text: str) -> list[str]:
+        return [n for n, x in zip(self.names, self.probabilities(text), strict=True) if x >= 0.5]
+
     async def infer(self, texts: list[str]) -> list[Prediction]:
-        self.calls.append(list(texts))
+        if texts == [PROBE_TEXT]:
+            self.probes += 1
+        else:
+            self.calls.append(list(texts))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
         out = []
         for t in texts:
-            p = self.probabilities(t)
-            out.append(Prediction(p, [n for n, x in zip(self.names, p, strict=True) if x >= 0.5]))
+            probs, labels = self.answers.get(t) or (self.probabilities(t), self.labels(t))
+            out.append(Prediction(probs, labels, self.version))
         return out
 
     async def ready(self) -> bool:
@@ -62,8 +80,8 @@ async def gateway(settings: Settings, fake: FakeTriton) -> AsyncIterator[httpx.A
 
 
 @pytest.fixture
-def settings(labels_file: Path) -> Settings:
-    return Settings(labels_file=labels_file, _env_file=None)
+def settings() -> Settings:
+    return Settings(_env_file=None)
 
 
 @pytest.fixture
@@ -87,8 +105,8 @@ async def test_single_text_full_response(client, fake, label_names):
     probs = fake.probabilities("I finally get it!")
     assert result["emotions"] == dict(zip(label_names, probs, strict=True))
     assert result["labels"] == [n for n, p in zip(label_names, probs, strict=True) if p >= 0.5]
-    assert result["primary_emotion"] == label_names[probs.index(max(probs))]
-    assert result["confidence"] == max(probs)
+    primary, confidence = expected_primary(label_names, probs, result["labels"])
+    assert result["primary_emotion"] == primary and result["confidence"] == confidence
     state = result["learning_state"]
     assert {
         "learning_emotions",
@@ -172,10 +190,8 @@ async def test_malformed_json_and_lone_surrogates(client):
     assert r.status_code == 422 and "unpaired surrogate" in error(r)["message"]
 
 
-async def test_oversized_body_is_413(labels_file, fake):
-    async with gateway(
-        Settings(labels_file=labels_file, max_body_bytes=2048, _env_file=None), fake
-    ) as client:
+async def test_oversized_body_is_413(fake):
+    async with gateway(Settings(max_body_bytes=2048, _env_file=None), fake) as client:
         r = await client.post("/v1/emotions", json={"texts": ["x" * 1000] * 3})
         assert r.status_code == 413 and error(r)["code"] == "payload_too_large"
 
@@ -220,9 +236,9 @@ async def test_unexpected_error_is_a_500_without_details(client, fake):
     assert "secret" not in r.text and "request id" in error(r)["message"]
 
 
-async def test_overload_is_429_with_retry_after(labels_file, fake):
+async def test_overload_is_429_with_retry_after(fake):
     fake.delay = 0.3
-    async with gateway(Settings(labels_file=labels_file, max_concurrency=1, _env_file=None), fake) as client:
+    async with gateway(Settings(max_concurrency=1, _env_file=None), fake) as client:
         slow = asyncio.create_task(client.post("/v1/emotions", json={"text": "slow"}))
         await asyncio.sleep(0.1)
         r = await client.post("/v1/emotions", json={"text": "fast"})
@@ -231,8 +247,8 @@ async def test_overload_is_429_with_retry_after(labels_file, fake):
         assert (await client.post("/v1/emotions", json={"text": "fast"})).status_code == 200
 
 
-async def test_api_key_auth(labels_file, fake):
-    settings = Settings(labels_file=labels_file, api_keys="k-one,k-two", _env_file=None)
+async def test_api_key_auth(fake):
+    settings = Settings(api_keys="k-one,k-two", _env_file=None)
     async with gateway(settings, fake) as client:
         assert (await client.post("/v1/emotions", json={"text": "a"})).status_code == 401
         assert (
@@ -257,8 +273,8 @@ async def test_health_and_readiness(client, fake):
     assert r.status_code == 503 and r.json()["ready"] is False
 
 
-async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_triton_is_back(labels_file, fake):
-    settings = Settings(labels_file=labels_file, breaker_failures=3, breaker_reset_s=0.2, _env_file=None)
+async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_triton_is_back(fake):
+    settings = Settings(breaker_failures=3, breaker_reset_s=0.2, _env_file=None)
     async with gateway(settings, fake) as client:
         fake.fail = GatewayError("backend_timeout", "the model did not answer", {"Retry-After": "1"})
         for i in range(3):
@@ -287,6 +303,10 @@ async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_trit
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["circuit"] == "half-open"
         fake.is_ready = True
+        ready = await client.get("/readyz")  # ready, but its probe inference still fails
+        assert ready.status_code == 503 and "probe inference failed" in ready.json()["reason"]
+        assert ready.json()["circuit"] == "closed"
+        fake.fail = None
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["circuit"] == "closed"
 
@@ -328,19 +348,11 @@ async def test_unknown_route_and_method(client):
     assert r.status_code == 405 and error(r)["code"] == "method_not_allowed"
 
 
-async def test_invalid_policy_file_fails_at_startup(labels_file, fake, tmp_path):
+async def test_invalid_policy_file_fails_at_startup(fake, tmp_path):
     bad = tmp_path / "policy.toml"
     bad.write_text("this is = = not toml")
     with pytest.raises(PolicyError, match=r"policy\.toml"):
-        async with gateway(Settings(labels_file=labels_file, policy_file=bad, _env_file=None), fake):
-            pass
-
-
-async def test_missing_labels_file_fails_at_startup(tmp_path, fake):
-    from export.labels import LabelsFileError
-
-    with pytest.raises(LabelsFileError, match="missing"):
-        async with gateway(Settings(labels_file=tmp_path / "nope.json", _env_file=None), fake):
+        async with gateway(Settings(policy_file=bad, _env_file=None), fake):
             pass
 
 
@@ -352,10 +364,8 @@ async def test_openapi_docs_have_examples(client):
     assert (await client.get("/docs")).status_code == 200
 
 
-async def test_rate_limit_per_key_is_429_with_retry_after(labels_file, fake):
-    settings = Settings(
-        labels_file=labels_file, api_keys="key-a,key-b", rate_limit_per_minute=2, _env_file=None
-    )
+async def test_rate_limit_per_key_is_429_with_retry_after(fake):
+    settings = Settings(api_keys="key-a,key-b", rate_limit_per_minute=2, _env_file=None)
     async with gateway(settings, fake) as client:
         a = {"x-api-key": "key-a"}
         for _ in range(2):
@@ -369,11 +379,11 @@ async def test_rate_limit_per_key_is_429_with_retry_after(labels_file, fake):
         assert "gateway_rate_limited_total 1.0" in metrics
 
 
-async def test_cors_is_off_by_default_and_on_when_configured(client, labels_file, fake):
+async def test_cors_is_off_by_default_and_on_when_configured(client, fake):
     preflight = {"origin": "https://lms.example", "access-control-request-method": "POST"}
     r = await client.options("/v1/emotions", headers=preflight)
     assert "access-control-allow-origin" not in r.headers
-    settings = Settings(labels_file=labels_file, cors_origins="https://lms.example", _env_file=None)
+    settings = Settings(cors_origins="https://lms.example", _env_file=None)
     async with gateway(settings, fake) as cors_client:
         r = await cors_client.options("/v1/emotions", headers=preflight)
         assert r.headers["access-control-allow-origin"] == "https://lms.example"

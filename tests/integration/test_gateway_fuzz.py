@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from gateway.schemas import EmotionsRequest
 from gateway.settings import Settings
-from tests.integration.test_gateway import FakeTriton, gateway
+from tests.integration.test_gateway import FakeTriton, expected_primary, gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COUNTS_FILE = REPO_ROOT / "build" / "fuzz_counts.json"
@@ -184,14 +184,14 @@ class LiveGateway:
 
 @pytest.fixture
 def start_gateway(
-    request: pytest.FixtureRequest, labels_file: Path, label_names: list[str]
+    request: pytest.FixtureRequest, label_names: list[str]
 ) -> Iterator[Callable[..., LiveGateway]]:
     started: list[LiveGateway] = []
 
     def start(**overrides: Any) -> LiveGateway:
         options = {"max_body_bytes": BODY_LIMIT, **overrides}
         live = LiveGateway(
-            Settings(labels_file=labels_file, _env_file=None, **options),
+            Settings(_env_file=None, **options),
             FakeTriton(label_names),
             case_name(request),
         )
@@ -255,8 +255,8 @@ def check_ok(r: httpx.Response, payload: dict[str, Any], names: list[str]) -> No
         assert list(result["emotions"].values()) == probs
         assert all(0.0 <= p <= 1.0 for p in result["emotions"].values())
         assert result["labels"] == [n for n, p in zip(names, probs, strict=True) if p >= 0.5]
-        assert result["primary_emotion"] == names[probs.index(max(probs))]
-        assert result["confidence"] == max(probs)
+        primary, confidence = expected_primary(names, probs, result["labels"])
+        assert result["primary_emotion"] == primary and result["confidence"] == confidence
         assert isinstance(result["cached"], bool)
         state = result["learning_state"]
         assert all(0.0 <= v <= 1.0 for v in state["learning_emotions"].values())

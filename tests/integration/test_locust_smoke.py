@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from export.labels import LabelSet
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.e2e.conftest import free_ports
@@ -23,10 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory, label_names):
-    labels = tmp_path_factory.mktemp("labels") / "labels.json"
-    LabelSet(label_names, [0.5] * 28, "smoke").write(labels)
     (port,) = free_ports(1)
-    app = create_app(Settings(labels_file=labels, _env_file=None), FakeTriton(label_names))
+    app = create_app(Settings(_env_file=None), FakeTriton(label_names, version="smoke"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -24,9 +24,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from gateway.app import create_app
 from gateway.errors import GatewayError
+from gateway.service import PROBE_TEXT
 from gateway.settings import Settings
 from gateway.stream import PATH, QUEUE_FULL
-from gateway.triton import Inference, Prediction
+from gateway.triton import Inference, InvalidModelOutput, Prediction
 from tests.conftest import free_port
 from tests.integration.test_gateway import FakeTriton
 
@@ -34,7 +35,8 @@ WAIT_S = 10  # upper bound on any wait: a broken server fails the test instead o
 
 
 class GatedTriton(FakeTriton):
-    """FakeTriton that, while `gate` is clear, holds each call (after setting `entered`)."""
+    """FakeTriton that, while `gate` is clear, holds each call (after setting `entered`); the gateway's
+    model-version probes pass at once."""
 
     def __init__(self, names: list[str]) -> None:
         super().__init__(names)
@@ -43,6 +45,8 @@ class GatedTriton(FakeTriton):
         self.gate.set()
 
     async def infer(self, texts: list[str]) -> list[Prediction]:
+        if texts == [PROBE_TEXT]:
+            return await super().infer(texts)
         self.entered.set()
         await asyncio.to_thread(self.gate.wait, WAIT_S)
         return await super().infer(texts)
@@ -124,13 +128,13 @@ def triton(label_names: list[str]) -> GatedTriton:
     return GatedTriton(label_names)
 
 
-def make_settings(labels_file: Path, **overrides: Any) -> Settings:
-    return Settings(labels_file=labels_file, _env_file=None, **overrides)
+def make_settings(**overrides: Any) -> Settings:
+    return Settings(_env_file=None, **overrides)
 
 
 @pytest.fixture
-def served(labels_file: Path, triton: GatedTriton) -> Iterator[Served]:
-    with serve(make_settings(labels_file, cache_backend="off"), triton) as s:
+def served(triton: GatedTriton) -> Iterator[Served]:
+    with serve(make_settings(cache_backend="off"), triton) as s:
         yield s
 
 
@@ -154,6 +158,14 @@ def test_result_frame_is_the_http_answer_for_the_same_text(served):
     assert frame["model"] == http["model"] == {"name": "goemotions", "version": "test-v1"}
     assert frame["result"] == http["results"][0]
     assert frame["learner_id"] is None and frame["trend"] is None
+
+
+def test_result_frames_report_the_version_that_answered(served, triton):
+    with ws(served) as conn:
+        assert ask(conn, {"text": "before"})["model"]["version"] == "test-v1"
+        triton.version = "student-3f2a9c1b7d10-int8"  # swapped behind the gateway's back
+        frame = ask(conn, {"text": "after"})
+    assert frame["model"]["version"] == "student-3f2a9c1b7d10-int8"
 
 
 def test_messages_are_answered_in_order_with_their_ids(served):
@@ -227,6 +239,7 @@ def test_bad_frames_get_error_frames_and_the_connection_stays_open(served, frame
     [
         (GatewayError("backend_unavailable", "model server unavailable"), 503),
         (GatewayError("backend_timeout", "model server did not answer in time"), 504),
+        (InvalidModelOutput("non_finite", "non-finite probabilities"), 502),
         (RuntimeError("a bug"), 500),
     ],
 )
@@ -235,6 +248,8 @@ def test_backend_errors_are_frames_and_the_next_message_works(served, triton, fa
         triton.fail = failure
         error = ask(conn, {"id": 1, "text": "will fail"})
         assert (error["type"], error["id"], error["status"]) == ("error", 1, status)
+        if status == 502:
+            assert error["code"] == "invalid_model_output" and "was not cached" in error["message"]
         if status == 500:
             assert "a bug" not in error["message"] and "request id" in error["message"]
             assert any("unhandled error in a stream message" in r.message for r in caplog.records)
@@ -246,15 +261,15 @@ def test_backend_errors_are_frames_and_the_next_message_works(served, triton, fa
 
 
 @pytest.fixture
-def keyed(labels_file: Path, triton: GatedTriton) -> Iterator[Served]:
-    with serve(make_settings(labels_file, api_keys="k-one,k-two"), triton) as s:
+def keyed(triton: GatedTriton) -> Iterator[Served]:
+    with serve(make_settings(api_keys="k-one,k-two"), triton) as s:
         yield s
 
 
 @pytest.fixture
-def impatient(labels_file: Path, triton: GatedTriton) -> Iterator[Served]:
+def impatient(triton: GatedTriton) -> Iterator[Served]:
     """Auth on, and a short wait for a first-frame key."""
-    settings = make_settings(labels_file, api_keys="k-one", stream_auth_timeout_s=0.3)
+    settings = make_settings(api_keys="k-one", stream_auth_timeout_s=0.3)
     with serve(settings, triton) as s:
         yield s
 
@@ -305,8 +320,8 @@ def test_an_auth_frame_is_ignored_once_authenticated(keyed):
         assert ask(conn, {"id": "after", "text": "hello"})["id"] == "after"
 
 
-def test_origin_outside_the_cors_list_is_refused(labels_file, triton):
-    settings = make_settings(labels_file, cors_origins="https://app.example")
+def test_origin_outside_the_cors_list_is_refused(triton):
+    settings = make_settings(cors_origins="https://app.example")
     with serve(settings, triton) as served:
         with ws(served, {"origin": "https://evil.example"}) as conn:
             assert closed_with(conn) == (1008, "origin not allowed")
@@ -317,8 +332,8 @@ def test_origin_outside_the_cors_list_is_refused(labels_file, triton):
 # ---- limits ------------------------------------------------------------------------------------------
 
 
-def test_rate_limit_applies_per_message_and_is_shared_with_http(labels_file, triton):
-    settings = make_settings(labels_file, api_keys="k", rate_limit_per_minute=3)
+def test_rate_limit_applies_per_message_and_is_shared_with_http(triton):
+    settings = make_settings(api_keys="k", rate_limit_per_minute=3)
     with serve(settings, triton) as served, ws(served, {"x-api-key": "k"}) as conn:
         assert [ask(conn, {"id": i, "text": f"t{i}"})["type"] for i in range(2)] == ["result"] * 2
         assert post(served, {"text": "http"}, {"x-api-key": "k"}).status_code == 200
@@ -329,9 +344,9 @@ def test_rate_limit_applies_per_message_and_is_shared_with_http(labels_file, tri
         assert ask(conn, {"id": "again", "text": "x"})["id"] == "again"  # still open (still limited)
 
 
-def test_concurrency_limit_is_shared_with_http(labels_file, triton):
+def test_concurrency_limit_is_shared_with_http(triton):
     triton.gate.clear()
-    settings = make_settings(labels_file, max_concurrency=1, retry_after_s=2)
+    settings = make_settings(max_concurrency=1, retry_after_s=2)
     with serve(settings, triton) as served, ws(served) as first, ws(served) as second:
         first.send(json.dumps({"id": "a", "text": "holds the only slot"}))
         assert triton.entered.wait(WAIT_S)
@@ -343,9 +358,9 @@ def test_concurrency_limit_is_shared_with_http(labels_file, triton):
         assert ask(second, {"id": "c", "text": "a slot again"})["type"] == "result"
 
 
-def test_queue_is_bounded_and_a_full_queue_drops_with_an_error(labels_file, triton):
+def test_queue_is_bounded_and_a_full_queue_drops_with_an_error(triton):
     triton.gate.clear()
-    with serve(make_settings(labels_file, stream_queue_size=2), triton) as served, ws(served) as conn:
+    with serve(make_settings(stream_queue_size=2), triton) as served, ws(served) as conn:
         conn.send(json.dumps({"id": "a", "text": "in the worker"}))
         assert triton.entered.wait(WAIT_S)  # "a" has left the queue
         for message_id in ("b", "c", "d"):
@@ -369,8 +384,8 @@ def test_queue_is_bounded_and_a_full_queue_drops_with_an_error(labels_file, trit
 # ---- idle timeout ------------------------------------------------------------------------------------
 
 
-def test_idle_connection_is_closed_cleanly(labels_file, triton):
-    with serve(make_settings(labels_file, stream_idle_timeout_s=1.0), triton) as served:
+def test_idle_connection_is_closed_cleanly(triton):
+    with serve(make_settings(stream_idle_timeout_s=1.0), triton) as served:
         with ws(served) as conn:
             assert ask(conn, {"text": "then silence"})["type"] == "result"
             assert closed_with(conn) == (1000, "idle timeout")
@@ -378,9 +393,9 @@ def test_idle_connection_is_closed_cleanly(labels_file, triton):
         assert served.metric("gateway_stream_connections") == 0
 
 
-def test_idle_timeout_waits_for_answers_still_owed(labels_file, triton):
+def test_idle_timeout_waits_for_answers_still_owed(triton):
     triton.gate.clear()
-    with serve(make_settings(labels_file, stream_idle_timeout_s=1.0), triton) as served, ws(served) as conn:
+    with serve(make_settings(stream_idle_timeout_s=1.0), triton) as served, ws(served) as conn:
         conn.send(json.dumps({"id": "slow", "text": "a slow answer"}))
         assert triton.entered.wait(WAIT_S)
         assert not triton.gate.wait(2.5)  # two idle periods pass while the answer is owed
@@ -468,10 +483,8 @@ def test_a_bug_that_stops_the_worker_closes_the_connection_with_1011(served, mon
     assert any("worker bug" in str(r.exc_info) for r in caplog.records if r.exc_info)
 
 
-def test_each_stream_message_is_recorded_in_the_audit_trail(labels_file, triton, tmp_path):
-    settings = make_settings(
-        labels_file, audit_backend="sqlite", audit_sqlite_path=tmp_path / "audit.sqlite3"
-    )
+def test_each_stream_message_is_recorded_in_the_audit_trail(triton, tmp_path):
+    settings = make_settings(audit_backend="sqlite", audit_sqlite_path=tmp_path / "audit.sqlite3")
     settings = settings.model_copy(update={"audit_hash_key": SecretStr("stream-test-audit-key")})
     with serve(settings, triton) as s:
         with ws(s) as conn:
@@ -487,12 +500,12 @@ def test_each_stream_message_is_recorded_in_the_audit_trail(labels_file, triton,
     assert all(e["text_hash"] and e["text"] is None for e in entries)
 
 
-def test_the_stream_client_example_runs(labels_file, triton):
+def test_the_stream_client_example_runs(triton):
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parents[2] / "clients" / "stream_client.py"
-    settings = make_settings(labels_file, api_keys="client-key")
+    settings = make_settings(api_keys="client-key")
     with serve(settings, triton) as s:
         out = subprocess.run(
             [

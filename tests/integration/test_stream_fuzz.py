@@ -84,15 +84,13 @@ def answer(conn: Any) -> dict[str, Any]:
             return frame
 
 
-def test_any_frame_is_a_result_or_a_clean_4xx_and_the_connection_stays_open(
-    request, labels_file, label_names
-):
+def test_any_frame_is_a_result_or_a_clean_4xx_and_the_connection_stays_open(request, label_names):
     name = case_name(request)
     statuses = STATUSES.setdefault(name, Counter())
     started = time.perf_counter()
     # The default frame limit (64 KiB) holds any valid message: 5,000 characters escaped as at most
     # 12 bytes each (an astral character as two \u escapes) plus the other fields.
-    settings = make_settings(labels_file, cache_backend="off")
+    settings = make_settings(cache_backend="off")
     with serve(settings, FakeTriton(label_names)) as served, ws(served) as conn:
 
         @fuzz(1000)

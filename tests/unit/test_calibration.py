@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.manifest import FileEntry, Manifest, VariantEntry
 from export.calibration import (
     GLOBAL,
     NONE,
@@ -26,7 +27,6 @@ from export.calibration import (
     retune_thresholds,
 )
 from export.gates import calibration_gate
-from export.labels import LabelSet
 from export.metrics import f1_scores, sigmoid, tune_thresholds
 from export.pipeline import ExportOptions
 
@@ -131,31 +131,41 @@ def test_reliability_diagram_is_a_png(tmp_path: Path):
     assert path.read_bytes().startswith(b"\x89PNG")
 
 
-def _gate(distorted: np.ndarray, gold: np.ndarray, temperatures: np.ndarray, drop: float = 0.005):
-    uncal = tune_thresholds(calibrated_probabilities(distorted), gold)
-    cal = tune_thresholds(calibrated_probabilities(distorted, temperatures), gold)
-    return calibration_gate(
-        gold, distorted, temperatures, uncal, cal, ["a", "b", "c"], max_macro_f1_drop=drop
-    )
-
-
-def test_calibration_gate_passes_a_good_fit_and_reports_per_label():
+def test_calibration_gate_passes_a_good_fit_out_of_fold_and_reports_per_variant():
     logits, gold = calibrated_data()
-    distorted = logits * 2.0
-    report = _gate(distorted, gold, fit_temperatures(distorted, gold).temperatures)
+    distorted = logits * 2.0  # overconfident by a factor 2: temperature scaling must undo it
+    report = calibration_gate({"fp32": distorted, "int8": distorted + 0.01}, gold, PER_LABEL, ["a", "b", "c"])
     assert report.passed, report.failures
-    assert report.results["ece_after"] < report.results["ece_before"]
-    assert set(report.results["per_label"]) == {"a", "b", "c"}
-    assert report.results["per_label"]["a"]["temperature"] == pytest.approx(2.0, rel=0.08)
-    assert sum(report.results["reliability_after"]["counts"]) == gold.size
+    fp32 = report.results["per_variant"]["fp32"]
+    assert fp32["ece_after"] < fp32["ece_before"] / 3
+    assert set(fp32["per_label"]) == {"a", "b", "c"}
+    assert set(report.results["per_variant"]) == {"fp32", "int8"}
+    assert "cross-fitted" in report.results["split"]
 
 
 def test_calibration_gate_fails_when_ece_rises_or_f1_drops():
     logits, gold = calibrated_data()
-    worse = _gate(logits, gold, np.full(3, 4.0))  # calibrated logits made under-confident
-    assert not worse.passed and "ECE rose" in worse.failures[0]
-    strict = _gate(logits, gold, np.ones(3), drop=-0.01)  # unchanged F1 under a negative allowance
+    worse = calibration_gate({"fp32": logits}, gold, PER_LABEL, ["a", "b", "c"], max_ece_rise=-1.0)
+    assert not worse.passed and "raised the ECE" in worse.failures[0]
+    strict = calibration_gate({"fp32": logits}, gold, PER_LABEL, ["a", "b", "c"], max_macro_f1_drop=-0.01)
     assert not strict.passed and any("macro-F1" in f for f in strict.failures)
+
+
+def test_cross_fitting_scores_each_fold_with_a_fit_from_the_other(monkeypatch):
+    """Out of fold: a text is never scored with temperatures fitted on itself."""
+    from export import gates
+
+    logits, gold = calibrated_data(n=2_000)
+    seen: list[int] = []
+    real = gates.fit_mapping
+
+    def spy(z, y, method):
+        seen.append(z.shape[0])
+        return real(z, y, method)
+
+    monkeypatch.setattr(gates, "fit_mapping", spy)
+    gates.cross_fitted(logits, gold, PER_LABEL)
+    assert len(seen) == 2 and sum(seen) == 2_000 and max(seen) < 2_000
 
 
 class _StubTensor:
@@ -185,28 +195,49 @@ def postprocess(monkeypatch: pytest.MonkeyPatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def load(repository: Path):
+    def load(version_dir: Path, variant: str = "int8"):
         config = {
-            "parameters": {"labels_file": {"string_value": "../labels.json"}},
+            "parameters": {"variant": {"string_value": variant}},
             "output": [{"name": "PROBABILITIES", "dims": [28]}, {"name": "LABELS", "dims": [-1]}],
         }
         model = module.TritonPythonModel()
         model.initialize(
-            {"model_config": json.dumps(config), "model_repository": str(repository / "postprocess")}
+            {
+                "model_config": json.dumps(config),
+                "model_repository": str(version_dir.parent),
+                "model_version": version_dir.name,
+            }
         )
         return model
 
     return load
 
 
-def test_postprocess_matches_the_python_probabilities_and_thresholds(postprocess, tmp_path, label_names):
+def _manifest(label_names: list[str], thresholds, temperatures) -> Manifest:
+    entry = VariantEntry(
+        "model.int8.onnx", "a" * 64, 1, "int8", "batch", list(thresholds), list(temperatures)
+    )
+    return Manifest(
+        "student",
+        "here",
+        label_names,
+        ["input_ids"],
+        128,
+        {},
+        FileEntry("model.onnx", "b" * 64, 1),
+        {"int8": entry},
+    )
+
+
+def test_postprocess_matches_the_python_probabilities_thresholds_and_version(
+    postprocess, tmp_path, label_names
+):
     rng = np.random.default_rng(3)
     temperatures = np.round(rng.uniform(0.3, 3.0, 28), 4)
     thresholds = np.round(rng.uniform(0.05, 0.95, 28), 2)
-    LabelSet(label_names, thresholds.tolist(), "v", temperatures=temperatures.tolist()).write(
-        tmp_path / "labels.json"
-    )
-    model = postprocess(tmp_path)
+    manifest = _manifest(label_names, thresholds.tolist(), temperatures.tolist())
+    manifest.write(tmp_path / "1" / "manifest.json")
+    model = postprocess(tmp_path / "1")
     blocks = [rng.normal(0, 4, (n, 28)).astype(np.float32) for n in (1, 5, 2)]
     blocks[1][0, :3] = [1e4, -1e4, 0.0]  # extremes stay finite on both sides
     responses = model.execute([{"logits": _StubTensor("logits", b)} for b in blocks])
@@ -216,20 +247,20 @@ def test_postprocess_matches_the_python_probabilities_and_thresholds(postprocess
         for row, labels in zip(expected, response.outputs["LABELS"], strict=True):
             want = [n for n, p, t in zip(label_names, row, thresholds, strict=True) if p >= np.float32(t)]
             assert [x.decode() for x in labels if x] == want
+        versions = response.outputs["MODEL_VERSION"]
+        assert versions.shape == (block.shape[0], 1)
+        assert {v.decode() for v in versions.ravel()} == {manifest.served_version("int8")}
 
 
-def test_postprocess_reads_old_labels_files_as_temperature_one(postprocess, tmp_path, label_names):
-    data = LabelSet(label_names, [0.5] * 28, "old").to_json()
-    assert all("temperature" not in entry for entry in data["labels"])  # the pre-calibration format
-    (tmp_path / "labels.json").write_text(json.dumps(data))
-    logits = np.linspace(-6, 6, 28, dtype=np.float32)[None, :]
-    (response,) = postprocess(tmp_path).execute([{"logits": _StubTensor("logits", logits)}])
-    np.testing.assert_array_equal(response.outputs["PROBABILITIES"], sigmoid(logits).astype(np.float32))
-
-    data["labels"][0]["temperature"] = 0.0
-    (tmp_path / "labels.json").write_text(json.dumps(data))
+def test_postprocess_refuses_a_variant_or_temperatures_it_cannot_serve(postprocess, tmp_path, label_names):
+    _manifest(label_names, [0.5] * 28, [1.0] * 28).write(tmp_path / "1" / "manifest.json")
+    with pytest.raises(RuntimeError, match="no variant 'fp16'"):
+        postprocess(tmp_path / "1", "fp16")
+    data = json.loads((tmp_path / "1" / "manifest.json").read_text())
+    data["variants"]["int8"]["temperatures"][0] = 0.0
+    (tmp_path / "1" / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(RuntimeError, match="temperatures must be finite"):
-        postprocess(tmp_path)
+        postprocess(tmp_path / "1")
 
 
 def test_carried_thresholds_keep_every_decision():

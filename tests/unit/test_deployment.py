@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +25,42 @@ from gateway.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SPEC = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
+GATEWAY_DOCKERFILE = ROOT / "docker" / "gateway.Dockerfile"
+# The files that deploy the stack. None wires in a model file: the manifest travels inside the repository.
+DEPLOYMENT_FILES = [
+    ROOT / "docker-compose.yml",
+    *sorted((ROOT / "docker").glob("*Dockerfile")),
+    *sorted((ROOT / "deploy" / "k8s").glob("*.yaml")),
+]
+# The labels file retired by the model manifest (contract/manifest.py), and its setting.
+RETIRED = ("labels.json", "GATEWAY_LABELS_FILE", "labels_file")
+
+
+def _copies(dockerfile: str) -> list[tuple[list[str], str]]:
+    """Each COPY instruction's sources and destination (no flags, no JSON form in these files)."""
+    copies = []
+    for line in re.findall(r"^COPY\s+(.+?)\s*$", dockerfile, re.M):
+        *sources, dest = line.split()
+        assert sources and not any(s.startswith("--") for s in sources), line
+        copies.append((sources, dest))
+    return copies
+
+
+def _imports(package: str) -> set[str]:
+    """The top-level modules outside the standard library that `package` imports (any of its modules)."""
+    found: set[str] = set()
+    for module in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names)
+
+
+def _first_party_imports(package: str) -> set[str]:
+    """The repository's own top-level packages that `package` imports."""
+    return _imports(package) & {p.parent.name for p in ROOT.glob("*/__init__.py")}
 
 
 def test_triton_service_has_gpu_ports_health_and_repository():
@@ -31,7 +69,9 @@ def test_triton_service_has_gpu_ports_health_and_repository():
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert triton["ports"] == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
-    assert "./model_repository:/models:ro" in triton["volumes"]
+    # The whole repository, not single files: every model reads the manifest.json copy in its own
+    # version directory (tokenizer/1, classifier/1, postprocess/1), all inside this mount.
+    assert triton["volumes"] == ["./model_repository:/models:ro"]
     command = triton["command"]
     assert "--model-repository=/models" in command
     assert f"--cache-config=local,size={SPEC.response_cache_bytes}" in command
@@ -68,8 +108,8 @@ def test_every_file_a_gpu_config_names_is_produced_by_export():
         cfg = text_format.Parse((MODEL_REPOSITORY / rel).read_text(), model_config_pb2.ModelConfig())
         assert cfg.default_model_filename in produced, rel
     embedded = (MODEL_REPOSITORY / "classifier" / "configs" / "embedded.pbtxt").read_text()
-    model_file = re.search(r'key: "model_file"\s+value: \{ string_value: "([^"]+)" \}', embedded)
-    assert model_file and model_file.group(1) in produced
+    variant = re.search(r'key: "variant"\s+value: \{ string_value: "([^"]+)" \}', embedded)
+    assert variant and VARIANT_FILES[variant.group(1)] in produced
 
 
 def test_gateway_and_redis_services():
@@ -83,15 +123,14 @@ def test_gateway_and_redis_services():
         "postgres": {"condition": "service_healthy"},
     }
     assert gateway["ports"] == ["8080:8080"]
-    assert any(
-        v.endswith(":/models/labels.json:ro") and v.startswith(f"./model_repository/{SPEC.labels_file}")
-        for v in gateway["volumes"]
-    )
+    # The gateway reads no model file: labels from contract/, the model version from Triton's answers.
+    assert not any("model_repository" in v for v in gateway.get("volumes", []))
+    assert "GATEWAY_LABELS_FILE" not in env
     assert "redis-cli" in COMPOSE["services"]["redis"]["healthcheck"]["test"]
 
 
 def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
-    dockerfile = (ROOT / "docker" / "gateway.Dockerfile").read_text()
+    dockerfile = GATEWAY_DOCKERFILE.read_text()
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for name in (
         "fastapi",
@@ -108,9 +147,39 @@ def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
     assert "USER gateway" in dockerfile
     # the non-root user can write the SQLite audit trail (the default path under the app is read-only)
     assert "chown gateway /data" in dockerfile and "GATEWAY_AUDIT_SQLITE_PATH=/data/" in dockerfile
-    for copied in re.findall(r"^COPY (.+) \S+/$", dockerfile, re.M):
-        for path in copied.split():
+    copies = _copies(dockerfile)
+    assert copies
+    for sources, _ in copies:
+        for path in sources:
             assert (ROOT / path).exists(), path
+
+
+def test_gateway_image_copies_contract_and_not_export():
+    copies = _copies(GATEWAY_DOCKERFILE.read_text())
+    copied = {source.split("/")[0] for sources, _ in copies for source in sources}
+    assert ("contract/", "contract/") in [(s, d) for sources, d in copies for s in sources]
+    assert "export" not in copied, "the gateway image must not contain export/"
+    # Exactly the repository packages the gateway imports are in the image (export/ is not one of them).
+    imported = _first_party_imports("gateway")
+    assert "export" not in imported, "the gateway must not import export.*"
+    assert copied == imported | {"gateway"}, (copied, imported)
+    # contract/ is stdlib-only: the image's pip pins need nothing for it.
+    assert _imports("contract") <= {"contract"}
+
+
+def test_contract_is_a_packaged_package():
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "contract" in packages
+    for name in _first_party_imports("gateway"):
+        assert name in packages, f"the gateway imports {name}, which the wheel would not contain"
+
+
+def test_no_labels_file_is_wired_into_any_deployment():
+    assert len(DEPLOYMENT_FILES) > 3
+    for path in DEPLOYMENT_FILES:
+        text = path.read_text(encoding="utf-8")
+        for retired in RETIRED:
+            assert retired not in text, f"{path.relative_to(ROOT)} still mentions {retired}"
 
 
 def test_triton_model_control_apis_need_the_admin_key():

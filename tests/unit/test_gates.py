@@ -39,7 +39,7 @@ def test_accuracy_gate_fails_a_variant_that_drops_macro_f1():
     labels, probs = _labels_and_probs(rng)
     degraded = probs.copy()
     degraded[:, :5] = rng.random((300, 5))  # five labels become noise
-    thresholds = np.full(28, 0.5)
+    thresholds = dict.fromkeys(("fp32", "fp16", "int8"), np.full(28, 0.5))
     report = accuracy_gate(labels, {"fp32": probs, "fp16": probs.copy(), "int8": degraded}, thresholds)
     assert [f.split(":")[0] for f in report.failures] == ["int8"]
     assert report.results["fp16"]["at_tuned"] == report.results["fp32"]["at_tuned"]
@@ -48,6 +48,18 @@ def test_accuracy_gate_fails_a_variant_that_drops_macro_f1():
 def test_accuracy_gate_minimum_on_reference():
     rng = np.random.default_rng(2)
     labels, probs = _labels_and_probs(rng, noise=0.3)
-    report = accuracy_gate(labels, {"fp32": probs}, np.full(28, 0.5), min_macro_f1=0.99)
+    thresholds = {"fp32": np.full(28, 0.5)}
+    report = accuracy_gate(labels, {"fp32": probs}, thresholds, min_macro_f1=0.99)
     assert not report.passed and "below the minimum" in report.failures[0]
-    assert accuracy_gate(labels, {"fp32": probs}, np.full(28, 0.5), min_macro_f1=0.5).passed
+    assert accuracy_gate(labels, {"fp32": probs}, thresholds, min_macro_f1=0.5).passed
+
+
+def test_accuracy_gate_scores_each_variant_at_its_own_thresholds():
+    rng = np.random.default_rng(3)
+    labels, probs = _labels_and_probs(rng)
+    shifted = np.clip(probs - 0.3, 0, 1)  # the same ranking, on another scale
+    report = accuracy_gate(
+        labels, {"fp32": probs, "int8": shifted}, {"fp32": np.full(28, 0.5), "int8": np.full(28, 0.2)}
+    )
+    assert report.passed, report.failures
+    assert report.results["int8"]["at_tuned"] == report.results["fp32"]["at_tuned"]

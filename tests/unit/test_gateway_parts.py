@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -26,7 +27,7 @@ def test_cache_key_includes_model_version():
 
 async def test_memory_cache_roundtrip_and_ttl():
     cache = MemoryCache(maxsize=2, ttl_s=0.05)
-    p = Prediction([0.1] * 28, ["joy"])
+    p = Prediction([0.1] * 28, ["joy"], "v1")
     await cache.set_many({"a": p})
     assert await cache.get_many(["a", "b"]) == [p, None]
     await asyncio.sleep(0.06)
@@ -40,7 +41,7 @@ async def test_single_flight_shares_one_computation():
     async def compute(keys: list[str]) -> dict[str, Prediction]:
         calls.append(keys)
         await asyncio.sleep(0.05)
-        return {k: Prediction([float(len(k))] * 28, []) for k in keys}
+        return {k: Prediction([float(len(k))] * 28, [], "v1") for k in keys}
 
     results = await asyncio.gather(
         flight.run(["a", "b"], compute), flight.run(["b", "c"], compute), flight.run(["a"], compute)
@@ -61,7 +62,7 @@ async def test_single_flight_propagates_failure_to_waiters_and_forgets_it():
     assert all(isinstance(o, RuntimeError) for o in outcomes)
 
     async def ok(keys: list[str]) -> dict[str, Prediction]:
-        return {k: Prediction([0.0] * 28, []) for k in keys}
+        return {k: Prediction([0.0] * 28, [], "v1") for k in keys}
 
     assert "k" in await flight.run(["k"], ok)  # the failure was not cached
 
@@ -119,3 +120,45 @@ def test_sliding_window_limiter():
     assert limiter.check("k") is None  # the window slid: the t=0 hit left, one slot free again
     assert limiter.check("k") == pytest.approx(10)  # next slot when the t=10 hit leaves
     assert retry_after_header(0.2) == "1"
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory):
+    from tests.conftest import free_port, start_redis, stop_process
+
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis") / "redis.log")
+    yield port
+    stop_process(proc)
+
+
+async def test_redis_cache_keeps_the_model_version_and_skips_what_it_cannot_read(redis_port):
+    import redis.asyncio as aioredis
+
+    from gateway.cache import RedisCache
+
+    client = aioredis.Redis(host="127.0.0.1", port=redis_port)
+    cache = RedisCache(client, ttl_s=60, prefix="test:result:")
+    p = Prediction([0.25] * 28, ["joy", "love"], "student-3f2a9c1b7d10-int8")
+    await cache.set_many({"k": p})
+    assert await cache.get_many(["k", "absent"]) == [p, None]
+    # written by an older gateway (no model_version) or corrupt: a miss, never an error
+    await client.set("test:result:old", json.dumps({"probabilities": [0.1] * 28, "labels": []}))
+    await client.set("test:result:junk", b"\xff not json")
+    assert await cache.get_many(["old", "junk", "k"]) == [None, None, p]
+    await cache.close()
+
+
+def test_triton_endpoints_and_version_settings(monkeypatch):
+    monkeypatch.setenv("GATEWAY_TRITON_URL", "triton-blue:8001, triton-green:8001")
+    monkeypatch.setenv("GATEWAY_EXPECTED_MODEL_VERSION", "  ")
+    s = Settings(_env_file=None)
+    assert s.triton_urls() == ["triton-blue:8001", "triton-green:8001"]
+    assert s.version_check_s == 2.0 and s.expected_model_version is None
+    # no labels file: label names come from contract.names, thresholds are Triton's
+    assert "labels_file" not in Settings.model_fields
+    monkeypatch.setenv("GATEWAY_TRITON_URL", " , ")
+    with pytest.raises(ValueError, match="at least one Triton gRPC endpoint"):
+        Settings(_env_file=None)
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, triton_url="t:1", version_check_s=-1)

@@ -8,6 +8,7 @@ that names, ports, selectors, settings and users agree with each other and with 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -258,24 +259,45 @@ def test_every_variable_reference_is_defined():
                     assert name in defined, f"{deployment['metadata']['name']}: $({name}) is not defined"
 
 
-def test_triton_shared_memory_and_labels_next_to_the_downloaded_models():
+def test_triton_shared_memory_and_nothing_mounted_beside_the_downloaded_models():
     _, shm = _volume(TRITON, TRITON_C, "/dev/shm")
     assert shm["emptyDir"]["medium"] == "Memory"
-    # postprocess reads "../labels.json" relative to its own (downloaded) model directory, and Triton
-    # downloads each model from S3 into $TRITON_AWS_MOUNT_DIRECTORY/folderXXXXXX.
-    config = text_format.Parse(
-        (ROOT / "model_repository" / "postprocess" / "config.pbtxt").read_text(),
-        model_config_pb2.ModelConfig(),
-    )
-    assert config.parameters["labels_file"].string_value == "../labels.json"
+    # Triton downloads each model from S3 into $TRITON_AWS_MOUNT_DIRECTORY/folderXXXXXX, manifest.json
+    # included (each model reads the copy in its own version directory): only the cache is mounted there.
     cache_dir = TRITON_ENV["TRITON_AWS_MOUNT_DIRECTORY"]["value"]
-    mount, volume = _volume(TRITON, TRITON_C, f"{cache_dir}/labels.json")
-    assert mount["mountPath"] == f"{cache_dir}/labels.json"
-    assert volume["configMap"]["name"] == "goemotions-labels"
-    item = next(i for i in volume["configMap"]["items"] if i["path"] == mount["subPath"])
-    assert item["key"] == "labels.json"
-    _, cache = _volume(TRITON, TRITON_C, f"{cache_dir}/folder0")
+    mount, cache = _volume(TRITON, TRITON_C, f"{cache_dir}/folder0/postprocess/1/manifest.json")
+    assert mount["mountPath"] == cache_dir and "subPath" not in mount
     assert "emptyDir" in cache
+    assert not [m for m in TRITON_C["volumeMounts"] if m["mountPath"].startswith(cache_dir.rstrip("/") + "/")]
+
+
+MODEL_CONFIGS = sorted((ROOT / "model_repository").glob("*/config*.pbtxt")) + sorted(
+    (ROOT / "model_repository").glob("*/configs/*.pbtxt")
+)
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "model_repository")))
+def test_no_model_reads_a_file_outside_its_own_directory(path: Path):
+    # From S3 every model lands in its own folderXXXXXX: a parameter such as "../labels.json" would
+    # point at nothing there (the reason the labels ConfigMap once existed).
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    for key, value in config.parameters.items():
+        assert ".." not in value.string_value.split("/"), f"{key}: {value.string_value}"
+        assert not value.string_value.endswith("labels.json"), f"{key}: {value.string_value}"
+
+
+def test_model_repository_upload_keeps_the_manifest_copies():
+    # `aws s3 sync model_repository/ ...` must carry every model's manifest.json: no --exclude matches it.
+    texts = [
+        (K8S / "triton.yaml").read_text(encoding="utf-8"),
+        (K8S / "README.md").read_text(encoding="utf-8"),
+    ]
+    syncs = [line for text in texts for line in text.splitlines() if "aws s3 sync model_repository/" in line]
+    assert syncs
+    for line in syncs:
+        for pattern in re.findall(r"--exclude\s+'([^']+)'", line):
+            for name in ("manifest.json", "postprocess/1/manifest.json", "tokenizer/1/manifest.json"):
+                assert not fnmatch.fnmatchcase(name, pattern), f"{pattern} drops {name}"
 
 
 def test_triton_runs_as_the_images_non_root_user():
@@ -313,8 +335,8 @@ def test_gateway_env_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch):
     assert settings.cache_backend == "redis"
     assert settings.trajectory_backend == "redis"
     assert settings.redis_url == "redis://redis:6379/0"
-    assert str(settings.labels_file) == "/models/labels.json"
     assert settings.api_keys_file is not None
+    assert settings.expected_model_version is None  # optional; a rollout may pin it
 
 
 def test_gateway_reaches_triton_and_redis_through_their_services():
@@ -329,12 +351,11 @@ def test_gateway_reaches_triton_and_redis_through_their_services():
     assert _container_port(_get("Deployment", "redis"), redis_port["targetPort"]) == 6379
 
 
-def test_gateway_labels_and_api_keys_files_are_mounted():
-    labels_file = GATEWAY_ENV["GATEWAY_LABELS_FILE"]["value"]
-    mount, volume = _volume(GATEWAY, GATEWAY_C, labels_file)
-    assert volume["configMap"]["name"] == "goemotions-labels"
-    relative = labels_file.removeprefix(mount["mountPath"].rstrip("/") + "/")
-    assert {"key": "labels.json", "path": relative} in volume["configMap"]["items"]
+def test_gateway_mounts_no_model_file_and_its_api_keys_file():
+    # Labels come from contract/ in the image and the model version from Triton's answers.
+    assert "GATEWAY_LABELS_FILE" not in GATEWAY_ENV
+    assert not [v for v in GATEWAY_POD["volumes"] if "configMap" in v]
+    assert not [m for m in GATEWAY_C["volumeMounts"] if m["mountPath"].startswith("/models")]
 
     keys_file = GATEWAY_ENV["GATEWAY_API_KEYS_FILE"]["value"]
     mount, volume = _volume(GATEWAY, GATEWAY_C, keys_file)
@@ -470,6 +491,32 @@ def test_prometheus_scrape_annotations(deployment: Doc, port: int):
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations["prometheus.io/path"] == "/metrics"
     assert _container_port(deployment, port) == port
+
+
+def _configmap_refs(deployment: Doc) -> set[str]:
+    pod = deployment["spec"]["template"]["spec"]
+    names = {v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
+    for container in pod["containers"]:
+        for entry in container.get("env", []):
+            ref = entry.get("valueFrom", {}).get("configMapKeyRef")
+            if ref:
+                names.add(ref["name"])
+        names |= {e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e}
+    return names
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["metadata"]["name"])
+def test_every_configmap_a_pod_uses_is_applied(deployment: Doc):
+    # No ConfigMap is made by hand any more (the labels one is gone): `kubectl apply -k` creates them all.
+    for name in _configmap_refs(deployment):
+        _get("ConfigMap", name)
+
+
+def test_the_labels_file_and_its_configmap_are_gone():
+    for path in [*MANIFEST_FILES, K8S / KUSTOMIZATION, K8S / "README.md"]:
+        text = path.read_text(encoding="utf-8")
+        for retired in ("labels.json", "goemotions-labels", "GATEWAY_LABELS_FILE"):
+            assert retired not in text, f"{path.name} still mentions {retired}"
 
 
 # --- network policies ------------------------------------------------------------------------------

@@ -64,13 +64,15 @@ def test_classifier_backends_and_batching():
     assert gpu.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert trt.platform == "tensorrt_plan" and trt.default_model_filename == "model.plan"
     assert embedded.backend == "python"
-    assert embedded.parameters["model_file"].string_value == "model.int8.onnx"
+    assert embedded.parameters["variant"].string_value == COMMITTED_SPEC.cpu_variant
     assert embedded.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert embedded.instance_group[0].count == COMMITTED_SPEC.cpu_instances
     # ragged requests only where the python model re-pads them itself
     assert all(i.allow_ragged_batch for i in embedded.input)
     assert not any(i.allow_ragged_batch for i in gpu.input)
     for cfg in (gpu, embedded, trt):
+        # The response cache lives on the classifier: its single output is fully keyed by its inputs.
+        assert cfg.response_cache.enable
         assert list(cfg.dynamic_batching.preferred_batch_size) == COMMITTED_SPEC.preferred_batch_sizes
         assert cfg.dynamic_batching.default_queue_policy.max_queue_size == COMMITTED_SPEC.max_queue_size
         assert {w.batch_size for w in cfg.model_warmup} == {1, COMMITTED_SPEC.max_batch_size}
@@ -91,13 +93,25 @@ def test_warmup_text_is_in_tritons_raw_bytes_format():
     assert raw[4:].decode() == WARMUP_TEXT and length == len(WARMUP_TEXT.encode())
 
 
-def test_ensemble_chains_the_three_models_with_cache():
-    ens = configs(COMMITTED_SPEC)["goemotions/config.pbtxt"]
-    assert ens.platform == "ensemble" and ens.response_cache.enable
+def test_ensemble_chains_the_three_models_and_reports_the_version_without_a_cache():
+    parsed = configs(COMMITTED_SPEC)
+    ens = parsed["goemotions/config.pbtxt"]
+    # No cache on the ensemble: its key is the inputs only, so a request for a subset of the outputs
+    # would store a response that later full requests get (cache poisoning).
+    assert ens.platform == "ensemble" and not ens.response_cache.enable
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["tokenizer", "classifier", "postprocess"]
     assert [i.name for i in ens.input] == ["TEXT"]
-    assert [o.name for o in ens.output] == ["PROBABILITIES", "LABELS"]
+    assert [o.name for o in ens.output] == ["PROBABILITIES", "LABELS", "MODEL_VERSION"]
     assert list(ens.output[0].dims) == [28]
+    assert not any(
+        cfg.response_cache.enable for rel, cfg in parsed.items() if not rel.startswith("classifier")
+    )
+    # Each deployment's postprocess reports (and applies the thresholds of) the variant it serves.
+    assert parsed["postprocess/config.pbtxt"].parameters["variant"].string_value == COMMITTED_SPEC.gpu_variant
+    assert (
+        parsed["postprocess/configs/embedded.pbtxt"].parameters["variant"].string_value
+        == COMMITTED_SPEC.cpu_variant
+    )
 
 
 def test_a_model_without_token_type_ids_gets_matching_configs(tmp_path: Path):

@@ -1,13 +1,21 @@
-"""Triton python backend (embedded CPU server only): ONNX Runtime over the whole dynamic batch.
+"""Triton python backend (embedded server only): ONNX Runtime over the dynamic batch.
 
 The GPU container serves this model with the onnxruntime or TensorRT backend instead (config.pbtxt,
-configs/tensorrt.pbtxt); this file is used with `--model-config-name=embedded`. Requests arrive with
-their own sequence lengths (allow_ragged_batch): they are re-padded to the longest, run as one
-batch, and split back per request.
+configs/tensorrt.pbtxt); this file is used with `--model-config-name=embedded`. Parameter ``variant``
+names the weights in the manifest next to this file; they are checked against the manifest's sha256
+at load, so a half-installed or swapped file fails loading instead of answering under a wrong version.
+
+A row's answer never depends on the other rows of the batch:
+- execution ``batch`` (FP32, static INT8): requests arrive with their own lengths (allow_ragged_batch),
+  are re-padded to the longest and run as one batch; padding is masked and the variant's arithmetic
+  is row-independent;
+- execution ``per_row`` (dynamic INT8, whose activation scale is computed over the whole input
+  tensor): every row runs alone at its own length.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,11 +24,30 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        model_file = Path(args["model_repository"]) / args["model_version"] / params["model_file"]
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        manifest = json.loads((version_dir / "manifest.json").read_text())
+        entry = manifest["variants"].get(params["variant"])
+        if entry is None:
+            raise pb_utils.TritonModelException(f"manifest has no variant {params['variant']!r}")
+        model_file = version_dir / entry["file"]
+        if not model_file.is_file() or _sha256(model_file) != entry["sha256"]:
+            raise pb_utils.TritonModelException(
+                f"{model_file} is missing or differs from its manifest ({manifest['version']}); "
+                "reinstall with `python -m export install`"
+            )
+        self.per_row = entry["execution"] == "per_row"
         options = ort.SessionOptions()
         # One thread per instance; parallelism comes from instance_group count (measured faster on 2
         # cores than one instance with 2 threads, whose spinning wastes a core on a small model).
@@ -34,29 +61,43 @@ class TritonPythonModel:
                 f"config inputs {declared} differ from {model_file.name} inputs {self.inputs}"
             )
 
+    def _run_per_row(self, rows: list[dict[str, np.ndarray]]) -> np.ndarray:
+        out = []
+        for arrays in rows:
+            for i in range(arrays["input_ids"].shape[0]):
+                # At least one position: warmup rows are all padding.
+                n = max(1, int(arrays["attention_mask"][i].sum()))
+                feed = {name: arrays[name][i : i + 1, :n] for name in self.inputs}
+                out.append(self.session.run(["logits"], feed)[0])
+        return np.concatenate(out)
+
+    def _run_batch(self, rows: list[dict[str, np.ndarray]], counts: list[int]) -> np.ndarray:
+        width = max(arrays[self.inputs[0]].shape[1] for arrays in rows)
+        feed = {}
+        for name in self.inputs:
+            batch = np.zeros((sum(counts), width), dtype=np.int64)
+            start = 0
+            for arrays, n in zip(rows, counts, strict=True):
+                a = arrays[name]
+                batch[start : start + n, : a.shape[1]] = a
+                start += n
+            feed[name] = batch
+        return self.session.run(["logits"], feed)[0]
+
     def execute(self, requests):
         per_request = [
             {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs}
             for r in requests
         ]
-        rows = [arrays[self.inputs[0]].shape[0] for arrays in per_request]
-        width = max(arrays[self.inputs[0]].shape[1] for arrays in per_request)
-        feed = {}
-        for name in self.inputs:
-            batch = np.zeros((sum(rows), width), dtype=np.int64)
-            start = 0
-            for arrays, n in zip(per_request, rows, strict=True):
-                a = arrays[name]
-                batch[start : start + n, : a.shape[1]] = a
-                start += n
-            feed[name] = batch
+        counts = [arrays[self.inputs[0]].shape[0] for arrays in per_request]
         try:
-            logits = self.session.run(["logits"], feed)[0].astype(np.float32, copy=False)
+            run = self._run_per_row(per_request) if self.per_row else self._run_batch(per_request, counts)
+            logits = run.astype(np.float32, copy=False)
         except Exception as exc:  # every request must get an answer, not a dead stub
             error = pb_utils.TritonError(f"classifier failed: {type(exc).__name__}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
         responses, start = [], 0
-        for n in rows:
+        for n in counts:
             responses.append(
                 pb_utils.InferenceResponse([pb_utils.Tensor("logits", logits[start : start + n])])
             )

@@ -1,12 +1,14 @@
 """Triton python backend: logits -> per-label calibrated sigmoid probabilities -> labels at the tuned
-thresholds.
+thresholds, and the version of the model that produced them.
 
 Multi-label: every label has its own sigmoid, temperature and threshold (never a softmax); the
 probability is sigmoid(logit / temperature), the same as export.calibration.calibrated_probabilities
-(a unit test keeps them equal). Thresholds, temperatures (1.0 where absent) and label names come from
-the one labels file written by export (`labels_file`, relative to this model's directory).
+(a unit test keeps them equal). Labels, thresholds and temperatures of the served variant (parameter
+``variant``) come from the manifest next to this file (written by `python -m export install`), so they
+always belong to the weights the classifier verified against the same manifest.
 LABELS holds a row's predicted labels; in a multi-row request, shorter rows are padded with empty
-strings, and a row whose probabilities all stay under their thresholds has none.
+strings, and a row whose probabilities all stay under their thresholds has none. MODEL_VERSION is
+``<manifest version>-<variant>`` for every row.
 """
 
 from __future__ import annotations
@@ -22,23 +24,29 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        labels_file = (Path(args["model_repository"]) / params["labels_file"]).resolve()
-        entries = sorted(json.loads(labels_file.read_text())["labels"], key=lambda e: e["id"])
+        path = Path(args["model_repository"]) / args["model_version"] / "manifest.json"
+        manifest = json.loads(path.read_text())
+        variant = params["variant"]
+        if variant not in manifest["variants"]:
+            raise pb_utils.TritonModelException(f"{path}: no variant {variant!r}")
+        entry = manifest["variants"][variant]
         num_labels = next(o["dims"][0] for o in config["output"] if o["name"] == "PROBABILITIES")
-        if len(entries) != int(num_labels):
+        if len(manifest["labels"]) != int(num_labels):
             raise pb_utils.TritonModelException(
-                f"{labels_file} has {len(entries)} labels, config expects {num_labels}"
+                f"{path} has {len(manifest['labels'])} labels, config expects {num_labels}"
             )
-        self.names = np.array([e["name"].encode() for e in entries], dtype=object)
-        self.thresholds = np.array([e["threshold"] for e in entries], dtype=np.float32)
-        self.temperatures = np.array([e.get("temperature", 1.0) for e in entries], dtype=np.float64)
+        self.names = np.array([n.encode() for n in manifest["labels"]], dtype=object)
+        self.thresholds = np.array(entry["thresholds"], dtype=np.float32)
+        self.temperatures = np.array(entry["temperatures"], dtype=np.float64)
         if not (np.isfinite(self.temperatures).all() and (self.temperatures > 0).all()):
-            raise pb_utils.TritonModelException(f"{labels_file}: temperatures must be finite and > 0")
+            raise pb_utils.TritonModelException(f"{path}: temperatures must be finite and > 0")
+        self.version = f"{manifest['version']}-{variant}".encode()
 
     def execute(self, requests):
         logits = [pb_utils.get_input_tensor_by_name(r, "logits").as_numpy() for r in requests]
         scaled = np.concatenate(logits).astype(np.float64) / self.temperatures
         probs = (1.0 / (1.0 + np.exp(-np.clip(scaled, -50, 50)))).astype(np.float32)
+        # NaN compares false: a non-finite row gets no labels here and is refused by the gateway.
         hits = probs >= self.thresholds
         responses, start = [], 0
         for block in logits:
@@ -51,6 +59,7 @@ class TritonPythonModel:
             tensors = [
                 pb_utils.Tensor("PROBABILITIES", probs[start : start + n]),
                 pb_utils.Tensor("LABELS", labels),
+                pb_utils.Tensor("MODEL_VERSION", np.full((n, 1), self.version, dtype=object)),
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += n

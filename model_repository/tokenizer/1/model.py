@@ -1,13 +1,17 @@
 """Triton python backend: TEXT (one string per row) -> input_ids, attention_mask[, token_type_ids].
 
 Uses the `tokenizers` package directly (not transformers): the stub starts in well under a second
-instead of ~10 s. Rows from every request in the executed batch are encoded together and padded to
-the longest row of that batch (rounded up to `pad_to_multiple_of`), never to max_length.
-A bad row (not UTF-8, empty) fails only its own request.
+instead of ~10 s. Rows from every request in the executed batch are encoded together; each request's
+rows are padded to that request's own longest row (rounded up to `pad_to_multiple_of`), never to
+another request's: the same request always gives the same tensors, so the classifier's response cache
+key does not depend on what else was in flight. A bad row (not UTF-8, empty) fails only its own request.
+The tokenizer file is checked against the manifest next to this file at load, and max_length must be
+the manifest's (the one the model was trained and gated with).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -36,9 +40,20 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = _params(config)
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.tokenizer = Tokenizer.from_file(
-            str(version_dir / params.get("tokenizer_file", "tokenizer.json"))
-        )
+        manifest = json.loads((version_dir / "manifest.json").read_text())
+        name = params.get("tokenizer_file", "tokenizer.json")
+        path = version_dir / name
+        expected = manifest["tokenizer"].get(name, {}).get("sha256")
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise pb_utils.TritonModelException(
+                f"{path} is missing or differs from its manifest ({manifest['version']}); reinstall"
+            )
+        if int(params["max_length"]) != int(manifest["max_length"]):
+            raise pb_utils.TritonModelException(
+                f"config max_length {params['max_length']} differs from the manifest's "
+                f"{manifest['max_length']}; run `python -m export configs`"
+            )
+        self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=int(params["max_length"]))
         self.pad_multiple = max(1, int(params.get("pad_to_multiple_of", "1")))
@@ -72,23 +87,21 @@ class TritonPythonModel:
                 continue
             spans.append((i, len(texts), len(rows)))
             texts.extend(rows)
-        if texts:
-            encodings = self.tokenizer.encode_batch(texts)
-            width = max(len(e.ids) for e in encodings)
+        encodings = self.tokenizer.encode_batch(texts) if texts else []
+        for i, start, count in spans:
+            mine = encodings[start : start + count]
+            width = max(len(e.ids) for e in mine)
             width = -(-width // self.pad_multiple) * self.pad_multiple
             arrays = {
-                "input_ids": np.full((len(texts), width), self.pad_id, dtype=np.int64),
-                "attention_mask": np.zeros((len(texts), width), dtype=np.int64),
-                "token_type_ids": np.zeros((len(texts), width), dtype=np.int64),
+                "input_ids": np.full((count, width), self.pad_id, dtype=np.int64),
+                "attention_mask": np.zeros((count, width), dtype=np.int64),
+                "token_type_ids": np.zeros((count, width), dtype=np.int64),
             }
-            for row, enc in enumerate(encodings):
+            for row, enc in enumerate(mine):
                 n = len(enc.ids)
                 arrays["input_ids"][row, :n] = enc.ids
                 arrays["attention_mask"][row, :n] = 1
                 arrays["token_type_ids"][row, :n] = enc.type_ids
-            for i, start, count in spans:
-                tensors = [
-                    pb_utils.Tensor(name, arrays[name][start : start + count]) for name in self.outputs
-                ]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            tensors = [pb_utils.Tensor(name, arrays[name]) for name in self.outputs]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses

@@ -1,0 +1,54 @@
+"""Model and tensor names shared by export, the Triton model repository, the gateway and clients."""
+
+from __future__ import annotations
+
+# The ensemble clients call, and its composing models.
+ENSEMBLE = "goemotions"
+TOKENIZER = "tokenizer"
+CLASSIFIER = "classifier"
+POSTPROCESS = "postprocess"
+
+# Tensors.
+TEXT = "TEXT"
+LOGITS = "logits"
+PROBABILITIES = "PROBABILITIES"
+LABELS = "LABELS"
+# The version of the model that produced a row (the manifest's served version): one string per row.
+MODEL_VERSION = "MODEL_VERSION"
+ENSEMBLE_OUTPUTS = (PROBABILITIES, LABELS, MODEL_VERSION)
+
+# One truncation length for training, export, parity and serving (spec.json carries it to Triton).
+DEFAULT_MAX_LENGTH = 128
+
+# GoEmotions (Demszky et al., 2020), in the dataset's label-id order: the model's output order.
+GOEMOTIONS_LABELS = (
+    "admiration",
+    "amusement",
+    "anger",
+    "annoyance",
+    "approval",
+    "caring",
+    "confusion",
+    "curiosity",
+    "desire",
+    "disappointment",
+    "disapproval",
+    "disgust",
+    "embarrassment",
+    "excitement",
+    "fear",
+    "gratitude",
+    "grief",
+    "joy",
+    "love",
+    "nervousness",
+    "optimism",
+    "pride",
+    "realization",
+    "relief",
+    "remorse",
+    "sadness",
+    "surprise",
+    "neutral",
+)
+NEUTRAL = "neutral"

@@ -1,0 +1,165 @@
+"""Static INT8 (QDQ) and per-row dynamic INT8: a row's answer must not depend on its batch neighbours."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from export.bench import batch_invariance, longest_texts
+from export.data import load_split
+from export.runtime import BATCH, PER_ROW, Classifier, load_tokenizer, onnx_classifier
+from export.variants import (
+    INT8,
+    INT8_DYNAMIC,
+    RAW,
+    VARIANT_FILES,
+    BuiltVariant,
+    Calibration,
+    OnnxExport,
+    StaticInt8Settings,
+    build_variants,
+    calibration_sample,
+    export_onnx,
+)
+
+MAX_LENGTH = 64
+INVARIANT = 1e-6  # max |Δlogit| alone vs in a padded batch
+
+
+@pytest.fixture(scope="module")
+def texts(tiny_data: Path) -> dict[str, list[str]]:
+    return {split: load_split(split, tiny_data).texts for split in ("train", "dev")}
+
+
+@pytest.fixture(scope="module")
+def built(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, texts: dict[str, list[str]]
+) -> tuple[dict[str, BuiltVariant], object, list[str]]:
+    export = export_onnx(str(tiny_model), tmp_path_factory.mktemp("quant"))
+    tokenizer = load_tokenizer(export.directory)
+    calibration = Calibration(tokenizer, calibration_sample(texts["train"], 64), MAX_LENGTH)
+    return (
+        build_variants(export, (INT8, INT8_DYNAMIC), calibration=calibration),
+        tokenizer,
+        list(calibration.texts),
+    )
+
+
+def companions(tokenizer: object, dev: list[str]) -> list[str]:
+    return longest_texts(tokenizer, dev, 7, MAX_LENGTH)
+
+
+def max_row_drift(clf: Classifier, texts: list[str], long_texts: list[str]) -> float:
+    """Max |Δlogit| of each text alone vs as row 0 of a batch padded to the long texts."""
+    worst = 0.0
+    for text in texts:
+        alone = clf.logits([text])[0]
+        batched = clf.logits([text, *long_texts])[0]
+        worst = max(worst, float(np.abs(alone - batched).max()))
+    return worst
+
+
+def test_static_int8_is_a_qdq_graph_with_fixed_scales(built):
+    variants, _, _ = built
+    int8 = variants[INT8]
+    assert int8.path.name == VARIANT_FILES[INT8] and int8.path.is_file()
+    ops = {n.op_type for n in onnx.load(str(int8.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "DynamicQuantizeLinear" not in ops  # no scale computed from the batch at run time
+    assert (int8.precision, int8.execution) == ("int8", BATCH)
+    assert variants[RAW].execution == BATCH and variants[RAW].precision == "fp32"
+    assert (variants[INT8_DYNAMIC].precision, variants[INT8_DYNAMIC].execution) == ("int8", PER_ROW)
+    assert variants[INT8_DYNAMIC].path.name == VARIANT_FILES[INT8_DYNAMIC]
+
+
+def test_static_int8_rows_do_not_depend_on_the_batch(built, texts):
+    variants, tokenizer, _ = built
+    clf = onnx_classifier(variants[INT8].path, tokenizer, MAX_LENGTH, execution=variants[INT8].execution)
+    long_texts = companions(tokenizer, texts["dev"])
+    assert max_row_drift(clf, texts["dev"][:40], long_texts) <= INVARIANT
+
+
+def test_dynamic_int8_depends_on_the_batch_unless_run_per_row(built, texts):
+    """The reason for per_row: batched, dynamic INT8 answers change with the neighbours."""
+    variants, tokenizer, _ = built
+    path = variants[INT8_DYNAMIC].path
+    long_texts = companions(tokenizer, texts["dev"])
+    batched = onnx_classifier(path, tokenizer, MAX_LENGTH, execution=BATCH)
+    assert max_row_drift(batched, texts["dev"][:40], long_texts) > 1e-3
+    per_row = onnx_classifier(path, tokenizer, MAX_LENGTH, execution=variants[INT8_DYNAMIC].execution)
+    assert max_row_drift(per_row, texts["dev"][:40], long_texts) <= INVARIANT
+
+
+def test_per_row_predict_is_independent_of_batch_size_and_order(built, texts):
+    variants, tokenizer, _ = built
+    clf = onnx_classifier(
+        variants[INT8_DYNAMIC].path, tokenizer, MAX_LENGTH, execution=variants[INT8_DYNAMIC].execution
+    )
+    sample = texts["dev"][:60]
+    one = clf.predict(sample, batch_size=1)
+    for batch_size in (8, 32):
+        assert np.abs(clf.predict(sample, batch_size=batch_size) - one).max() <= INVARIANT
+    mixed = companions(tokenizer, texts["dev"]) + sample
+    assert np.abs(clf.predict(mixed, batch_size=16)[7:] - one).max() <= INVARIANT
+
+
+def test_bench_invariance_reports_the_dynamic_batch_drift(built, texts):
+    variants, tokenizer, _ = built
+    long_texts = companions(tokenizer, texts["dev"])
+    sample = [t for t in texts["dev"] if t not in long_texts][:30]
+    static = batch_invariance(onnx_classifier(variants[INT8].path, tokenizer, MAX_LENGTH), sample, long_texts)
+    assert static["within_target"] and static["texts"] == 30 and static["companions"] == 7
+    dynamic = batch_invariance(
+        onnx_classifier(variants[INT8_DYNAMIC].path, tokenizer, MAX_LENGTH, execution=BATCH),
+        sample,
+        long_texts,
+    )
+    assert not dynamic["within_target"] and dynamic["execution"] == BATCH
+
+
+def test_quantization_settings_are_recorded(built):
+    variants, _, calibration_texts = built
+    q = variants[INT8].quantization
+    assert json.loads(json.dumps(q, allow_nan=False)) == q
+    assert q["method"] == "static" and q["format"] == "QDQ"
+    assert (
+        q["op_types"]
+        and q["per_channel"] is True
+        and q["preset"] in ("avx2", "avx512", "avx512_vnni", "arm64")
+    )
+    assert q["calibration_method"] in ("minmax", "percentile", "entropy")
+    assert q["calibration_texts"] == len(calibration_texts) == 64
+    digest = hashlib.sha256(
+        json.dumps(calibration_texts, ensure_ascii=False, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert q["calibration_sha256"] == digest
+    d = variants[INT8_DYNAMIC].quantization
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+    assert d["method"] == "dynamic" and d["per_channel"] is True and "MatMul" in d["op_types"]
+    assert variants[RAW].quantization == {}
+
+
+def test_int8_without_calibration_raises_before_any_work(tmp_path):
+    export = OnnxExport(tmp_path, ["input_ids", "attention_mask"], ["logits"], 17)
+    with pytest.raises(ValueError, match="calibration"):
+        build_variants(export, (INT8,))
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="unknown variant"):
+        build_variants(export, ("int4",))
+
+
+def test_calibration_sample_and_settings_are_checked(texts):
+    train = texts["train"]
+    assert calibration_sample(train, 20) == calibration_sample(list(train), 20)
+    assert len(calibration_sample(train, 10_000)) == len(train)
+    with pytest.raises(ValueError):
+        Calibration(object(), [], MAX_LENGTH)
+    with pytest.raises(ValueError):
+        StaticInt8Settings(calibration_method="kl")
+    with pytest.raises(ValueError):
+        StaticInt8Settings(percentile=0.0)
