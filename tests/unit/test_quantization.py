@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
-from export.bench import batch_invariance, longest_texts
+from export.bench import batch_invariance, invariance_markdown, longest_texts
 from export.data import load_split
 from export.runtime import BATCH, PER_ROW, Classifier, load_tokenizer, onnx_classifier
 from export.variants import (
@@ -25,6 +27,7 @@ from export.variants import (
     build_variants,
     calibration_sample,
     export_onnx,
+    quantize_int8_static,
 )
 
 MAX_LENGTH = 64
@@ -144,6 +147,36 @@ def test_quantization_settings_are_recorded(built):
     assert variants[RAW].quantization == {}
 
 
+def test_graph_rewrites_keep_the_arithmetic(built, texts, tmp_path):
+    """FP32 bypass of the residual stream and the bias fused into MatMulIntegerToFloat: same kernels'
+    math as ORT's own QDQ fusion (no rewrite), only fewer nodes."""
+    variants, tokenizer, calibration_texts = built
+    # The tiny model's biases are all zero (BERT init): give them values, or a dropped bias would pass.
+    model = onnx.load(str(variants[RAW].path))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        if init.name.endswith("bias") and len(init.dims) == 1:
+            values = rng.normal(0, 0.5, size=init.dims[0]).astype(np.float32)
+            init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    onnx.save(model, str(tmp_path / VARIANT_FILES[RAW]))
+    export = OnnxExport(tmp_path, ["input_ids", "attention_mask", "token_type_ids"], ["logits"], 17)
+    settings = StaticInt8Settings()
+    plain = dataclasses.replace(settings, fp32_bypass=False, fuse_bias=False)
+    bypass_only = dataclasses.replace(settings, fuse_bias=False)
+    sample = texts["dev"][:40]
+    logits, ops = {}, {}
+    for name, s in (("plain", plain), ("bypass", bypass_only), ("default", settings)):
+        b = quantize_int8_static(export, Calibration(tokenizer, calibration_texts, MAX_LENGTH, s))
+        logits[name] = onnx_classifier(b.path, tokenizer, MAX_LENGTH).predict(sample, batch_size=8)
+        ops[name] = [n.op_type for n in onnx.load(str(b.path)).graph.node]
+    assert ops["default"].count("MatMulIntegerToFloat") == 2 * 6  # 2 layers x (Q, K, V, out, FFN in/out)
+    assert ops["default"].count("DequantizeLinear") < ops["bypass"].count("DequantizeLinear")
+    assert np.abs(logits["default"] - logits["bypass"]).max() <= 1e-4
+    # The bypass changes answers on purpose (the residual stream is no longer rounded to 8 bits), but
+    # only by quantization noise.
+    assert 0 < np.abs(logits["bypass"] - logits["plain"]).max() < 0.5
+
+
 def test_int8_without_calibration_raises_before_any_work(tmp_path):
     export = OnnxExport(tmp_path, ["input_ids", "attention_mask"], ["logits"], 17)
     with pytest.raises(ValueError, match="calibration"):
@@ -163,3 +196,22 @@ def test_calibration_sample_and_settings_are_checked(texts):
         StaticInt8Settings(calibration_method="kl")
     with pytest.raises(ValueError):
         StaticInt8Settings(percentile=0.0)
+
+
+def test_bench_report_has_the_invariance_table(built, texts):
+    variants, tokenizer, _ = built
+    long_texts = companions(tokenizer, texts["dev"])
+    sample = [t for t in texts["dev"] if t not in long_texts][:10]
+    rows = {
+        "int8": batch_invariance(
+            onnx_classifier(variants[INT8].path, tokenizer, MAX_LENGTH), sample, long_texts
+        ),
+        "int8_dynamic (batch execution, not served)": batch_invariance(
+            onnx_classifier(variants[INT8_DYNAMIC].path, tokenizer, MAX_LENGTH), sample, long_texts
+        ),
+    }
+    lines = invariance_markdown(rows)
+    assert lines[0] == "## batch invariance: max |Δp| alone vs in a batch with 7 long texts"
+    assert "Target: max |Δp| ≤ 1e-05." in lines[2]
+    table = [line for line in lines if line.startswith("| int8")]
+    assert len(table) == 2 and table[0].endswith("| yes |") and table[1].endswith("| no |")
