@@ -149,3 +149,17 @@ def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subproc
             text=True,
         )
     return proc, f"http://127.0.0.1:{gw}", http
+
+
+def stop_launcher(proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """SIGINT (the launcher stops the gateway, then Triton), SIGKILL only if it hangs: a killed
+    launcher would leave its Triton and gateway processes behind."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from server.embedded import EmbeddedTriton, group_regions, shm_regions
 from tests.conftest import start_redis
-from tests.e2e.conftest import free_ports, make_repository, server_config, start_launcher
+from tests.e2e.conftest import free_ports, make_repository, server_config, start_launcher, stop_launcher
 from tests.e2e.test_embedded_triton import TEXTS
 
 pytestmark = pytest.mark.e2e
@@ -76,13 +75,7 @@ def stack(repository: Path, tmp_path: Path) -> Iterator[tuple[str, int]]:
         assert _wait(f"{url}/readyz"), "stack did not come up"
         yield url, http
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_launcher(proc)
 
 
 def test_triton_killed_under_load_503_fast_then_recovers_with_no_wrong_answer(stack, expected_for):
@@ -266,6 +259,4 @@ def test_clean_shutdown_finishes_in_flight_and_leaves_no_shared_memory(repositor
         assert set(outcomes) <= {"200", "not accepted"}, outcomes  # ...and none was cut off mid-way
         assert owned & shm_regions() == set()  # this server's regions are gone
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_launcher(proc)

@@ -16,7 +16,7 @@ import redis
 from contract.manifest import Manifest
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.e2e.conftest import free_ports, start_launcher
+from tests.e2e.conftest import free_ports, start_launcher, stop_launcher
 from tests.e2e.test_embedded_triton import TEXTS, grpc_infer
 
 pytestmark = pytest.mark.e2e
@@ -152,6 +152,4 @@ def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
         with sqlite3.connect(audit_db) as db:  # written to disk, text not stored
             assert db.execute("SELECT learner_id, text FROM audit_log").fetchall() == [("e2e-audit", None)]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_launcher(proc)

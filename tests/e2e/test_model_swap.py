@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 import urllib.error
@@ -23,7 +22,7 @@ from export.calibration import calibrated_probabilities
 from export.pipeline import export_model, install
 from export.runtime import load_tokenizer, onnx_classifier
 from tests.conftest import build_tiny_model
-from tests.e2e.conftest import TINY_OPTIONS, make_repository, start_launcher
+from tests.e2e.conftest import TINY_OPTIONS, make_repository, start_launcher, stop_launcher
 
 pytestmark = pytest.mark.e2e
 
@@ -153,10 +152,4 @@ def test_swap_under_load_fails_nothing_and_never_mislabels(tmp_path, tiny_export
             assert json.loads(labels) == labels_of[(text, version)]
     finally:
         stop.set()
-        if proc.poll() is None:  # SIGINT first: a killed launcher would leave its Triton processes behind
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_launcher(proc)
