@@ -310,7 +310,7 @@ def summary_markdown(summary: dict[str, Any], manifest: Manifest) -> str:
             continue
         execution = manifest.variants[name].execution if name in manifest.variants else "batch"
         parity = summary["parity"].get(name, {}).get("max_abs_logit_diff")
-        cal = summary["calibration_dev"].get(name)
+        cal = summary["calibration_dev"]["per_variant"].get(name)
         ece = "" if cal is None else f"{cal['ece_before']:.5f} / {cal['ece_after']:.5f}"
         t = test[name]["at_tuned"]
         lines.append(

@@ -114,6 +114,10 @@ def test_decisions_on_dev_and_test_only_reported_with_intervals(exported):
         assert lo <= test[variant]["at_tuned"]["macro_f1"] <= hi
     summary = json.loads((out / "reports" / "summary.json").read_text())
     assert summary["decisions_on"] == "dev" and summary["model_version"] == manifest.version
+    table = (out / "reports" / "summary.md").read_text()
+    fp32 = calibration["results"]["per_variant"]["fp32"]
+    assert f"| {fp32['ece_before']:.5f} / {fp32['ece_after']:.5f} |" in table  # the dev ECE column
+    assert f"**{test['int8']['at_tuned']['macro_f1']:.4f}**" in table
     png = (out / "reports" / "reliability.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
