@@ -253,11 +253,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         train(Path(choice.ref), TrainConfig())
     out = EXPORTS_DIR / model_slug(choice.ref if choice.kind != "student" else "student")
     summary = out / "reports" / "summary.json"
-    passed = (
-        summary.is_file()
-        and json.loads(summary.read_text()).get("passed")
-        and (out / MANIFEST_FILE).is_file()
-    )
+    passed = summary.is_file() and json.loads(summary.read_text()).get("passed") and _readable(out)
     if args.force or not passed:
         export_model(choice.ref, out, _export_options(args), args.data_dir)
     else:
@@ -313,6 +309,16 @@ def _serve_snapshot_first(args: argparse.Namespace, student: Path) -> int:
         log_file,
     )
     return 0
+
+
+def _readable(export_dir: Path) -> bool:
+    """An export whose manifest this version reads (an older schema is rebuilt, not refused)."""
+    try:
+        Manifest.read(export_dir / MANIFEST_FILE)
+    except ManifestError as exc:
+        log.info("rebuilding the cached export: %s", exc)
+        return False
+    return True
 
 
 def _alive(pid_file: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,13 @@ def test_prepare_is_cached(tmp_path, tiny_model, tiny_data, monkeypatch, caplog)
     assert calls == []  # second run re-exports nothing
     assert "cached export" in caplog.text and "already holds" in caplog.text
     assert read_installed(tmp_path / "repo") == first
+
+    # An export from before the manifest schema (or hand-edited) is rebuilt, not a dead end.
+    (export_dir,) = (tmp_path / "exports").iterdir()
+    manifest = export_dir / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "schema": 1}))
+    main(args)  # the stand-in export_model above writes nothing, so this run ends without a model
+    assert len(calls) == 1 and "rebuilding the cached export" in caplog.text
 
 
 def test_prepare_serves_a_snapshot_first_and_finishes_in_the_background(
