@@ -94,9 +94,12 @@ def redis_url() -> Iterator[str]:
 
 
 def standby_offset(ports: list[int]) -> int:
-    """An offset at which every one of ``ports`` is free too (the launcher's standby Triton)."""
-    for offset in range(101, 20_000, 97):
-        if all(p + offset < 65_536 and _free(p + offset) for p in ports):
+    """An offset at which every one of ``ports`` is free too (the launcher's standby Triton). The standby
+    ports land below Linux's ephemeral range (32768+): there, no outgoing connection can take one between
+    this check and the moment a model swap binds it."""
+    for target in range(20_000, 32_000, 97):
+        offset = target - min(ports)
+        if all(1024 < p + offset < 32_768 and _free(p + offset) for p in ports):
             return offset
     raise RuntimeError(f"no free standby ports for {ports}")
 
@@ -135,8 +138,7 @@ def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subproc
         str(gw),
         "--log-file",
         str(log_dir / "triton.log"),
-        "--standby-port-offset",
-        str(offset),
+        f"--standby-port-offset={offset}",
     ]
     full_env = {**os.environ, **env}
     with (log_dir / "launcher.log").open("w") as out:
