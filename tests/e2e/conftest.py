@@ -6,6 +6,7 @@ down, shared memory included.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -93,15 +94,18 @@ def redis_url() -> Iterator[str]:
         stop_process(proc)
 
 
-def standby_offset(ports: list[int]) -> int:
-    """An offset at which every one of ``ports`` is free too (the launcher's standby Triton). The standby
-    ports land below Linux's ephemeral range (32768+): there, no outgoing connection can take one between
-    this check and the moment a model swap binds it."""
-    for target in range(20_000, 32_000, 97):
-        offset = target - min(ports)
-        if all(1024 < p + offset < 32_768 and _free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError(f"no free standby ports for {ports}")
+STANDBY_OFFSET = 10
+
+
+def launcher_ports() -> list[int]:
+    """HTTP, gRPC, metrics and gateway ports for the launcher, with the standby Triton's three at
+    +STANDBY_OFFSET all free, below Linux's ephemeral range (32768+): there, no outgoing connection can
+    take one between this check and the moment a model swap binds it."""
+    for base in range(20_000 + os.getpid() % 97 * 97, 32_000, 97):
+        ports = [base, base + 1, base + 2, base + 3]
+        if all(_free(p) for p in [*ports, *(p + STANDBY_OFFSET for p in ports[:3])]):
+            return ports
+    raise RuntimeError("no free launcher ports below 32000")
 
 
 def _free(port: int) -> bool:
@@ -120,8 +124,7 @@ def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subproc
     import os
     import sys
 
-    http, grpc, metrics, gw = free_ports(4)
-    offset = standby_offset([http, grpc, metrics])
+    http, grpc, metrics, gw = launcher_ports()
     cmd = [
         sys.executable,
         "-m",
@@ -138,7 +141,7 @@ def start_launcher(repository: Path, log_dir: Path, **env: str) -> tuple[subproc
         str(gw),
         "--log-file",
         str(log_dir / "triton.log"),
-        f"--standby-port-offset={offset}",
+        f"--standby-port-offset={STANDBY_OFFSET}",
     ]
     full_env = {**os.environ, **env}
     with (log_dir / "launcher.log").open("w") as out:
