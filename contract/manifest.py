@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from contract.names import CLASSIFIER, POSTPROCESS, TOKENIZER
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 2
@@ -185,14 +190,14 @@ class Manifest:
             raise ManifestError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, str(path))
 
+    def model_files(self, variants: tuple[str, ...] | None = None) -> list[FileEntry]:
+        """The classifier's files: the raw ONNX and the chosen variants' weights (all by default)."""
+        chosen = self.variants if variants is None else {v: self.variants[v] for v in variants}
+        return [self.onnx, *(FileEntry(e.file, e.sha256, e.size_bytes) for e in chosen.values())]
+
     def files(self, variants: tuple[str, ...] | None = None) -> list[FileEntry]:
         """Every file the manifest names (tokenizer, raw ONNX, the chosen variants' weights)."""
-        chosen = self.variants if variants is None else {v: self.variants[v] for v in variants}
-        return [
-            *self.tokenizer.values(),
-            self.onnx,
-            *(FileEntry(e.file, e.sha256, e.size_bytes) for e in chosen.values()),
-        ]
+        return [*self.tokenizer.values(), *self.model_files(variants)]
 
     def mismatched_files(self, directory: Path, entries: list[FileEntry]) -> list[str]:
         """Names of ``entries`` missing from ``directory`` or differing from the manifest (sha256)."""
@@ -206,3 +211,43 @@ class Manifest:
             ):
                 bad.append(entry.file)
         return bad
+
+
+def installed_digest(repository: Path) -> str | None:
+    """The digest of the model installed in ``repository`` once install has finished (the root manifest
+    and the copy in every model's version directory agree); None while an install is half-way or
+    nothing is installed. Cheap: the launcher polls it."""
+    digests = set()
+    for path in [repository / MANIFEST_FILE] + [
+        repository / model / "1" / MANIFEST_FILE for model in (TOKENIZER, CLASSIFIER, POSTPROCESS)
+    ]:
+        try:
+            digests.add(json.loads(path.read_text(encoding="utf-8"))["digest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return digests.pop() if len(digests) == 1 else None
+
+
+def read_installed(repository: Path) -> Manifest | None:
+    """The installed manifest when install has finished and every file it names is in its place with
+    the right size (the python models check the sha256 at load), else None."""
+    digest = installed_digest(repository)
+    if digest is None:
+        return None
+    try:
+        manifest = Manifest.read(repository / MANIFEST_FILE)
+    except ManifestError as exc:
+        log.warning("%s", exc)
+        return None
+    if manifest.digest != digest:
+        return None
+    places = [
+        (repository / TOKENIZER / "1", list(manifest.tokenizer.values())),
+        (repository / CLASSIFIER / "1", manifest.model_files()),
+    ]
+    for directory, entries in places:
+        for entry in entries:
+            f = directory / entry.file
+            if not f.is_file() or f.stat().st_size != entry.size_bytes:
+                return None
+    return manifest

@@ -14,15 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from contract.manifest import MANIFEST_FILE, Manifest, ManifestError
+from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, read_installed
 from contract.names import DEFAULT_MAX_LENGTH
+from contract.spec import SPEC_FILE, ServingSpec
 from export.calibration import CALIBRATION_METHODS, PER_LABEL
 from export.data import DATA_DIR, DataError
 from export.gates import DEFAULT_MAX_CALIBRATION_F1_DROP, DEFAULT_MAX_MACRO_F1_DROP, GateFailed
-from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install, model_slug, read_installed
+from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install, model_slug
 from export.repository import stale_configs, write_configs
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
-from export.spec import SPEC_FILE, ServingSpec
 from export.train import REPORT_FILE, Snapshot, TrainConfig, is_trained, train
 from export.variants import INT8_CONFIGS, ONNX_VARIANTS
 

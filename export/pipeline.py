@@ -21,6 +21,7 @@ from contract.manifest import (
     file_sha256,
 )
 from contract.names import DEFAULT_MAX_LENGTH
+from contract.spec import SPEC_FILE, ServingSpec, TensorRTProfile
 from export.calibration import (
     CALIBRATION_METHODS,
     PER_LABEL,
@@ -41,7 +42,6 @@ from export.gates import (
 from export.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_f1
 from export.repository import write_configs
 from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
-from export.spec import SPEC_FILE, ServingSpec, TensorRTProfile
 from export.tensorrt import PLAN_FILE, write_build_script
 from export.variants import (
     CALIBRATION_TEXTS,
@@ -402,31 +402,4 @@ def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> Manifest:
         manifest.write(repository / model / "1" / MANIFEST_FILE)
     manifest.write(repository / MANIFEST_FILE)
     log.info("installed %s (%s) into %s", manifest.source, manifest.version, repository)
-    return manifest
-
-
-def read_installed(repository: Path = MODEL_REPOSITORY) -> Manifest | None:
-    """The installed manifest when every file it names is present in its place with the right size
-    (the python models check the sha256 at load), else None."""
-    path = repository / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        manifest = Manifest.read(path)
-    except ManifestError as exc:
-        log.warning("%s", exc)
-        return None
-    places = [
-        (repository / TOKENIZER_DIR / "1", list(manifest.tokenizer.values())),
-        (repository / CLASSIFIER_DIR / "1", manifest.files()[len(manifest.tokenizer) :]),
-    ]
-    for directory, entries in places:
-        for entry in entries:
-            f = directory / entry.file
-            if not f.is_file() or f.stat().st_size != entry.size_bytes:
-                return None
-    for model in (TOKENIZER_DIR, CLASSIFIER_DIR, POSTPROCESS_DIR):
-        copy = repository / model / "1" / MANIFEST_FILE
-        if not copy.is_file() or json.loads(copy.read_text()).get("digest") != manifest.digest:
-            return None
     return manifest

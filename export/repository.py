@@ -25,7 +25,7 @@ from contract.names import (
     TEXT,
     TOKENIZER,
 )
-from export.spec import ServingSpec
+from contract.spec import ServingSpec
 from export.variants import VARIANT_FILES
 
 WARMUP_TEXT = "I can't believe I finally solved it, thank you so much!"

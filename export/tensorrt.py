@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from export.spec import TensorRTProfile
+from contract.spec import TensorRTProfile
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,11 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_S = 5.0  # after a Redis failure, try it again this much later
-
-
-def normalize(text: str) -> str:
-    """NFC and outer whitespace only: anything stronger (case, inner spaces) could change the answer."""
-    return unicodedata.normalize("NFC", text).strip()
 
 
 def cache_key(model_version: str, text: str) -> str:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from contract.names import GOEMOTIONS_LABELS, NEUTRAL
+from contract.text import normalize
 from gateway.breaker import BreakerInference
-from gateway.cache import ResultCache, SingleFlight, cache_key, normalize
+from gateway.cache import ResultCache, SingleFlight, cache_key
 from gateway.errors import GatewayError
 from gateway.learning.policy import Policy
 from gateway.learning.state import LearnerContext, LearningState, assess

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from contract.manifest import read_installed
 from export.data import load_split
-from export.pipeline import read_installed
 from loadtest.common import (
     PathResult,
     UniqueTexts,

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from contract.manifest import read_installed
+from contract.spec import SPEC_FILE, ServingSpec
 from export.data import load_split
-from export.pipeline import read_installed
 from export.source import EXPORTS_DIR, STUDENT_DIR
-from export.spec import SPEC_FILE, ServingSpec
 from loadtest.bench_triton import run_raw
 from loadtest.common import (
     PathResult,

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from contract.manifest import read_installed
+from contract.spec import SPEC_FILE, ServingSpec
 from export.arrays import Array
 from export.data import load_split
-from export.pipeline import read_installed
-from export.spec import SPEC_FILE, ServingSpec
 from loadtest.common import PathResult, bench_main, closed_loop, triton_client
 from server.embedded import EmbeddedTriton, ServerConfig
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import signal
 import sys
@@ -23,9 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from contract.manifest import MANIFEST_FILE
-from contract.names import CLASSIFIER, POSTPROCESS, TOKENIZER
-from export.spec import SPEC_FILE, ServingSpec
+from contract.manifest import installed_digest
+from contract.spec import SPEC_FILE, ServingSpec
 from server.embedded import EmbeddedTriton, ServerConfig, ServerError
 from server.gateway_process import GatewayProcess
 
@@ -57,20 +55,6 @@ def _keep_log(path: Path) -> Path:
     if path.exists():
         path.replace(kept)
     return kept
-
-
-def installed_digest(repository: Path) -> str | None:
-    """The digest of the installed model once install has finished (the root manifest and the copy in
-    every model's version directory agree); None while an install is half-way or nothing is installed."""
-    digests = set()
-    for path in [repository / MANIFEST_FILE] + [
-        repository / model / "1" / MANIFEST_FILE for model in (TOKENIZER, CLASSIFIER, POSTPROCESS)
-    ]:
-        try:
-            digests.add(json.loads(path.read_text())["digest"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-    return digests.pop() if len(digests) == 1 else None
 
 
 def standby_config(config: ServerConfig, offset: int) -> ServerConfig:

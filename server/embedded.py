@@ -83,6 +83,9 @@ def prepare_backends(config: ServerConfig) -> Path:
     return config.work_dir / "backends"
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -92,6 +95,8 @@ def server_env() -> dict[str, str]:
     # The stub takes its prefix (and so site-packages) from `python3` on PATH: the venv goes first.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The python-backend models import the serving contract (names, manifest, text normalisation).
+    env["PYTHONPATH"] = ":".join(p for p in [str(PROJECT_ROOT), env.get("PYTHONPATH", "")] if p)
     return env
 
 

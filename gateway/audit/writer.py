@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
+from contract.text import normalize
 from gateway.audit.store import DB_ERRORS, AuditEntry, AuditRow, AuditStore, Before
-from gateway.cache import normalize
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 

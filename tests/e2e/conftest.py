@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.spec import SPEC_FILE, ServingSpec
 from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install
-from export.spec import SPEC_FILE, ServingSpec
 from server.embedded import EmbeddedTriton, ServerConfig
 
 PYTHON_MODELS = ("tokenizer/1/model.py", "classifier/1/model.py", "postprocess/1/model.py")

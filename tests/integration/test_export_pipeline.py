@@ -11,15 +11,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from contract.manifest import Manifest
+from contract.manifest import Manifest, read_installed
+from contract.spec import ServingSpec
 from export.calibration import calibrated_probabilities
 from export.data import load_dataset
 from export.gates import GateFailed
 from export.metrics import f1_scores
-from export.pipeline import ExportOptions, export_model, install, read_installed
+from export.pipeline import ExportOptions, export_model, install
 from export.repository import stale_configs
 from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
-from export.spec import ServingSpec
 from tests.conftest import build_tiny_model
 
 # Random weights: accuracy is meaningless, so the accuracy criteria are opened up (calibration's F1

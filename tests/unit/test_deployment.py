@@ -13,8 +13,8 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from contract.spec import SPEC_FILE, ServingSpec
 from export.pipeline import MODEL_REPOSITORY
-from export.spec import SPEC_FILE, ServingSpec
 from export.tensorrt import BUILD_SCRIPT, PLAN_FILE
 from export.variants import VARIANT_FILES
 from gateway.audit import from_settings

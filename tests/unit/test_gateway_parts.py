@@ -8,7 +8,8 @@ import json
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from gateway.cache import MemoryCache, SingleFlight, cache_key, normalize
+from contract.text import normalize
+from gateway.cache import MemoryCache, SingleFlight, cache_key
 from gateway.settings import Settings
 from gateway.triton import Prediction, _translate
 

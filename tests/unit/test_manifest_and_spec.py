@@ -8,9 +8,9 @@ import pytest
 
 from contract.manifest import FileEntry, Manifest, ManifestError, VariantEntry
 from contract.names import DEFAULT_MAX_LENGTH, GOEMOTIONS_LABELS
+from contract.spec import ServingSpec, TensorRTProfile
 from export.data import load_label_names
 from export.pipeline import MODEL_REPOSITORY
-from export.spec import ServingSpec, TensorRTProfile
 from export.train import TrainConfig
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from contract.spec import SPEC_FILE, ServingSpec
 from export.__main__ import main
 from export.pipeline import MODEL_REPOSITORY
 from export.repository import WARMUP_TEXT, render, stale_configs, write_configs
-from export.spec import SPEC_FILE, ServingSpec
 
 COMMITTED_SPEC = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.spec import TensorRTProfile
 from export import tensorrt
-from export.spec import TensorRTProfile
 
 
 def test_trtexec_command_has_profiles_precision_and_cache():
