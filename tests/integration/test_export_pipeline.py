@@ -20,7 +20,7 @@ from export.metrics import f1_scores
 from export.pipeline import ExportOptions, export_model, install
 from export.repository import stale_configs
 from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
-from tests.conftest import build_tiny_model
+from tests.support.models import build_tiny_model
 
 # Random weights: accuracy is meaningless, so the accuracy criteria are opened up (calibration's F1
 # criterion too: the random logits push temperatures to their bounds); parity and ECE stay strict.

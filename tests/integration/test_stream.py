@@ -28,8 +28,8 @@ from gateway.service import PROBE_TEXT
 from gateway.settings import Settings
 from gateway.stream import PATH, QUEUE_FULL
 from gateway.triton import Inference, InvalidModelOutput, Prediction
-from tests.conftest import free_port
 from tests.integration.test_gateway import FakeTriton
+from tests.support.processes import free_port
 
 WAIT_S = 10  # upper bound on any wait: a broken server fails the test instead of hanging it
 

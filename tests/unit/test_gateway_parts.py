@@ -125,7 +125,7 @@ def test_sliding_window_limiter():
 
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory):
-    from tests.conftest import free_port, start_redis, stop_process
+    from tests.support.processes import free_port, start_redis, stop_process
 
     port = free_port()
     proc = start_redis(port, tmp_path_factory.mktemp("redis") / "redis.log")

@@ -17,7 +17,7 @@ from gateway.learning.trajectory import (
     Trend,
     classify_trend,
 )
-from tests.conftest import free_port, start_redis, stop_process
+from tests.support.processes import free_port, start_redis, stop_process
 
 POLICY = load_policy()
 
