@@ -81,6 +81,7 @@ tensorrt-command: install
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/ruff format --check contract export server gateway loadtest clients tests model_repository
 
 typecheck: install-dev

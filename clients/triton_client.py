@@ -16,6 +16,8 @@ import sys
 
 import numpy as np
 
+from contract.names import ENSEMBLE, LABELS, MODEL_VERSION, PROBABILITIES, TEXT
+
 
 def classify(
     texts: list[str], url: str = "127.0.0.1:8001", protocol: str = "grpc"
@@ -25,10 +27,10 @@ def classify(
     else:
         import tritonclient.http as triton
     client = triton.InferenceServerClient(url)
-    text = triton.InferInput("TEXT", [len(texts), 1], "BYTES")
+    text = triton.InferInput(TEXT, [len(texts), 1], "BYTES")
     text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
-    names = ("PROBABILITIES", "LABELS", "MODEL_VERSION")
-    result = client.infer("goemotions", [text], outputs=[triton.InferRequestedOutput(n) for n in names])
+    names = (PROBABILITIES, LABELS, MODEL_VERSION)
+    result = client.infer(ENSEMBLE, [text], outputs=[triton.InferRequestedOutput(n) for n in names])
     probs, labels, versions = (result.as_numpy(n) for n in names)
     return [
         {

@@ -1,0 +1,1 @@
+"""Example clients: Triton directly (gRPC/HTTP) and the gateway's WebSocket stream."""
