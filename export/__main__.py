@@ -17,14 +17,15 @@ from pathlib import Path
 from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, read_installed
 from contract.names import DEFAULT_MAX_LENGTH
 from contract.spec import SPEC_FILE, ServingSpec
-from export.calibration import CALIBRATION_METHODS, PER_LABEL
-from export.data import DATA_DIR, DataError
-from export.gates import DEFAULT_MAX_CALIBRATION_F1_DROP, DEFAULT_MAX_MACRO_F1_DROP, GateFailed
-from export.pipeline import MODEL_REPOSITORY, ExportOptions, export_model, install, model_slug
-from export.repository import stale_configs, write_configs
+from export.packaging.install import MODEL_REPOSITORY, install
+from export.packaging.repository import stale_configs, write_configs
+from export.packaging.variants import INT8_CONFIGS, ONNX_VARIANTS
+from export.pipeline import ExportOptions, export_model, model_slug
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
-from export.train import REPORT_FILE, Snapshot, TrainConfig, is_trained, train
-from export.variants import INT8_CONFIGS, ONNX_VARIANTS
+from export.training.calibration import CALIBRATION_METHODS, PER_LABEL
+from export.training.data import DATA_DIR, DataError
+from export.training.gates import DEFAULT_MAX_CALIBRATION_F1_DROP, DEFAULT_MAX_MACRO_F1_DROP, GateFailed
+from export.training.train import REPORT_FILE, Snapshot, TrainConfig, is_trained, train
 
 log = logging.getLogger("export")
 
@@ -342,7 +343,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def cmd_tensorrt(args: argparse.Namespace) -> int:
-    from export.tensorrt import PLAN_FILE, TensorRTUnavailable, build_plan
+    from export.packaging.tensorrt import PLAN_FILE, TensorRTUnavailable, build_plan
 
     spec = ServingSpec.read(args.repository / SPEC_FILE)
     version_dir = args.repository / "classifier" / "1"
@@ -387,8 +388,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_bench,
         save_report,
     )
-    from export.data import load_split
-    from export.runtime import BATCH, load_tokenizer, onnx_classifier, torch_classifier
+    from export.packaging.runtime import BATCH, load_tokenizer, onnx_classifier, torch_classifier
+    from export.training.data import load_split
 
     if args.export_dir is None:
         installed = read_installed(args.repository)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from export.metrics import sigmoid
-from export.runtime import Classifier
+from export.packaging.runtime import Classifier
+from export.training.metrics import sigmoid
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""Model -> ONNX variants -> gates -> thresholds -> model repository, as one function per step."""
+"""Model -> ONNX variants -> gates -> thresholds -> manifest: the export, orchestrated.
+
+Training code (export.training: data, metrics, calibration, gates) and packaging code
+(export.packaging: ONNX variants, runtime, TensorRT, Triton configs, install) never import each other;
+this module and the CLI (export.__main__) join them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import json
 import logging
 import random
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,34 +20,14 @@ from contract.manifest import (
     MANIFEST_FILE,
     FileEntry,
     Manifest,
-    ManifestError,
     VariantEntry,
     file_sha256,
 )
 from contract.names import DEFAULT_MAX_LENGTH
 from contract.spec import SPEC_FILE, ServingSpec, TensorRTProfile
-from export.calibration import (
-    CALIBRATION_METHODS,
-    PER_LABEL,
-    calibrated_probabilities,
-    fit_mapping,
-    reliability,
-    reliability_diagram,
-)
-from export.data import DATA_DIR, load_dataset
-from export.gates import (
-    DEFAULT_MAX_CALIBRATION_F1_DROP,
-    DEFAULT_MAX_MACRO_F1_DROP,
-    GateFailed,
-    accuracy_gate,
-    calibration_gate,
-    parity_gate,
-)
-from export.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_f1
-from export.repository import write_configs
-from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
-from export.tensorrt import PLAN_FILE, write_build_script
-from export.variants import (
+from export.packaging.install import MODEL_REPOSITORY, TOKENIZER_FILES, install
+from export.packaging.runtime import load_tokenizer, onnx_classifier, torch_classifier
+from export.packaging.variants import (
     CALIBRATION_TEXTS,
     FP32,
     ONNX_VARIANTS,
@@ -53,24 +37,32 @@ from export.variants import (
     calibration_sample,
     export_onnx,
 )
+from export.training.calibration import (
+    CALIBRATION_METHODS,
+    PER_LABEL,
+    calibrated_probabilities,
+    fit_mapping,
+    reliability,
+    reliability_diagram,
+)
+from export.training.data import DATA_DIR, load_dataset
+from export.training.gates import (
+    DEFAULT_MAX_CALIBRATION_F1_DROP,
+    DEFAULT_MAX_MACRO_F1_DROP,
+    GateFailed,
+    accuracy_gate,
+    calibration_gate,
+    parity_gate,
+)
+from export.training.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_f1
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-CLASSIFIER_DIR = "classifier"
-TOKENIZER_DIR = "tokenizer"
-POSTPROCESS_DIR = "postprocess"
+# Callers that orchestrate a whole run (CLI, e2e fixtures, load tests) find install here too.
+__all__ = ["MODEL_REPOSITORY", "ExportOptions", "export_model", "install", "model_slug", "parity_sample"]
+
 REPORTS_DIR = "reports"
 RELIABILITY_PNG = "reliability.png"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
 PARITY_SAMPLE = 256
 PARITY_SEED = 2020
 
@@ -354,52 +346,3 @@ def _check_label_order(model_ref: str, label_names: list[str]) -> None:
             f"the model's id2label {model_names[:5]}... does not match the GoEmotions labels "
             f"{label_names[:5]}... in order; refusing to export a model whose outputs would be mislabelled"
         )
-
-
-def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> Manifest:
-    """Copy an export's files into the repository layout, then regenerate the configs: the repository's
-    serving settings, the new model's interface.
-
-    The manifest goes last, into the root and every model's version directory: the python models
-    verify their files against the copy next to them, so a half-copied install fails to load instead
-    of serving a mix. Files of the previous model (variants, a TensorRT plan built for another
-    manifest) are removed.
-    """
-    manifest = Manifest.read(export_dir / MANIFEST_FILE)
-    bad = manifest.mismatched_files(export_dir, manifest.files())
-    if bad:
-        raise ManifestError(f"{export_dir}: {', '.join(bad)} missing or not what the manifest says")
-    exported = ServingSpec.read(export_dir / SPEC_FILE)
-    current = repository / SPEC_FILE
-    spec = (
-        ServingSpec.read(current).for_model(exported.input_names, exported.max_length, exported.labels)
-        if current.is_file()
-        else exported
-    )
-    missing = {spec.cpu_variant, spec.gpu_variant} - set(manifest.variants)
-    if missing:
-        raise ValueError(
-            f"the serving spec serves {sorted(missing)} but {export_dir} has only "
-            f"{sorted(manifest.variants)}; export them (--variants) or change spec.json"
-        )
-    version_dir = repository / CLASSIFIER_DIR / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*version_dir.glob("model*.onnx"), *version_dir.glob(f"{PLAN_FILE}*")]:
-        stale.unlink()  # a plan is only valid for the manifest it was built from (build_plan.sh)
-    for name in [manifest.onnx.file, *(v.file for v in manifest.variants.values())]:
-        shutil.copy2(export_dir / name, version_dir / name)
-    tok_dir = repository / TOKENIZER_DIR / "1"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        (tok_dir / name).unlink(missing_ok=True)
-    for name in manifest.tokenizer:
-        shutil.copy2(export_dir / name, tok_dir / name)
-    (repository / "labels.json").unlink(missing_ok=True)  # before manifests, thresholds lived there
-    spec.write(current)
-    write_configs(repository, spec)
-    write_build_script(repository / CLASSIFIER_DIR, spec.input_names, spec.tensorrt, manifest.digest)
-    for model in (TOKENIZER_DIR, CLASSIFIER_DIR, POSTPROCESS_DIR):
-        manifest.write(repository / model / "1" / MANIFEST_FILE)
-    manifest.write(repository / MANIFEST_FILE)
-    log.info("installed %s (%s) into %s", manifest.source, manifest.version, repository)
-    return manifest

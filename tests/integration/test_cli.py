@@ -213,8 +213,8 @@ def test_prepare_serves_a_snapshot_first_and_finishes_in_the_background(
 
 def test_a_snapshot_that_fails_its_gates_is_not_served(tmp_path, tiny_data, monkeypatch, caplog):
     import export.__main__ as cli
-    from export.gates import GateFailed
     from export.source import ModelChoice
+    from export.training.gates import GateFailed
 
     student = tmp_path / "models" / "student"
     monkeypatch.setattr(cli, "EXPORTS_DIR", tmp_path / "exports")

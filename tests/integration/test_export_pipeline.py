@@ -13,13 +13,13 @@ import pytest
 
 from contract.manifest import Manifest, read_installed
 from contract.spec import ServingSpec
-from export.calibration import calibrated_probabilities
-from export.data import load_dataset
-from export.gates import GateFailed
-from export.metrics import f1_scores
+from export.packaging.repository import stale_configs
+from export.packaging.runtime import load_tokenizer, onnx_classifier, torch_classifier
 from export.pipeline import ExportOptions, export_model, install
-from export.repository import stale_configs
-from export.runtime import load_tokenizer, onnx_classifier, torch_classifier
+from export.training.calibration import calibrated_probabilities
+from export.training.data import load_dataset
+from export.training.gates import GateFailed
+from export.training.metrics import f1_scores
 from tests.support.models import build_tiny_model
 
 # Random weights: accuracy is meaningless, so the accuracy criteria are opened up (calibration's F1

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import export.train as train_mod
-from export.train import CHECKPOINT_DIR, REPORT_FILE, TrainConfig, is_trained, train
+import export.training.train as train_mod
+from export.training.train import CHECKPOINT_DIR, REPORT_FILE, TrainConfig, is_trained, train
 
 CFG = TrainConfig(epochs=1.5, batch_size=8, checkpoint_every_steps=5, limit_eval=60)
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from contract.manifest import FileEntry, Manifest, VariantEntry
-from export.calibration import (
+from export.pipeline import ExportOptions
+from export.training.calibration import (
     GLOBAL,
     NONE,
     PER_LABEL,
@@ -26,9 +27,8 @@ from export.calibration import (
     reliability_diagram,
     retune_thresholds,
 )
-from export.gates import calibration_gate
-from export.metrics import f1_scores, sigmoid, tune_thresholds
-from export.pipeline import ExportOptions
+from export.training.gates import calibration_gate
+from export.training.metrics import f1_scores, sigmoid, tune_thresholds
 
 POSTPROCESS = Path(__file__).resolve().parents[2] / "model_repository" / "postprocess" / "1" / "model.py"
 
@@ -153,7 +153,7 @@ def test_calibration_gate_fails_when_ece_rises_or_f1_drops():
 
 def test_cross_fitting_scores_each_fold_with_a_fit_from_the_other(monkeypatch):
     """Out of fold: a text is never scored with temperatures fitted on itself."""
-    from export import gates
+    from export.training import gates
 
     logits, gold = calibrated_data(n=2_000)
     seen: list[int] = []

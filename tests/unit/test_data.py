@@ -4,7 +4,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.data import EXPECTED_RECORDS, NUM_LABELS, DataError, load_dataset, load_label_names, load_split
+from export.training.data import (
+    EXPECTED_RECORDS,
+    NUM_LABELS,
+    DataError,
+    load_dataset,
+    load_label_names,
+    load_split,
+)
 
 
 def test_vendored_dataset_loads_with_published_counts():

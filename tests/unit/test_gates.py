@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.gates import accuracy_gate, parity_gate
+from export.training.gates import accuracy_gate, parity_gate
 
 
 def test_parity_passes_within_and_fails_beyond_tolerance(tmp_path: Path):

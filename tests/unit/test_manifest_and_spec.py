@@ -9,9 +9,9 @@ import pytest
 from contract.manifest import FileEntry, Manifest, ManifestError, VariantEntry
 from contract.names import DEFAULT_MAX_LENGTH, GOEMOTIONS_LABELS
 from contract.spec import ServingSpec, TensorRTProfile
-from export.data import load_label_names
 from export.pipeline import MODEL_REPOSITORY
-from export.train import TrainConfig
+from export.training.data import load_label_names
+from export.training.train import TrainConfig
 
 
 def variant(**overrides) -> VariantEntry:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from export.metrics import f1_scores, sigmoid, tune_thresholds
+from export.training.metrics import f1_scores, sigmoid, tune_thresholds
 
 
 def test_f1_by_hand():

@@ -13,9 +13,8 @@ import onnx.numpy_helper
 import pytest
 
 from export.bench import batch_invariance, invariance_markdown, longest_texts
-from export.data import load_split
-from export.runtime import BATCH, PER_ROW, Classifier, load_tokenizer, onnx_classifier
-from export.variants import (
+from export.packaging.runtime import BATCH, PER_ROW, Classifier, load_tokenizer, onnx_classifier
+from export.packaging.variants import (
     INT8,
     INT8_DYNAMIC,
     RAW,
@@ -29,6 +28,7 @@ from export.variants import (
     export_onnx,
     quantize_int8_static,
 )
+from export.training.data import load_split
 
 MAX_LENGTH = 64
 INVARIANT = 1e-6  # max |Δlogit| alone vs in a padded batch

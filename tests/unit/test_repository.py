@@ -10,8 +10,8 @@ from tritonclient.grpc import model_config_pb2
 
 from contract.spec import SPEC_FILE, ServingSpec
 from export.__main__ import main
+from export.packaging.repository import WARMUP_TEXT, render, stale_configs, write_configs
 from export.pipeline import MODEL_REPOSITORY
-from export.repository import WARMUP_TEXT, render, stale_configs, write_configs
 
 COMMITTED_SPEC = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
 

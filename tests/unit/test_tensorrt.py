@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from contract.spec import TensorRTProfile
-from export import tensorrt
+from export.packaging import tensorrt
 
 
 def test_trtexec_command_has_profiles_precision_and_cache():

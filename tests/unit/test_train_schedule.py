@@ -1,6 +1,6 @@
 import random
 
-from export.train import TrainConfig, _batches_per_epoch, _schedule, bucketed_batches
+from export.training.train import TrainConfig, _batches_per_epoch, _schedule, bucketed_batches
 
 
 def test_bucketed_batches_cover_every_text_once_with_little_padding():

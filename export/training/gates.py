@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from export.arrays import Array
-from export.calibration import (
+from export.training.calibration import (
     ECE_BINS,
     calibrated_probabilities,
     fit_mapping,
     per_label_ece,
     reliability,
 )
-from export.metrics import f1_scores
+from export.training.metrics import f1_scores
 
 # max |Δlogit| against the torch model on the parity sample. INT8 is loose on purpose: on the student,
 # static INT8 moved logits by up to 1.38 and dynamic INT8 (run per row) by up to 1.07 (2026-12-01, dev

