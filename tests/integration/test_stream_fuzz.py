@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.integration.test_gateway import FakeTriton
-from tests.integration.test_gateway_fuzz import (
+from tests.integration.test_stream import make_settings, recv, serve, ws
+from tests.support.fuzz import (
     case_name,
     encode,
     fuzz,
@@ -29,7 +30,6 @@ from tests.integration.test_gateway_fuzz import (
     valid_text,
     write_counts,
 )
-from tests.integration.test_stream import make_settings, recv, serve, ws
 
 CASES: Counter[str] = Counter()
 STATUSES: dict[str, Counter[Any]] = {}
