@@ -10,8 +10,15 @@ from tritonclient.grpc import model_config_pb2
 
 from contract.spec import SPEC_FILE, ServingSpec
 from export.__main__ import main
-from export.packaging.repository import WARMUP_TEXT, render, stale_configs, write_configs
-from export.pipeline import MODEL_REPOSITORY
+from export.packaging.install import MODEL_REPOSITORY
+from export.packaging.repository import (
+    GENERATED_HEADER,
+    WARMUP_TEXT,
+    model_configs,
+    render,
+    stale_configs,
+    write_configs,
+)
 
 COMMITTED_SPEC = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
 
@@ -26,6 +33,15 @@ def configs(spec: ServingSpec) -> dict[str, model_config_pb2.ModelConfig]:
 
 def test_committed_configs_are_what_the_spec_generates():
     assert stale_configs(MODEL_REPOSITORY, COMMITTED_SPEC) == [], "run `python -m export configs` and commit"
+
+
+def test_each_file_is_its_model_config_message_printed_under_the_header():
+    rendered = render(COMMITTED_SPEC)
+    messages = model_configs(COMMITTED_SPEC)
+    assert set(messages) == {rel for rel in rendered if rel.endswith(".pbtxt")}
+    for rel, message in messages.items():
+        assert rendered[rel].startswith(GENERATED_HEADER.encode()), rel
+        assert parse(rendered[rel]) == message, rel
 
 
 def test_configs_check_cli(tmp_path: Path):
