@@ -2,8 +2,9 @@
 
 The GPU container serves this model with the onnxruntime or TensorRT backend instead (config.pbtxt,
 configs/tensorrt.pbtxt); this file is used with `--model-config-name=embedded`. Parameter ``variant``
-names the weights in the manifest next to this file; they are checked against the manifest's sha256
-at load, so a half-installed or swapped file fails loading instead of answering under a wrong version.
+names the weights in the manifest next to this file (read with contract.manifest); they are checked
+against the manifest's sha256 at load, so a half-installed or swapped file fails loading instead of
+answering under a wrong version.
 
 A row's answer never depends on the other rows of the batch:
 - execution ``batch`` (FP32, static INT8): requests arrive with their own lengths (allow_ragged_batch),
@@ -15,7 +16,6 @@ A row's answer never depends on the other rows of the batch:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,13 +23,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from contract.manifest import MANIFEST_FILE, FileEntry, Manifest, ManifestError
+from contract.names import LOGITS
 
 
 class TritonPythonModel:
@@ -37,17 +32,20 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        manifest = json.loads((version_dir / "manifest.json").read_text())
-        entry = manifest["variants"].get(params["variant"])
+        try:
+            manifest = Manifest.read(version_dir / MANIFEST_FILE)
+        except ManifestError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
+        entry = manifest.variants.get(params["variant"])
         if entry is None:
             raise pb_utils.TritonModelException(f"manifest has no variant {params['variant']!r}")
-        model_file = version_dir / entry["file"]
-        if not model_file.is_file() or _sha256(model_file) != entry["sha256"]:
+        model_file = version_dir / entry.file
+        if manifest.mismatched_files(version_dir, [FileEntry(entry.file, entry.sha256, entry.size_bytes)]):
             raise pb_utils.TritonModelException(
-                f"{model_file} is missing or differs from its manifest ({manifest['version']}); "
+                f"{model_file} is missing or differs from its manifest ({manifest.version}); "
                 "reinstall with `python -m export install`"
             )
-        self.per_row = entry["execution"] == "per_row"
+        self.per_row = entry.execution == "per_row"
         options = ort.SessionOptions()
         # One thread per instance; parallelism comes from instance_group count (measured faster on 2
         # cores than one instance with 2 threads, whose spinning wastes a core on a small model).
@@ -68,7 +66,7 @@ class TritonPythonModel:
                 # At least one position: warmup rows are all padding.
                 n = max(1, int(arrays["attention_mask"][i].sum()))
                 feed = {name: arrays[name][i : i + 1, :n] for name in self.inputs}
-                out.append(self.session.run(["logits"], feed)[0])
+                out.append(self.session.run([LOGITS], feed)[0])
         return np.concatenate(out)
 
     def _run_batch(self, rows: list[dict[str, np.ndarray]], counts: list[int]) -> np.ndarray:
@@ -82,7 +80,7 @@ class TritonPythonModel:
                 batch[start : start + n, : a.shape[1]] = a
                 start += n
             feed[name] = batch
-        return self.session.run(["logits"], feed)[0]
+        return self.session.run([LOGITS], feed)[0]
 
     def execute(self, requests):
         per_request = [
@@ -98,8 +96,6 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
         responses, start = [], 0
         for n in counts:
-            responses.append(
-                pb_utils.InferenceResponse([pb_utils.Tensor("logits", logits[start : start + n])])
-            )
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(LOGITS, logits[start : start + n])]))
             start += n
         return responses
