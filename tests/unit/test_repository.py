@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
+import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -21,6 +25,7 @@ from export.packaging.repository import (
 )
 
 COMMITTED_SPEC = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
+README = MODEL_REPOSITORY / "README.md"
 
 
 def parse(text: bytes) -> model_config_pb2.ModelConfig:
@@ -143,3 +148,39 @@ def test_a_model_without_token_type_ids_gets_matching_configs(tmp_path: Path):
     write_configs(tmp_path, roberta)
     assert stale_configs(tmp_path, roberta) == []
     assert stale_configs(tmp_path, COMMITTED_SPEC) != []
+
+
+def readme_lists(text: str) -> list[set[str]]:
+    """The README's bullet lists of files (``- `path` ...``), one set per list, in order."""
+    lists: list[set[str]] = []
+    previous_was_item = False
+    for line in text.splitlines():
+        item = re.match(r"- `([^`]+)`", line)
+        if item and not previous_was_item:
+            lists.append(set())
+        if item:
+            lists[-1].add(item.group(1))
+        previous_was_item = bool(item)
+    return lists
+
+
+def test_readme_names_exactly_the_generated_files():
+    generated, _ = readme_lists(README.read_text(encoding="utf-8"))
+    assert generated == set(render(COMMITTED_SPEC)), "update the generated list in model_repository/README.md"
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (MODEL_REPOSITORY.parent / ".git").exists(),
+    reason="needs a git checkout",
+)
+def test_readme_names_every_committed_file_as_generated_or_hand_written():
+    generated, hand_written = readme_lists(README.read_text(encoding="utf-8"))
+    assert not generated & hand_written
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "."],
+        cwd=MODEL_REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert set(tracked) == generated | hand_written, "update the lists in model_repository/README.md"
