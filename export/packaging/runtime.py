@@ -3,7 +3,8 @@
 Used by the gates, threshold tuning and the benchmark, so every path sees identical tokenization
 and identical batches. A variant whose rows depend on their batch neighbours (dynamic INT8 computes
 its activation scale over the whole input tensor) runs with execution ``per_row``: every text alone
-at its own length, unpadded, as the Triton classifier runs it.
+at its own length, unpadded, as the Triton classifier runs it. Texts are normalised with
+contract.text.normalize first, as the Triton tokenizer model does: the gates judge what is served.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from contract.names import DEFAULT_MAX_LENGTH
+from contract.text import normalize
 from export.arrays import Array
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,11 @@ class Classifier:
 
     def encode(self, texts: list[str]) -> dict[str, Array]:
         enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+            [normalize(t) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="np",
         )
         return {name: enc[name].astype(np.int64) for name in self.input_names}
 
@@ -72,7 +78,9 @@ class Classifier:
         """Logits in input order; batches are formed from length-sorted texts to limit padding."""
         lengths = [
             len(ids)
-            for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+            for ids in self.tokenizer(
+                [normalize(t) for t in texts], truncation=True, max_length=self.max_length
+            )["input_ids"]
         ]
         out: Array | None = None
         for idx in length_sorted_batches(lengths, batch_size):

@@ -2,7 +2,8 @@
 
 Format (see data/goemotions/README.md): no header, ``text<TAB>label ids<TAB>comment id``;
 some texts are CSV-quoted with doubled quotes, so rows are read with ``csv`` and unquoted the way
-Hugging Face ``datasets`` does. ``emotions.txt`` has no final newline.
+Hugging Face ``datasets`` does. ``emotions.txt`` has no final newline; it must name the labels of
+``contract.names.GOEMOTIONS_LABELS`` in that order (the model's output order every stage reads).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.names import GOEMOTIONS_LABELS
 from export.arrays import Array
 
 log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "goemotions"
 SPLITS = ("train", "dev", "test")
-NUM_LABELS = 28
+NUM_LABELS = len(GOEMOTIONS_LABELS)
 # Records per split in the published rater-agreement split; a different count means a wrong or
 # truncated file. Only enforced for the vendored copy (custom data dirs may be subsets).
 EXPECTED_RECORDS = {"train": 43_410, "dev": 5_426, "test": 5_427}
@@ -44,12 +46,18 @@ class Split:
 def load_label_names(data_dir: Path = DATA_DIR) -> list[str]:
     path = data_dir / "emotions.txt"
     if not path.is_file():
-        raise DataError(f"{path}: missing (expected the 28 GoEmotions label names, one per line)")
+        raise DataError(f"{path}: missing (expected the {NUM_LABELS} GoEmotions label names, one per line)")
     names = [n.strip() for n in path.read_text(encoding="utf-8").splitlines() if n.strip()]
     if len(names) != NUM_LABELS:
         raise DataError(f"{path}: expected {NUM_LABELS} labels, found {len(names)}")
     if len(set(names)) != len(names):
         raise DataError(f"{path}: duplicate label names")
+    for line, (name, expected) in enumerate(zip(names, GOEMOTIONS_LABELS, strict=True), start=1):
+        if name != expected:
+            raise DataError(
+                f"{path}: label {line} is {name!r}, expected {expected!r}: the labels and their order "
+                "must be contract.names.GOEMOTIONS_LABELS (the model's output order every stage reads)"
+            )
     return names
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.names import GOEMOTIONS_LABELS
 from export.training.data import (
     EXPECTED_RECORDS,
     NUM_LABELS,
@@ -17,7 +18,7 @@ from export.training.data import (
 def test_vendored_dataset_loads_with_published_counts():
     names, splits = load_dataset()
     assert len(names) == NUM_LABELS
-    assert names[0] == "admiration" and names[-1] == "neutral"
+    assert names == list(GOEMOTIONS_LABELS)
     for name, split in splits.items():
         assert len(split) == EXPECTED_RECORDS[name]
         assert split.labels.shape == (EXPECTED_RECORDS[name], NUM_LABELS)
@@ -84,6 +85,16 @@ def test_label_file_must_have_28_unique_labels(data_dir: Path, label_names: list
         load_label_names(data_dir)
     _write(data_dir, "emotions.txt", "\n".join([*label_names[:27], "joy"]))
     with pytest.raises(DataError, match="duplicate"):
+        load_label_names(data_dir)
+
+
+def test_label_file_must_name_the_contract_labels_in_order(data_dir: Path, label_names: list[str]):
+    swapped = [label_names[1], label_names[0], *label_names[2:]]
+    _write(data_dir, "emotions.txt", "\n".join(swapped))
+    with pytest.raises(DataError, match="label 1 is 'amusement', expected 'admiration'"):
+        load_label_names(data_dir)
+    _write(data_dir, "emotions.txt", "\n".join([*label_names[:27], "boredom"]))
+    with pytest.raises(DataError, match="label 28 is 'boredom'"):
         load_label_names(data_dir)
 
 

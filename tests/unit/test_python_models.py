@@ -224,3 +224,24 @@ def test_the_classifier_refuses_weights_its_manifest_does_not_name(load_model, t
     config["parameters"]["variant"]["string_value"] = "fp16"
     with pytest.raises(ModelLoadError, match="no variant 'fp16'"):
         initialize(module, version_dir, config)
+
+
+def test_the_exports_classifier_normalises_texts_like_the_served_tokenizer():
+    from export.packaging.runtime import Classifier
+
+    seen: list[list[str]] = []
+
+    def tokenizer(texts: list[str], **kwargs: Any) -> dict[str, Any]:
+        seen.append(list(texts))
+        ids = [[1] * len(t) for t in texts]
+        if kwargs.get("return_tensors") == "np":
+            width = max(map(len, ids))
+            return {"input_ids": np.array([row + [0] * (width - len(row)) for row in ids])}
+        return {"input_ids": ids}
+
+    classifier = Classifier(
+        tokenizer, ["input_ids"], 8, lambda feed: feed["input_ids"][:, :1].astype(np.float32)
+    )
+    decomposed = unicodedata.normalize("NFD", " Café \t")
+    classifier.predict([decomposed, "ok"], batch_size=2)
+    assert {t for batch_texts in seen for t in batch_texts} == {"Café", "ok"}
