@@ -11,33 +11,30 @@ Same seeded test-split texts on every path, interleaved rounds, medians and spre
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from contract.manifest import read_installed
-from export.data import load_split
+from export.training.data import load_split
 from loadtest.common import (
     PathResult,
     UniqueTexts,
     bench_main,
+    bench_report,
     closed_loop,
     http_client,
-    median_paths,
-    paths_table,
+    run_rounds,
     spread,
+    spread_text,
     triton_client,
-    wait_http,
+    write_bench_report,
 )
-from server.embedded import EmbeddedTriton, ServerConfig
-from server.gateway_process import GatewayProcess
+from loadtest.peer_service import peer_command
+from server.stack import Stack
 
-log = logging.getLogger("loadtest.bench_gateway")
+WORK = Path("build") / "bench"
+HIT_TEXT = "I finally understand it, thank you!"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,115 +43,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"no model installed in {args.repository}; run `make prepare` first")
     # Unique texts per path and round: no cache ever sees a text twice here.
     fresh = UniqueTexts(load_split("test").texts, args.seed).take
-    base = args.base_port
-    triton = EmbeddedTriton(
-        ServerConfig(
-            repository=args.repository,
-            http_port=base,
-            grpc_port=base + 1,
-            metrics_port=base + 2,
-            cache_bytes=0,
+    n1, n16 = args.requests_1, args.requests_16
+    with Stack(WORK, args.base_port) as stack:
+        triton = stack.start_triton(args.repository)
+        gateway = stack.start_gateway(
+            settings={"GATEWAY_CACHE_BACKEND": "memory", "GATEWAY_MAX_CONCURRENCY": "1024"}, wait=False
         )
-    )
-    triton.start()
-    work = Path("build") / "bench"
-    gateway = GatewayProcess("127.0.0.1", base + 3, triton.grpc_url, work / "gateway.log")
-    os.environ["GATEWAY_CACHE_BACKEND"] = "memory"
-    os.environ["GATEWAY_MAX_CONCURRENCY"] = "1024"
-    naive = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadtest.peer_service",
-            "--backend",
-            "torch",
-            "--model",
-            manifest.source,
-            "--port",
-            str(base + 4),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        gateway.start()
-        wait_http(f"http://127.0.0.1:{base + 4}/healthz")
+        naive = stack.start_service(
+            "naive", lambda port: peer_command("torch", manifest.source, port), wait=False
+        )
+        stack.wait_ready()
         direct = triton_client("grpc", triton, "goemotions")
-        server_hit_times: list[float] = []
+        hit_times: list[float] = []
         gw = http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
-        gw_hit = http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t}, server_hit_times)
-        naive_client = http_client(f"http://127.0.0.1:{base + 4}/classify", lambda t: {"text": t})
-        rounds = []
+        gw_hit = http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t}, hit_times)
+        naive_client = http_client(f"{naive.url}/classify", lambda t: {"text": t})
 
-        for r in range(args.rounds):
-            log.info("round %d/%d", r + 1, args.rounds)
-            res: dict[str, PathResult] = {}
-            res["triton-grpc@1"] = closed_loop(direct, fresh(args.requests_1), 1)
-            res["gateway@1"] = closed_loop(gw, fresh(args.requests_1), 1)
-            server_hit_times.clear()
-            res["gateway-hit@1"] = closed_loop(
-                gw_hit, ["I finally understand it, thank you!"] * args.requests_1, 1
-            )
-            res["gateway-hit-server@1"] = PathResult.of(server_hit_times, sum(server_hit_times) or 1.0)
-            res["naive@16"] = closed_loop(naive_client, fresh(args.requests_16), 16)
-            res["gateway@16"] = closed_loop(gw, fresh(args.requests_16), 16)
-            rounds.append(res)
-    finally:
-        gateway.stop()
-        naive.terminate()
-        naive.wait(timeout=30)
-        triton.stop()
-    return summarize(rounds, manifest.version, args)
+        def hits() -> PathResult:
+            hit_times.clear()
+            return closed_loop(gw_hit, [HIT_TEXT] * n1, 1)
 
+        def hits_server_side() -> PathResult:
+            return PathResult.of(hit_times, sum(hit_times) or 1.0)
 
-def summarize(rounds: list[dict[str, PathResult]], version: str, args: argparse.Namespace) -> dict[str, Any]:
-    from export.bench import machine_info
-
-    paths = median_paths(rounds)
-    overhead = [r["gateway@1"].p50_ms - r["triton-grpc@1"].p50_ms for r in rounds]
-    hit = [r["gateway-hit-server@1"].p50_ms for r in rounds]
-    speedup = [r["gateway@16"].texts_per_s / r["naive@16"].texts_per_s for r in rounds]
-    return {
-        "date": dt.date.today().isoformat(),
-        "command": "make bench-gateway",
-        "machine": machine_info(),
-        "model_version": version,
-        "rounds": args.rounds,
-        "paths": paths,
-        "gateway_overhead_p50_ms": spread(overhead),
-        "cache_hit_server_p50_ms": spread(hit),
-        "gateway_vs_naive_16": spread(speedup),
-    }
+        rounds = run_rounds(
+            args.rounds,
+            lambda _: {
+                "triton-grpc@1": lambda: closed_loop(direct, fresh(n1), 1),
+                "gateway@1": lambda: closed_loop(gw, fresh(n1), 1),
+                "gateway-hit@1": hits,
+                "gateway-hit-server@1": hits_server_side,
+                "naive@16": lambda: closed_loop(naive_client, fresh(n16), 16),
+                "gateway@16": lambda: closed_loop(gw, fresh(n16), 16),
+            },
+        )
+    return summarize(rounds, manifest.version)
 
 
-def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "gateway_bench.json", out / "gateway_bench.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+def summarize(rounds: list[dict[str, PathResult]], version: str) -> dict[str, Any]:
+    return bench_report(
+        "make bench-gateway",
+        version,
+        rounds,
+        gateway_overhead_p50_ms=spread([r["gateway@1"].p50_ms - r["triton-grpc@1"].p50_ms for r in rounds]),
+        cache_hit_server_p50_ms=spread([r["gateway-hit-server@1"].p50_ms for r in rounds]),
+        gateway_vs_naive_16=spread([r["gateway@16"].texts_per_s / r["naive@16"].texts_per_s for r in rounds]),
+    )
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     o, h, s = (
         report["gateway_overhead_p50_ms"],
         report["cache_hit_server_p50_ms"],
         report["gateway_vs_naive_16"],
     )
-    lines = [
-        "# Gateway benchmark",
-        "",
-        f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores), model "
-        f"`{report['model_version']}` (embedded Triton, INT8, Triton cache off; gateway in-memory cache). "
-        f"Command: `{report['command']}`. {report['rounds']} interleaved rounds, medians [min-max].",
-        "",
-        f"- Gateway overhead over direct Triton gRPC, p50, 1 client, cache miss: **{o['median']:.2f} ms** "
-        f"[{o['range'][0]:.2f}-{o['range'][1]:.2f}] (goal <= 2 ms)",
-        f"- Cache hit, server-side (`x-total-time`) p50: **{h['median']:.3f} ms** "
-        f"[{h['range'][0]:.3f}-{h['range'][1]:.3f}] (goal < 1 ms)",
-        f"- Gateway + Triton vs naive FastAPI + transformers pipeline, 16 clients: **{s['median']:.2f}x** "
-        f"[{s['range'][0]:.2f}-{s['range'][1]:.2f}] (goal >= 4x)",
-        "",
-        *paths_table(report["paths"]),
-        "",
-    ]
-    md_path.write_text("\n".join(lines))
-    return json_path, md_path
+    return write_bench_report(
+        report,
+        out,
+        "gateway_bench",
+        "Gateway benchmark",
+        "embedded Triton, INT8, Triton cache off; gateway in-memory cache",
+        [
+            "- Gateway overhead over direct Triton gRPC, p50, 1 client, cache miss: "
+            f"{spread_text(o, unit=' ms')} (goal <= 2 ms)",
+            f"- Cache hit, server-side (`x-total-time`) p50: {spread_text(h, '.3f', ' ms')} (goal < 1 ms)",
+            "- Gateway + Triton vs naive FastAPI + transformers pipeline, 16 clients: "
+            f"{spread_text(s, unit='x')} (goal >= 4x)",
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

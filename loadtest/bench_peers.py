@@ -11,60 +11,39 @@ paths interleaved over rounds; medians and spread of the per-round ratios.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import logging
-import os
-import statistics
-import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from contract.manifest import read_installed
 from contract.spec import SPEC_FILE, ServingSpec
-from export.data import load_split
 from export.source import EXPORTS_DIR, STUDENT_DIR
+from export.training.data import load_split
 from loadtest.bench_triton import run_raw
 from loadtest.common import (
     PathResult,
     UniqueTexts,
     bench_main,
+    bench_report,
     closed_loop,
     http_client,
-    median_paths,
+    run_rounds,
+    spread,
     triton_client,
-    wait_http,
+    write_bench_report,
 )
-from server.embedded import EmbeddedTriton, ServerConfig
-from server.gateway_process import GatewayProcess
+from loadtest.peer_service import peer_command
+from server.stack import Stack
 
-log = logging.getLogger("loadtest.bench_peers")
-
+WORK = Path("build") / "bench" / "peers"
+HIT_TEXT = "I finally get it, thank you!"
 GOALS = (
     ("triton-grpc@16 / ort-raw@16", "ratio", 0.90, ">="),
     ("gateway@16 / naive@16", "ratio", 4.0, ">="),
     ("gateway@1 p50 - triton-grpc@1 p50 (ms)", "overhead", 2.0, "<="),
 )
-
-
-def _peer(backend: str, model: str, port: int, onnx_file: str | None = None) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "loadtest.peer_service",
-        "--backend",
-        backend,
-        "--model",
-        model,
-        "--port",
-        str(port),
-    ]
-    if onnx_file:
-        cmd += ["--onnx-file", onnx_file]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,72 +52,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"no model installed in {args.repository}; run `make prepare` first")
     spec = ServingSpec.read(args.repository / SPEC_FILE)
     source = Path(manifest.source)
-    export_dir = EXPORTS_DIR / ("student" if source == STUDENT_DIR else source.name)
+    export_dir = str(EXPORTS_DIR / ("student" if source == STUDENT_DIR else source.name))
     # Unique texts per path and round: no cache ever sees a text twice here.
     fresh = UniqueTexts(load_split("test").texts, args.seed).take
-    base = args.base_port
-    triton = EmbeddedTriton(
-        ServerConfig(
-            repository=args.repository,
-            http_port=base,
-            grpc_port=base + 1,
-            metrics_port=base + 2,
-            cache_bytes=0,
-        )
-    )
-    os.environ.update(
-        GATEWAY_CACHE_BACKEND="memory",
-        GATEWAY_MAX_CONCURRENCY="1024",
-    )
-    gateway = GatewayProcess(
-        "127.0.0.1", base + 3, f"127.0.0.1:{base + 1}", Path("build/bench/peers_gateway.log")
-    )
     peers = {
-        "naive": (_peer("torch", manifest.source, base + 4), base + 4),
-        "ort-inproc-fp32": (_peer("onnx", str(export_dir), base + 5, "model.fp32.onnx"), base + 5),
-        "ort-inproc-int8": (_peer("onnx", str(export_dir), base + 6, "model.int8.onnx"), base + 6),
+        "naive": ("torch", manifest.source, None),
+        "ort-inproc-fp32": ("onnx", export_dir, "model.fp32.onnx"),
+        "ort-inproc-int8": ("onnx", export_dir, "model.int8.onnx"),
     }
-
-    rounds: list[dict[str, PathResult]] = []
-    try:
-        triton.start()
-        gateway.start()
-        for _, port in peers.values():
-            wait_http(f"http://127.0.0.1:{port}/healthz")
+    with Stack(WORK, args.base_port) as stack:
+        triton = stack.start_triton(args.repository)
+        gateway = stack.start_gateway(
+            settings={"GATEWAY_CACHE_BACKEND": "memory", "GATEWAY_MAX_CONCURRENCY": "1024"}, wait=False
+        )
+        services = {
+            name: stack.start_service(name, partial(peer_command, backend, model, onnx_file=file), wait=False)
+            for name, (backend, model, file) in peers.items()
+        }
+        stack.wait_ready()
         clients = {
-            name: http_client(f"http://127.0.0.1:{port}/classify", lambda t: {"text": t})
-            for name, (_, port) in peers.items()
+            name: http_client(f"{service.url}/classify", lambda t: {"text": t})
+            for name, service in services.items()
         }
         clients["triton-grpc"] = triton_client("grpc", triton, spec.ensemble_name)
         clients["gateway"] = http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
-        for r in range(args.rounds):
-            log.info("round %d/%d", r + 1, args.rounds)
-            res: dict[str, PathResult] = {}
+
+        def paths(_: int) -> dict[str, Callable[[], PathResult]]:
+            measures: dict[str, Callable[[], PathResult]] = {}
             for c, n in ((1, args.requests_1), (16, args.requests_16)):
                 for name, make in clients.items():
-                    res[f"{name}@{c}"] = closed_loop(make, fresh(n), c)
-                res[f"gateway-hit@{c}"] = closed_loop(
-                    clients["gateway"], ["I finally get it, thank you!"] * n, c
+                    measures[f"{name}@{c}"] = partial(closed_loop, make, fresh(n), c)
+                measures[f"gateway-hit@{c}"] = partial(closed_loop, clients["gateway"], [HIT_TEXT] * n, c)
+                measures[f"ort-raw@{c}"] = partial(
+                    run_raw, args.repository, spec, fresh(n), processes=1 if c == 1 else 2, batch=1
                 )
-                res[f"ort-raw@{c}"] = run_raw(
-                    args.repository, spec, fresh(n), processes=1 if c == 1 else 2, batch=1
-                )
-            rounds.append(res)
-    finally:
-        gateway.stop()
-        for proc, _ in peers.values():
-            proc.terminate()
-            proc.wait(timeout=30)
-        triton.stop()
-    return summarize(rounds, manifest.served_version(spec.cpu_variant), spec, args)
+            return measures
+
+        rounds = run_rounds(args.rounds, paths)
+    return summarize(rounds, manifest.served_version(spec.cpu_variant), spec)
 
 
-def summarize(
-    rounds: list[dict[str, PathResult]], version: str, spec: ServingSpec, args: argparse.Namespace
-) -> dict[str, Any]:
-    from export.bench import machine_info
-
-    paths = median_paths(rounds)
+def summarize(rounds: list[dict[str, PathResult]], version: str, spec: ServingSpec) -> dict[str, Any]:
     per_round = {
         GOALS[0][0]: [r["triton-grpc@16"].texts_per_s / r["ort-raw@16"].texts_per_s for r in rounds],
         GOALS[1][0]: [r["gateway@16"].texts_per_s / r["naive@16"].texts_per_s for r in rounds],
@@ -149,83 +103,40 @@ def summarize(
         values = per_round[name]
         worst = min(values) if op == ">=" else max(values)
         met = worst >= goal if op == ">=" else worst <= goal  # a spread that crosses the goal is no pass
-        goals[name] = {
-            "median": statistics.median(values),
-            "range": [min(values), max(values)],
-            "goal": f"{op} {goal:g}",
-            "met": met,
-        }
-    return {
-        "date": dt.date.today().isoformat(),
-        "command": "make bench-peers",
-        "machine": machine_info(),
-        "model_version": version,
-        "served": (
+        goals[name] = {**spread(values), "goal": f"{op} {goal:g}", "met": met}
+    return bench_report(
+        "make bench-peers",
+        version,
+        rounds,
+        served=(
             f"Triton: classifier {spec.cpu_variant}, {spec.cpu_instances} x {spec.cpu_threads_per_instance} "
             "thread, cache off; peers: 2 ORT/torch threads in one process"
         ),
-        "rounds": args.rounds,
-        "paths": paths,
-        "goals": goals,
-    }
+        goals=goals,
+    )
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = out / "peers.json", out / "peers.md", out / "peers.png"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    names = [
-        "naive",
-        "ort-inproc-fp32",
-        "ort-inproc-int8",
-        "ort-raw",
-        "triton-grpc",
-        "gateway",
-        "gateway-hit",
-    ]
-    p = report["paths"]
     lines = [
-        "# Peer benchmark: the same texts through every way of serving the model",
+        "Ratios per round, median [min-max]; a goal whose spread crosses it is not met. The load generator "
+        "shares the cores.",
         "",
-        f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores), model "
-        f"`{report['model_version']}`. {report['served']}. Command: `{report['command']}`. "
-        f"{report['rounds']} interleaved rounds, medians; ratios per round, median [min-max]; a goal whose "
-        "spread crosses it is not met. The load generator shares the 2 cores.",
-        "",
-        "| path | texts/s @16 | p50 ms @16 | p95 ms @16 | texts/s @1 | p50 ms @1 | p95 ms @1 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| goal | result | target | met |",
+        "|---|---|---|---|",
     ]
-    for n in names:
-        a, b = p[f"{n}@16"], p[f"{n}@1"]
-        lines.append(
-            f"| {n} | {a['texts_per_s']:.0f} | {a['p50_ms']:.2f} | {a['p95_ms']:.2f} | "
-            f"{b['texts_per_s']:.0f} | {b['p50_ms']:.2f} | {b['p95_ms']:.2f} |"
-        )
-    lines += ["", "| goal | result | target | met |", "|---|---|---|---|"]
     for name, g in report["goals"].items():
         lines.append(
             f"| {name} | {g['median']:.2f} [{g['range'][0]:.2f}-{g['range'][1]:.2f}] | {g['goal']} | "
             f"{'yes' if g['met'] else 'no'} |"
         )
-    lines += ["", "![peers](peers.png)", ""]
-    md_path.write_text("\n".join(lines))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    x = np.arange(len(names))
-    ax1.bar(x, [p[f"{n}@16"]["texts_per_s"] for n in names], color="tab:blue")
-    ax1.set_title("throughput, 16 clients (texts/s)")
-    ax2.bar(x, [p[f"{n}@1"]["p50_ms"] for n in names], color="tab:orange")
-    ax2.set_title("p50 latency, 1 client (ms)")
-    for ax in (ax1, ax2):
-        ax.set_xticks(x, names, rotation=30, ha="right")
-    fig.suptitle(f"GoEmotions serving peers on {report['machine']['nproc']} CPU cores ({report['date']})")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    return [json_path, md_path, png_path]
+    return write_bench_report(
+        report,
+        out,
+        "peers",
+        "Peer benchmark: the same texts through every way of serving the model",
+        report["served"],
+        lines,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

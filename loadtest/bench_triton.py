@@ -10,15 +10,11 @@ the headline). The load generator shares the 2 cores with the server, as it woul
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import logging
 import multiprocessing as mp
-import re
 import statistics
 import sys
 import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +23,21 @@ import numpy as np
 from contract.manifest import read_installed
 from contract.spec import SPEC_FILE, ServingSpec
 from export.arrays import Array
-from export.data import load_split
-from loadtest.common import PathResult, bench_main, closed_loop, triton_client
-from server.embedded import EmbeddedTriton, ServerConfig
+from export.training.data import load_split
+from loadtest.common import (
+    PathResult,
+    bench_main,
+    bench_report,
+    closed_loop,
+    run_rounds,
+    spread,
+    triton_client,
+    write_bench_report,
+)
+from server.probes import per_label, scrape
+from server.stack import Stack
 
-log = logging.getLogger("loadtest.bench_triton")
-
-RESULTS = Path("results")
+WORK = Path("build") / "bench"
 
 
 # ---- raw ONNX Runtime: tokenizer + session in-process, no server (the limit) -------------------------
@@ -104,19 +108,23 @@ def run_raw(repo: Path, spec: ServingSpec, texts: list[str], processes: int, bat
 
 # ---- Triton: the goemotions ensemble over gRPC or HTTP, closed loop --------------------------------
 
+COUNTERS = (
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+)
 
-def scrape(metrics_url: str, model: str) -> dict[str, float]:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    out = {}
-    for name in (
-        "nv_inference_count",
-        "nv_inference_exec_count",
-        "nv_inference_queue_duration_us",
-        "nv_inference_compute_infer_duration_us",
-    ):
-        m = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.M)
-        out[name] = float(m.group(1)) if m else 0.0
-    return out
+
+def scrape_models(metrics_url: str) -> dict[str, dict[str, float]]:
+    """model -> Triton counter -> value."""
+    return per_label(scrape(metrics_url), COUNTERS, "model")
+
+
+def batch_size(before: dict[str, float], after: dict[str, float]) -> float:
+    """Requests per execution between two scrapes of one model's counters."""
+    executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
+    return (after["nv_inference_count"] - before["nv_inference_count"]) / max(executions, 1)
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -132,95 +140,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test = load_split("test").texts
     sample = [test[i] for i in rng.permutation(len(test))]
     n1, n16 = args.requests_1, args.requests_16
+    layouts: list[str] = []
+    batch_sizes: list[float] = []
 
-    config = ServerConfig(
-        repository=repo,
-        http_port=args.base_port,
-        grpc_port=args.base_port + 1,
-        metrics_port=args.base_port + 2,
-        cache_bytes=0,
-    )
-    server = EmbeddedTriton(config)
-    server.start()
-    try:
+    def texts(r: int) -> tuple[list[str], list[str]]:
+        """Round r's own slice: no path sees a text twice within a round, every path the same texts."""
+        off = (r * (n1 + n16)) % max(1, len(sample) - n1 - n16)
+        return sample[off : off + n1], sample[off + n1 : off + n1 + n16]
+
+    def raw_16(t16: list[str]) -> PathResult:
+        # The raw ceiling at 16: best of the layouts that fit 2 cores (measured: 2 x 1 thread, batch 1).
+        candidates = {
+            f"{p}proc-bs{b}": run_raw(repo, spec, t16, processes=p, batch=b)
+            for p, b in ((spec.cpu_instances, 1), (spec.cpu_instances, 8))
+        }
+        best = max(candidates, key=lambda k: candidates[k].texts_per_s)
+        layouts.append(best)
+        return candidates[best]
+
+    with Stack(WORK, args.base_port) as stack:
+        server = stack.start_triton(repo)
         cold_start = server.startup_seconds
         rss_loaded = server.rss_bytes()
-        clients = {p: triton_client(p, server, spec.ensemble_name) for p in ("grpc", "http")}
-        rounds: list[dict[str, Any]] = []
-        batch_sizes: list[float] = []
-        for r in range(args.rounds):
-            log.info("round %d/%d", r + 1, args.rounds)
-            res: dict[str, Any] = {}
-            # Each round uses its own slice of texts: no path sees a text twice within a round.
-            off = (r * (n1 + n16)) % max(1, len(sample) - n1 - n16)
-            t1, t16 = sample[off : off + n1], sample[off + n1 : off + n1 + n16]
-            res["ort-raw@1"] = run_raw(repo, spec, t1, processes=1, batch=1)
-            res["triton-grpc@1"] = closed_loop(clients["grpc"], t1, 1)
-            res["triton-http@1"] = closed_loop(clients["http"], t1, 1)
-            # The raw ceiling at 16: best of the layouts that fit 2 cores (measured: 2 x 1 thread, batch 1).
-            candidates = {
-                f"{p}proc-bs{b}": run_raw(repo, spec, t16, processes=p, batch=b)
-                for p, b in ((spec.cpu_instances, 1), (spec.cpu_instances, 8))
+        grpc, http = (triton_client(p, server, spec.ensemble_name) for p in ("grpc", "http"))
+
+        def grpc_16(t16: list[str]) -> PathResult:
+            before = scrape_models(server.metrics_url)["classifier"]
+            result = closed_loop(grpc, t16, 16)
+            batch_sizes.append(batch_size(before, scrape_models(server.metrics_url)["classifier"]))
+            return result
+
+        def paths(r: int) -> dict[str, Callable[[], PathResult]]:
+            t1, t16 = texts(r)
+            return {
+                "ort-raw@1": lambda: run_raw(repo, spec, t1, processes=1, batch=1),
+                "triton-grpc@1": lambda: closed_loop(grpc, t1, 1),
+                "triton-http@1": lambda: closed_loop(http, t1, 1),
+                "ort-raw@16": lambda: raw_16(t16),
+                "triton-grpc@16": lambda: grpc_16(t16),
+                "triton-http@16": lambda: closed_loop(http, t16, 16),
             }
-            best = max(candidates, key=lambda k: candidates[k].texts_per_s)
-            res["ort-raw@16"] = candidates[best]
-            res["ort-raw@16-layout"] = best
-            before = scrape(server.metrics_url, "classifier")
-            res["triton-grpc@16"] = closed_loop(clients["grpc"], t16, 16)
-            after = scrape(server.metrics_url, "classifier")
-            executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
-            batch_sizes.append(
-                (after["nv_inference_count"] - before["nv_inference_count"]) / max(executions, 1)
-            )
-            res["triton-http@16"] = closed_loop(clients["http"], t16, 16)
-            rounds.append(res)
+
+        rounds = run_rounds(args.rounds, paths)
         rss_after = server.rss_bytes()
-        totals = {m: scrape(server.metrics_url, m) for m in ("tokenizer", "classifier", "postprocess")}
-    finally:
-        server.stop()
-    return summarize(
-        rounds,
-        batch_sizes,
-        cold_start,
-        rss_loaded,
-        rss_after,
-        totals,
-        spec,
-        manifest.served_version(spec.cpu_variant),
-        args,
-    )
-
-
-def summarize(
-    rounds: list[dict[str, Any]],
-    batch_sizes: list[float],
-    cold_start: float | None,
-    rss_loaded: int,
-    rss_after: int,
-    totals: dict[str, dict[str, float]],
-    spec: ServingSpec,
-    version: str,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    from export.bench import machine_info
-
-    paths = [k for k in rounds[0] if isinstance(rounds[0][k], PathResult)]
-    table: dict[str, Any] = {}
-    for p in paths:
-        rs = [r[p] for r in rounds]
-        table[p] = {
-            f: statistics.median(getattr(x, f) for x in rs)
-            for f in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms")
-        }
-        table[p]["rounds"] = [x.__dict__ for x in rs]
-    ratios = {}
-    for c in (1, 16):
-        for proto in ("grpc", "http"):
-            per_round = [r[f"triton-{proto}@{c}"].texts_per_s / r[f"ort-raw@{c}"].texts_per_s for r in rounds]
-            ratios[f"triton-{proto}@{c}"] = {
-                "median": statistics.median(per_round),
-                "range": [min(per_round), max(per_round)],
-            }
+        totals = scrape_models(server.metrics_url)
     where_time = {
         m: {
             "avg_batch": t["nv_inference_count"] / max(t["nv_inference_exec_count"], 1),
@@ -229,69 +192,39 @@ def summarize(
             / max(t["nv_inference_count"], 1),
         }
         for m, t in totals.items()
+        if m in ("tokenizer", "classifier", "postprocess")
     }
-    return {
-        "date": dt.date.today().isoformat(),
-        "command": "make bench-triton",
-        "machine": machine_info(),
-        "model_version": version,
-        "variant": spec.cpu_variant,
-        "served_as": (
+    return bench_report(
+        "make bench-triton",
+        manifest.served_version(spec.cpu_variant),
+        rounds,
+        variant=spec.cpu_variant,
+        served_as=(
             f"classifier {spec.cpu_instances} instances x {spec.cpu_threads_per_instance} ORT thread, "
             f"queue delay {spec.max_queue_delay_us} us, response cache off"
         ),
-        "rounds": args.rounds,
-        "requests": {"clients_1": args.requests_1, "clients_16": args.requests_16},
-        "cold_start_s": cold_start,
-        "rss_mb_loaded": rss_loaded / 1e6,
-        "rss_mb_after": rss_after / 1e6,
-        "avg_classifier_batch_at_16_grpc": {
-            "median": statistics.median(batch_sizes),
-            "per_round": batch_sizes,
+        requests={"clients_1": n1, "clients_16": n16},
+        cold_start_s=cold_start,
+        rss_mb_loaded=rss_loaded / 1e6,
+        rss_mb_after=rss_after / 1e6,
+        avg_classifier_batch_at_16_grpc={"median": statistics.median(batch_sizes), "per_round": batch_sizes},
+        ort_raw_16_layouts_chosen=layouts,
+        ratio_vs_raw={
+            f"triton-{proto}@{c}": spread(
+                [r[f"triton-{proto}@{c}"].texts_per_s / r[f"ort-raw@{c}"].texts_per_s for r in rounds]
+            )
+            for c in (1, 16)
+            for proto in ("grpc", "http")
         },
-        "ort_raw_16_layouts_chosen": [r["ort-raw@16-layout"] for r in rounds],
-        "paths": table,
-        "ratio_vs_raw": ratios,
-        "where_time_goes": where_time,
-    }
-
-
-def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = (
-        out / "triton_bench.json",
-        out / "triton_bench.md",
-        out / "triton_bench.png",
+        where_time_goes=where_time,
     )
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    t, ratio = report["paths"], report["ratio_vs_raw"]
-    lines = [
-        "# Triton vs raw ONNX Runtime (embedded CPU server)",
-        "",
-        f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores), model "
-        f"`{report['model_version']}` ({report['variant']}), {report['served_as']}. "
-        f"Command: `{report['command']}`. {report['rounds']} interleaved rounds, medians; "
-        f"{report['requests']['clients_1']} / {report['requests']['clients_16']} single-text requests "
-        "per path at 1 / 16 clients; text in -> probabilities out on every path.",
-        "",
-        "| path | clients | texts/s | p50 ms | p95 ms | p99 ms | vs ort-raw (median [min-max]) |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, row in t.items():
-        path, clients = name.split("@")
-        r = ratio.get(name)
-        rs = f"{r['median']:.2f} [{r['range'][0]:.2f}-{r['range'][1]:.2f}]" if r else "1.00 (baseline)"
-        lines.append(
-            f"| {path} | {clients} | {row['texts_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} "
-            f"| {row['p99_ms']:.2f} | {rs} |"
-        )
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     b = report["avg_classifier_batch_at_16_grpc"]
-    lines += [
+    lines = [
+        f"{report['requests']['clients_1']} / {report['requests']['clients_16']} single-text requests per "
+        "path at 1 / 16 clients; text in -> probabilities out on every path.",
         "",
         f"- Cold start to ready: {report['cold_start_s']:.1f} s. Server RSS (tritonserver + python stubs) "
         f"with the model loaded: {report['rss_mb_loaded']:.0f} MB ({report['rss_mb_after']:.0f} MB after "
@@ -304,31 +237,26 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path, Path]:
         "",
         "| model | avg batch | queue us | compute us |",
         "|---|---:|---:|---:|",
-    ]
-    for m, w in report["where_time_goes"].items():
-        lines.append(
+        *(
             f"| {m} | {w['avg_batch']:.2f} | {w['queue_us_per_request']:.0f} | "
             f"{w['compute_us_per_request']:.0f} |"
-        )
-    lines += ["", "![throughput and p95](triton_bench.png)", ""]
-    md_path.write_text("\n".join(lines))
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    names = ["ort-raw", "triton-grpc", "triton-http"]
-    x = np.arange(len(names))
-    for i, c in enumerate((1, 16)):
-        ax1.bar(x + i * 0.4, [t[f"{n}@{c}"]["texts_per_s"] for n in names], 0.4, label=f"{c} client(s)")
-        ax2.bar(x + i * 0.4, [t[f"{n}@{c}"]["p95_ms"] for n in names], 0.4, label=f"{c} client(s)")
-    for ax, title in ((ax1, "throughput (texts/s)"), (ax2, "p95 latency (ms)")):
-        ax.set_xticks(x + 0.2, names)
-        ax.set_title(title)
-        ax.legend()
-    fig.suptitle(
-        f"GoEmotions {report['variant']} on {report['machine']['nproc']} CPU cores ({report['date']})"
+            for m, w in report["where_time_goes"].items()
+        ),
+    ]
+    ratios = {
+        name: f"{r['median']:.2f} [{r['range'][0]:.2f}-{r['range'][1]:.2f}]"
+        for name, r in report["ratio_vs_raw"].items()
+    }
+    ratios.update({name: "1.00 (baseline)" for name in report["paths"] if name.startswith("ort-raw")})
+    return write_bench_report(
+        report,
+        out,
+        "triton_bench",
+        "Triton vs raw ONNX Runtime (embedded CPU server)",
+        f"{report['variant']}, {report['served_as']}",
+        lines,
+        extra=("vs ort-raw (median [min-max])", ratios),
     )
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    return json_path, md_path, png_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,15 @@
-"""Shared pieces of the serving benchmarks: closed-loop clients, result rows, the common CLI."""
+"""Shared pieces of the serving benchmarks: closed-loop clients, interleaved rounds, result rows, the
+common CLI and the one report writer (JSON + Markdown with the machine header and table + chart)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
 import statistics
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,17 +55,128 @@ def spread(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "range": [min(values), max(values)]}
 
 
-def paths_table(paths: dict[str, dict[str, float]]) -> list[str]:
-    """Markdown rows: texts/s and latency percentiles per path."""
-    return [
-        "| path | texts/s | p50 ms | p95 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|",
-        *(
-            f"| {name} | {row['texts_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} |"
-            for name, row in paths.items()
-        ),
+def paths_table(
+    paths: dict[str, dict[str, float]], extra: tuple[str, dict[str, str]] | None = None
+) -> list[str]:
+    """Markdown rows: texts/s and latency percentiles per path (``name@clients``), and optionally one
+    more column (its title, and a cell per path)."""
+    title, cells = extra or ("", {})
+    rows = [
+        f"| path | clients | texts/s | p50 ms | p95 ms | p99 ms |{f' {title} |' if extra else ''}",
+        f"|---|---:|---:|---:|---:|---:|{'---|' if extra else ''}",
     ]
+    for name, row in paths.items():
+        path, _, clients = name.partition("@")
+        cell = f" {cells.get(name, '')} |" if extra else ""
+        rows.append(
+            f"| {path} | {clients} | {row['texts_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} |{cell}"
+        )
+    return rows
+
+
+def run_rounds(
+    rounds: int, paths: Callable[[int], dict[str, Callable[[], PathResult]]]
+) -> list[dict[str, PathResult]]:
+    """Interleaved rounds (A, B, C, A, B, C, ...): round ``r`` measures each of ``paths(r)`` in turn."""
+    results = []
+    for r in range(rounds):
+        log.info("round %d/%d", r + 1, rounds)
+        results.append({name: measure() for name, measure in paths(r).items()})
+    return results
+
+
+def bench_report(
+    command: str, version: str, rounds: list[dict[str, PathResult]], **figures: Any
+) -> dict[str, Any]:
+    """What every benchmark's results file holds: date, command, machine, model, rounds, the median
+    figures per path, then the benchmark's own ``figures``."""
+    from export.bench import machine_info
+
+    return {
+        "date": dt.date.today().isoformat(),
+        "command": command,
+        "machine": machine_info(),
+        "model_version": version,
+        "rounds": len(rounds),
+        "paths": median_paths(rounds),
+        **figures,
+    }
+
+
+def header(report: dict[str, Any], setup: str) -> str:
+    """The line under a results file's title: when, on what, which model, how to reproduce."""
+    machine = report["machine"]
+    model = f", model `{report['model_version']}`" if "model_version" in report else ""
+    rounds = f" {report['rounds']} interleaved rounds, medians [min-max]." if "rounds" in report else ""
+    return (
+        f"{report['date']}, {machine['cpu']} ({machine['nproc']} cores){model} ({setup}). "
+        f"Command: `{report['command']}`.{rounds}"
+    )
+
+
+def write_results(
+    out: Path, stem: str, report: dict[str, Any], markdown: list[str], figure: Any | None = None
+) -> list[Path]:
+    """``out/stem.json`` (the report), ``out/stem.md`` and, given a matplotlib figure, ``out/stem.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{stem}.json", out / f"{stem}.md"]
+    written[0].write_text(json.dumps(report, indent=2) + "\n")
+    written[1].write_text("\n".join(markdown))
+    if figure is not None:
+        written.append(out / f"{stem}.png")
+        figure.tight_layout()
+        figure.savefig(written[2], dpi=100)
+    return written
+
+
+def paths_chart(paths: dict[str, dict[str, float]], title: str) -> Any:
+    """Throughput and p95 latency per path, one bar per client count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(p.split("@")[0] for p in paths))
+    clients = sorted({int(p.split("@")[1]) for p in paths if "@" in p})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(clients))
+    for i, c in enumerate(clients):
+        for ax, field in zip(axes, ("texts_per_s", "p95_ms"), strict=True):
+            values = [paths.get(f"{n}@{c}", {}).get(field, 0.0) for n in names]
+            ax.bar(x + i * width, values, width, label=f"{c} client(s)")
+    for ax, label in zip(axes, ("throughput (texts/s)", "p95 latency (ms)"), strict=True):
+        ax.set_xticks(x + width * (len(clients) - 1) / 2, names, rotation=30, ha="right")
+        ax.set_title(label)
+        ax.legend()
+    fig.suptitle(title)
+    return fig
+
+
+def write_bench_report(
+    report: dict[str, Any], out: Path, stem: str, title: str, setup: str, lines: list[str], **table: Any
+) -> list[Path]:
+    """The one benchmark report: title, header, the benchmark's own lines, the paths table, the chart."""
+    markdown = [
+        f"# {title}",
+        "",
+        header(report, setup),
+        "",
+        *lines,
+        "",
+        *paths_table(report["paths"], **table),
+        "",
+        f"![throughput and p95 per path]({stem}.png)",
+        "",
+    ]
+    chart = paths_chart(report["paths"], f"{title}: {report['machine']['nproc']} CPU cores, {report['date']}")
+    return write_results(out, stem, report, markdown, chart)
+
+
+def spread_text(s: dict[str, Any], fmt: str = ".2f", unit: str = "", to: str = "-") -> str:
+    """``**median unit** [min-max]`` of a spread(), for a report's headline figures."""
+    return f"**{s['median']:{fmt}}{unit}** [{s['range'][0]:{fmt}}{to}{s['range'][1]:{fmt}}]"
 
 
 def triton_client(protocol: str, server: EmbeddedTriton, ensemble: str) -> Callable[[], Callable[[str], Any]]:
@@ -109,18 +222,6 @@ def http_client(
         return infer
 
     return make
-
-
-def wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
 
 
 def closed_loop(

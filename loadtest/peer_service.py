@@ -64,6 +64,12 @@ def create_app(backend: str, model: str, onnx_file: str | None = None, threads: 
     return app
 
 
+def peer_command(backend: str, model: str, port: int, *, onnx_file: str | None = None) -> list[str]:
+    """The command line that serves one peer on 127.0.0.1:``port`` (for the benchmarks' Stack)."""
+    cmd = [sys.executable, "-m", "loadtest.peer_service", "--backend", backend, "--model", model]
+    return [*cmd, "--port", str(port), *(["--onnx-file", onnx_file] if onnx_file else [])]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m loadtest.peer_service",

@@ -13,9 +13,12 @@ import logging
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+
+from server.gateway_process import ManagedProcess, ProcessError
+from server.probes import answers
+from server.stack import launcher_command
 
 log = logging.getLogger("loadtest.run")
 
@@ -29,15 +32,7 @@ PATHS = {
 }
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def ensure_stack(gateway: str, triton_http: str, timeout_s: float = 120) -> subprocess.Popen[bytes] | None:
+def ensure_stack(gateway: str, triton_http: str, timeout_s: float = 120) -> ManagedProcess | None:
     """Start `python -m server` (Triton + gateway) when the gateway is not ready; None if already up."""
     if answers(f"{gateway}/readyz"):
         log.info("using the running gateway at %s", gateway)
@@ -48,54 +43,58 @@ def ensure_stack(gateway: str, triton_http: str, timeout_s: float = 120) -> subp
             "(python -m gateway) or stop Triton, then retry"
         )
     log.info("starting embedded Triton + gateway (python -m server)")
-    log_file = ROOT / "build" / "loadtest" / "server.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + timeout_s
-    while not answers(f"{gateway}/readyz"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.terminate()
-            raise SystemExit(f"the stack did not come up; see {log_file}")
-        time.sleep(0.5)
-    return proc
+    # The user's own stack: the launcher's defaults and this environment, GATEWAY_* settings included.
+    launcher = ManagedProcess(
+        "launcher",
+        launcher_command(),
+        gateway,
+        ROOT / "build" / "loadtest" / "server.log",
+        ready_timeout_s=timeout_s,
+        cwd=ROOT,
+    )
+    try:
+        launcher.start()
+    except ProcessError as exc:
+        raise SystemExit(f"the stack did not come up: {exc}") from exc
+    return launcher
 
 
-def run_path(name: str, out_dir: Path, args: argparse.Namespace) -> int:
-    user_class, tag = PATHS[name]
-    prefix = out_dir / name
-    for stale in out_dir.glob(f"{name}_*.csv"):
-        stale.unlink()
-    cmd = [
+def locust_command(
+    host: str, csv_prefix: Path, tags: Sequence[str], user_class: str, *options: str
+) -> list[str]:
+    """A headless Locust run of loadtest/locustfile.py with loadtest/locust.conf."""
+    return [
         sys.executable,
         "-m",
         "locust",
         "--config",
         str(ROOT / "loadtest" / "locust.conf"),
         "--host",
-        args.gateway,
-        "--triton-grpc",
-        args.triton_grpc,
-        "--triton-metrics",
-        args.triton_metrics,
+        host,
         "--csv",
-        str(prefix),
+        str(csv_prefix),
+        *options,
         "--tags",
-        tag,
-        "--shape",
-        "step",
-        "--step-users",
-        str(args.step_users),
-        "--step-seconds",
-        str(args.step_seconds),
-        "--max-users",
-        str(args.max_users),
-        "--loglevel",
-        "WARNING",
+        *tags,
+        "--",  # --tags takes several values: end it before the user class
         user_class,
     ]
+
+
+def run_path(name: str, out_dir: Path, args: argparse.Namespace) -> int:
+    user_class, tag = PATHS[name]
+    for stale in out_dir.glob(f"{name}_*.csv"):
+        stale.unlink()
+    cmd = locust_command(
+        args.gateway,
+        out_dir / name,
+        [tag],
+        user_class,
+        *("--triton-grpc", args.triton_grpc, "--triton-metrics", args.triton_metrics),
+        *("--shape", "step", "--step-users", str(args.step_users)),
+        *("--step-seconds", str(args.step_seconds), "--max-users", str(args.max_users)),
+        *("--loglevel", "WARNING"),
+    )
     budget = args.max_users / args.step_users * args.step_seconds + 60
     log.info(
         "path %s: %d..%d users, %.0f s per step", name, args.step_users, args.max_users, args.step_seconds
@@ -137,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         codes = {name: run_path(name, work, args) for name in args.paths}
     finally:
         if started is not None:
-            started.terminate()  # the launcher stops gateway, then Triton
-            started.wait(timeout=60)
+            started.stop(timeout=60)  # SIGTERM: the launcher stops the gateway, then Triton
     reports = []
     for name in args.paths:
         history = work / f"{name}_stats_history.csv"

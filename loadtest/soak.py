@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
-import os
 import statistics
 import sys
 import threading
@@ -22,13 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from export.data import load_split
 from export.pipeline import MODEL_REPOSITORY
-from loadtest.common import UniqueTexts, http_client
-from server.embedded import EmbeddedTriton, ServerConfig, private_bytes
-from server.gateway_process import GatewayProcess
+from export.training.data import load_split
+from loadtest.common import UniqueTexts, header, http_client, write_results
+from server.embedded import EmbeddedTriton, ServerConfig
+from server.probes import private_bytes
+from server.stack import Stack
 
 log = logging.getLogger("loadtest.soak")
+WORK = Path("build") / "soak"
 
 
 def growth_mb(samples: list[tuple[float, float]], warmup_share: float = 0.2) -> float:
@@ -41,20 +41,16 @@ def growth_mb(samples: list[tuple[float, float]], warmup_share: float = 0.2) -> 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    base = args.base_port
-    triton = EmbeddedTriton(server_config(args))
-    os.environ.update(gateway_env(args))
-    gateway = GatewayProcess("127.0.0.1", base + 3, f"127.0.0.1:{base + 1}", Path("build/soak/gateway.log"))
     samples: dict[str, list[tuple[float, float]]] = {"triton": [], "gateway": []}
-    # Per part of Triton's process group (server, each stub's model, shared memory): where growth is.
+    # Per part of Triton's process tree (server, each stub's model, shared memory): where growth is.
     parts: dict[str, list[tuple[float, float]]] = {}
     stop = threading.Event()
     texts = UniqueTexts(load_split("test").texts, seed=21)
-    started = time.monotonic()
-    requests = 0
-    try:
+    with Stack(WORK, args.base_port) as stack:
+        triton = stack.add_triton(EmbeddedTriton(server_config(args, stack)))
         triton.start()
-        gateway.start()
+        gateway = stack.start_gateway(settings=gateway_env(args))
+        started = time.monotonic()
 
         def sample() -> None:
             while not stop.is_set():
@@ -63,8 +59,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 samples["triton"].append((t, sum(memory.values()) / 1e6))
                 for part, value in memory.items():
                     parts.setdefault(part, []).append((t, value / 1e6))
-                if gateway.process is not None:
-                    samples["gateway"].append((t, private_bytes(gateway.process.pid) / 1e6))
+                if gateway.pid is not None:
+                    samples["gateway"].append((t, private_bytes(gateway.pid) / 1e6))
                 stop.wait(args.sample_s)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -92,26 +88,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         workers = [threading.Thread(target=worker, daemon=True) for _ in range(args.clients)]
         for w in workers:
             w.start()
-        while any(w.is_alive() for w in workers):
-            time.sleep(min(30.0, max(0.1, deadline - time.monotonic())))
-            log.info(
-                "%.0f/%d s: %d requests, triton %.0f MB, gateway %.0f MB",
-                time.monotonic() - started,
-                args.seconds,
-                counter[0],
-                samples["triton"][-1][1] if samples["triton"] else 0,
-                samples["gateway"][-1][1] if samples["gateway"] else 0,
-            )
+        for w in workers:
+            while w.is_alive():  # progress every 30 s while the load runs
+                w.join(timeout=min(30.0, max(0.1, deadline - time.monotonic())))
+                log.info(
+                    "%.0f/%d s: %d requests, triton %.0f MB, gateway %.0f MB",
+                    time.monotonic() - started,
+                    args.seconds,
+                    counter[0],
+                    samples["triton"][-1][1] if samples["triton"] else 0,
+                    samples["gateway"][-1][1] if samples["gateway"] else 0,
+                )
         requests = counter[0]
         stop.set()
         sampler.join(timeout=10)
-    finally:
-        stop.set()
-        gateway.stop()
-        triton.stop()
+    growth = {name: growth_mb(s) for name, s in samples.items()}
     from export.bench import machine_info
 
-    growth = {name: growth_mb(s) for name, s in samples.items()}
     return {
         "date": dt.date.today().isoformat(),
         "command": " ".join(["python -m loadtest.soak", *sys.argv[1:]]),
@@ -129,18 +122,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def server_config(args: argparse.Namespace) -> ServerConfig:
-    base = args.base_port
-    return ServerConfig(
-        repository=args.repository,
-        http_port=base,
-        grpc_port=base + 1,
-        metrics_port=base + 2,
-        cache_bytes=args.triton_cache_bytes,
-    )
+def server_config(args: argparse.Namespace, stack: Stack | None = None) -> ServerConfig:
+    """Triton on the stack's ports with the soak's response cache size."""
+    stack = stack or Stack(WORK, args.base_port)
+    return stack.triton_config(args.repository, cache_bytes=args.triton_cache_bytes)
 
 
 def gateway_env(args: argparse.Namespace) -> dict[str, str]:
+    """The gateway's settings for the soak (with the soak's cache size)."""
     return {
         "GATEWAY_MAX_CONCURRENCY": "1024",
         "GATEWAY_CACHE_SIZE": str(args.gateway_cache_size),
@@ -153,44 +142,38 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "soak.json", out / "soak.md", out / "soak.png"]
-    paths[0].write_text(json.dumps(report, indent=2) + "\n")
     g = report["growth_mb"]
     part_rows = [
         f"| {name} | {series[0][1]:.1f} | {series[-1][1]:.1f} | {report['part_growth_mb'][name]:+.1f} |"
         for name, series in sorted(report["parts"].items())
         if series
     ]
-    paths[1].write_text(
-        "\n".join(
-            [
-                "# Soak",
-                "",
-                f"{report['date']}, {report['machine']['cpu']} ({report['machine']['nproc']} cores). "
-                f"Command: `{report['command']}`. {report['seconds']} s at {report['clients']} clients "
-                f"through the gateway (embedded Triton; response caches: "
-                f"Triton {report['caches']['triton_bytes'] // 2**20} MB, gateway "
-                f"{report['caches']['gateway_entries']} results; 500 learners; 1 request in 6 a repeated "
-                f"text), {report['requests']} requests.",
-                "",
-                "Memory = private (anonymous) resident memory of each process + the python backend's "
-                "shared-memory regions counted once; growth = median of the last tenth minus median of "
-                "the first tenth after a 20 % warm-up.",
-                "",
-                f"- Growth after warm-up: tritonserver + stubs **{g['triton']:+.1f} MB**, gateway "
-                f"**{g['gateway']:+.1f} MB** (bound {report['bound_mb']:.0f} MB each): "
-                f"**{'pass' if report['passed'] else 'FAIL'}**.",
-                "",
-                "| Triton part | first sample MB | last sample MB | growth after warm-up MB |",
-                "|---|---:|---:|---:|",
-                *part_rows,
-                "",
-                "![memory over time](soak.png)",
-                "",
-            ]
-        )
+    setup = (
+        f"{report['seconds']} s at {report['clients']} clients through the gateway; embedded Triton; "
+        f"response caches: Triton {report['caches']['triton_bytes'] // 2**20} MB, gateway "
+        f"{report['caches']['gateway_entries']} results; 500 learners; 1 request in 6 a repeated text; "
+        f"{report['requests']} requests"
     )
+    markdown = [
+        "# Soak",
+        "",
+        header(report, setup),
+        "",
+        "Memory = private (anonymous) resident memory of each process + the python backend's "
+        "shared-memory regions counted once; growth = median of the last tenth minus median of "
+        "the first tenth after a 20 % warm-up.",
+        "",
+        f"- Growth after warm-up: tritonserver + stubs **{g['triton']:+.1f} MB**, gateway "
+        f"**{g['gateway']:+.1f} MB** (bound {report['bound_mb']:.0f} MB each): "
+        f"**{'pass' if report['passed'] else 'FAIL'}**.",
+        "",
+        "| Triton part | first sample MB | last sample MB | growth after warm-up MB |",
+        "|---|---:|---:|---:|",
+        *part_rows,
+        "",
+        "![memory over time](soak.png)",
+        "",
+    ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     for ax, series_by_name, title in (
         (left, report["samples"], "totals"),
@@ -203,9 +186,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(title)
         ax.legend(fontsize="small")
     fig.suptitle(f"Soak: memory over {report['seconds']} s ({report['date']})")
-    fig.tight_layout()
-    fig.savefig(paths[2], dpi=100)
-    return paths
+    return write_results(out, "soak", report, markdown, fig)
 
 
 def main(argv: list[str] | None = None) -> int:

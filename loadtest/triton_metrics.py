@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import time
-import urllib.request
 from pathlib import Path
+
+from server.probes import per_label, scrape
 
 log = logging.getLogger(__name__)
 
@@ -20,20 +20,11 @@ COUNTERS = (
     "nv_inference_request_failure",
 )
 FIELDS = ["timestamp", "model", *COUNTERS]
-_LINE = re.compile(r"^(nv_\w+)\{([^}]*)\} (\S+)$", re.M)
 
 
 def parse(text: str) -> dict[str, dict[str, float]]:
     """model -> counter -> value (summed over label sets such as failure reasons)."""
-    out: dict[str, dict[str, float]] = {}
-    for name, labels, value in _LINE.findall(text):
-        if name not in COUNTERS:
-            continue
-        model = re.search(r'model="([^"]+)"', labels)
-        if model:
-            per = out.setdefault(model.group(1), dict.fromkeys(COUNTERS, 0.0))
-            per[name] += float(value)
-    return out
+    return per_label(text, COUNTERS, "model")
 
 
 class MetricsRecorder:
@@ -47,9 +38,8 @@ class MetricsRecorder:
 
     def scrape_once(self) -> int:
         try:
-            with urllib.request.urlopen(self.url, timeout=2) as response:
-                metrics = parse(response.read().decode())
-        except OSError as exc:
+            metrics = parse(scrape(self.url, timeout_s=2))
+        except (OSError, ValueError) as exc:  # not answering, or not Prometheus text
             log.warning("could not scrape Triton metrics at %s: %s", self.url, exc)
             return 0
         new = not self.path.exists()

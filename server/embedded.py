@@ -15,11 +15,13 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
+
+from server.probes import answers, log_tail, mapped_files, private_bytes, process_tree, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class ServerConfig:
     log_file: Path | None = None
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    env: Mapping[str, str] = field(default_factory=dict)  # on top of this process's environment
 
 
 def site_packages() -> Path:
@@ -86,8 +89,9 @@ def prepare_backends(config: ServerConfig) -> Path:
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def server_env() -> dict[str, str]:
-    env = dict(os.environ)
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """tritonserver's environment: this process's, the given variables, and what the stubs need."""
+    env = {**os.environ, **(extra or {})}
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     # LIBDIR first: the stub must load this interpreter's libpython, not whatever the system has.
     libs = [libdir, str(site_packages() / "nvidia_pytriton.libs")]
@@ -131,54 +135,17 @@ def shm_regions() -> set[str]:
         return set()
 
 
-def _mapped_regions() -> set[str]:
-    """Regions some live process still maps (another server's): never touch those."""
-    mapped: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            mapped.update(
-                line.rsplit("/", 1)[-1].strip()
-                for line in maps.read_text().splitlines()
-                if SHM_PREFIX in line
-            )
-    return mapped
+def group_regions(pid: int) -> set[str]:
+    """Shared-memory regions mapped by a server and its descendants (its python stubs)."""
+    return mapped_files(process_tree(pid), SHM_PREFIX)
 
 
-def group_pids(pgid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                pids.append(int(stat.parent.name))
-    return pids
-
-
-def group_regions(pgid: int) -> set[str]:
-    """Shared-memory regions mapped by the processes of one process group (a server and its stubs)."""
-    found: set[str] = set()
-    for pid in group_pids(pgid):
-        with contextlib.suppress(OSError):
-            found.update(
-                line.rsplit("/", 1)[-1].strip()
-                for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
-                if SHM_PREFIX in line
-            )
-    return found
-
-
-def private_bytes(pid: int) -> int:
-    """A process's anonymous resident memory (heap, arenas): where leaks show. File-backed pages
-    (shared libraries) are excluded: clean, shared and reclaimable."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        return next(int(x.split()[1]) * 1024 for x in status if x.startswith("RssAnon:"))
-    return 0
-
-
-def process_role(cmdline: bytes) -> str:
+def process_role(cmdline: bytes | Sequence[str]) -> str:
     """``tritonserver``, or the model a python-backend stub serves (its first argument is the model
-    file path: .../<model>/<version>/model.py)."""
-    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    file path: .../<model>/<version>/model.py). ``cmdline``: psutil's list or /proc's NUL-joined bytes."""
+    if isinstance(cmdline, bytes):
+        cmdline = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    args = list(cmdline)
     if not args or "triton_python_backend_stub" not in args[0]:
         return Path(args[0]).name if args else "?"
     parts = Path(args[1]).parts if len(args) > 1 else ()
@@ -186,9 +153,12 @@ def process_role(cmdline: bytes) -> str:
 
 
 def remove_stale_shm(only: set[str] | None = None) -> list[str]:
-    """Remove python-backend shared-memory regions no live process maps (left by a killed server)."""
+    """Remove python-backend shared-memory regions no live process maps (left by a killed server);
+    regions another live server maps are never touched."""
     candidates = shm_regions() if only is None else only & shm_regions()
-    stale = sorted(candidates - _mapped_regions())
+    if not candidates:
+        return []
+    stale = sorted(candidates - mapped_files(psutil.process_iter(), SHM_PREFIX))
     for name in stale:
         with contextlib.suppress(OSError):
             (SHM_DIR / name).unlink()
@@ -198,18 +168,8 @@ def remove_stale_shm(only: set[str] | None = None) -> list[str]:
 
 
 def is_ready(config: ServerConfig, timeout: float = 1.0) -> bool:
-    url = f"http://{config.host}:{config.http_port}/v2/health/ready"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False  # connection refused while loading, or 400 while models are not ready
-
-
-def log_tail(path: Path | None, lines: int = 40) -> str:
-    if path is None or not path.is_file():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    # Connection refused while loading, 400 while models are not ready.
+    return answers(f"http://{config.host}:{config.http_port}/v2/health/ready", timeout_s=timeout)
 
 
 class EmbeddedTriton:
@@ -239,33 +199,39 @@ class EmbeddedTriton:
         with self.log_file.open("wb") as out:
             # Own process group: shutdown reaches the python stubs too.
             self.process = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=server_env(self.config.env),
+                start_new_session=True,
             )
         self._wait_ready(started)
         return self
 
     def _wait_ready(self, started: float) -> None:
-        deadline = started + self.config.ready_timeout_s
-        assert self.process is not None
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                self._cleanup_shm()
-                raise ServerError(
-                    f"tritonserver exited with code {code} during startup; log tail:\n"
-                    f"{log_tail(self.log_file)}"
-                )
-            if is_ready(self.config, timeout=0.5):
-                self.startup_seconds = time.monotonic() - started
-                log.info(
-                    "tritonserver ready in %.1f s: HTTP %s, gRPC %s, metrics %s",
-                    self.startup_seconds,
-                    self.http_url,
-                    self.grpc_url,
-                    self.metrics_url,
-                )
-                return
-            time.sleep(0.1)
+        process = self.process
+        assert process is not None
+        ready = wait_for(
+            lambda: is_ready(self.config, timeout=0.5),
+            self.config.ready_timeout_s,
+            abort=lambda: process.poll() is not None,
+        )
+        if ready:
+            self.startup_seconds = time.monotonic() - started
+            log.info(
+                "tritonserver ready in %.1f s: HTTP %s, gRPC %s, metrics %s",
+                self.startup_seconds,
+                self.http_url,
+                self.grpc_url,
+                self.metrics_url,
+            )
+            return
+        code = process.poll()
+        if code is not None:
+            self._cleanup_shm()
+            raise ServerError(
+                f"tritonserver exited with code {code} during startup; log tail:\n{log_tail(self.log_file)}"
+            )
         self.stop()
         raise ServerError(
             f"tritonserver not ready after {self.config.ready_timeout_s:.0f} s; log tail:\n"
@@ -292,18 +258,22 @@ class EmbeddedTriton:
         """The python-backend regions this server's stubs map right now."""
         return group_regions(self.process.pid) if self.process else set()
 
+    def processes(self) -> list[psutil.Process]:
+        """tritonserver and its python-backend stubs, while running."""
+        return process_tree(self.process.pid) if self.process else []
+
     def memory(self) -> dict[str, int]:
-        """Bytes per part of the group, without double counting: each process's private (anonymous)
+        """Bytes per part of the server, without double counting: each process's private (anonymous)
         resident memory, keyed by role (``tritonserver`` or the stub's model), plus the python
         backend's shared-memory regions counted once (RSS counts a shared page in every process
         that touches it)."""
         parts: dict[str, int] = {}
         if self.process is None:
             return parts
-        for pid in group_pids(self.process.pid):
-            with contextlib.suppress(OSError):
-                role = process_role(Path(f"/proc/{pid}/cmdline").read_bytes())
-                parts[role] = parts.get(role, 0) + private_bytes(pid)
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                role = process_role(proc.cmdline())
+                parts[role] = parts.get(role, 0) + private_bytes(proc.pid)
         parts["shared memory"] = sum(
             (SHM_DIR / name).stat().st_blocks * 512
             for name in self.shm_regions()
@@ -312,13 +282,11 @@ class EmbeddedTriton:
         return parts
 
     def rss_bytes(self) -> int:
-        """Resident memory of the server and its python stubs (the whole process group)."""
-        if self.process is None:
-            return 0
+        """Resident memory of the server and its python stubs."""
         total = 0
-        for pid in group_pids(self.process.pid):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
         return total
 
     def stop(self, timeout: float | None = None) -> int | None:

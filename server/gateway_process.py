@@ -1,4 +1,5 @@
-"""The gateway as a child process of the launcher, so `make serve` runs both and stops both."""
+"""Child processes with an HTTP readiness URL: the gateway (so `make serve` runs Triton and the gateway
+and stops both), and, for the benchmarks and tests, the launcher itself and peer services."""
 
 from __future__ import annotations
 
@@ -8,70 +9,136 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from server.probes import answers, log_tail, wait_for
 
 log = logging.getLogger(__name__)
 
 
-class GatewayProcess:
+class ProcessError(RuntimeError):
+    """A child process exited during start-up or did not become ready; the message has its log tail."""
+
+
+class ManagedProcess:
+    """Start a command in its own session with its output in a log file, wait until ``url`` +
+    ``ready_path`` answers 200 (or the process exits), stop it with SIGTERM (SIGKILL if it hangs).
+
+    ``env`` is the child's whole environment; None inherits this process's."""
+
     def __init__(
-        self, host: str, port: int, triton_grpc: str, log_file: Path, ready_timeout_s: float = 30
+        self,
+        name: str,
+        cmd: Sequence[str],
+        url: str,
+        log_file: Path,
+        *,
+        ready_path: str = "/readyz",
+        env: Mapping[str, str] | None = None,
+        ready_timeout_s: float = 30,
+        cwd: Path | None = None,
     ) -> None:
-        self.url = f"http://{host}:{port}"
+        self.name = name
+        self.cmd = list(cmd)
+        self.url = url
+        self.ready_url = f"{url}{ready_path}"
         self.log_file = log_file
+        self.env = dict(env) if env is not None else None
         self.ready_timeout_s = ready_timeout_s
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--triton-url",
-            triton_grpc,
-        ]
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> GatewayProcess:
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it to be ready."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("wb") as out:
+            # A file, not a pipe: an undrained pipe would stall the child.
             self.process = subprocess.Popen(
-                self.cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True
+                self.cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
             )
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-30:])
-                raise RuntimeError(f"gateway exited with code {self.process.returncode}; log tail:\n{tail}")
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r,
-            ):
-                if r.status == 200:
-                    return self
-            time.sleep(0.2)
+        return self.process
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        process = self.process
+        assert process is not None, "spawn() first"
+        timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
+        if wait_for(
+            lambda: answers(self.ready_url), timeout_s, interval_s=0.2, abort=lambda: not self.alive()
+        ):
+            return
+        if process.poll() is not None:
+            raise ProcessError(
+                f"{self.name} exited with code {process.returncode}; log tail:\n{log_tail(self.log_file)}"
+            )
         self.stop()
-        raise RuntimeError(f"gateway not ready after {self.ready_timeout_s:.0f} s (log: {self.log_file})")
+        raise ProcessError(
+            f"{self.name} not ready after {timeout_s:.0f} s (log: {self.log_file}); log tail:\n"
+            f"{log_tail(self.log_file)}"
+        )
+
+    def start(self) -> ManagedProcess:
+        self.spawn()
+        self.wait_ready()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM: uvicorn finishes in-flight requests, then exits; SIGKILL only if it hangs."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
+    def send(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        log.info("gateway stopped")
+                os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 15, sig: int = signal.SIGTERM) -> int | None:
+        """``sig`` (SIGTERM: uvicorn finishes in-flight requests, then exits); SIGKILL only if it hangs.
+        Returns the exit code (None when it was not started)."""
+        if self.process is None:
+            return None
+        self.send(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not exit in %.0f s; killing it", self.name, timeout)
+            self.send(signal.SIGKILL)
+            code = self.process.wait()
+        log.info("%s stopped", self.name)
         self.process = None
+        return code
+
+
+def gateway_command(host: str, port: int, triton_grpc: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", "--host", host, "--port", str(port), "--triton-url", triton_grpc]
+
+
+class GatewayProcess(ManagedProcess):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        triton_grpc: str,
+        log_file: Path,
+        ready_timeout_s: float = 30,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            "gateway",
+            gateway_command(host, port, triton_grpc),
+            f"http://{host}:{port}",
+            log_file,
+            env=env,
+            ready_timeout_s=ready_timeout_s,
+        )
+
+    def start(self) -> GatewayProcess:
+        super().start()
+        return self

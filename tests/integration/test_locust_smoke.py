@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,22 +12,22 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.e2e.conftest import free_ports
+from loadtest.run import locust_command
+from server.probes import wait_for
 from tests.integration.test_gateway import FakeTriton
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory, label_names):
-    (port,) = free_ports(1)
+    port = free_port()
     app = create_app(Settings(_env_file=None), FakeTriton(label_names, version="smoke"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: server.started, 10), "uvicorn did not start"
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
@@ -42,32 +40,14 @@ def run_locust(
     tags: tuple[str, ...] = ("gateway", "gateway-hit"),
     user: str = "GatewayUser",
 ) -> tuple[int, dict[str, dict[str, str]]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "--config",
-        str(ROOT / "loadtest" / "locust.conf"),
-        "--host",
+    cmd = locust_command(
         url,
-        "--shape",
-        "constant",
-        "-u",
-        "4",
-        "-r",
-        "4",
-        "-t",
-        "3s",
-        "--triton-metrics",
-        "",
-        "--csv",
-        str(tmp_path / "smoke"),
-        *extra,
-        "--tags",
-        *tags,
-        "--",  # --tags takes several values: end it before the user class
+        tmp_path / "smoke",
+        tags,
         user,
-    ]
+        *("--shape", "constant", "-u", "4", "-r", "4", "-t", "3s", "--triton-metrics", ""),
+        *extra,
+    )
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     with (tmp_path / "smoke_stats.csv").open() as f:
         stats = {row["Name"]: row for row in csv.DictReader(f)}
@@ -98,7 +78,7 @@ def test_stream_user_runs_over_websockets_and_checks_answers(gateway_url, tmp_pa
 
 
 def test_stream_user_reports_failures(tmp_path):
-    (port,) = free_ports(1)  # nothing listens there: every message fails, and is reported
+    port = free_port()  # nothing listens there: every message fails, and is reported
     code, stats = run_locust(f"http://127.0.0.1:{port}", tmp_path, tags=("stream",), user="StreamUser")
     stream = stats["/v1/emotions/stream [message]"]
     assert int(stream["Request Count"]) > 0 and stream["Failure Count"] == stream["Request Count"]

@@ -1,17 +1,14 @@
-"""Helper processes of the tests: free ports, a real redis-server, stopping a child."""
+"""Helper processes of the tests: free ports, a real redis-server, stopping a child. Readiness is the
+stack harness's one poll (server.probes.wait_for)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from pathlib import Path
 
+from server.probes import free_port, wait_for
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "start_redis", "stop_process"]
 
 
 def start_redis(port: int, log_path: Path | None = None, timeout_s: float = 15) -> subprocess.Popen[bytes]:
@@ -34,23 +31,23 @@ def start_redis(port: int, log_path: Path | None = None, timeout_s: float = 15) 
     out = log_path.open("wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     probe = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + timeout_s
+
+    def pong() -> bool:
+        try:
+            return bool(probe.ping())
+        except redis.ConnectionError:
+            return False
+
     try:
-        while True:
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
-                raise RuntimeError(f"redis-server exited with {proc.returncode}: {tail}")
-            try:
-                if probe.ping():
-                    return proc
-            except redis.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                stop_process(proc)
-                raise RuntimeError(f"redis-server did not answer PING within {timeout_s:g} s")
-            time.sleep(0.05)
+        if wait_for(pong, timeout_s, interval_s=0.05, abort=lambda: proc.poll() is not None):
+            return proc
     finally:
         probe.close()
+    if proc.poll() is not None:
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
+        raise RuntimeError(f"redis-server exited with {proc.returncode}: {tail}")
+    stop_process(proc)
+    raise RuntimeError(f"redis-server did not answer PING within {timeout_s:g} s")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

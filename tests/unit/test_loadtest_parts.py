@@ -72,6 +72,7 @@ def test_step_and_soak_shapes():
 def test_triton_metrics_parser_sums_label_sets():
     text = """
 # HELP nv_inference_count x
+# TYPE nv_inference_count counter
 nv_inference_count{model="classifier",version="1"} 120
 nv_inference_exec_count{model="classifier",version="1"} 30
 nv_inference_request_failure{model="goemotions",reason="REJECTED",version="1"} 2
@@ -85,8 +86,6 @@ nv_gpu_utilization{gpu_uuid="x"} 0.5
 
 
 def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
-    import argparse
-
     from loadtest.bench_audit import audit_counts, summarize, write_report
     from loadtest.common import PathResult
 
@@ -110,10 +109,13 @@ def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
         for extra, ratio in ((0.2, 0.98), (0.4, 0.95), (0.1, 1.0))
     ]
     counts = {"written": 1234.0, "dropped": 5.0, "sent": 1239.0}
-    report = summarize(rounds, counts, "v1", argparse.Namespace(rounds=3))
+    report = summarize(rounds, counts, "v1")
+    assert report["rounds"] == 3 and report["model_version"] == "v1"
     assert report["p50_delta_ms_1_client"]["median"] == pytest.approx(0.2)
     assert report["throughput_ratio_16_clients"]["range"] == pytest.approx([0.95, 1.0])
-    _, md = write_report(report, tmp_path)
-    text = md.read_text()
+    written = write_report(report, tmp_path)
+    assert [p.name for p in written] == ["audit_bench.json", "audit_bench.md", "audit_bench.png"]
+    text = written[1].read_text()
+    assert "| audit-sqlite | 16 | 392 |" in text  # the shared paths table: median texts/s per path
     assert "**+0.20 ms** [+0.10 to +0.40]" in text and "**0.98x** [0.95-1.00]" in text
     assert "1239 texts sent, 1234 written, 5 dropped" in text
