@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, read_installed
-from contract.names import DEFAULT_MAX_LENGTH
+from contract.names import CLASSIFIER, DEFAULT_MAX_LENGTH
 from contract.spec import SPEC_FILE, ServingSpec
 from export.packaging.install import MODEL_REPOSITORY, install
 from export.packaging.repository import stale_configs, write_configs
@@ -346,7 +346,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
     from export.packaging.tensorrt import PLAN_FILE, TensorRTUnavailable, build_plan
 
     spec = ServingSpec.read(args.repository / SPEC_FILE)
-    version_dir = args.repository / "classifier" / "1"
+    version_dir = args.repository / CLASSIFIER / "1"
     onnx_path = args.onnx or version_dir / "model.onnx"
     plan = args.plan or version_dir / PLAN_FILE
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.names import DEFAULT_MAX_LENGTH
+from contract.names import DEFAULT_MAX_LENGTH, LOGITS
 from contract.text import normalize
 from export.arrays import Array
 
@@ -107,7 +107,7 @@ def onnx_classifier(
     input_names = [i.name for i in session.get_inputs()]
 
     def forward(feed: dict[str, Array]) -> Array:
-        return np.asarray(session.run(["logits"], feed)[0], dtype=np.float32)
+        return np.asarray(session.run([LOGITS], feed)[0], dtype=np.float32)
 
     return Classifier(tokenizer, input_names, max_length, forward, execution)
 

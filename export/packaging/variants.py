@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from contract.names import LOGITS
 from export.arrays import Array
 from export.packaging.runtime import BATCH, PER_ROW
 
@@ -175,7 +176,7 @@ def export_onnx(model_ref: str, out_dir: Path, opset: int | None = None) -> Onnx
     main_export(model_ref, output=out_dir, task="text-classification", opset=opset, do_validation=True)
     path = out_dir / VARIANT_FILES[RAW]
     inputs, outputs = graph_io(path)
-    if outputs != ["logits"] or not {"input_ids", "attention_mask"} <= set(inputs):
+    if outputs != [LOGITS] or not {"input_ids", "attention_mask"} <= set(inputs):
         raise RuntimeError(f"unexpected ONNX signature {inputs} -> {outputs} for {model_ref}")
     version = next(
         o.version
