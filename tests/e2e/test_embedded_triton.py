@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,62 +13,18 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from contract.manifest import Manifest
-from export.calibration import calibrated_probabilities
-from export.runtime import load_tokenizer, onnx_classifier
 from server.embedded import EmbeddedTriton, shm_regions
-from tests.e2e.conftest import server_config
+from tests.support.stack import TEXTS, grpc_infer, labels_of, oracle, triton_config, triton_metric
 
 pytestmark = pytest.mark.e2e
-
-TEXTS = [
-    "I finally understand recursion, thank you so much!",
-    "This is so confusing. I have tried five times and I still don't get why it fails.",
-    "ok",
-    "Why does [NAME] always get the easy questions?? Not fair at all.",
-    "wow 😮 didn't expect that",
-    "لا أفهم هذا السؤال",
-]
 
 
 @pytest.fixture(scope="module")
 def expected(repository: Path):
     """In-process ONNX Runtime on the same model file: what every served answer must equal."""
-    clf = onnx_classifier(
-        repository / "classifier" / "1" / "model.fp32.onnx", load_tokenizer(repository / "tokenizer" / "1")
-    )
     manifest = Manifest.read(repository / "manifest.json")
-    fp32 = manifest.variants["fp32"]
-    assert len(set(fp32.temperatures)) > 1  # served answers go through fitted per-label temperatures
-
-    def run(texts: list[str]) -> tuple[np.ndarray, list[list[str]]]:
-        probs = np.concatenate(
-            [calibrated_probabilities(clf.logits([t]), np.array(fp32.temperatures)) for t in texts]
-        ).astype(np.float32)
-        names = [
-            [n for n, p, t in zip(manifest.labels, row, fp32.thresholds, strict=True) if p >= t]
-            for row in probs
-        ]
-        return probs, names
-
-    return run
-
-
-def grpc_infer(server: EmbeddedTriton, texts: list[str], raw: list[bytes] | None = None):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    data = np.array([[t.encode()] for t in texts] if raw is None else [[b] for b in raw], dtype=object)
-    inp = grpcclient.InferInput("TEXT", list(data.shape), "BYTES")
-    inp.set_data_from_numpy(data)
-    return client.infer("goemotions", [inp])
-
-
-def labels_of(result) -> list[list[str]]:
-    return [[x.decode() for x in row if x] for row in result.as_numpy("LABELS")]
-
-
-def metric(server: EmbeddedTriton, name: str, model: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    m = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.M)
-    return float(m.group(1)) if m else 0.0
+    assert len(set(manifest.variants["fp32"].temperatures)) > 1  # answers go through fitted temperatures
+    return oracle(repository)
 
 
 def test_ensemble_equals_in_process_onnxruntime(triton, expected):
@@ -99,16 +54,16 @@ def test_http_and_grpc_agree(triton):
 
 def test_concurrent_requests_are_batched_and_answered_correctly(triton, expected):
     texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(64)]
-    before_count = metric(triton, "nv_inference_count", "classifier")
-    before_exec = metric(triton, "nv_inference_exec_count", "classifier")
+    before_count = triton_metric(triton, "nv_inference_count", "classifier")
+    before_exec = triton_metric(triton, "nv_inference_exec_count", "classifier")
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda t: grpc_infer(triton, [t]), texts))
     probs, names = expected(texts)
     for i, result in enumerate(results):  # each answer belongs to its own text
         np.testing.assert_allclose(result.as_numpy("PROBABILITIES")[0], probs[i], atol=1e-5)
         assert labels_of(result)[0] == names[i]
-    inferences = metric(triton, "nv_inference_count", "classifier") - before_count
-    executions = metric(triton, "nv_inference_exec_count", "classifier") - before_exec
+    inferences = triton_metric(triton, "nv_inference_count", "classifier") - before_count
+    executions = triton_metric(triton, "nv_inference_exec_count", "classifier") - before_exec
     assert inferences == 64
     assert executions < inferences  # dynamic batching put several requests into one execution
 
@@ -150,10 +105,10 @@ def test_http_bad_input_is_a_400_with_reason(triton):
 
 def test_response_cache_serves_repeats_from_the_classifier(triton):
     text = "the cache should answer this one the second time"
-    hits = metric(triton, "nv_cache_num_hits_per_model", "classifier")
+    hits = triton_metric(triton, "nv_cache_num_hits_per_model", "classifier")
     first = grpc_infer(triton, [text])
     second = grpc_infer(triton, [text])
-    assert metric(triton, "nv_cache_num_hits_per_model", "classifier") == hits + 1
+    assert triton_metric(triton, "nv_cache_num_hits_per_model", "classifier") == hits + 1
     np.testing.assert_array_equal(first.as_numpy("PROBABILITIES"), second.as_numpy("PROBABILITIES"))
 
 
@@ -179,11 +134,11 @@ def test_a_request_for_some_outputs_cannot_poison_the_cache(triton, expected):
 
 
 def test_restart_serves_again_and_leaves_no_shared_memory(repository, tmp_path, expected):
-    config = server_config(repository, tmp_path)
+    config = triton_config(repository, tmp_path)
     for _ in range(2):
         server = EmbeddedTriton(config).start()
         try:
-            assert server.startup_seconds is not None and server.startup_seconds < 30
+            assert server.startup_seconds is not None  # ready (how fast: the benchmarks' business)
             result = grpc_infer(server, [TEXTS[1]])
             np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), expected([TEXTS[1]])[0], atol=1e-5)
             owned = server.shm_regions()

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 
 from contract.manifest import Manifest
-from export.calibration import calibrated_probabilities
-from export.pipeline import export_model, install
-from export.runtime import load_tokenizer, onnx_classifier
-from tests.e2e.conftest import TINY_OPTIONS, make_repository, start_launcher, stop_launcher
+from export.pipeline import install
+from server.probes import wait_for
 from tests.support.models import build_tiny_model
+from tests.support.stack import launcher, log_text, make_repository, oracle, tiny_options
 
 pytestmark = pytest.mark.e2e
 
@@ -39,19 +38,19 @@ VERSION_CHECK_S = 0.2
 
 @pytest.fixture(scope="module")
 def second_export(tmp_path_factory, tiny_data: Path, label_names: list[str]) -> Path:
+    from export.pipeline import export_model
+
     model = build_tiny_model(tmp_path_factory.mktemp("model-b") / "model", label_names, seed=1)
     out = tmp_path_factory.mktemp("export-b")
-    export_model(str(model), out, TINY_OPTIONS, tiny_data)
+    export_model(str(model), out, tiny_options(), tiny_data)
     return out
 
 
 def expected(export_dir: Path, variant: str = "fp32") -> tuple[str, dict[str, np.ndarray]]:
     """The served version and each text's probabilities, computed in-process from the export."""
-    manifest = Manifest.read(export_dir / "manifest.json")
-    entry = manifest.variants[variant]
-    clf = onnx_classifier(export_dir / entry.file, load_tokenizer(export_dir), execution=entry.execution)
-    probs = {t: calibrated_probabilities(clf.logits([t]), np.array(entry.temperatures))[0] for t in TEXTS}
-    return manifest.served_version(variant), probs
+    predict = oracle(export_dir, variant)
+    probs, _ = predict(TEXTS)
+    return predict.version, dict(zip(TEXTS, probs, strict=True))
 
 
 def post(url: str, text: str) -> tuple[int, dict]:
@@ -74,14 +73,6 @@ def test_swap_under_load_fails_nothing_and_never_mislabels(tmp_path, tiny_export
     assert old_version != new_version
     probs_of = {old_version: old_probs, new_version: new_probs}
     audit_db = tmp_path / "audit.sqlite3"
-    proc, url, _ = start_launcher(
-        repository,
-        tmp_path,
-        GATEWAY_VERSION_CHECK_S=str(VERSION_CHECK_S),
-        GATEWAY_AUDIT_BACKEND="sqlite",
-        GATEWAY_AUDIT_SQLITE_PATH=str(audit_db),
-        GATEWAY_AUDIT_STORE_TEXT="true",
-    )
     answers: list[tuple[float, str, int, dict]] = []
     stop = threading.Event()
 
@@ -94,34 +85,35 @@ def test_swap_under_load_fails_nothing_and_never_mislabels(tmp_path, tiny_export
             answers.append((started, text, status, body))
             i += 1
 
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        assert proc.poll() is None, (tmp_path / "launcher.log").read_text()
+    with launcher(
+        repository,
+        tmp_path,
+        GATEWAY_VERSION_CHECK_S=str(VERSION_CHECK_S),
+        GATEWAY_AUDIT_BACKEND="sqlite",
+        GATEWAY_AUDIT_SQLITE_PATH=str(audit_db),
+        GATEWAY_AUDIT_STORE_TEXT="true",
+    ) as proc:
+        url = proc.url
         threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
         for t in threads:
             t.start()
-        while len(answers) < 40:  # every text answered and cached under the old model
-            time.sleep(0.05)
-        install(second_export, repository)
-        log = tmp_path / "launcher.log"
-        deadline = time.monotonic() + 120
-        while "model swap done" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.2)
-        assert "model swap done" in log.read_text(), log.read_text()
-        swapped_at = time.monotonic()
-        while time.monotonic() < swapped_at + 10 * VERSION_CHECK_S + 2:
-            time.sleep(0.1)
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        try:
+            # every text answered and cached under the old model
+            assert wait_for(lambda: len(answers) >= 40, 60), "the load did not get going"
+            install(second_export, repository)
+            swapped = wait_for(
+                lambda: "model swap done" in log_text(proc), 120, abort=lambda: not proc.alive()
+            )
+            assert swapped, log_text(proc)
+            swapped_at = time.monotonic()
+            # Load keeps coming until answers started well after the swap (the gateway has noticed the
+            # new version) are in: those must all be the new model's.
+            settled_at = swapped_at + 5 * VERSION_CHECK_S + 1
+            wait_for(lambda: sum(started > settled_at for started, *_ in answers) >= 20, 60)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
 
         failed = [(status, body) for _, _, status, body in answers if status != 200]
         assert not failed, failed[:3]
@@ -135,21 +127,17 @@ def test_swap_under_load_fails_nothing_and_never_mislabels(tmp_path, tiny_export
             )
             np.testing.assert_allclose(got, probs_of[version][text], atol=1e-5, err_msg=f"{version} {text}")
         # After the swap, the texts cached under the old model are answered by the new one.
-        late = [body for started, _, _, body in answers if started > swapped_at + 5 * VERSION_CHECK_S + 1]
+        late = [body for started, _, _, body in answers if started > settled_at]
         late_versions = [b["model"]["version"] for b in late]
         assert late and set(late_versions) == {new_version}, (late_versions.count(old_version), len(late))
 
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        proc.stop(timeout=60, sig=signal.SIGINT)  # the gateway flushes its audit rows
         with sqlite3.connect(audit_db) as db:
             rows = db.execute("SELECT text, model_version, labels FROM audit_log").fetchall()
-        assert len(rows) == len(answers), (len(rows), len(answers), log.read_text()[-3000:])
+        assert len(rows) == len(answers), (len(rows), len(answers), log_text(proc)[-3000:])
         labels_of: dict[tuple[str, str], list[str]] = {}
         for _, text, _, body in answers:  # one model, one text: one label set
             key = (text, body["model"]["version"])
             assert labels_of.setdefault(key, body["results"][0]["labels"]) == body["results"][0]["labels"]
         for text, version, labels in rows:  # every audit row names the model that produced its labels
             assert json.loads(labels) == labels_of[(text, version)]
-    finally:
-        stop.set()
-        stop_launcher(proc)

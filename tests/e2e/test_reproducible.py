@@ -3,9 +3,6 @@ not depend on what else is in its request or in flight (issue: dynamic INT8 scal
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +13,7 @@ import tritonclient.grpc as grpcclient
 
 from contract.manifest import Manifest
 from server.embedded import EmbeddedTriton
-from tests.e2e.conftest import make_repository, server_config
+from tests.support.stack import make_repository, running_triton, triton_metric
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +31,8 @@ def int8_server(request, tmp_path_factory, tiny_export: Path) -> Iterator[tuple[
     variant = request.param
     repository = make_repository(tmp_path_factory.mktemp(f"repo-{variant}"), tiny_export, variant)
     # No response cache: every answer below is computed, never replayed.
-    config = dataclasses.replace(server_config(repository, tmp_path_factory.mktemp("triton")), cache_bytes=0)
-    server = EmbeddedTriton(config).start()
-    try:
+    with running_triton(repository, tmp_path_factory.mktemp("triton"), cache_bytes=0) as server:
         yield server, Manifest.read(repository / "manifest.json").served_version(variant)
-    finally:
-        server.stop()
 
 
 def infer(server: EmbeddedTriton, texts: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -51,13 +44,10 @@ def infer(server: EmbeddedTriton, texts: list[str]) -> tuple[np.ndarray, list[st
 
 
 def classifier_counts(server: EmbeddedTriton) -> tuple[float, float]:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-
-    def value(name: str) -> float:
-        m = re.search(rf'^{name}{{model="classifier",version="1"}} (\S+)$', text, re.M)
-        return float(m.group(1)) if m else 0.0
-
-    return value("nv_inference_count"), value("nv_inference_exec_count")
+    return tuple(
+        triton_metric(server, name, "classifier")
+        for name in ("nv_inference_count", "nv_inference_exec_count")
+    )
 
 
 def test_alone_in_a_request_with_long_texts_and_under_dynamic_batching_agree(int8_server):

@@ -10,8 +10,8 @@ import redis
 
 from gateway.learning.policy import load_policy
 from gateway.settings import Settings
-from tests.e2e.test_embedded_triton import TEXTS, grpc_infer
 from tests.integration.test_stream import recv, serve, ws
+from tests.support.stack import TEXTS, grpc_infer, labels_of
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,7 @@ def test_stream_answers_what_triton_answers_with_the_learner_trajectory(triton, 
     probs = direct.as_numpy("PROBABILITIES")
     for i, frame in enumerate(results):
         np.testing.assert_allclose(list(frame["result"]["emotions"].values()), probs[i], atol=1e-6)
-        assert frame["result"]["labels"] == [x.decode() for x in direct.as_numpy("LABELS")[i] if x]
+        assert frame["result"]["labels"] == labels_of(direct)[i]
     window = load_policy().trajectory.window
     # Redis kept every point (the trend looks at the last `window` of them)
     assert [f["trend"]["points"] for f in results] == [min(n, window) for n in range(1, len(TEXTS) + 1)]

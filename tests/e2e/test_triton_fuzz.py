@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 
 from contract.manifest import Manifest
 from server.embedded import EmbeddedTriton
-from tests.integration.test_gateway_fuzz import EMOJI, RTL, case_name, chars, fuzz, mixed_text, write_counts
+from tests.support.fuzz import EMOJI, RTL, case_name, chars, fuzz, mixed_text, write_counts
 
 pytestmark = pytest.mark.e2e
 
