@@ -1,89 +1,60 @@
-"""One error type, one status table, one set of handlers.
-
-Every error body is ``{"error": {"code": ..., "message": ...}}``; the message says what to fix.
-A 500 never carries exception text (it is logged with a request id instead).
-"""
+"""Error codes as an enum, one status table, one error type: what every layer raises and both routers
+(HTTP and WebSocket) answer with. No web framework here (backends raise these too); the API layer turns
+them into ``{"error": {"code": ..., "message": ...}}`` bodies (``gateway.api.responses``)."""
 
 from __future__ import annotations
 
-import logging
-import uuid
-from typing import Any
+from enum import StrEnum
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger(__name__)
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    FEATURE_DISABLED = "feature_disabled"  # the route exists, but its feature is off on this gateway
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    OVERLOADED = "overloaded"
+    BACKEND_ERROR = "backend_error"
+    INVALID_MODEL_OUTPUT = "invalid_model_output"  # Triton answered with something unusable (never cached)
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_TIMEOUT = "backend_timeout"
+    INTERNAL_ERROR = "internal_error"
 
-# code -> HTTP status
-STATUS = {
-    "invalid_request": 422,
-    "payload_too_large": 413,
-    "unauthorized": 401,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "overloaded": 429,
-    "backend_error": 502,
-    "invalid_model_output": 502,  # Triton answered with something unusable (never cached or served)
-    "backend_unavailable": 503,
-    "backend_timeout": 504,
-    "internal_error": 500,
+    @property
+    def status(self) -> int:
+        return STATUS[self]
+
+
+# code -> HTTP status (a stream error frame carries the same status)
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.FEATURE_DISABLED: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.OVERLOADED: 429,
+    ErrorCode.BACKEND_ERROR: 502,
+    ErrorCode.INVALID_MODEL_OUTPUT: 502,
+    ErrorCode.BACKEND_UNAVAILABLE: 503,
+    ErrorCode.BACKEND_TIMEOUT: 504,
+    ErrorCode.INTERNAL_ERROR: 500,
 }
 
 
 class GatewayError(Exception):
-    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    """A failure with a code from the table and a message that says what to fix (or when to retry)."""
+
+    def __init__(self, code: ErrorCode | str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        if code not in STATUS:
-            raise ValueError(f"unknown error code {code}")
-        self.code = code
+        try:
+            self.code = ErrorCode(code)
+        except ValueError:
+            raise ValueError(f"unknown error code {code}") from None
         self.message = message
         self.headers = headers or {}
 
     @property
     def status(self) -> int:
-        return STATUS[self.code]
-
-
-def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=STATUS[code], headers=headers
-    )
-
-
-def _describe(errors: list[Any]) -> str:
-    """Pydantic errors as one readable sentence: where, and what is wrong."""
-    parts = []
-    for e in errors[:5]:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        if e.get("type") == "json_invalid":
-            parts.append("request body is not valid JSON")
-        else:
-            parts.append(f"{loc}: {e.get('msg', 'invalid')}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(GatewayError)
-    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
-        return error_response(exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response("invalid_request", _describe(list(exc.errors())))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
-        if code is None:
-            code = "invalid_request" if 400 <= exc.status_code < 500 else "internal_error"
-        return error_response(code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        request_id = uuid.uuid4().hex[:12]
-        log.exception("unhandled error (request id %s)", request_id, exc_info=exc)
-        return error_response("internal_error", f"internal error; request id {request_id}")
+        return self.code.status

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # after the cool-down.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_reset_s: float = Field(default=5.0, gt=0)
+    # After a Redis failure (result cache or learner store), that backend is left alone for this long
+    # (requests are answered without it), then one request probes it (gateway/resilience.py).
+    backend_retry_s: float = Field(default=5.0, gt=0)
 
     # Result cache and learner history: in-process by default, Redis when a URL is given.
     cache_backend: Literal["memory", "redis", "off"] = "memory"
@@ -53,7 +56,8 @@ class Settings(BaseSettings):
 
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
 
-    # Audit trail (off by default): one row per analysed text, written off the request path (gateway/audit).
+    # Audit trail (off by default): one row per analysed text, written off the request path
+    # (gateway/backends/audit).
     # Texts are stored as HMAC-SHA256 hashes under audit_hash_key (required unless audit_store_text).
     audit_backend: Literal["off", "sqlite", "postgres"] = "off"
     audit_sqlite_path: Path = REPO_ROOT / "build" / "audit.sqlite3"

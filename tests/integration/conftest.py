@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_gateway import FakeTriton
+from tests.support.fake_triton import FakeTriton
 
 
 @pytest.fixture

@@ -8,33 +8,26 @@ import hashlib
 import hmac
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import SecretStr
 
-from gateway.app import create_app
-from gateway.settings import Settings
-from tests.integration.test_gateway import FakeTriton, error, gateway
+from tests.support.fake_triton import FakeTriton
+from tests.support.gateway import (
+    AUTH,
+    KEY,
+    analyse,
+    audit_settings,
+    error,
+    gateway,
+    metric,
+    running,
+    services,
+)
 from tests.support.processes import free_port
-
-KEY = "integration-test-audit-key"
-API_KEY = "client-key-1"
-AUTH = {"X-API-Key": API_KEY}
-
-
-@asynccontextmanager
-async def running(settings: Settings, fake: FakeTriton) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    """The in-process gateway, and its app (to reach the audit trail's metrics after shutdown)."""
-    app = create_app(settings, fake)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client, app
 
 
 @pytest.fixture
@@ -42,33 +35,11 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "audit.sqlite3"
 
 
-def audit_settings(**kwargs: Any) -> Settings:
-    kwargs.setdefault("api_keys", [SecretStr(API_KEY)])
-    kwargs.setdefault("audit_hash_key", SecretStr(KEY))
-    return Settings(_env_file=None, **kwargs)
-
-
 @pytest.fixture
 async def client(fake: FakeTriton, db: Path) -> AsyncIterator[httpx.AsyncClient]:
     s = audit_settings(audit_backend="sqlite", audit_sqlite_path=db)
     async with gateway(s, fake) as c:
         yield c
-
-
-async def metric(client: httpx.AsyncClient, name: str, **labels: str) -> float:
-    text = (await client.get("/metrics", headers=AUTH)).text
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-async def analyse(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    r = await client.post("/v1/emotions", json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    result: dict[str, Any] = r.json()
-    return result
 
 
 async def test_each_analysed_text_is_recorded_and_read_back(client, fake, label_names, db):
@@ -187,11 +158,12 @@ async def test_store_text_records_the_normalized_text(fake, db):
 
 
 async def test_history_says_when_the_audit_trail_is_disabled(fake):
+    """A feature turned off is not an outage: 404 with its own code, not a 503 a client would retry."""
     async with gateway(audit_settings(), fake) as c:
         await analyse(c, text="hello", learner_id="learner-1")
         r = await c.get("/v1/learners/learner-1/history", headers=AUTH)
-        assert r.status_code == 503
-        assert error(r)["code"] == "backend_unavailable"
+        assert r.status_code == 404 and "retry-after" not in r.headers
+        assert error(r)["code"] == "feature_disabled"
         assert "audit trail is disabled" in error(r)["message"]
         assert "GATEWAY_AUDIT_BACKEND" in error(r)["message"]
         assert await metric(c, "gateway_audit_written_total") == 0
@@ -214,9 +186,10 @@ async def test_requests_succeed_while_the_audit_database_is_unreachable(fake, ca
             assert answer["results"][0]["primary_emotion"]
         r = await c.get("/v1/learners/learner-1/history", headers=AUTH)
         assert r.status_code == 503 and "audit database is unavailable" in error(r)["message"]
+        assert int(r.headers["retry-after"]) >= 1
         assert await metric(c, "gateway_audit_written_total") == 0
-        core = app.state.core
-        assert core.audit is not None
+        core = services(app)
+        assert core.audit_trail is not None
     # the writer was stopped within its shutdown bound; nothing was written, every row was counted
     dropped = sum(
         core.metrics.registry.get_sample_value("gateway_audit_dropped_total", {"reason": reason}) or 0

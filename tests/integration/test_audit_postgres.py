@@ -19,12 +19,11 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
-from gateway.audit.store import Before, PostgresStore, migrations
-from gateway.audit.writer import AuditTrail
+from gateway.backends.audit.store import Before, PostgresStore, migrations
+from gateway.backends.audit.writer import AuditTrail
 from gateway.metrics import Metrics
-from tests.integration.test_audit_history import AUTH, KEY, analyse, audit_settings, running
-from tests.integration.test_gateway import FakeTriton
-from tests.unit.test_audit import NOW, row, sample
+from tests.support.fake_triton import FakeTriton
+from tests.support.gateway import AUTH, KEY, NOW, FakeClock, analyse, audit_settings, row, running, sample
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +57,13 @@ def pg_dsn(postgres: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-async def trail(pg_dsn: str) -> AsyncIterator[AuditTrail]:
-    t = AuditTrail(PostgresStore(pg_dsn), Metrics(), hash_key=KEY.encode(), retention_days=0)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def trail(pg_dsn: str, clock: FakeClock) -> AsyncIterator[AuditTrail]:
+    t = AuditTrail(PostgresStore(pg_dsn), Metrics(), hash_key=KEY.encode(), retention_days=0, clock=clock)
     yield t
     await t.stop()
 
@@ -142,7 +146,7 @@ async def test_retention_deletes_old_rows(pg_dsn: str):
 
 
 async def test_a_dropped_connection_costs_one_batch_then_the_writer_reconnects(
-    trail: AuditTrail, pg_dsn: str
+    trail: AuditTrail, pg_dsn: str, clock: FakeClock
 ):
     trail.submit([row(index=0)])
     assert await trail.flush() == 1
@@ -155,6 +159,8 @@ async def test_a_dropped_connection_costs_one_batch_then_the_writer_reconnects(
     assert await trail.flush() == 0
     assert sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") == 1
     trail.submit([row(index=2)])
+    assert await trail.flush() == 0  # backing off: not tried yet
+    clock.advance(1.0)
     assert await trail.flush() == 1
     assert sorted(i for (i,) in query(pg_dsn, "SELECT text_index FROM audit_log")) == [0, 2]
 

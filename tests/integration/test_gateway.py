@@ -3,80 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
-from gateway.app import create_app
 from gateway.errors import GatewayError
 from gateway.learning.policy import PolicyError
-from gateway.service import PROBE_TEXT
 from gateway.settings import Settings
-from gateway.triton import Prediction
-
-
-def expected_primary(names: list[str], probs: list[float], labels: list[str]) -> tuple[str, float]:
-    """The README's rule: the most probable of `labels`, or neutral when there are none."""
-    by_name = dict(zip(names, probs, strict=True))
-    primary = max(labels, key=by_name.__getitem__) if labels else "neutral"
-    return primary, by_name[primary]
-
-
-class FakeTriton:
-    """Deterministic per-text probabilities, labels at 0.5, and the model version it reports (`version`,
-    switchable to simulate a model swap); records calls (version probes apart, in `probes`); can fail or
-    stall on demand; `answers` overrides the (probabilities, labels) of given texts."""
-
-    def __init__(self, names: list[str], version: str = "test-v1") -> None:
-        self.names = names
-        self.version = version
-        self.calls: list[list[str]] = []
-        self.probes = 0
-        self.fail: GatewayError | Exception | None = None
-        self.delay = 0.0
-        self.is_ready = True
-        self.answers: dict[str, tuple[list[float], list[str]]] = {}
-
-    def probabilities(self, text: str) -> list[float]:
-        seed = hashlib.sha256(text.encode()).digest()
-        return [round(b / 255, 4) for b in seed[: len(self.names)]]
-
-    def labels(self, text: str) -> list[str]:
-        return [n for n, x in zip(self.names, self.probabilities(text), strict=True) if x >= 0.5]
-
-    async def infer(self, texts: list[str]) -> list[Prediction]:
-        if texts == [PROBE_TEXT]:
-            self.probes += 1
-        else:
-            self.calls.append(list(texts))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail is not None:
-            raise self.fail
-        out = []
-        for t in texts:
-            probs, labels = self.answers.get(t) or (self.probabilities(t), self.labels(t))
-            out.append(Prediction(probs, labels, self.version))
-        return out
-
-    async def ready(self) -> bool:
-        return self.is_ready
-
-    async def close(self) -> None:
-        return None
-
-
-@asynccontextmanager
-async def gateway(settings: Settings, fake: FakeTriton) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, fake)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
+from tests.support.fake_triton import FakeTriton, expected_primary
+from tests.support.gateway import FakeClock, error, gateway, running, services
 
 
 @pytest.fixture
@@ -88,12 +25,6 @@ def settings() -> Settings:
 async def client(settings: Settings, fake: FakeTriton) -> AsyncIterator[httpx.AsyncClient]:
     async with gateway(settings, fake) as c:
         yield c
-
-
-def error(response: httpx.Response) -> dict[str, str]:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    return body["error"]
 
 
 async def test_single_text_full_response(client, fake, label_names):
@@ -145,9 +76,16 @@ async def test_batch_is_one_triton_call_in_order(client, fake):
     assert partial.headers["x-cache"] == "miss" and fake.calls[-1] == ["four"]
 
 
-async def test_concurrent_identical_misses_call_triton_once(client, fake):
-    fake.delay = 0.2
-    responses = await asyncio.gather(*(client.post("/v1/emotions", json={"text": "hot"}) for _ in range(10)))
+async def test_concurrent_identical_misses_call_triton_once(settings, fake):
+    fake.hold = asyncio.Event()
+    async with running(settings, fake) as (client, app):
+        posts = [asyncio.create_task(client.post("/v1/emotions", json={"text": "hot"})) for _ in range(10)]
+        await fake.entered.wait()
+        pipeline = services(app).pipeline
+        while pipeline.inflight < 10:  # every request in the pipeline: one at Triton, nine waiting for it
+            await asyncio.sleep(0)
+        fake.hold.set()
+        responses = await asyncio.gather(*posts)
     assert all(r.status_code == 200 for r in responses)
     assert fake.calls == [["hot"]]
     assert len({json.dumps(r.json()["results"][0]["emotions"]) for r in responses}) == 1
@@ -237,12 +175,13 @@ async def test_unexpected_error_is_a_500_without_details(client, fake):
 
 
 async def test_overload_is_429_with_retry_after(fake):
-    fake.delay = 0.3
+    fake.hold = asyncio.Event()
     async with gateway(Settings(max_concurrency=1, _env_file=None), fake) as client:
         slow = asyncio.create_task(client.post("/v1/emotions", json={"text": "slow"}))
-        await asyncio.sleep(0.1)
+        await fake.entered.wait()  # "slow" holds the only slot
         r = await client.post("/v1/emotions", json={"text": "fast"})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        fake.hold.set()
         assert (await slow).status_code == 200
         assert (await client.post("/v1/emotions", json={"text": "fast"})).status_code == 200
 
@@ -274,22 +213,25 @@ async def test_health_and_readiness(client, fake):
 
 
 async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_triton_is_back(fake):
-    settings = Settings(breaker_failures=3, breaker_reset_s=0.2, _env_file=None)
-    async with gateway(settings, fake) as client:
+    settings = Settings(breaker_failures=3, breaker_reset_s=5, _env_file=None)
+    clock = FakeClock()
+    async with gateway(settings, fake, clock) as client:
         fake.fail = GatewayError("backend_timeout", "the model did not answer", {"Retry-After": "1"})
         for i in range(3):
             assert (await client.post("/v1/emotions", json={"text": f"t{i}"})).status_code == 504
         calls = len(fake.calls)
         r = await client.post("/v1/emotions", json={"text": "t9"})
         assert r.status_code == 503 and "circuit open" in error(r)["message"]
-        assert r.headers["retry-after"] == "1"
+        assert r.headers["retry-after"] == "5"
         assert len(fake.calls) == calls  # an open circuit does not call Triton
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["circuit"] == "open"
         metrics = (await client.get("/metrics")).text
         assert "gateway_circuit_state 2.0" in metrics and "gateway_circuit_rejections_total 1.0" in metrics
         fake.fail = None
-        await asyncio.sleep(0.25)  # past the cool-down: the next request is the probe
+        clock.advance(4.9)
+        assert (await client.post("/v1/emotions", json={"text": "t9"})).headers["retry-after"] == "1"
+        clock.advance(0.1)  # past the cool-down: the next request is the probe
         assert (await client.post("/v1/emotions", json={"text": "t10"})).status_code == 200
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["circuit"] == "closed"
@@ -299,7 +241,7 @@ async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_trit
         for i in range(3):
             assert (await client.post("/v1/emotions", json={"text": f"u{i}"})).status_code == 503
         fake.is_ready = False
-        await asyncio.sleep(0.25)
+        clock.advance(5)
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["circuit"] == "half-open"
         fake.is_ready = True

@@ -30,9 +30,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.schemas import EmotionsRequest
+from gateway.api.schemas import EmotionsRequest
 from gateway.settings import Settings
-from tests.integration.test_gateway import FakeTriton, expected_primary, gateway
+from tests.support.fake_triton import FakeTriton, expected_primary
 from tests.support.fuzz import (  # EMOJI, RTL, chars: still read by tests/e2e/test_triton_fuzz.py
     EMOJI,  # noqa: F401
     JSON_TYPES,
@@ -53,6 +53,7 @@ from tests.support.fuzz import (  # EMOJI, RTL, chars: still read by tests/e2e/t
     valid_requests,
     write_counts,
 )
+from tests.support.gateway import gateway
 
 REQUEST_TIMEOUT_S = 20.0  # generous for a loaded 2-core machine; a real hang never answers
 BODY_LIMIT = 64 * 1024  # the fuzzed app's max_body_bytes: big inputs cross it without costing much

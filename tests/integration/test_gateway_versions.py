@@ -1,15 +1,12 @@
 """The model version comes from Triton with every answer: the cache is keyed by it, a swap is noticed and
 never mixed into one response, /readyz reports and checks it; primary_emotion follows the labels; an
 invalid answer is never cached or served; failover across Triton endpoints. In-process, against the
-fake Triton (tests/integration/test_gateway.py) or fake gRPC endpoints (fake_grpc.py) under the real
-TritonClient."""
+fake Triton or fake gRPC endpoints (tests/support/fake_triton.py) under the real TritonClient."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +16,14 @@ import pytest
 from fastapi import FastAPI
 
 from contract.names import GOEMOTIONS_LABELS, LABELS
-from gateway.app import create_app
+from gateway.backends.triton import Prediction, TritonClient
+from gateway.core.pipeline import PROBE_TEXT
 from gateway.errors import GatewayError
-from gateway.service import PROBE_TEXT
 from gateway.settings import Settings
-from gateway.triton import Inference, Prediction, TritonClient
-from tests.integration.fake_grpc import Endpoints, Outputs
-from tests.integration.test_audit_history import AUTH, audit_settings
-from tests.integration.test_gateway import FakeTriton, error
+from tests.support.fake_triton import Endpoints, FakeTriton, Outputs
+from tests.support.gateway import AUTH, audit_settings, error, running, services
 
 A, B = "triton-a:8001", "triton-b:8001"
-
-
-@asynccontextmanager
-async def running(settings: Settings, triton: Inference) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    app = create_app(settings, triton)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client, app
 
 
 def quiet(**overrides: Any) -> Settings:
@@ -57,7 +43,7 @@ def probs(**values: float) -> list[float]:
 
 
 def metric(app: FastAPI, name: str, **labels: str) -> float:
-    return app.state.core.metrics.registry.get_sample_value(name, labels) or 0.0
+    return services(app).metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 # ---- the served version ----------------------------------------------------------------------------
@@ -67,7 +53,7 @@ async def test_the_served_version_is_learned_at_start_up_and_reported(fake):
     fake.version = "student-3f2a9c1b7d10-int8"
     async with running(quiet(), fake) as (client, app):
         assert fake.probes == 1 and fake.calls == []  # one probe at start-up, no request yet
-        assert app.state.core.served_version == "student-3f2a9c1b7d10-int8"
+        assert services(app).pipeline.served.version == "student-3f2a9c1b7d10-int8"
         r = await client.get("/readyz")
         assert r.status_code == 200
         assert r.json() == {
@@ -82,7 +68,7 @@ async def test_the_served_version_is_learned_at_start_up_and_reported(fake):
 async def test_the_gateway_starts_while_triton_is_down_and_learns_the_version_from_an_answer(fake, caplog):
     fake.fail = GatewayError("backend_unavailable", "down", {"Retry-After": "1"})
     async with running(quiet(), fake) as (client, app):
-        assert app.state.core.served_version is None
+        assert services(app).pipeline.served.version is None
         assert "could not learn the served model version" in caplog.text
         r = await client.get("/readyz")
         assert r.status_code == 503 and r.json()["version"] is None
@@ -90,7 +76,7 @@ async def test_the_gateway_starts_while_triton_is_down_and_learns_the_version_fr
         fake.fail = None
         first = await post(client, text="hello")
         assert first["model"]["version"] == "test-v1" and first["results"][0]["cached"] is False
-        assert app.state.core.served_version == "test-v1"
+        assert services(app).pipeline.served.version == "test-v1"
         again = await post(client, text="hello")
         assert again["results"][0]["cached"] is True and fake.calls == [["hello"]]
 
@@ -101,10 +87,10 @@ async def test_a_swap_is_noticed_by_the_next_miss_and_old_results_are_recomputed
         assert old["model"]["version"] == "test-v1"
         assert (await post(client, text="cached before the swap"))["results"][0]["cached"] is True
         fake.version = "v2"  # the launcher swapped the model; the gateway has not asked Triton since
-        with caplog.at_level(logging.INFO, logger="gateway.service"):
+        with caplog.at_level(logging.INFO, logger="gateway.core.versions"):
             new = await post(client, text="a new text")
             assert new["model"]["version"] == "v2"  # the answer's version, not the one the gateway knew
-            assert app.state.core.served_version == "v2"
+            assert services(app).pipeline.served.version == "v2"
             # cached under the version that answered it (not the one the lookup was made under)
             assert (await post(client, text="a new text"))["results"][0]["cached"] is True
             again = await post(client, text="cached before the swap")
@@ -163,7 +149,7 @@ async def test_the_background_check_follows_a_swap_and_stops_at_shutdown(fake):
         assert [t for t in asyncio.all_tasks() if t.get_name() == "model-version-check"]
         triton.version = "v2"
         await asyncio.wait_for(probed.wait(), 10)
-        assert app.state.core.served_version == "v2"
+        assert services(app).pipeline.served.version == "v2"
         assert triton.calls == []  # probes only
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "model-version-check"]
     async with running(quiet(), triton):
@@ -286,7 +272,7 @@ async def test_a_missing_version_is_refused(endpoints):
 async def test_requests_and_readiness_fail_over_to_the_next_endpoint(endpoints):
     endpoints[B].version = "green-v2"
     async with running(quiet(), real_client(endpoints, A, B)) as (client, app):
-        assert app.state.core.served_version == "test-v1"  # the primary answered the start-up probe
+        assert services(app).pipeline.served.version == "test-v1"  # the primary answered the start-up probe
         endpoints[A].status = "StatusCode.UNAVAILABLE"  # blue drains for the swap
         answer = await post(client, text="during the swap")
         assert answer["model"]["version"] == "green-v2"

@@ -4,132 +4,25 @@ trajectory frames, and a clean end when the client leaves mid-message."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from pydantic import SecretStr
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
-from gateway.app import create_app
+from gateway.api.stream import QUEUE_FULL
+from gateway.backends.triton import InvalidModelOutput
 from gateway.errors import GatewayError
-from gateway.service import PROBE_TEXT
-from gateway.settings import Settings
-from gateway.stream import PATH, QUEUE_FULL
-from gateway.triton import Inference, InvalidModelOutput, Prediction
-from tests.integration.test_gateway import FakeTriton
-from tests.support.processes import free_port
-
-WAIT_S = 10  # upper bound on any wait: a broken server fails the test instead of hanging it
-
-
-class GatedTriton(FakeTriton):
-    """FakeTriton that, while `gate` is clear, holds each call (after setting `entered`); the gateway's
-    model-version probes pass at once."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__(names)
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-        self.gate.set()
-
-    async def infer(self, texts: list[str]) -> list[Prediction]:
-        if texts == [PROBE_TEXT]:
-            return await super().infer(texts)
-        self.entered.set()
-        await asyncio.to_thread(self.gate.wait, WAIT_S)
-        return await super().infer(texts)
-
-
-@dataclass
-class Served:
-    url: str
-    http: str
-    app: FastAPI
-    loop: asyncio.AbstractEventLoop
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        value = self.app.state.core.metrics.registry.get_sample_value(name, labels or {})
-        return 0.0 if value is None else float(value)
-
-    def settled(self, name: str, labels: dict[str, str], value: float) -> bool:
-        """Whether the metric reaches `value` (the server's bookkeeping may trail the close frame)."""
-        deadline = time.monotonic() + WAIT_S
-        while self.metric(name, labels) != value:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def task_names(self) -> list[str]:
-        async def names() -> list[str]:
-            return [t.get_name() for t in asyncio.all_tasks()]
-
-        return asyncio.run_coroutine_threadsafe(names(), self.loop).result(WAIT_S)
-
-
-@contextmanager
-def serve(settings: Settings, triton: Inference | None = None) -> Iterator[Served]:
-    app = create_app(settings, triton)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield Served(f"ws://127.0.0.1:{port}{PATH}", f"http://127.0.0.1:{port}", app, loop)
-    finally:
-        server.should_exit = True
-        thread.join(WAIT_S)
-        loop.close()
-
-
-def ws(served: Served, headers: dict[str, str] | None = None, path: str = "") -> ClientConnection:
-    return connect(
-        served.url + path, additional_headers=headers, proxy=None, open_timeout=WAIT_S, close_timeout=WAIT_S
-    )
-
-
-def ask(conn: ClientConnection, frame: Any) -> dict[str, Any]:
-    conn.send(frame if isinstance(frame, str | bytes) else json.dumps(frame))
-    return recv(conn)
-
-
-def recv(conn: ClientConnection) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(conn.recv(timeout=WAIT_S))
-    return body
-
-
-def closed_with(conn: ClientConnection) -> tuple[int, str]:
-    """The server's close code and reason (after it closes)."""
-    with pytest.raises(ConnectionClosed) as info:
-        conn.recv(timeout=WAIT_S)
-    assert info.value.rcvd is not None, "the server did not send a close frame"
-    return info.value.rcvd.code, info.value.rcvd.reason
+from tests.support.fake_triton import WAIT_S, GatedTriton
+from tests.support.gateway import Served, ask, closed_with, make_settings, recv, serve, ws
 
 
 @pytest.fixture
 def triton(label_names: list[str]) -> GatedTriton:
     return GatedTriton(label_names)
-
-
-def make_settings(**overrides: Any) -> Settings:
-    return Settings(_env_file=None, **overrides)
 
 
 @pytest.fixture
@@ -468,7 +361,7 @@ def test_client_leaving_mid_message_ends_the_connection_without_leaks_or_errors(
 
 
 def test_a_bug_that_stops_the_worker_closes_the_connection_with_1011(served, monkeypatch, caplog):
-    from gateway.stream import Connection
+    from gateway.api.stream import Connection
 
     async def broken(self: Connection, job: Any) -> None:
         raise RuntimeError("worker bug")

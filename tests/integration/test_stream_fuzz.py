@@ -16,8 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.integration.test_gateway import FakeTriton
-from tests.integration.test_stream import make_settings, recv, serve, ws
+from tests.support.fake_triton import FakeTriton
 from tests.support.fuzz import (
     case_name,
     encode,
@@ -30,6 +29,7 @@ from tests.support.fuzz import (
     valid_text,
     write_counts,
 )
+from tests.support.gateway import make_settings, recv, serve, ws
 
 CASES: Counter[str] = Counter()
 STATUSES: dict[str, Counter[Any]] = {}

@@ -8,50 +8,21 @@ import hmac
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from gateway import audit
-from gateway.audit import store as audit_store
-from gateway.audit.store import AuditRow, Before, SqliteStore, migrations
-from gateway.audit.writer import AuditTrail
+from gateway.backends.audit import store as audit_store
+from gateway.backends.audit.store import Before, SqliteStore, migrations
+from gateway.backends.audit.writer import AuditTrail
 from gateway.metrics import Metrics
+from gateway.services import audit_trail_from
 from gateway.settings import Settings
+from tests.support.gateway import NOW, FakeClock, row, sample
 
 KEY = b"0123456789abcdef-test-key"
-NOW = datetime(2025, 3, 4, 10, 0, tzinfo=UTC)
-
-
-def row(
-    ts: datetime = NOW, learner_id: str | None = "learner-1", index: int = 0, request: str = "r1"
-) -> AuditRow:
-    return AuditRow(
-        ts=ts,
-        learner_id=learner_id,
-        request_id=request,
-        text_index=index,
-        channel="http",
-        model_version="test-v1",
-        labels=["joy", "gratitude"],
-        primary_emotion="joy",
-        confidence=0.9,
-        readiness_state="ready_to_learn",
-        readiness_score=0.8,
-        valence=0.7,
-        intervention_level="none",
-        reasons=["joy 0.90"],
-        latency_ms=3.5,
-        cached=False,
-        text_hash="ab" * 32,
-        text=None,
-    )
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -164,15 +135,15 @@ def settings(**kwargs) -> Settings:
 
 def test_audit_is_off_by_default():
     assert settings().audit_backend == "off"
-    assert audit.from_settings(settings(), Metrics()) is None
+    assert audit_trail_from(settings(), Metrics()) is None
 
 
 def test_audit_without_a_hash_key_refuses_to_start_unless_texts_are_stored(tmp_path: Path):
     with pytest.raises(ValueError, match="GATEWAY_AUDIT_HASH_KEY is required"):
-        audit.from_settings(settings(audit_backend="sqlite"), Metrics())
+        audit_trail_from(settings(audit_backend="sqlite"), Metrics())
     with pytest.raises(ValueError, match="too short"):
-        audit.from_settings(settings(audit_backend="sqlite", audit_hash_key=SecretStr("short")), Metrics())
-    trail = audit.from_settings(
+        audit_trail_from(settings(audit_backend="sqlite", audit_hash_key=SecretStr("short")), Metrics())
+    trail = audit_trail_from(
         settings(audit_backend="sqlite", audit_store_text=True, audit_sqlite_path=tmp_path / "a.db"),
         Metrics(),
     )
@@ -181,7 +152,7 @@ def test_audit_without_a_hash_key_refuses_to_start_unless_texts_are_stored(tmp_p
 
 def test_postgres_needs_a_dsn():
     with pytest.raises(ValueError, match="GATEWAY_AUDIT_DSN"):
-        audit.from_settings(settings(audit_backend="postgres", audit_hash_key=SecretStr("k" * 32)), Metrics())
+        audit_trail_from(settings(audit_backend="postgres", audit_hash_key=SecretStr("k" * 32)), Metrics())
 
 
 def test_the_key_and_the_dsn_never_show_in_reprs():
@@ -190,7 +161,7 @@ def test_the_key_and_the_dsn_never_show_in_reprs():
         audit_hash_key=SecretStr("super-secret-hash-key"),
         audit_dsn=SecretStr("postgresql://gateway:pg-password@db/audit"),
     )
-    trail = audit.from_settings(s, Metrics())
+    trail = audit_trail_from(s, Metrics())
     text = repr(s) + str(s) + repr(trail) + repr(trail.store) + repr(vars(trail.store).keys())
     assert "super-secret-hash-key" not in text and "pg-password" not in text
 
@@ -235,20 +206,27 @@ async def test_a_database_outage_drops_the_batch_logs_once_and_recovers(make_tra
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the database directory should be")
     path = blocker / "audit.sqlite3"
-    trail = make_trail(path=path, batch_size=2)
-    caplog.set_level(logging.WARNING, logger="gateway.audit.writer")
+    clock = FakeClock()
+    trail = make_trail(path=path, batch_size=2, clock=clock)
+    caplog.set_level(logging.WARNING, logger="gateway.backends.audit.writer")
 
     trail.submit([row(index=i) for i in range(3)])
     assert await trail.flush() == 0  # the first batch fails; the writer stops there
     assert sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") == 2
     assert trail.queue.qsize() == 1  # left for the next attempt
     assert await trail.flush() == 0
+    assert sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") == 2  # backing off
+    clock.advance(1.0)
+    assert await trail.flush() == 0  # the retry fails too: the next one waits twice as long
     assert sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") == 3
     outage_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(outage_logs) == 1  # once per outage, not per batch
 
     blocker.unlink()  # the database can be created again
     trail.submit([row(index=7)])
+    clock.advance(1.9)
+    assert await trail.flush() == 0 and trail.queue.qsize() == 1
+    clock.advance(0.1)
     assert await trail.flush() == 1
     assert sample(trail.metrics, "gateway_audit_written_total") == 1
     assert any("back after" in r.getMessage() and "3 audit rows" in r.getMessage() for r in caplog.records)
@@ -258,7 +236,7 @@ async def test_a_database_outage_drops_the_batch_logs_once_and_recovers(make_tra
 async def test_the_background_writer_backs_off_and_shutdown_drops_what_it_cannot_write(make_trail, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    trail = make_trail(path=blocker / "audit.sqlite3", batch_size=1, flush_interval_s=0.01)
+    trail = make_trail(path=blocker / "audit.sqlite3", batch_size=1, flush_interval_s=0.01, clock=FakeClock())
     await trail.start()
     trail.submit([row(index=i) for i in range(5)])
     deadline = asyncio.get_running_loop().time() + 30
@@ -270,8 +248,9 @@ async def test_the_background_writer_backs_off_and_shutdown_drops_what_it_cannot
         reason: sample(trail.metrics, "gateway_audit_dropped_total", reason=reason)
         for reason in ("db_error", "shutdown")
     }
-    # back-off (1 s) kept the writer from burning every row on retries; nothing is lost silently
-    assert dropped["db_error"] < 5 and sum(dropped.values()) == 5
+    # the back-off kept the writer from burning every row on retries (the clock never moved: one failed
+    # write, then the one last try at shutdown); nothing is lost silently
+    assert dropped == {"db_error": 2, "shutdown": 3}
     assert sample(trail.metrics, "gateway_audit_written_total") == 0
 
 

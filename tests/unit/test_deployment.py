@@ -17,9 +17,9 @@ from contract.spec import SPEC_FILE, ServingSpec
 from export.pipeline import MODEL_REPOSITORY
 from export.tensorrt import BUILD_SCRIPT, PLAN_FILE
 from export.variants import VARIANT_FILES
-from gateway.audit import from_settings
-from gateway.audit.store import PostgresStore
+from gateway.backends.audit.store import PostgresStore
 from gateway.metrics import Metrics
+from gateway.services import audit_trail_from
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,5 +223,5 @@ def test_gateway_audits_to_the_postgres_service_with_a_required_hash_key():
     assert set(env) <= fields, set(env) - fields
     values = {k.removeprefix("GATEWAY_").lower(): _interpolate(v) for k, v in env.items()}
     settings = Settings(_env_file=None, **values)
-    trail = from_settings(settings, Metrics())
+    trail = audit_trail_from(settings, Metrics())
     assert trail is not None and isinstance(trail.store, PostgresStore) and not trail.store_text

@@ -1,4 +1,5 @@
-"""Gateway pieces without HTTP: cache keys, single-flight, Triton error translation, settings."""
+"""Gateway pieces without HTTP: cache keys and TTL (fake clock), single-flight (events), Triton error
+translation, settings, the rate limit (fake clock)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from contract.text import normalize
-from gateway.cache import MemoryCache, SingleFlight, cache_key
+from gateway.backends.cache import MemoryCache, cache_key
+from gateway.backends.triton import Prediction, _translate
+from gateway.core.singleflight import SingleFlight
 from gateway.settings import Settings
-from gateway.triton import Prediction, _translate
+from tests.support.gateway import FakeClock
 
 
 def test_normalize_only_touches_what_cannot_change_the_answer():
@@ -27,40 +30,55 @@ def test_cache_key_includes_model_version():
 
 
 async def test_memory_cache_roundtrip_and_ttl():
-    cache = MemoryCache(maxsize=2, ttl_s=0.05)
+    clock = FakeClock()
+    cache = MemoryCache(maxsize=2, ttl_s=60, timer=clock)
     p = Prediction([0.1] * 28, ["joy"], "v1")
     await cache.set_many({"a": p})
     assert await cache.get_many(["a", "b"]) == [p, None]
-    await asyncio.sleep(0.06)
+    clock.advance(59.9)
+    assert await cache.get_many(["a"]) == [p]
+    clock.advance(0.1)
     assert await cache.get_many(["a"]) == [None]
 
 
 async def test_single_flight_shares_one_computation():
-    flight = SingleFlight()
+    flight: SingleFlight[Prediction] = SingleFlight()
     calls: list[list[str]] = []
+    release = asyncio.Event()
 
     async def compute(keys: list[str]) -> dict[str, Prediction]:
         calls.append(keys)
-        await asyncio.sleep(0.05)
+        await release.wait()  # every caller joins while the first computation is still running
         return {k: Prediction([float(len(k))] * 28, [], "v1") for k in keys}
 
-    results = await asyncio.gather(
-        flight.run(["a", "b"], compute), flight.run(["b", "c"], compute), flight.run(["a"], compute)
-    )
+    runs = [asyncio.create_task(flight.run(keys, compute)) for keys in (["a", "b"], ["b", "c"], ["a"])]
+    while len(calls) < 2:  # the first and second callers computing, the third waiting for "a"
+        await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*runs)
     assert calls == [["a", "b"], ["c"]]  # b and a were already in flight
     assert results[1]["b"] is results[0]["b"]
     assert set(results[1]) == {"b", "c"} and set(results[2]) == {"a"}
 
 
 async def test_single_flight_propagates_failure_to_waiters_and_forgets_it():
-    flight = SingleFlight()
+    flight: SingleFlight[Prediction] = SingleFlight()
+    release = asyncio.Event()
+    calls = 0
 
     async def boom(keys: list[str]) -> dict[str, Prediction]:
-        await asyncio.sleep(0.02)
+        nonlocal calls
+        calls += 1
+        await release.wait()
         raise RuntimeError("triton down")
 
-    outcomes = await asyncio.gather(flight.run(["k"], boom), flight.run(["k"], boom), return_exceptions=True)
-    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    first = asyncio.create_task(flight.run(["k"], boom))
+    await asyncio.sleep(0)  # the first caller is computing
+    second = asyncio.create_task(flight.run(["k"], boom))
+    await asyncio.sleep(0)  # the second is waiting for the first
+    release.set()
+    outcomes = await asyncio.gather(first, second, return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes) and calls == 1
 
     async def ok(keys: list[str]) -> dict[str, Prediction]:
         return {k: Prediction([0.0] * 28, [], "v1") for k in keys}
@@ -105,7 +123,7 @@ def test_settings_from_environment(monkeypatch, tmp_path):
 
 
 def test_sliding_window_limiter():
-    from gateway.ratelimit import SlidingWindowLimiter, retry_after_header
+    from gateway.core.ratelimit import SlidingWindowLimiter, retry_after_header
 
     now = [0.0]
     limiter = SlidingWindowLimiter(limit=3, window_s=60, clock=lambda: now[0])
@@ -136,7 +154,7 @@ def redis_port(tmp_path_factory):
 async def test_redis_cache_keeps_the_model_version_and_skips_what_it_cannot_read(redis_port):
     import redis.asyncio as aioredis
 
-    from gateway.cache import RedisCache
+    from gateway.backends.cache import RedisCache
 
     client = aioredis.Redis(host="127.0.0.1", port=redis_port)
     cache = RedisCache(client, ttl_s=60, prefix="test:result:")

@@ -1,5 +1,5 @@
-"""gateway.triton without a server: the checks on every answer (nothing malformed is used) and the
-failover across endpoints, against fake gRPC clients (tests/integration/fake_grpc.py)."""
+"""gateway.backends.triton without a server: the checks on every answer (nothing malformed is used) and
+the failover across endpoints, against fake gRPC clients (tests/support/fake_triton.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 from contract.names import GOEMOTIONS_LABELS, LABELS, MODEL_VERSION, PROBABILITIES
-from gateway.breaker import BreakerInference, CircuitBreaker, State
+from gateway.backends.triton import (
+    GuardedInference,
+    InvalidModelOutput,
+    Prediction,
+    TritonClient,
+    check_predictions,
+    split_urls,
+)
 from gateway.errors import STATUS, GatewayError
-from gateway.triton import InvalidModelOutput, Prediction, TritonClient, check_predictions, split_urls
-from tests.integration.fake_grpc import Endpoints, Outputs, probabilities
+from gateway.resilience import Breaker, State
+from tests.support.fake_triton import Endpoints, Outputs, probabilities
 
 A, B, C = "triton-a:8001", "triton-b:8001", "triton-c:8001"
 UNAVAILABLE, NOT_FOUND = "StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND"
@@ -160,8 +167,8 @@ async def test_other_failures_are_not_retried_elsewhere():
 
 async def test_the_breaker_sees_one_failure_only_when_every_endpoint_failed():
     endpoints = Endpoints(A, B)
-    breaker = CircuitBreaker(2, 60.0)
-    wrapped = BreakerInference(client(endpoints, A, B), breaker, on_reject=lambda: None)
+    breaker = Breaker("the model server", 2, 60.0)
+    wrapped = GuardedInference(client(endpoints, A, B), breaker)
     endpoints[A].status = UNAVAILABLE
     for _ in range(3):  # A down, B answers: no failure at all
         assert len(await wrapped.infer(["x"])) == 1

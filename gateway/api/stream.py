@@ -4,8 +4,9 @@ Auth (when keys are configured) by the API key in the handshake headers, or, for
 set WebSocket headers), in a first frame ``{"type": "auth", "api_key": "..."}``; never in the URL. A
 receiver task reads frames into a bounded queue (when it is full, the message is dropped with an error
 frame); one worker answers them in order with the HTTP route's validation, errors, rate limit and
-concurrency limit. An error is a frame and the connection stays open for the next message. A connection
-that sends nothing for ``stream_idle_timeout_s`` (and is owed no answer) is closed with 1000.
+concurrency limit (the same ``deps`` and the same core pipeline). An error is a frame and the connection
+stays open for the next message. A connection that sends nothing for ``stream_idle_timeout_s`` (and is
+owed no answer) is closed with 1000.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
-from gateway import audit
-from gateway.app import _check_key, _result, _trend, api_key_from
-from gateway.errors import GatewayError, _describe
-from gateway.ratelimit import retry_after_header
-from gateway.schemas import (
+from gateway.api import responses
+from gateway.api.deps import api_key_from, check_key, check_rate, client_key, get_services
+from gateway.api.schemas import (
     MessageId,
     ModelInfo,
     StreamErrorFrame,
@@ -37,7 +36,9 @@ from gateway.schemas import (
     StreamResultFrame,
     StreamTrajectoryFrame,
 )
-from gateway.service import Core, Outcome, analyse_bounded
+from gateway.core.pipeline import Analysis
+from gateway.errors import ErrorCode, GatewayError
+from gateway.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ def _decode(text: str) -> dict[str, Any] | GatewayError:
     try:
         payload = json.loads(text)
     except (ValueError, RecursionError):
-        return GatewayError("invalid_request", 'frame is not valid JSON; send an object like {"text": "..."}')
+        return GatewayError(
+            ErrorCode.INVALID_REQUEST, 'frame is not valid JSON; send an object like {"text": "..."}'
+        )
     if not isinstance(payload, dict):
         return GatewayError(
             "invalid_request",
@@ -92,11 +95,11 @@ def _error_frame(message_id: MessageId, exc: GatewayError) -> StreamErrorFrame:
 class Connection:
     """One authenticated stream: a receiver and a worker sharing a bounded queue."""
 
-    def __init__(self, websocket: WebSocket, core: Core, client: str) -> None:
+    def __init__(self, websocket: WebSocket, services: Services, client: str) -> None:
         self.websocket = websocket
-        self.core = core
+        self.services = services
         self.client = client  # the rate limit's key, as HTTP has it
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(core.settings.stream_queue_size)
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(services.settings.stream_queue_size)
         self.busy = False
         self.closed = False
         self.send_lock = asyncio.Lock()
@@ -136,7 +139,7 @@ class Connection:
             self.queue.put_nowait(None)
 
     async def _receive_frames(self) -> str:
-        settings = self.core.settings
+        settings = self.services.settings
         while True:
             try:
                 async with asyncio.timeout(settings.stream_idle_timeout_s):
@@ -158,19 +161,23 @@ class Connection:
             try:
                 self.queue.put_nowait(job)
             except asyncio.QueueFull:
-                self.core.metrics.stream_messages.labels("queue_full").inc()
-                await self.send(_error_frame(job.id, GatewayError("overloaded", QUEUE_FULL)))
+                self.services.metrics.stream_messages.labels("queue_full").inc()
+                await self.send(_error_frame(job.id, GatewayError(ErrorCode.OVERLOADED, QUEUE_FULL)))
 
     def _job(self, message: Message) -> Job | None:
         """The frame as a job; None for an auth frame (the connection is authenticated already)."""
         received = time.perf_counter()
         text = message.get("text")
         if text is None:
-            error = GatewayError("invalid_request", "binary frames are not supported; send JSON text frames")
+            error = GatewayError(
+                ErrorCode.INVALID_REQUEST, "binary frames are not supported; send JSON text frames"
+            )
             return Job(None, None, error, received)
-        limit = self.core.settings.stream_max_message_bytes
+        limit = self.services.settings.stream_max_message_bytes
         if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
-            error = GatewayError("payload_too_large", f"frame over {limit} bytes; send a shorter text")
+            error = GatewayError(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"frame over {limit} bytes; send a shorter text"
+            )
             return Job(None, None, error, received)
         payload = _decode(text)
         if isinstance(payload, GatewayError):
@@ -188,18 +195,19 @@ class Connection:
                 self.busy = False
 
     async def _answer(self, job: Job) -> None:
-        core = self.core
-        message: StreamMessage | None = None
-        outcome: Outcome | None = None
+        services = self.services
         frames: list[BaseModel]
         try:
             if job.error is not None:
                 raise job.error
             assert job.payload is not None
-            self._check_rate()
+            check_rate(services, self.client)
             message = _validate(job.payload)
-            outcome = await self._analyse(message)
-            frames = self._frames(job.id, message, outcome)
+            context = message.context.model_dump() if message.context else None
+            analysis = await services.pipeline.analyse(
+                [message.text], message.learner_id, context, channel="ws", started=job.received
+            )
+            frames = self._frames(job.id, message, analysis)
             code = "ok"
         except GatewayError as exc:
             code = exc.code
@@ -210,43 +218,21 @@ class Connection:
             code = "internal_error"
             frames = [
                 _error_frame(
-                    job.id, GatewayError("internal_error", f"internal error; request id {request_id}")
+                    job.id, GatewayError(ErrorCode.INTERNAL_ERROR, f"internal error; request id {request_id}")
                 )
             ]
-        if outcome is not None and message is not None:
-            audit.record_outcome(
-                core, outcome, message.learner_id, [message.text], time.perf_counter() - job.received, "ws"
-            )
-        core.metrics.stream_messages.labels(code).inc()
-        core.metrics.stream_latency.observe(time.perf_counter() - job.received)
+        services.metrics.stream_messages.labels(code).inc()
+        services.metrics.stream_latency.observe(time.perf_counter() - job.received)
         for frame in frames:
             await self.send(frame)
 
-    def _check_rate(self) -> None:
-        limiter = self.core.limiter
-        if limiter is None:
-            return
-        wait = limiter.check(self.client)
-        if wait is not None:
-            self.core.metrics.rate_limited.inc()
-            raise GatewayError(
-                "overloaded",
-                f"rate limit of {limiter.limit} requests per minute reached; retry later",
-                {"Retry-After": retry_after_header(wait)},
-            )
-
-    async def _analyse(self, message: StreamMessage) -> Outcome:
-        context = message.context.model_dump() if message.context else None
-        return await analyse_bounded(self.core, [message.text], message.learner_id, context)
-
-    def _frames(self, message_id: MessageId, message: StreamMessage, outcome: Outcome) -> list[BaseModel]:
-        core = self.core
-        trend = _trend(outcome.trend) if outcome.trend else None
+    def _frames(self, message_id: MessageId, message: StreamMessage, analysis: Analysis) -> list[BaseModel]:
+        trend = responses.trend(analysis.trend) if analysis.trend else None
         frames: list[BaseModel] = [
             StreamResultFrame(
                 id=message_id,
-                model=ModelInfo(name=core.settings.triton_model, version=outcome.model_version),
-                result=_result(outcome.results[0], 0),
+                model=ModelInfo(name=self.services.settings.triton_model, version=analysis.model_version),
+                result=responses.result(analysis.results[0], 0),
                 learner_id=message.learner_id,
                 trend=trend,
             )
@@ -266,25 +252,25 @@ def _validate(payload: dict[str, Any]) -> StreamMessage:
     try:
         return StreamMessage.model_validate(payload)
     except ValidationError as exc:
-        raise GatewayError("invalid_request", _describe(list(exc.errors()))) from None
+        raise GatewayError(ErrorCode.INVALID_REQUEST, responses.describe(exc.errors())) from None
 
 
-async def _authenticate(websocket: WebSocket, core: Core) -> str | None:
+async def _authenticate(websocket: WebSocket, services: Services) -> str | None:
     """The rate limit's client key once the connection may proceed; None after closing it (1008)."""
-    if not core.api_keys:
-        host = websocket.client.host if websocket.client else "-"
-        return f"ip:{host}"
+    host = websocket.client.host if websocket.client else None
+    if not services.api_keys:
+        return client_key(services, "", host)
     given = api_key_from(websocket.headers) or await _first_frame_key(
-        websocket, core.settings.stream_auth_timeout_s
+        websocket, services.settings.stream_auth_timeout_s
     )
     if given is None:
         return None
     try:
-        _check_key(given, core.api_keys)
+        check_key(given, services.api_keys)
     except (GatewayError, UnicodeEncodeError):  # a JSON key can hold a lone surrogate, never a valid key
         await _refuse(websocket, "invalid API key")
         return None
-    return f"key:{given}"
+    return client_key(services, given, host)
 
 
 async def _first_frame_key(websocket: WebSocket, timeout_s: float) -> str | None:
@@ -319,29 +305,27 @@ def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
     return not allowed or origin is None or "*" in allowed or origin in allowed
 
 
-def build_stream_router() -> APIRouter:
-    router = APIRouter()
+router = APIRouter()
 
-    @router.websocket(PATH, name="emotions_stream")
-    async def emotions_stream(websocket: WebSocket) -> None:
-        core: Core = websocket.app.state.core
-        metrics = core.metrics
-        await websocket.accept()
-        metrics.stream_connections.inc()
-        reason = "unauthorized"
-        try:
-            if not _origin_allowed(websocket, core.settings.cors_origins):
-                await _refuse(websocket, "origin not allowed")
-                return
-            client = await _authenticate(websocket, core)
-            if client is None:
-                return
-            reason = "error"  # unless the run ends normally
-            reason = await Connection(websocket, core, client).run()
-        except WebSocketDisconnect:
-            reason = "client"  # left while authenticating
-        finally:
-            metrics.stream_connections.dec()
-            metrics.stream_closes.labels(reason).inc()
 
-    return router
+@router.websocket(PATH, name="emotions_stream")
+async def emotions_stream(websocket: WebSocket) -> None:
+    services = get_services(websocket)
+    metrics = services.metrics
+    await websocket.accept()
+    metrics.stream_connections.inc()
+    reason = "unauthorized"
+    try:
+        if not _origin_allowed(websocket, services.settings.cors_origins):
+            await _refuse(websocket, "origin not allowed")
+            return
+        client = await _authenticate(websocket, services)
+        if client is None:
+            return
+        reason = "error"  # unless the run ends normally
+        reason = await Connection(websocket, services, client).run()
+    except WebSocketDisconnect:
+        reason = "client"  # left while authenticating
+    finally:
+        metrics.stream_connections.dec()
+        metrics.stream_closes.labels(reason).inc()

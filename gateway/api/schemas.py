@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+
+from gateway.errors import ErrorCode
 
 
 class LearnerContextIn(BaseModel):
@@ -22,12 +24,29 @@ class LearnerContextIn(BaseModel):
     consecutive_errors: int | None = Field(default=None, ge=0, le=100_000)
 
 
+# "Exactly one of text and texts", as JSON Schema: the model's validator below says the same in Python.
+# (An explicit null counts as absent, as the validator has it.)
+_ONE_OF_TEXT_OR_TEXTS: list[JsonValue] = [
+    {
+        "title": "one text",
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}, "texts": {"type": "null"}},
+    },
+    {
+        "title": "a batch",
+        "required": ["texts"],
+        "properties": {"texts": {"type": "array", "minItems": 1}, "text": {"type": "null"}},
+    },
+]
+
+
 class EmotionsRequest(BaseModel):
-    """One text (`text`) or a batch (`texts`), optionally for a learner."""
+    """Exactly one of `text` (one text) or `texts` (a batch of at least one), optionally for a learner."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            "oneOf": _ONE_OF_TEXT_OR_TEXTS,
             "examples": [
                 {"text": "I finally get it, thank you!"},
                 {
@@ -35,7 +54,7 @@ class EmotionsRequest(BaseModel):
                     "learner_id": "learner-42",
                     "context": {"time_on_task_seconds": 310, "recent_error_rate": 0.4},
                 },
-            ]
+            ],
         },
     )
 
@@ -194,12 +213,39 @@ class HistoryResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    code: ErrorCode = Field(description="what went wrong, one of a fixed set (gateway/errors.py)")
+    message: str = Field(description="what to fix, or when to retry")
 
 
 class ErrorResponse(BaseModel):
+    """Every error's body, on every route."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"code": "invalid_request", "message": "text is empty; send some text"}}]
+        }
+    )
+
     error: ErrorBody
+
+
+# ---- GET /healthz, GET /readyz --------------------------------------------------------------------
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessResponse(BaseModel):
+    """200 when ready; 503 with the same body (``ready`` false and a ``reason``) when not."""
+
+    model: str = Field(description="the Triton model the gateway serves")
+    version: str | None = Field(description="the served model version (null before Triton's first answer)")
+    circuit: Literal["closed", "half-open", "open"] | None = Field(
+        default=None, description="the Triton circuit breaker's state"
+    )
+    ready: bool
+    reason: str | None = Field(default=None, description="why not ready (only when not ready)")
 
 
 # ---- WS /v1/emotions/stream frames (JSON text frames) ----------------------------------------------
@@ -265,6 +311,6 @@ class StreamErrorFrame(BaseModel):
     type: Literal["error"] = "error"
     id: MessageId
     status: int = Field(description="the HTTP status the same error gets on POST /v1/emotions")
-    code: str
+    code: ErrorCode
     message: str
     retry_after: int | None = Field(default=None, description="seconds, for status 429")

@@ -2,8 +2,9 @@
 
 ``submit`` never waits and never raises: a full queue drops the rows (``queue_full``). The writer task
 takes up to ``batch_size`` rows, waiting at most ``flush_interval_s`` for a batch to fill, and writes
-them in one transaction. A failed write drops that batch (``db_error``), logs once per outage and backs
-off (1 s doubling to 30 s); rows queue meanwhile, up to the bound. Shutdown writes what is queued,
+them in one transaction. A failed write drops that batch (``db_error``), logs once per outage and opens
+the writer's breaker (``gateway.resilience``: 1 s doubling to 30 s); rows queue meanwhile, up to the
+bound. Shutdown writes what is queued,
 within ``SHUTDOWN_S``; the rest is dropped (``shutdown``). Every store call runs on one worker thread.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +24,10 @@ from functools import partial
 from typing import TypeVar
 
 from contract.text import normalize
-from gateway.audit.store import DB_ERRORS, AuditEntry, AuditRow, AuditStore, Before
-from gateway.errors import GatewayError
+from gateway.backends.audit.store import DB_ERRORS, AuditEntry, AuditRow, AuditStore, Before
+from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
+from gateway.resilience import Breaker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class AuditTrail:
         retention_days: int = 90,
         store_text: bool = False,
         hash_key: bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if hash_key is None and not store_text:
             raise ValueError("an audit trail needs a hash key unless it stores the texts themselves")
@@ -67,8 +71,10 @@ class AuditTrail:
         self._idle = True
         self._writer: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
-        self._backoff_s = 0.0
-        self._retry_at = 0.0
+        self._clock = clock
+        self.breaker = Breaker(
+            "the audit database", reset_s=BACKOFF_MIN_S, max_reset_s=BACKOFF_MAX_S, clock=clock
+        )
         self._down_since: float | None = None
         self._dropped_while_down = 0
         metrics.audit_queue_depth.set_function(self.queue.qsize)
@@ -128,10 +134,13 @@ class AuditTrail:
 
     # --- writing --------------------------------------------------------------------------------
 
-    async def flush(self) -> int:
-        """Write everything queued now, batch by batch; stop at the first failed batch. Rows written."""
+    async def flush(self, force: bool = False) -> int:
+        """Write everything queued now, batch by batch; stop at the first failed batch, or when the
+        breaker refuses (unless ``force``: the last try at shutdown). Rows written."""
         written = 0
         while not self.queue.empty():
+            if not self.breaker.allow() and not force:
+                break
             batch = self._take(self.batch_size)
             if not await self._write(batch):
                 break
@@ -141,14 +150,14 @@ class AuditTrail:
     async def _write_loop(self) -> None:
         while True:
             await self._batch_ready()
-            wait = self._retry_at - time.monotonic()
+            wait = self.breaker.wait_s()
             if wait > 0 and not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
             if self._stop.is_set():
                 break
             await self.flush()
-        await self.flush()  # shutdown: one more try, even during an outage
+        await self.flush(force=True)  # shutdown: one more try, even during an outage
 
     async def _batch_ready(self) -> None:
         """Return once rows are queued and the batch is full or ``flush_interval_s`` has passed."""
@@ -181,7 +190,7 @@ class AuditTrail:
         return True
 
     def _failed(self, exc: Exception) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._down_since is None:
             self._down_since = now
             if isinstance(exc, DB_ERRORS):
@@ -192,20 +201,18 @@ class AuditTrail:
                 )
             else:
                 log.exception("audit trail write failed unexpectedly", exc_info=exc)
-        self._backoff_s = min(max(self._backoff_s * 2, BACKOFF_MIN_S), BACKOFF_MAX_S)
-        self._retry_at = now + self._backoff_s
+        self.breaker.failure()
 
     def _recovered(self) -> None:
         if self._down_since is not None:
             log.warning(
                 "audit database back after %.0f s; %d audit rows were dropped meanwhile",
-                time.monotonic() - self._down_since,
+                self._clock() - self._down_since,
                 self._dropped_while_down,
             )
         self._down_since = None
         self._dropped_while_down = 0
-        self._backoff_s = 0.0
-        self._retry_at = 0.0
+        self.breaker.success()
 
     # --- retention and reads --------------------------------------------------------------------
 
@@ -231,18 +238,19 @@ class AuditTrail:
                 await self.apply_retention()
             except Exception as exc:
                 self._failed(exc)
-            await asyncio.sleep(RETENTION_EVERY_S if not first else max(self._backoff_s, BACKOFF_MIN_S))
+            await asyncio.sleep(RETENTION_EVERY_S if not first else max(self.breaker.wait_s(), BACKOFF_MIN_S))
 
     async def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
         """A learner's rows, newest first. Queued rows are written first, so a client reads its writes."""
-        if time.monotonic() >= self._retry_at:
-            await self.flush()
+        await self.flush()  # unless the breaker is open: then the read does not wait for a write
         try:
             return await self._call(self.store.history, learner_id, limit, before)
         except DB_ERRORS as exc:
             log.warning("audit history read failed (%s)", type(exc).__name__)
             raise GatewayError(
-                "backend_unavailable", "the audit database is unavailable; retry later"
+                ErrorCode.BACKEND_UNAVAILABLE,
+                "the audit database is unavailable; retry later",
+                {"Retry-After": str(max(1, math.ceil(self.breaker.wait_s())))},
             ) from None
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:

@@ -1,6 +1,6 @@
 """Async Triton gRPC client for the goemotions ensemble: one call per request batch, a deadline per call,
 failover across endpoints, every answer checked before anyone uses it, and Triton's failures translated
-into the gateway's error table."""
+into the gateway's error table. ``GuardedInference`` puts a client behind the circuit breaker."""
 
 from __future__ import annotations
 
@@ -17,19 +17,20 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from contract.names import ENSEMBLE, GOEMOTIONS_LABELS, LABELS, MODEL_VERSION, PROBABILITIES, TEXT
-from gateway.errors import GatewayError
+from gateway.errors import ErrorCode, GatewayError
+from gateway.resilience import Breaker, CircuitOpen, State
 
 log = logging.getLogger(__name__)
 
 # gRPC status -> gateway error code. Triton's "queue full" rejection is RESOURCE_EXHAUSTED (overload)
 # or UNAVAILABLE depending on version: both mean "try again shortly", never the client's fault.
-_STATUS_TO_CODE = {
-    "StatusCode.INVALID_ARGUMENT": "invalid_request",
-    "StatusCode.DEADLINE_EXCEEDED": "backend_timeout",
-    "StatusCode.UNAVAILABLE": "backend_unavailable",
-    "StatusCode.RESOURCE_EXHAUSTED": "backend_unavailable",
-    "StatusCode.NOT_FOUND": "backend_unavailable",  # model not loaded
-    "StatusCode.CANCELLED": "backend_unavailable",
+_STATUS_TO_CODE: dict[str, ErrorCode] = {
+    "StatusCode.INVALID_ARGUMENT": ErrorCode.INVALID_REQUEST,
+    "StatusCode.DEADLINE_EXCEEDED": ErrorCode.BACKEND_TIMEOUT,
+    "StatusCode.UNAVAILABLE": ErrorCode.BACKEND_UNAVAILABLE,
+    "StatusCode.RESOURCE_EXHAUSTED": ErrorCode.BACKEND_UNAVAILABLE,
+    "StatusCode.NOT_FOUND": ErrorCode.BACKEND_UNAVAILABLE,  # model not loaded
+    "StatusCode.CANCELLED": ErrorCode.BACKEND_UNAVAILABLE,
 }
 # The failures another endpoint may not have: this one is down, shutting down (a blue/green swap drains
 # it) or has not loaded the model. The same call is tried once on each other endpoint.
@@ -62,7 +63,7 @@ class InvalidModelOutput(GatewayError):
 
     def __init__(self, reason: str, detail: str) -> None:
         message = f"the model returned an invalid answer ({detail}); the text was not cached"
-        super().__init__("invalid_model_output", message)
+        super().__init__(ErrorCode.INVALID_MODEL_OUTPUT, message)
         self.reason = reason
 
 
@@ -250,16 +251,73 @@ class TritonClient:
 
 def _translate(exc: InferenceServerException, timeout_s: float) -> GatewayError:
     status = str(exc.status())
-    code = _STATUS_TO_CODE.get(status, "backend_error")
-    if code == "invalid_request":
+    code = _STATUS_TO_CODE.get(status, ErrorCode.BACKEND_ERROR)
+    if code == ErrorCode.INVALID_REQUEST:
         # Triton's own message names the row and the problem ("TEXT row 1 is not valid UTF-8").
         message = str(exc.message()).removeprefix(f"in ensemble '{ENSEMBLE}', ")
-    elif code == "backend_timeout":
+    elif code == ErrorCode.BACKEND_TIMEOUT:
         message = f"the model did not answer within {timeout_s:g} s; retry later"
-    elif code == "backend_unavailable":
+    elif code == ErrorCode.BACKEND_UNAVAILABLE:
         message = "the model server is unavailable or not ready; retry later"
     else:
         log.warning("Triton error %s: %s", status, exc.message())
         message = "the model server returned an error"
-    headers = {"Retry-After": "1"} if code in ("backend_unavailable", "backend_timeout") else None
+    headers = (
+        {"Retry-After": "1"} if code in (ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.BACKEND_TIMEOUT) else None
+    )
     return GatewayError(code, message, headers)
+
+
+# The failures that say Triton is unwell. A client's bad input does not, and neither does an invalid
+# answer (``invalid_model_output``: Triton answered; that request fails on its own, and an open circuit
+# would only turn every other text away too).
+SERVER_FAULTS = frozenset({ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.BACKEND_TIMEOUT, ErrorCode.BACKEND_ERROR})
+
+
+def is_server_fault(exc: Exception) -> bool:
+    return isinstance(exc, GatewayError) and exc.code in SERVER_FAULTS
+
+
+class GuardedInference:
+    """An ``Inference`` behind a circuit breaker (``gateway.resilience``): after repeated server failures,
+    503 at once instead of sending every request into a server that is down (each would wait for its
+    deadline and hold a slot). Wraps the real Triton client or a fake."""
+
+    def __init__(
+        self, inner: Inference, breaker: Breaker, on_reject: Callable[[], None] | None = None
+    ) -> None:
+        self.inner = inner
+        self.breaker = breaker
+        self._on_reject = on_reject or (lambda: None)
+
+    async def infer(self, texts: list[str]) -> list[Prediction]:
+        try:
+            self.breaker.acquire()
+        except CircuitOpen:
+            self._on_reject()
+            raise
+        try:
+            result = await self.inner.infer(texts)
+        except Exception as exc:
+            if is_server_fault(exc):
+                self.breaker.failure()
+            else:
+                self.breaker.release()
+            raise
+        except BaseException:
+            self.breaker.release()  # cancelled by the caller: says nothing about Triton
+            raise
+        self.breaker.success()
+        return result
+
+    async def ready(self) -> bool:
+        """Ready when Triton is and the circuit is closed. After the cool-down a ready Triton closes
+        the circuit too: an orchestrator sends a not-ready replica no traffic, so waiting for a request
+        to probe would keep it out forever."""
+        ok = await self.inner.ready()
+        if ok and self.breaker.state is State.HALF_OPEN:
+            self.breaker.success()
+        return ok and self.breaker.state is State.CLOSED
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,172 @@
+"""The HTTP routes: parse → call the core → shape the response (``responses``)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AwareDatetime
+
+from gateway.api import responses
+from gateway.api.deps import Protected, ServicesDep
+from gateway.api.responses import error_responses
+from gateway.api.schemas import (
+    EmotionsRequest,
+    EmotionsResponse,
+    HealthResponse,
+    HistoryResponse,
+    LearnerIdPath,
+    ModelInfo,
+    ReadinessResponse,
+    TrajectoryPointOut,
+    TrajectoryResponse,
+)
+from gateway.backends.audit.store import Before
+from gateway.backends.trajectory import StoreUnavailable
+from gateway.core.readiness import circuit_state, not_ready_reason
+from gateway.errors import ErrorCode, GatewayError
+from gateway.learning.trajectory import classify_trend
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/emotions",
+    response_model=EmotionsResponse,
+    responses=error_responses(401, 413, 422, 429, 500, 502, 503, 504),
+    dependencies=Protected,
+    summary="GoEmotions probabilities, labels and learning state for one text or a batch",
+)
+async def emotions(body: EmotionsRequest, response: Response, services: ServicesDep) -> EmotionsResponse:
+    context = body.context.model_dump() if body.context else None
+    analysis = await services.pipeline.analyse(body.all_texts(), body.learner_id, context, channel="http")
+    response.headers["x-inference-time"] = f"{analysis.inference_seconds * 1000:.3f}"
+    response.headers["x-cache"] = "hit" if analysis.all_cached else "miss"
+    return EmotionsResponse(
+        model=ModelInfo(name=services.settings.triton_model, version=analysis.model_version),
+        results=[responses.result(r, i) for i, r in enumerate(analysis.results)],
+        learner_id=body.learner_id,
+        trend=responses.trend(analysis.trend) if analysis.trend else None,
+    )
+
+
+@router.get(
+    "/v1/learners/{learner_id}/trajectory",
+    response_model=TrajectoryResponse,
+    responses=error_responses(401, 429, 500, 503),
+    dependencies=Protected,
+    summary="A learner's recent learning states and their trend",
+    description="503 (with Retry-After) while the learner store (Redis) is unavailable.",
+)
+async def trajectory(learner_id: str, services: ServicesDep) -> TrajectoryResponse:
+    pipeline = services.pipeline
+    try:
+        points = await pipeline.trajectories.history(learner_id)
+    except StoreUnavailable:
+        raise GatewayError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            "the learner store is unavailable; retry later",
+            {"Retry-After": str(max(1, round(services.settings.backend_retry_s)))},
+        ) from None
+    return TrajectoryResponse(
+        learner_id=learner_id,
+        trend=responses.trend(classify_trend(points, pipeline.policy)),
+        points=[TrajectoryPointOut(**p.__dict__) for p in points],
+    )
+
+
+@router.get(
+    "/v1/learners/{learner_id}/history",
+    response_model=HistoryResponse,
+    responses=error_responses(401, 404, 422, 429, 500, 503),
+    dependencies=Protected,
+    summary="A learner's audit trail: each analysed text's labels, learning state and model version",
+    description="Newest first. Page with the response's next_before and next_before_id. 404 "
+    "(`feature_disabled`) when the audit trail is turned off on this gateway; 503 (with Retry-After) when "
+    "its database is unavailable.",
+)
+async def history(
+    learner_id: LearnerIdPath,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
+    before: Annotated[
+        AwareDatetime | None, Query(description="only entries older than this (ISO 8601 with a zone)")
+    ] = None,
+    before_id: Annotated[
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="with before: the previous page's next_before_id"),
+    ] = None,
+) -> HistoryResponse:
+    trail = services.audit_trail
+    if trail is None:
+        raise GatewayError(
+            ErrorCode.FEATURE_DISABLED,
+            "the audit trail is disabled on this gateway (GATEWAY_AUDIT_BACKEND=off), so no learner "
+            "history is recorded; the operator can enable it with GATEWAY_AUDIT_BACKEND=sqlite or postgres",
+        )
+    if before_id is not None and before is None:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST, "before_id needs before: pass both from the previous page"
+        )
+    cursor = None
+    if before is not None:
+        try:
+            cursor = Before(before.astimezone(UTC), before_id)
+        except (OverflowError, ValueError):
+            raise GatewayError(ErrorCode.INVALID_REQUEST, "before: not a representable UTC time") from None
+    entries = await trail.history(learner_id, limit, cursor)
+    last = entries[-1] if len(entries) == limit else None
+    return HistoryResponse(
+        learner_id=learner_id,
+        entries=[responses.audit_entry(e) for e in entries],
+        next_before=last.ts if last else None,
+        next_before_id=last.id if last else None,
+    )
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="process is up")
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadinessResponse,
+    responses={503: {"model": ReadinessResponse, "description": "not ready: `reason` says why"}},
+    summary="Triton is ready, answers a probe with a well-formed result, and serves the expected model",
+    description="503 (with a `reason`) when Triton or the model is not ready, the circuit is open, the "
+    "probe inference fails or is malformed, or the served version does not start with "
+    "GATEWAY_EXPECTED_MODEL_VERSION. `version` is the served model version (null before Triton's first "
+    "answer).",
+)
+async def readyz(services: ServicesDep) -> JSONResponse:
+    pipeline = services.pipeline
+    reason = await not_ready_reason(pipeline, services.settings.expected_model_version)
+    body: dict[str, object] = {"model": services.settings.triton_model, "version": pipeline.served.version}
+    circuit = circuit_state(pipeline)
+    if circuit is not None:
+        body["circuit"] = circuit
+    body["ready"] = reason is None
+    if reason is not None:
+        body["reason"] = reason
+    return JSONResponse(body, status_code=200 if reason is None else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **error_responses(401, 429, 500),
+    },
+    dependencies=Protected,
+    summary="Prometheus metrics",
+)
+async def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,167 @@
+"""The one response mapping: domain results → response models, errors → ``{"error": {...}}`` bodies
+(and the handlers that produce them), and what each route documents it may answer. Shared by the HTTP
+and WebSocket routers.
+
+A 500 never carries exception text (it is logged with a request id instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contract.names import GOEMOTIONS_LABELS
+from gateway.api.schemas import AuditEntryOut, EmotionResult, ErrorResponse, LearningStateOut, TrendOut
+from gateway.backends.audit.store import AuditEntry
+from gateway.core.pipeline import AnalysedText
+from gateway.errors import ErrorCode, GatewayError
+from gateway.learning.trajectory import Trend
+
+log = logging.getLogger(__name__)
+
+# ---- domain → response models ---------------------------------------------------------------------
+
+
+def result(analysed: AnalysedText, index: int) -> EmotionResult:
+    s = analysed.state
+    return EmotionResult(
+        text_index=index,
+        emotions=dict(zip(GOEMOTIONS_LABELS, analysed.prediction.probabilities, strict=True)),
+        labels=analysed.prediction.labels,
+        primary_emotion=analysed.primary_emotion,
+        confidence=analysed.confidence,
+        cached=analysed.cached,
+        learning_state=LearningStateOut(
+            learning_emotions=s.learning_emotions,
+            valence=s.valence,
+            arousal=s.arousal,
+            dominance=s.dominance,
+            readiness={"state": s.readiness_state, "score": s.readiness_score},
+            intervention_level=s.intervention_level,
+            reasons=s.reasons,
+        ),
+    )
+
+
+def trend(t: Trend) -> TrendOut:
+    return TrendOut(label=t.label, slope=t.slope, volatility=t.volatility, points=t.points)
+
+
+def audit_entry(e: AuditEntry) -> AuditEntryOut:
+    return AuditEntryOut(
+        id=e.id,
+        timestamp=e.ts,
+        request_id=e.request_id,
+        text_index=e.text_index,
+        channel=e.channel,
+        model_version=e.model_version,
+        labels=e.labels,
+        primary_emotion=e.primary_emotion,
+        confidence=e.confidence,
+        readiness_state=e.readiness_state,
+        readiness_score=e.readiness_score,
+        valence=e.valence,
+        intervention_level=e.intervention_level,
+        reasons=e.reasons,
+        latency_ms=e.latency_ms,
+        cached=e.cached,
+        text_hash=e.text_hash,
+        text=e.text,
+    )
+
+
+# ---- errors → responses ---------------------------------------------------------------------------
+
+
+def error_response(
+    code: ErrorCode | str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    code = ErrorCode(code)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=code.status, headers=headers
+    )
+
+
+def describe(errors: Iterable[Any]) -> str:
+    """Pydantic errors as one readable sentence: where, and what is wrong."""
+    errors = list(errors)
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        if e.get("type") == "json_invalid":
+            parts.append("request body is not valid JSON")
+        else:
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(ErrorCode.INVALID_REQUEST, describe(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        known = {
+            404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.METHOD_NOT_ALLOWED,
+            413: ErrorCode.PAYLOAD_TOO_LARGE,
+        }
+        code = known.get(exc.status_code)
+        if code is None:
+            code = ErrorCode.INVALID_REQUEST if 400 <= exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
+        return error_response(code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("unhandled error (request id %s)", request_id, exc_info=exc)
+        return error_response(ErrorCode.INTERNAL_ERROR, f"internal error; request id {request_id}")
+
+
+# ---- what the routes document ---------------------------------------------------------------------
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+_WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    401: ("missing or wrong API key (when the gateway has keys)", _WWW_AUTHENTICATE),
+    404: ("not found, or the feature is disabled on this gateway (`feature_disabled`)", {}),
+    413: ("request body too large", {}),
+    422: ("invalid input: the message says what to fix", {}),
+    429: ("overloaded or rate limited: retry after the Retry-After seconds", _RETRY_AFTER),
+    500: ("internal error (logged with the request id the message gives)", {}),
+    502: ("the model server returned an error, or an invalid answer (invalid_model_output: not cached)", {}),
+    503: (
+        "a backend is unavailable or not ready (or its circuit is open): retry after Retry-After",
+        _RETRY_AFTER,
+    ),
+    504: ("the model server did not answer in time: retry after Retry-After", _RETRY_AFTER),
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses: the error body, and the headers each carries."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, headers = _ERRORS[status]
+        out[status] = {"model": ErrorResponse, "description": description}
+        if headers:
+            out[status]["headers"] = headers
+    return out

@@ -1,0 +1,202 @@
+"""Every service the routers use, built in order and closed in reverse: ``open_services`` is the one
+place that does it (the app's lifespan enters it; tests may too)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from gateway.backends.audit.store import PostgresStore, SqliteStore
+from gateway.backends.audit.writer import AuditTrail
+from gateway.backends.cache import GuardedCache, MemoryCache, NoCache, RedisCache, ResultCache, redis_errors
+from gateway.backends.trajectory import (
+    GuardedTrajectoryStore,
+    MemoryTrajectoryStore,
+    RedisTrajectoryStore,
+    TrajectoryStore,
+)
+from gateway.backends.triton import GuardedInference, Inference, TritonClient
+from gateway.core.pipeline import Limits, Pipeline
+from gateway.core.ratelimit import SlidingWindowLimiter
+from gateway.errors import GatewayError
+from gateway.learning.policy import Policy, load_policy
+from gateway.metrics import Metrics
+from gateway.resilience import Breaker
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# HMAC keys shorter than this are guessable; a hex-encoded 128-bit secret is 32 characters.
+MIN_HASH_KEY_CHARS = 16
+
+
+@dataclass
+class Services:
+    """What the routers need, built once per app (``open_services``)."""
+
+    settings: Settings
+    metrics: Metrics
+    pipeline: Pipeline
+    api_keys: list[str]
+    limiter: SlidingWindowLimiter | None = None
+    audit_trail: AuditTrail | None = None  # None when GATEWAY_AUDIT_BACKEND=off
+
+
+def audit_trail_from(
+    settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+) -> AuditTrail | None:
+    """The configured audit trail, or None when it is off. Raises ValueError on an unusable setup."""
+    if settings.audit_backend == "off":
+        return None
+    key = settings.audit_hash_key.get_secret_value() if settings.audit_hash_key else ""
+    if not key and not settings.audit_store_text:
+        # A random per-process key would make hashes incomparable across restarts and replicas, and
+        # an unkeyed hash of a short text is reversed by hashing guesses: refuse instead.
+        raise ValueError(
+            "GATEWAY_AUDIT_HASH_KEY is required when the audit trail is on and GATEWAY_AUDIT_STORE_TEXT "
+            "is false (texts are recorded as HMAC-SHA256 hashes); set a random secret, e.g. "
+            "`openssl rand -hex 32`"
+        )
+    if key and len(key) < MIN_HASH_KEY_CHARS:
+        raise ValueError(f"GATEWAY_AUDIT_HASH_KEY is too short; use at least {MIN_HASH_KEY_CHARS} characters")
+    store: SqliteStore | PostgresStore
+    if settings.audit_backend == "sqlite":
+        store = SqliteStore(settings.audit_sqlite_path)
+    else:
+        if settings.audit_dsn is None or not settings.audit_dsn.get_secret_value():
+            raise ValueError(
+                "GATEWAY_AUDIT_DSN (a postgresql:// URI) is required when GATEWAY_AUDIT_BACKEND=postgres"
+            )
+        store = PostgresStore(settings.audit_dsn.get_secret_value())
+    return AuditTrail(
+        store,
+        metrics,
+        queue_size=settings.audit_queue_size,
+        batch_size=settings.audit_batch_size,
+        flush_interval_s=settings.audit_flush_interval_s,
+        retention_days=settings.audit_retention_days,
+        store_text=settings.audit_store_text,
+        hash_key=key.encode() if key else None,
+        clock=clock,
+    )
+
+
+def _redis(settings: Settings) -> Redis | None:
+    if "redis" not in (settings.cache_backend, settings.trajectory_backend):
+        return None
+    if not settings.redis_url:
+        raise ValueError("GATEWAY_REDIS_URL is required when the cache or trajectory backend is 'redis'")
+    # Short timeouts: a dead Redis must cost a request milliseconds, not seconds (it degrades to no cache).
+    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def _cache(
+    settings: Settings, redis: Redis | None, metrics: Metrics, clock: Callable[[], float]
+) -> ResultCache:
+    if redis is not None and settings.cache_backend == "redis":
+        breaker = Breaker("the Redis cache", reset_s=settings.backend_retry_s, clock=clock)
+        return GuardedCache(
+            RedisCache(redis, settings.cache_ttl_s),
+            breaker,
+            redis_errors(),
+            on_error=metrics.cache_errors.inc,
+        )
+    if settings.cache_backend == "memory":
+        return MemoryCache(settings.cache_size, settings.cache_ttl_s, timer=clock)
+    return NoCache()
+
+
+def _trajectories(
+    settings: Settings, redis: Redis | None, metrics: Metrics, policy: Policy, clock: Callable[[], float]
+) -> TrajectoryStore:
+    if redis is not None and settings.trajectory_backend == "redis":
+        breaker = Breaker("the learner store", reset_s=settings.backend_retry_s, clock=clock)
+        return GuardedTrajectoryStore(
+            RedisTrajectoryStore(redis, policy), breaker, redis_errors(), on_error=metrics.store_errors.inc
+        )
+    return MemoryTrajectoryStore(policy, timer=clock)
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings, triton: Inference | None = None, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[Services]:
+    """Build every service (policy, metrics, audit trail, Redis, cache, learner store, Triton client
+    behind its breaker, pipeline, rate limit), start the audit writer, learn the served model version
+    and start its background check; on exit close them in reverse order. ``triton`` replaces the gRPC
+    client (tests pass a fake); ``clock`` is the monotonic clock every breaker, TTL and rate window runs
+    on (tests pass a fake one and move it instead of sleeping)."""
+    # Fail at start-up, with the file's own error message, rather than on the first request.
+    policy = load_policy(settings.policy_file)
+    metrics = Metrics()
+    audit_trail = audit_trail_from(settings, metrics, clock)
+    async with contextlib.AsyncExitStack() as stack:
+        redis = _redis(settings)
+        cache = _cache(settings, redis, metrics, clock)
+        if redis is not None and settings.cache_backend != "redis":
+            stack.push_async_callback(redis.aclose)  # else the cache closes it
+        stack.push_async_callback(cache.close)
+        trajectories = _trajectories(settings, redis, metrics, policy, clock)
+        breaker = Breaker(
+            "the model server",
+            settings.breaker_failures,
+            settings.breaker_reset_s,
+            clock=clock,
+            on_change=lambda state: metrics.circuit_state.set(state.value),
+        )
+        client = GuardedInference(
+            triton or TritonClient(settings.triton_urls(), settings.triton_model, settings.triton_timeout_s),
+            breaker,
+            on_reject=metrics.circuit_rejections.inc,
+        )
+        stack.push_async_callback(client.close)
+        pipeline = Pipeline(
+            triton=client,
+            cache=cache,
+            trajectories=trajectories,
+            policy=policy,
+            metrics=metrics,
+            limits=Limits.from_settings(settings),
+            audit_trail=audit_trail,
+        )
+        limiter = (
+            SlidingWindowLimiter(settings.rate_limit_per_minute, clock=clock)
+            if settings.rate_limit_per_minute
+            else None
+        )
+        services = Services(settings, metrics, pipeline, settings.resolved_api_keys(), limiter, audit_trail)
+        if audit_trail is not None:
+            await audit_trail.start()
+            stack.push_async_callback(audit_trail.stop)  # writes what is queued, within a bounded time
+        try:
+            await pipeline.probe_version()
+        except GatewayError as exc:  # Triton down: start anyway, the version comes with its first answer
+            log.warning("could not learn the served model version at start-up: %s", exc.message)
+        except Exception:
+            log.exception("could not learn the served model version at start-up")
+        if settings.version_check_s > 0:
+            watcher = asyncio.create_task(
+                pipeline.watch_version(settings.version_check_s), name="model-version-check"
+            )
+            stack.push_async_callback(_cancel, watcher)
+        log.info(
+            "gateway ready: model %s (%s), Triton %s, cache %s, auth %s",
+            settings.triton_model,
+            pipeline.served.version or "version not known yet",
+            settings.triton_url,
+            settings.cache_backend,
+            "on" if services.api_keys else "off",
+        )
+        yield services
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
