@@ -17,18 +17,7 @@ from typing import Any
 
 from contract.manifest import read_installed
 from export.training.data import load_split
-from loadtest.common import (
-    PathResult,
-    UniqueTexts,
-    bench_main,
-    bench_report,
-    closed_loop,
-    http_client,
-    run_rounds,
-    spread,
-    spread_text,
-    write_bench_report,
-)
+from loadtest import common
 from server.probes import metric, scrape, wait_for
 from server.stack import Stack
 
@@ -61,11 +50,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = read_installed(args.repository)
     if manifest is None:
         raise SystemExit(f"no model installed in {args.repository}; run `make prepare` first")
-    fresh = UniqueTexts(load_split("test").texts, args.seed).take
+    fresh = common.UniqueTexts(load_split("test").texts, args.seed).take
     db = WORK / "audit-bench.sqlite3"
     for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         stale.unlink(missing_ok=True)
-    common = {"GATEWAY_CACHE_BACKEND": "off", "GATEWAY_MAX_CONCURRENCY": "1024"}
+    both = {"GATEWAY_CACHE_BACKEND": "off", "GATEWAY_MAX_CONCURRENCY": "1024"}
     sqlite = {
         "GATEWAY_AUDIT_BACKEND": "sqlite",
         "GATEWAY_AUDIT_SQLITE_PATH": str(db),
@@ -74,22 +63,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with Stack(WORK, args.base_port) as stack:
         stack.start_triton(args.repository)
         gateways = {
-            "audit-off": stack.start_gateway("gateway-audit-off", common, wait=False),
-            "audit-sqlite": stack.start_gateway("gateway-audit-on", {**common, **sqlite}, wait=False),
+            "audit-off": stack.start_gateway("gateway-audit-off", both, wait=False),
+            "audit-sqlite": stack.start_gateway("gateway-audit-on", {**both, **sqlite}, wait=False),
         }
         stack.wait_ready()
         clients = {
-            name: http_client(
+            name: common.http_client(
                 f"{gw.url}/v1/emotions", lambda t: {"text": t, "learner_id": f"bench-{hash(t) % 200}"}
             )
             for name, gw in gateways.items()
         }
         for make in clients.values():  # warm-up: lazy loads, first database writes
-            closed_loop(make, fresh(WARMUP), 4)
-        rounds = run_rounds(
+            common.closed_loop(make, fresh(WARMUP), 4)
+        rounds = common.run_rounds(
             args.rounds,
             lambda _: {
-                f"{name}@{c}": partial(closed_loop, make, fresh(n), c)
+                f"{name}@{c}": partial(common.closed_loop, make, fresh(n), c)
                 for c, n in ((1, args.requests_1), (16, args.requests_16))
                 for name, make in clients.items()
             },
@@ -100,22 +89,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summarize(rounds, counts, manifest.version)
 
 
-def summarize(rounds: list[dict[str, PathResult]], counts: dict[str, float], version: str) -> dict[str, Any]:
-    return bench_report(
+def summarize(
+    rounds: list[dict[str, common.PathResult]], counts: dict[str, float], version: str
+) -> dict[str, Any]:
+    return common.bench_report(
         "make bench-audit",
         version,
         rounds,
-        p50_delta_ms_1_client=spread([r["audit-sqlite@1"].p50_ms - r["audit-off@1"].p50_ms for r in rounds]),
-        throughput_ratio_16_clients=spread(
-            [r["audit-sqlite@16"].texts_per_s / r["audit-off@16"].texts_per_s for r in rounds]
-        ),
+        p50_delta_ms_1_client=common.difference(rounds, "audit-sqlite@1", "audit-off@1"),
+        throughput_ratio_16_clients=common.ratio(rounds, "audit-sqlite@16", "audit-off@16"),
         audit_rows=counts,
     )
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     d, q, c = report["p50_delta_ms_1_client"], report["throughput_ratio_16_clients"], report["audit_rows"]
-    return write_bench_report(
+    return common.write_bench_report(
         report,
         out,
         "audit_bench",
@@ -123,8 +112,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         "embedded Triton, INT8, both caches off, every request with a learner id; two gateways on one "
         "Triton, audit off vs SQLite",
         [
-            f"- p50 at 1 client, audit on minus off: {spread_text(d, '+.2f', ' ms', ' to ')}",
-            f"- Throughput at 16 clients, audit on / off: {spread_text(q, unit='x')}",
+            f"- p50 at 1 client, audit on minus off: {common.spread_text(d, '+.2f', ' ms', ' to ')}",
+            f"- Throughput at 16 clients, audit on / off: {common.spread_text(q, unit='x')}",
             f"- Audit rows: {c.get('sent', 0):.0f} texts sent, {c['written']:.0f} written, "
             f"{c['dropped']:.0f} dropped",
         ],
@@ -132,17 +121,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return bench_main(
-        "python -m loadtest.bench_audit",
-        __doc__,
-        argv,
-        run,
-        write_report,
-        requests_1=500,
-        requests_16=2000,
-        base_port=18140,
-        seed=31,
-    )
+    return common.bench_main("loadtest.bench_audit", __doc__, argv, run, write_report, (500, 2000), 18140, 31)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,8 @@ from contract.manifest import read_installed
 from contract.spec import SPEC_FILE, ServingSpec
 from export.source import EXPORTS_DIR, STUDENT_DIR
 from export.training.data import load_split
+from loadtest import common
 from loadtest.bench_triton import run_raw
-from loadtest.common import (
-    PathResult,
-    UniqueTexts,
-    bench_main,
-    bench_report,
-    closed_loop,
-    http_client,
-    run_rounds,
-    spread,
-    triton_client,
-    write_bench_report,
-)
 from loadtest.peer_service import peer_command
 from server.stack import Stack
 
@@ -54,7 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     source = Path(manifest.source)
     export_dir = str(EXPORTS_DIR / ("student" if source == STUDENT_DIR else source.name))
     # Unique texts per path and round: no cache ever sees a text twice here.
-    fresh = UniqueTexts(load_split("test").texts, args.seed).take
+    fresh = common.UniqueTexts(load_split("test").texts, args.seed).take
     peers = {
         "naive": ("torch", manifest.source, None),
         "ort-inproc-fp32": ("onnx", export_dir, "model.fp32.onnx"),
@@ -71,28 +60,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         stack.wait_ready()
         clients = {
-            name: http_client(f"{service.url}/classify", lambda t: {"text": t})
+            name: common.http_client(f"{service.url}/classify", lambda t: {"text": t})
             for name, service in services.items()
         }
-        clients["triton-grpc"] = triton_client("grpc", triton, spec.ensemble_name)
-        clients["gateway"] = http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
+        clients["triton-grpc"] = common.triton_client("grpc", triton, spec.ensemble_name)
+        clients["gateway"] = common.http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
 
-        def paths(_: int) -> dict[str, Callable[[], PathResult]]:
-            measures: dict[str, Callable[[], PathResult]] = {}
+        def paths(_: int) -> dict[str, Callable[[], common.PathResult]]:
+            measures: dict[str, Callable[[], common.PathResult]] = {}
             for c, n in ((1, args.requests_1), (16, args.requests_16)):
                 for name, make in clients.items():
-                    measures[f"{name}@{c}"] = partial(closed_loop, make, fresh(n), c)
-                measures[f"gateway-hit@{c}"] = partial(closed_loop, clients["gateway"], [HIT_TEXT] * n, c)
+                    measures[f"{name}@{c}"] = partial(common.closed_loop, make, fresh(n), c)
+                measures[f"gateway-hit@{c}"] = partial(
+                    common.closed_loop, clients["gateway"], [HIT_TEXT] * n, c
+                )
                 measures[f"ort-raw@{c}"] = partial(
                     run_raw, args.repository, spec, fresh(n), processes=1 if c == 1 else 2, batch=1
                 )
             return measures
 
-        rounds = run_rounds(args.rounds, paths)
+        rounds = common.run_rounds(args.rounds, paths)
     return summarize(rounds, manifest.served_version(spec.cpu_variant), spec)
 
 
-def summarize(rounds: list[dict[str, PathResult]], version: str, spec: ServingSpec) -> dict[str, Any]:
+def summarize(rounds: list[dict[str, common.PathResult]], version: str, spec: ServingSpec) -> dict[str, Any]:
     per_round = {
         GOALS[0][0]: [r["triton-grpc@16"].texts_per_s / r["ort-raw@16"].texts_per_s for r in rounds],
         GOALS[1][0]: [r["gateway@16"].texts_per_s / r["naive@16"].texts_per_s for r in rounds],
@@ -103,8 +94,8 @@ def summarize(rounds: list[dict[str, PathResult]], version: str, spec: ServingSp
         values = per_round[name]
         worst = min(values) if op == ">=" else max(values)
         met = worst >= goal if op == ">=" else worst <= goal  # a spread that crosses the goal is no pass
-        goals[name] = {**spread(values), "goal": f"{op} {goal:g}", "met": met}
-    return bench_report(
+        goals[name] = {**common.spread(values), "goal": f"{op} {goal:g}", "met": met}
+    return common.bench_report(
         "make bench-peers",
         version,
         rounds,
@@ -129,7 +120,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
             f"| {name} | {g['median']:.2f} [{g['range'][0]:.2f}-{g['range'][1]:.2f}] | {g['goal']} | "
             f"{'yes' if g['met'] else 'no'} |"
         )
-    return write_bench_report(
+    return common.write_bench_report(
         report,
         out,
         "peers",
@@ -140,17 +131,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return bench_main(
-        "python -m loadtest.bench_peers",
-        __doc__,
-        argv,
-        run,
-        write_report,
-        requests_1=150,
-        requests_16=400,
-        base_port=18200,
-        seed=13,
-    )
+    return common.bench_main("loadtest.bench_peers", __doc__, argv, run, write_report, (150, 400), 18200, 13)
 
 
 if __name__ == "__main__":

@@ -24,16 +24,7 @@ from contract.manifest import read_installed
 from contract.spec import SPEC_FILE, ServingSpec
 from export.arrays import Array
 from export.training.data import load_split
-from loadtest.common import (
-    PathResult,
-    bench_main,
-    bench_report,
-    closed_loop,
-    run_rounds,
-    spread,
-    triton_client,
-    write_bench_report,
-)
+from loadtest import common
 from server.probes import per_label, scrape
 from server.stack import Stack
 
@@ -80,7 +71,7 @@ def _raw_worker(args: tuple[str, str, list[str], int, list[str], int, int, Any])
     return latencies, time.perf_counter() - start
 
 
-def run_raw(repo: Path, spec: ServingSpec, texts: list[str], processes: int, batch: int) -> PathResult:
+def run_raw(repo: Path, spec: ServingSpec, texts: list[str], processes: int, batch: int) -> common.PathResult:
     model = str(repo / "classifier" / "1" / f"model.{spec.cpu_variant}.onnx")
     tok = str(repo / "tokenizer" / "1" / "tokenizer.json")
     ctx = mp.get_context("fork")
@@ -103,11 +94,12 @@ def run_raw(repo: Path, spec: ServingSpec, texts: list[str], processes: int, bat
         with ctx.Pool(processes) as pool:
             out = pool.map(_raw_worker, args)
     latencies = [x for lat, _ in out for x in lat]
-    return PathResult.of(latencies, max(wall for _, wall in out))
+    return common.PathResult.of(latencies, max(wall for _, wall in out))
 
 
 # ---- Triton: the goemotions ensemble over gRPC or HTTP, closed loop --------------------------------
 
+PIPELINE = ("tokenizer", "classifier", "postprocess")  # the ensemble's steps, in order
 COUNTERS = (
     "nv_inference_count",
     "nv_inference_exec_count",
@@ -148,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         off = (r * (n1 + n16)) % max(1, len(sample) - n1 - n16)
         return sample[off : off + n1], sample[off + n1 : off + n1 + n16]
 
-    def raw_16(t16: list[str]) -> PathResult:
+    def raw_16(t16: list[str]) -> common.PathResult:
         # The raw ceiling at 16: best of the layouts that fit 2 cores (measured: 2 x 1 thread, batch 1).
         candidates = {
             f"{p}proc-bs{b}": run_raw(repo, spec, t16, processes=p, batch=b)
@@ -162,26 +154,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = stack.start_triton(repo)
         cold_start = server.startup_seconds
         rss_loaded = server.rss_bytes()
-        grpc, http = (triton_client(p, server, spec.ensemble_name) for p in ("grpc", "http"))
+        grpc, http = (common.triton_client(p, server, spec.ensemble_name) for p in ("grpc", "http"))
 
-        def grpc_16(t16: list[str]) -> PathResult:
+        def grpc_16(t16: list[str]) -> common.PathResult:
             before = scrape_models(server.metrics_url)["classifier"]
-            result = closed_loop(grpc, t16, 16)
+            result = common.closed_loop(grpc, t16, 16)
             batch_sizes.append(batch_size(before, scrape_models(server.metrics_url)["classifier"]))
             return result
 
-        def paths(r: int) -> dict[str, Callable[[], PathResult]]:
+        def paths(r: int) -> dict[str, Callable[[], common.PathResult]]:
             t1, t16 = texts(r)
             return {
                 "ort-raw@1": lambda: run_raw(repo, spec, t1, processes=1, batch=1),
-                "triton-grpc@1": lambda: closed_loop(grpc, t1, 1),
-                "triton-http@1": lambda: closed_loop(http, t1, 1),
+                "triton-grpc@1": lambda: common.closed_loop(grpc, t1, 1),
+                "triton-http@1": lambda: common.closed_loop(http, t1, 1),
                 "ort-raw@16": lambda: raw_16(t16),
                 "triton-grpc@16": lambda: grpc_16(t16),
-                "triton-http@16": lambda: closed_loop(http, t16, 16),
+                "triton-http@16": lambda: common.closed_loop(http, t16, 16),
             }
 
-        rounds = run_rounds(args.rounds, paths)
+        rounds = common.run_rounds(args.rounds, paths)
         rss_after = server.rss_bytes()
         totals = scrape_models(server.metrics_url)
     where_time = {
@@ -191,10 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "compute_us_per_request": t["nv_inference_compute_infer_duration_us"]
             / max(t["nv_inference_count"], 1),
         }
-        for m, t in totals.items()
-        if m in ("tokenizer", "classifier", "postprocess")
+        for m, t in ((m, totals.get(m, dict.fromkeys(COUNTERS, 0.0))) for m in PIPELINE)
     }
-    return bench_report(
+    return common.bench_report(
         "make bench-triton",
         manifest.served_version(spec.cpu_variant),
         rounds,
@@ -210,9 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         avg_classifier_batch_at_16_grpc={"median": statistics.median(batch_sizes), "per_round": batch_sizes},
         ort_raw_16_layouts_chosen=layouts,
         ratio_vs_raw={
-            f"triton-{proto}@{c}": spread(
-                [r[f"triton-{proto}@{c}"].texts_per_s / r[f"ort-raw@{c}"].texts_per_s for r in rounds]
-            )
+            f"triton-{proto}@{c}": common.ratio(rounds, f"triton-{proto}@{c}", f"ort-raw@{c}")
             for c in (1, 16)
             for proto in ("grpc", "http")
         },
@@ -248,7 +237,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         for name, r in report["ratio_vs_raw"].items()
     }
     ratios.update({name: "1.00 (baseline)" for name in report["paths"] if name.startswith("ort-raw")})
-    return write_bench_report(
+    return common.write_bench_report(
         report,
         out,
         "triton_bench",
@@ -260,16 +249,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return bench_main(
-        "python -m loadtest.bench_triton",
-        __doc__,
-        argv,
-        run,
-        write_report,
-        requests_1=300,
-        requests_16=1500,
-        base_port=18000,
-        seed=11,
+    return common.bench_main(
+        "loadtest.bench_triton", __doc__, argv, run, write_report, (300, 1500), 18000, 11
     )
 
 

@@ -55,6 +55,16 @@ def spread(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "range": [min(values), max(values)]}
 
 
+def ratio(rounds: list[dict[str, PathResult]], a: str, b: str, field: str = "texts_per_s") -> dict[str, Any]:
+    """Spread over the rounds of path ``a``'s figure divided by path ``b``'s."""
+    return spread([getattr(r[a], field) / getattr(r[b], field) for r in rounds])
+
+
+def difference(rounds: list[dict[str, PathResult]], a: str, b: str, field: str = "p50_ms") -> dict[str, Any]:
+    """Spread over the rounds of path ``a``'s figure minus path ``b``'s."""
+    return spread([getattr(r[a], field) - getattr(r[b], field) for r in rounds])
+
+
 def paths_table(
     paths: dict[str, dict[str, float]], extra: tuple[str, dict[str, str]] | None = None
 ) -> list[str]:
@@ -279,22 +289,22 @@ class UniqueTexts:
 
 
 def bench_main(
-    prog: str,
+    module: str,
     doc: str | None,
     argv: list[str] | None,
     run: Callable[[argparse.Namespace], Any],
     write_report: Callable[[Any, Path], Any],
-    requests_1: int,
-    requests_16: int,
+    requests: tuple[int, int],
     base_port: int,
     seed: int,
 ) -> int:
-    """The CLI every benchmark shares: rounds, request counts, ports, seed, output dir."""
-    p = argparse.ArgumentParser(prog=prog, description=doc)
+    """The CLI every benchmark shares: rounds, request counts (at 1 and at 16 clients), the first port
+    it binds, seed, output dir; runs the benchmark and writes its report."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
     p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests-1", type=int, default=requests_1, help="requests per path at 1 client")
-    p.add_argument("--requests-16", type=int, default=requests_16, help="requests per path at 16 clients")
+    p.add_argument("--requests-1", type=int, default=requests[0], help="requests per path at 1 client")
+    p.add_argument("--requests-16", type=int, default=requests[1], help="requests per path at 16 clients")
     p.add_argument("--base-port", type=int, default=base_port, help="first of the ports the benchmark binds")
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--out", type=Path, default=Path("results"))

@@ -57,6 +57,23 @@ def _keep_log(path: Path) -> Path:
     return kept
 
 
+def _restart(name: str, process: EmbeddedTriton | GatewayProcess, allowed: bool, detail: str = "") -> bool:
+    """Start a process that died again (its log kept as <log>.1); False when that is not allowed (no
+    restarts, or the budget is spent) or it does not come back."""
+    if not allowed:
+        log.error("%s exited%s; not restarting; log: %s", name, detail, process.log_file)
+        return False
+    kept = _keep_log(process.log_file)
+    log.error("%s exited unexpectedly%s; restarting (log of the dead one: %s)", name, detail, kept)
+    process.stop()
+    try:
+        process.start()
+    except RuntimeError as exc:  # ServerError or ProcessError, with the log tail
+        log.error("%s", exc)
+        return False
+    return True
+
+
 def standby_config(config: ServerConfig, offset: int) -> ServerConfig:
     log_file = config.log_file or config.work_dir / "tritonserver.log"
     return dataclasses.replace(
@@ -199,33 +216,16 @@ def main(argv: list[str] | None = None) -> int:
                     server, standby = standby, server
                 served_digest = digest
             if server.process is not None and server.process.poll() is not None:
-                code = server.process.returncode
-                if not args.restart or not restarts.allow():
-                    log.error("tritonserver exited (code %s); not restarting; log: %s", code, server.log_file)
-                    return 1
                 # The gateway keeps answering (503 + Retry-After) meanwhile; its gRPC channel reconnects.
-                log.error(
-                    "tritonserver exited unexpectedly (code %s); restarting (log of the dead one: %s)",
-                    code,
-                    _keep_log(server.log_file),
-                )
-                server.stop()
-                try:
-                    server.start()
-                except ServerError as exc:
-                    log.error("%s", exc)
+                detail = f" (code {server.process.returncode})"
+                if not _restart("tritonserver", server, args.restart and restarts.allow(), detail):
                     return 1
-            if gateway and not gateway.alive():
-                if not args.restart or not restarts.allow():
-                    log.error("gateway exited; not restarting; log: %s", gateway.log_file)
-                    return 1
-                log.error("gateway exited unexpectedly; restarting (log: %s)", _keep_log(gateway.log_file))
-                gateway.stop()
-                try:
-                    gateway.start()
-                except RuntimeError as exc:
-                    log.error("%s", exc)
-                    return 1
+            if (
+                gateway
+                and not gateway.alive()
+                and not _restart("gateway", gateway, args.restart and restarts.allow())
+            ):
+                return 1
             stop.wait(0.5)
     finally:
         if gateway:

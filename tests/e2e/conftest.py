@@ -44,3 +44,21 @@ def redis_url() -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def redis_settings(triton: EmbeddedTriton, redis_url: str):
+    """Gateway settings on the session's Triton with the result cache and learner store in Redis
+    (emptied first)."""
+    import redis
+
+    from gateway.settings import Settings
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return Settings(
+        triton_url=triton.grpc_url,
+        cache_backend="redis",
+        trajectory_backend="redis",
+        redis_url=redis_url,
+        _env_file=None,
+    )

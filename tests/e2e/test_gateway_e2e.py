@@ -22,16 +22,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-async def gateway_client(triton, repository, redis_url):
-    settings = Settings(
-        triton_url=triton.grpc_url,
-        cache_backend="redis",
-        trajectory_backend="redis",
-        redis_url=redis_url,
-        _env_file=None,
-    )
-    redis.Redis.from_url(redis_url).flushdb()
-    app = create_app(settings)
+async def gateway_client(redis_settings):
+    app = create_app(redis_settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

@@ -6,26 +6,16 @@ import json
 
 import numpy as np
 import pytest
-import redis
 
 from gateway.learning.policy import load_policy
-from gateway.settings import Settings
 from tests.integration.test_stream import recv, serve, ws
 from tests.support.stack import TEXTS, grpc_infer, labels_of
 
 pytestmark = pytest.mark.e2e
 
 
-def test_stream_answers_what_triton_answers_with_the_learner_trajectory(triton, repository, redis_url):
-    redis.Redis.from_url(redis_url).flushdb()
-    settings = Settings(
-        triton_url=triton.grpc_url,
-        cache_backend="redis",
-        trajectory_backend="redis",
-        redis_url=redis_url,
-        _env_file=None,
-    )
-    with serve(settings) as served, ws(served) as conn:
+def test_stream_answers_what_triton_answers_with_the_learner_trajectory(triton, redis_settings):
+    with serve(redis_settings) as served, ws(served) as conn:
         for i, text in enumerate(TEXTS):
             conn.send(json.dumps({"id": i, "text": text, "learner_id": "stream-e2e"}))
         frames = []

@@ -169,48 +169,35 @@ class Fuzzing:
 # Properties
 
 
-def test_grpc_any_rows(request, triton, label_set):
-    """gRPC: any rows -> (rows, 28) probabilities in [0, 1], or INVALID_ARGUMENT naming the first bad row."""
+@pytest.mark.parametrize(
+    ("protocol", "examples", "bad_status"),
+    [("grpc", 100, "StatusCode.INVALID_ARGUMENT"), ("http", 50, "400")],
+)
+def test_any_rows(request, triton, label_set, protocol, examples, bad_status):
+    """Any rows -> (rows, 28) probabilities in [0, 1], or INVALID_ARGUMENT (gRPC) / 400 (HTTP, binary
+    tensor data, so any bytes) naming the first bad row."""
     fuzzing = Fuzzing(request, triton, label_set)
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    if protocol == "grpc":
+        module: Any = grpcclient
+        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        options: dict[str, Any] = {"client_timeout": TIMEOUT_S}
+    else:
+        module = httpclient
+        client = httpclient.InferenceServerClient(
+            triton.http_url.removeprefix("http://"), connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
+        )
+        options = {}
 
-    @fuzz(100)
+    @fuzz(examples)
     @given(rows=requests_rows)
     def prop(rows):
         ok, reason = expected(rows)
         try:
-            result = client.infer(MODEL, [tensor(grpcclient, rows)], client_timeout=TIMEOUT_S)
+            result = client.infer(MODEL, [tensor(module, rows)], **options)
         except InferenceServerException as exc:
             fuzzing.case(f"error {exc.status()}")
             assert not ok, f"good rows failed: {exc.status()} {exc.message()}"
-            assert exc.status() == "StatusCode.INVALID_ARGUMENT", f"{exc.status()}: {exc.message()}"
-            check_failure(str(exc.message()), reason)
-            return
-        fuzzing.case("ok")
-        assert ok, f"bad rows ({reason or f'{len(rows)} rows'}) were accepted"
-        check_success(result.as_numpy("PROBABILITIES"), result.as_numpy("LABELS"), rows, label_set)
-
-    prop()
-    fuzzing.done()
-
-
-def test_http_any_rows(request, triton, label_set):
-    """HTTP (binary tensor data, so any bytes): success as above, or a 400 naming the first bad row."""
-    fuzzing = Fuzzing(request, triton, label_set)
-    client = httpclient.InferenceServerClient(
-        triton.http_url.removeprefix("http://"), connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S
-    )
-
-    @fuzz(50)
-    @given(rows=requests_rows)
-    def prop(rows):
-        ok, reason = expected(rows)
-        try:
-            result = client.infer(MODEL, [tensor(httpclient, rows)])
-        except InferenceServerException as exc:
-            fuzzing.case(f"error {exc.status()}")
-            assert not ok, f"good rows failed: {exc.status()} {exc.message()}"
-            assert exc.status() == "400", f"{exc.status()}: {exc.message()}"
+            assert exc.status() == bad_status, f"{exc.status()}: {exc.message()}"
             check_failure(str(exc.message()), reason)
             return
         fuzzing.case("ok")
