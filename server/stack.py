@@ -34,9 +34,14 @@ EPHEMERAL_START = 32768  # Linux's default ip_local_port_range starts here
 P = TypeVar("P", bound=ManagedProcess)
 
 
-def gateway_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any ``GATEWAY_*`` variable, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(GATEWAY_PREFIX)}
+def gateway_env(
+    settings: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``base`` (default: this process's environment) without any ``GATEWAY_*`` variable, plus
+    ``settings``."""
+    env = {
+        k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(GATEWAY_PREFIX)
+    }
     return {**env, **(settings or {})}
 
 

@@ -1,0 +1,96 @@
+"""The stack harness's parts (server/stack.py, server/probes.py), without Triton: the one readiness
+poll, Prometheus samples, ports, explicit gateway environments, and a real child process's lifetime."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import psutil
+import pytest
+
+from server.gateway_process import ProcessError
+from server.probes import answers, metric, per_label, private_bytes, process_tree, wait_for
+from server.stack import Ports, Stack, gateway_env
+
+
+def test_wait_for_polls_until_the_condition_holds():
+    calls = []
+    assert wait_for(lambda: calls.append(1) or len(calls) >= 3, 10, interval_s=0) is True
+    assert len(calls) == 3
+
+
+def test_wait_for_gives_up_at_the_deadline_and_when_aborted():
+    assert wait_for(lambda: False, 0.05, interval_s=0.01) is False
+    checks = []
+    aborted = wait_for(lambda: checks.append(1) and False, 60, interval_s=0, abort=lambda: len(checks) >= 2)
+    assert aborted is False and len(checks) == 2  # stopped at once, long before the deadline
+
+
+def test_metric_reads_counters_typed_or_not_and_sums_matching_label_sets():
+    text = "\n".join(
+        [
+            "# TYPE nv_inference_count counter",
+            'nv_inference_count{model="classifier",version="1"} 120',
+            'nv_inference_count{model="tokenizer",version="1"} 7',
+            'gateway_audit_dropped_total{reason="queue_full"} 3.0',
+            'gateway_audit_dropped_total{reason="db_error"} 2.0',
+            "gateway_inflight_requests 4.0",
+        ]
+    )
+    assert metric(text, "nv_inference_count", model="classifier", version="1") == 120
+    assert metric(text, "nv_inference_count") == 127
+    assert metric(text, "gateway_audit_dropped_total") == 5
+    assert metric(text, "gateway_audit_dropped_total", reason="db_error") == 2
+    assert metric(text, "gateway_inflight_requests") == 4
+    assert metric(text, "absent") == 0
+    assert per_label(text, ["nv_inference_count"], "model") == {
+        "classifier": {"nv_inference_count": 120},
+        "tokenizer": {"nv_inference_count": 7},
+    }
+
+
+def test_ports_are_consecutive_from_a_base_or_free_ones():
+    ports = Ports(18000)
+    assert [ports.take() for _ in range(4)] == [18000, 18001, 18002, 18003]
+    free = Ports()
+    assert len({free.take() for _ in range(3)}) >= 2  # the kernel's picks
+
+
+def test_a_gateway_gets_exactly_the_settings_it_is_given():
+    base = {"PATH": "/bin", "GATEWAY_CACHE_BACKEND": "redis", "GATEWAY_API_KEY": "from-the-shell"}
+    env = gateway_env({"GATEWAY_CACHE_BACKEND": "memory"}, base=base)
+    assert env == {"PATH": "/bin", "GATEWAY_CACHE_BACKEND": "memory"}
+
+
+def test_the_stack_starts_a_service_on_its_port_and_stops_it_on_close(tmp_path):
+    with Stack(tmp_path) as stack:
+        web = stack.start_service(
+            "web",
+            lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            ready_path="/",
+        )
+        assert answers(f"{web.url}/")
+        pid = web.pid
+        assert pid is not None and process_tree(pid) and private_bytes(pid) > 0
+    assert web.process is None and not psutil.pid_exists(pid)
+
+
+def test_a_service_that_exits_during_start_up_fails_with_its_log(tmp_path):
+    with (
+        Stack(tmp_path) as stack,
+        pytest.raises(ProcessError, match=r"exited with code 3[\s\S]*no model here"),
+    ):
+        stack.start_service("broken", lambda port: [sys.executable, "-c", "print('no model here'); exit(3)"])
+
+
+def test_nothing_here_changes_this_process_environment(tmp_path):
+    before = dict(os.environ)
+    with Stack(tmp_path) as stack:
+        stack.start_service(
+            "web",
+            lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            ready_path="/",
+            env=gateway_env({"GATEWAY_CACHE_BACKEND": "off"}),
+        )
+    assert dict(os.environ) == before
