@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gateway.learning.policy import load_policy
-from tests.integration.test_stream import recv, serve, ws
+from tests.support.gateway import recv, serve, ws
 from tests.support.stack import TEXTS, grpc_infer, labels_of
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from loadtest.run import locust_command
 from server.probes import wait_for
-from tests.integration.test_gateway import FakeTriton
+from tests.support.fake_triton import FakeTriton
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
