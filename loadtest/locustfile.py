@@ -89,18 +89,27 @@ def check_emotions(body: dict[str, Any], expected: int) -> str | None:
     return None
 
 
+GATEWAY = "http://127.0.0.1:8080"
+
+
+def user_options(environment: Environment) -> tuple[PayloadPicker, str, float]:
+    """A user's text picker, API key and learner share, from the command line (or the defaults)."""
+    opts = environment.parsed_options
+    if opts is None:
+        return PayloadPicker(TEXTS, 0.2), "", 0.3
+    return PayloadPicker(TEXTS, opts.repeat_share), opts.api_key, opts.learner_share
+
+
 class GatewayUser(FastHttpUser):
     """A learning platform calling the gateway."""
 
     wait_time = constant(0)
-    host = "http://127.0.0.1:8080"
+    host = GATEWAY
 
     def on_start(self) -> None:
-        opts = self.environment.parsed_options
-        self.picker = PayloadPicker(TEXTS, opts.repeat_share if opts else 0.2)
+        self.picker, api_key, self.learner_share = user_options(self.environment)
         self.hot = PayloadPicker(TEXTS, 1.0, hot_set=10)
-        self.learner_share = opts.learner_share if opts else 0.3
-        self.headers = {"x-api-key": opts.api_key} if opts and opts.api_key else {}
+        self.headers = {"x-api-key": api_key} if api_key else {}
 
     def _post(self, name: str, payload: dict[str, Any], expected: int) -> None:
         if self.picker.rng.random() < self.learner_share:
@@ -136,14 +145,12 @@ class StreamUser(User):
     """A chat or tutoring session: one WebSocket per user, its learner's messages sent one by one."""
 
     wait_time = constant(0)
-    host = "http://127.0.0.1:8080"
+    host = GATEWAY
 
     def on_start(self) -> None:
-        opts = self.environment.parsed_options
-        self.picker = PayloadPicker(TEXTS, opts.repeat_share if opts else 0.2)
+        self.picker, self.api_key, _ = user_options(self.environment)
         self.learner = f"learner-{self.picker.rng.randrange(1_000_000)}"
-        self.api_key = opts.api_key if opts else ""
-        self.url = (self.host or StreamUser.host).replace("http", "ws", 1) + "/v1/emotions/stream"
+        self.url = (self.host or GATEWAY).replace("http", "ws", 1) + "/v1/emotions/stream"
         self.ws: websocket.WebSocket | None = None
         self.sent = 0
 
