@@ -14,9 +14,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from contract.spec import SPEC_FILE, ServingSpec
+from export.packaging.tensorrt import BUILD_SCRIPT, PLAN_FILE
+from export.packaging.variants import VARIANT_FILES
 from export.pipeline import MODEL_REPOSITORY
-from export.tensorrt import BUILD_SCRIPT, PLAN_FILE
-from export.variants import VARIANT_FILES
 from gateway.backends.audit.store import PostgresStore
 from gateway.metrics import Metrics
 from gateway.services import audit_trail_from
@@ -107,9 +107,11 @@ def test_every_file_a_gpu_config_names_is_produced_by_export():
     for rel in ("classifier/config.pbtxt", "classifier/configs/tensorrt.pbtxt"):
         cfg = text_format.Parse((MODEL_REPOSITORY / rel).read_text(), model_config_pb2.ModelConfig())
         assert cfg.default_model_filename in produced, rel
-    embedded = (MODEL_REPOSITORY / "classifier" / "configs" / "embedded.pbtxt").read_text()
-    variant = re.search(r'key: "variant"\s+value: \{ string_value: "([^"]+)" \}', embedded)
-    assert variant and VARIANT_FILES[variant.group(1)] in produced
+    embedded = text_format.Parse(
+        (MODEL_REPOSITORY / "classifier" / "configs" / "embedded.pbtxt").read_text(),
+        model_config_pb2.ModelConfig(),
+    )
+    assert VARIANT_FILES[embedded.parameters["variant"].string_value] in produced
 
 
 def test_gateway_and_redis_services():
