@@ -10,7 +10,7 @@ def build_tiny_model(target: Path, label_names: list[str], seed: int = 0) -> Pat
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from export.train import base_model_path
+    from export.training.train import base_model_path
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model_path())
