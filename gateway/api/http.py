@@ -56,7 +56,7 @@ async def emotions(body: EmotionsRequest, response: Response, services: Services
 @router.get(
     "/v1/learners/{learner_id}/trajectory",
     response_model=TrajectoryResponse,
-    responses=error_responses(401, 429, 500, 503),
+    responses=error_responses(401, 422, 429, 500, 503),
     dependencies=Protected,
     summary="A learner's recent learning states and their trend",
     description="503 (with Retry-After) while the learner store (Redis) is unavailable.",
@@ -163,7 +163,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             "description": "Prometheus text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         },
-        **error_responses(401, 429, 500),
+        **error_responses(401, 429, 500, plain_route=True),
     },
     dependencies=Protected,
     summary="Prometheus metrics",

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contract.names import GOEMOTIONS_LABELS
 from gateway.api.schemas import AuditEntryOut, EmotionResult, ErrorResponse, LearningStateOut, TrendOut
 from gateway.backends.audit.store import AuditEntry
-from gateway.core.pipeline import AnalysedText
+from gateway.core.analysis import AnalysedText
 from gateway.errors import ErrorCode, GatewayError
 from gateway.learning.trajectory import Trend
 
@@ -136,13 +136,16 @@ def install_error_handlers(app: FastAPI) -> None:
 _RETRY_AFTER = {
     "Retry-After": {
         "description": "seconds to wait before retrying",
-        "schema": {"type": "integer", "minimum": 1},
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
     }
 }
-_WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+_WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {"description": "Bearer", "required": True, "schema": {"type": "string"}}
+}
 _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     401: ("missing or wrong API key (when the gateway has keys)", _WWW_AUTHENTICATE),
-    404: ("not found, or the feature is disabled on this gateway (`feature_disabled`)", {}),
+    404: ("the feature is disabled on this gateway (`feature_disabled`)", {}),
     413: ("request body too large", {}),
     422: ("invalid input: the message says what to fix", {}),
     429: ("overloaded or rate limited: retry after the Retry-After seconds", _RETRY_AFTER),
@@ -156,12 +159,20 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for these error statuses: the error body, and the headers each carries."""
+def error_responses(*statuses: int, plain_route: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses: the JSON error body and the headers each carries.
+    ``plain_route``: the route's own answer is not JSON (its errors still are), so the body is declared
+    by reference (the other routes register ``ErrorResponse`` in the components)."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         description, headers = _ERRORS[status]
-        out[status] = {"model": ErrorResponse, "description": description}
+        response: dict[str, Any] = {"description": description}
+        if plain_route:
+            schema = {"$ref": "#/components/schemas/ErrorResponse"}
+            response["content"] = {"application/json": {"schema": schema}}
+        else:
+            response["model"] = ErrorResponse
         if headers:
-            out[status]["headers"] = headers
+            response["headers"] = headers
+        out[status] = response
     return out

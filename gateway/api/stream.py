@@ -36,7 +36,7 @@ from gateway.api.schemas import (
     StreamResultFrame,
     StreamTrajectoryFrame,
 )
-from gateway.core.pipeline import Analysis
+from gateway.core.analysis import Analysis
 from gateway.errors import ErrorCode, GatewayError
 from gateway.services import Services
 

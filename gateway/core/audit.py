@@ -7,14 +7,11 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from gateway.backends.audit.store import AuditRow
+from gateway.backends.audit.writer import AuditTrail
+from gateway.core.analysis import Analysis
 from gateway.metrics import Metrics
-
-if TYPE_CHECKING:
-    from gateway.backends.audit.writer import AuditTrail
-    from gateway.core.pipeline import Analysis
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,13 @@ from gateway.backends.triton import (
     check_predictions,
 )
 from gateway.core import audit
+from gateway.core.analysis import AnalysedText, Analysis
 from gateway.core.singleflight import SingleFlight
 from gateway.core.versions import ServedVersion
 from gateway.errors import ErrorCode, GatewayError
 from gateway.learning.policy import Policy
-from gateway.learning.state import LearnerContext, LearningState, assess
-from gateway.learning.trajectory import TrajectoryPoint, Trend, classify_trend
+from gateway.learning.state import LearnerContext, assess
+from gateway.learning.trajectory import TrajectoryPoint, classify_trend
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -56,24 +57,6 @@ class Limits:
         return cls(
             settings.max_texts, settings.max_text_chars, settings.max_concurrency, settings.retry_after_s
         )
-
-
-@dataclass
-class AnalysedText:
-    prediction: Prediction
-    cached: bool
-    primary_emotion: str  # the most probable of prediction.labels; neutral when there are none
-    confidence: float  # primary_emotion's probability
-    state: LearningState
-
-
-@dataclass
-class Analysis:
-    results: list[AnalysedText]  # one per text, in order
-    inference_seconds: float
-    all_cached: bool
-    model_version: str  # the version every result came from (one per analysis)
-    trend: Trend | None = None  # None without a learner, or while the learner store is unavailable
 
 
 def validate_texts(texts: Sequence[str], limits: Limits) -> list[str]:

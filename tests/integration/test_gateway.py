@@ -80,10 +80,11 @@ async def test_concurrent_identical_misses_call_triton_once(settings, fake):
     fake.hold = asyncio.Event()
     async with running(settings, fake) as (client, app):
         posts = [asyncio.create_task(client.post("/v1/emotions", json={"text": "hot"})) for _ in range(10)]
-        await fake.entered.wait()
         pipeline = services(app).pipeline
-        while pipeline.inflight < 10:  # every request in the pipeline: one at Triton, nine waiting for it
-            await asyncio.sleep(0)
+        async with asyncio.timeout(10):
+            await fake.entered.wait()
+            while pipeline.inflight < 10:  # all in the pipeline: one at Triton, nine waiting for its answer
+                await asyncio.sleep(0)
         fake.hold.set()
         responses = await asyncio.gather(*posts)
     assert all(r.status_code == 200 for r in responses)
@@ -178,7 +179,7 @@ async def test_overload_is_429_with_retry_after(fake):
     fake.hold = asyncio.Event()
     async with gateway(Settings(max_concurrency=1, _env_file=None), fake) as client:
         slow = asyncio.create_task(client.post("/v1/emotions", json={"text": "slow"}))
-        await fake.entered.wait()  # "slow" holds the only slot
+        await asyncio.wait_for(fake.entered.wait(), 10)  # "slow" holds the only slot
         r = await client.post("/v1/emotions", json={"text": "fast"})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         fake.hold.set()

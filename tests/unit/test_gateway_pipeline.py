@@ -34,7 +34,7 @@ class Triton:
     async def infer(self, texts: list[str]) -> list[Prediction]:
         self.calls.append(texts)
         if self.hold is not None:
-            await self.hold.wait()
+            await asyncio.wait_for(self.hold.wait(), 10)  # a broken limit fails the test, never hangs it
         return [Prediction(list(self.probabilities), [], self.version) for _ in texts]
 
     async def ready(self) -> bool:
