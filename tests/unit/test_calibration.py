@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +26,7 @@ from export.training.calibration import (
 )
 from export.training.gates import calibration_gate
 from export.training.metrics import f1_scores, sigmoid, tune_thresholds
-
-POSTPROCESS = Path(__file__).resolve().parents[2] / "model_repository" / "postprocess" / "1" / "model.py"
+from tests.support.python_backend import StubTensor, initialize, install_stub, load_model_module
 
 
 def calibrated_data(n: int = 20_000, labels: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -168,47 +164,18 @@ def test_cross_fitting_scores_each_fold_with_a_fit_from_the_other(monkeypatch):
     assert len(seen) == 2 and sum(seen) == 2_000 and max(seen) < 2_000
 
 
-class _StubTensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self.name, self.array = name, array
-
-    def as_numpy(self) -> np.ndarray:
-        return self.array
-
-
-class _StubResponse:
-    def __init__(self, output_tensors: list[_StubTensor]) -> None:
-        self.outputs = {t.name: t.array for t in output_tensors}
-
-
 @pytest.fixture
 def postprocess(monkeypatch: pytest.MonkeyPatch):
     """Triton's postprocess model.py loaded with a stub ``triton_python_backend_utils``."""
-    stub = types.ModuleType("triton_python_backend_utils")
-    stub.Tensor = _StubTensor  # type: ignore[attr-defined]
-    stub.InferenceResponse = _StubResponse  # type: ignore[attr-defined]
-    stub.TritonModelException = RuntimeError  # type: ignore[attr-defined]
-    stub.get_input_tensor_by_name = lambda request, name: request[name]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
-    spec = importlib.util.spec_from_file_location("postprocess_model", POSTPROCESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    install_stub(monkeypatch)
+    module = load_model_module("postprocess")
 
     def load(version_dir: Path, variant: str = "int8"):
         config = {
             "parameters": {"variant": {"string_value": variant}},
             "output": [{"name": "PROBABILITIES", "dims": [28]}, {"name": "LABELS", "dims": [-1]}],
         }
-        model = module.TritonPythonModel()
-        model.initialize(
-            {
-                "model_config": json.dumps(config),
-                "model_repository": str(version_dir.parent),
-                "model_version": version_dir.name,
-            }
-        )
-        return model
+        return initialize(module, version_dir, config)
 
     return load
 
@@ -240,7 +207,7 @@ def test_postprocess_matches_the_python_probabilities_thresholds_and_version(
     model = postprocess(tmp_path / "1")
     blocks = [rng.normal(0, 4, (n, 28)).astype(np.float32) for n in (1, 5, 2)]
     blocks[1][0, :3] = [1e4, -1e4, 0.0]  # extremes stay finite on both sides
-    responses = model.execute([{"logits": _StubTensor("logits", b)} for b in blocks])
+    responses = model.execute([{"logits": StubTensor("logits", b)} for b in blocks])
     for block, response in zip(blocks, responses, strict=True):
         expected = calibrated_probabilities(block, temperatures).astype(np.float32)
         np.testing.assert_array_equal(response.outputs["PROBABILITIES"], expected)

@@ -4,11 +4,8 @@ checks every model makes at load. (tests/e2e runs them inside a real tritonserve
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-import types
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -18,72 +15,24 @@ import pytest
 
 import contract.text
 from contract.manifest import FileEntry, Manifest, VariantEntry
-from export.packaging.install import MODEL_REPOSITORY
 from export.training.train import base_model_path
+from tests.support.python_backend import (
+    ModelLoadError,
+    StubError,
+    StubTensor,
+    initialize,
+    install_stub,
+    load_model_module,
+)
 
 TOKEN_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 MAX_LENGTH = 128
 
 
-class StubTensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self.name, self.array = name, array
-
-    def as_numpy(self) -> np.ndarray:
-        return self.array
-
-
-class StubError:
-    INVALID_ARG = "INVALID_ARG"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        self.message, self.code = message, code
-
-
-class StubResponse:
-    def __init__(
-        self, output_tensors: list[StubTensor] | None = None, error: StubError | None = None
-    ) -> None:
-        self.outputs = {t.name: t.array for t in output_tensors or []}
-        self.error = error
-
-
-class ModelLoadError(RuntimeError):
-    pass
-
-
 @pytest.fixture
 def load_model(monkeypatch: pytest.MonkeyPatch):
-    stub = types.ModuleType("triton_python_backend_utils")
-    stub.Tensor = StubTensor  # type: ignore[attr-defined]
-    stub.TritonError = StubError  # type: ignore[attr-defined]
-    stub.InferenceResponse = StubResponse  # type: ignore[attr-defined]
-    stub.TritonModelException = ModelLoadError  # type: ignore[attr-defined]
-    stub.get_input_tensor_by_name = lambda request, name: request[name]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
-
-    def load(model: str) -> types.ModuleType:
-        spec = importlib.util.spec_from_file_location(
-            f"{model}_model", MODEL_REPOSITORY / model / "1" / "model.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
-
-
-def initialize(module: types.ModuleType, version_dir: Path, config: dict[str, Any]) -> Any:
-    model = module.TritonPythonModel()
-    model.initialize(
-        {
-            "model_config": json.dumps(config),
-            "model_repository": str(version_dir.parent),
-            "model_version": version_dir.name,
-        }
-    )
-    return model
+    install_stub(monkeypatch)
+    return load_model_module
 
 
 def tokenizer_config(pad_to_multiple_of: int, max_length: int = MAX_LENGTH) -> dict[str, Any]:
