@@ -26,6 +26,18 @@ LOOSE = [
 ]
 
 
+def offline_student_cli(tmp_path, monkeypatch):
+    """`python -m export` on a machine where the hub does not answer: the offline student is chosen
+    and exports go under ``tmp_path``."""
+    import export.__main__ as cli
+    from export.source import ModelChoice
+
+    student = tmp_path / "models" / "student"
+    monkeypatch.setattr(cli, "EXPORTS_DIR", tmp_path / "exports")
+    monkeypatch.setattr(cli, "choose_model", lambda _: ModelChoice(str(student), "student", "offline"))
+    return cli
+
+
 def test_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "export", "--help"], cwd=REPO, capture_output=True, text=True, check=True
@@ -162,12 +174,7 @@ def test_prepare_serves_a_snapshot_first_and_finishes_in_the_background(
     import shutil
     import subprocess
 
-    import export.__main__ as cli
-    from export.source import ModelChoice
-
-    student = tmp_path / "models" / "student"
-    monkeypatch.setattr(cli, "EXPORTS_DIR", tmp_path / "exports")
-    monkeypatch.setattr(cli, "choose_model", lambda _: ModelChoice(str(student), "student", "offline"))
+    cli = offline_student_cli(tmp_path, monkeypatch)
     snapshots = []
 
     def fake_train(output, cfg, data_dir=None, base=None, snapshot=None):
@@ -212,13 +219,9 @@ def test_prepare_serves_a_snapshot_first_and_finishes_in_the_background(
 
 
 def test_a_snapshot_that_fails_its_gates_is_not_served(tmp_path, tiny_data, monkeypatch, caplog):
-    import export.__main__ as cli
-    from export.source import ModelChoice
     from export.training.gates import GateFailed
 
-    student = tmp_path / "models" / "student"
-    monkeypatch.setattr(cli, "EXPORTS_DIR", tmp_path / "exports")
-    monkeypatch.setattr(cli, "choose_model", lambda _: ModelChoice(str(student), "student", "offline"))
+    cli = offline_student_cli(tmp_path, monkeypatch)
     trained = []
 
     def fake_train(output, cfg, data_dir=None, base=None, snapshot=None):
