@@ -104,24 +104,22 @@ def _response_cache(cfg: ModelConfig) -> None:
     cfg.response_cache.enable = True
 
 
-def classifier_gpu(spec: ServingSpec) -> ModelConfig:
-    cfg = _classifier(spec, ragged=False, backend="onnxruntime")
-    cfg.default_model_filename = VARIANT_FILES[spec.gpu_variant]
+def _classifier_on_gpu(spec: ServingSpec, model_file: str, **engine: str) -> ModelConfig:
+    cfg = _classifier(spec, ragged=False, **engine)
+    cfg.default_model_filename = model_file
     _instances(cfg, spec.gpu_instances, mc.ModelInstanceGroup.KIND_GPU)
     _dynamic_batching(cfg, spec, spec.gpu_max_queue_delay_us)
     _classifier_warmup(cfg, spec)
     _response_cache(cfg)
     return cfg
+
+
+def classifier_gpu(spec: ServingSpec) -> ModelConfig:
+    return _classifier_on_gpu(spec, VARIANT_FILES[spec.gpu_variant], backend="onnxruntime")
 
 
 def classifier_tensorrt(spec: ServingSpec) -> ModelConfig:
-    cfg = _classifier(spec, ragged=False, platform="tensorrt_plan")
-    cfg.default_model_filename = PLAN_FILE
-    _instances(cfg, spec.gpu_instances, mc.ModelInstanceGroup.KIND_GPU)
-    _dynamic_batching(cfg, spec, spec.gpu_max_queue_delay_us)
-    _classifier_warmup(cfg, spec)
-    _response_cache(cfg)
-    return cfg
+    return _classifier_on_gpu(spec, PLAN_FILE, platform="tensorrt_plan")
 
 
 def classifier_embedded(spec: ServingSpec) -> ModelConfig:
