@@ -13,7 +13,8 @@ from gateway.errors import ErrorCode
 class LearnerContextIn(BaseModel):
     # No infinities/NaN, and upper bounds: found by fuzzing, 1e999 or a 310-digit count used to reach
     # the policy arithmetic and end in a 500.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict: numbers only, as the schema says (the contract test found "1" and true accepted as numbers).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     time_on_task_seconds: float | None = Field(
         default=None, ge=0, le=7 * 24 * 3600, description="time on the current task (at most a week)"

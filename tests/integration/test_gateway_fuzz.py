@@ -33,13 +33,10 @@ from hypothesis import strategies as st
 from gateway.api.schemas import EmotionsRequest
 from gateway.settings import Settings
 from tests.support.fake_triton import FakeTriton, expected_primary
-from tests.support.fuzz import (  # EMOJI, RTL, chars: still read by tests/e2e/test_triton_fuzz.py
-    EMOJI,  # noqa: F401
+from tests.support.fuzz import (
     JSON_TYPES,
     OTHER_TYPES,
-    RTL,  # noqa: F401
     case_name,
-    chars,  # noqa: F401
     content_types,
     encode,
     fuzz,

@@ -129,6 +129,8 @@ def test_the_document_declares_every_error_body_and_its_headers(contract):
         ({"text": "a", "extra": 1}, False),
         ({"text": "a", "learner_id": "spaces are not allowed"}, False),
         ({"text": "a", "context": {"recent_error_rate": 2}}, False),
+        ({"text": "a", "context": {"time_on_task_seconds": "1"}}, False),  # a number, not a numeric string
+        ({"text": "a", "context": {"consecutive_errors": True}}, False),
     ],
 )
 async def test_the_request_schema_accepts_exactly_what_the_api_accepts(fake, body, accepted):
