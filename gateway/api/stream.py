@@ -146,6 +146,9 @@ class Connection:
                     message = await self.websocket.receive()
             except TimeoutError:
                 if self.busy or not self.queue.empty():
+                    log.debug(
+                        "stream quiet for %g s but owed an answer: kept open", settings.stream_idle_timeout_s
+                    )
                     continue  # idle means nothing sent and nothing owed
                 async with self.send_lock:
                     self.closed = True
