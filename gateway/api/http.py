@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -24,11 +23,8 @@ from gateway.api.schemas import (
     TrajectoryPointOut,
     TrajectoryResponse,
 )
-from gateway.backends.audit.store import Before
-from gateway.backends.trajectory import StoreUnavailable
+from gateway.core.history import read_history
 from gateway.core.readiness import circuit_state, not_ready_reason
-from gateway.errors import ErrorCode, GatewayError
-from gateway.learning.trajectory import classify_trend
 
 router = APIRouter()
 
@@ -62,18 +58,10 @@ async def emotions(body: EmotionsRequest, response: Response, services: Services
     description="503 (with Retry-After) while the learner store (Redis) is unavailable.",
 )
 async def trajectory(learner_id: str, services: ServicesDep) -> TrajectoryResponse:
-    pipeline = services.pipeline
-    try:
-        points = await pipeline.trajectories.history(learner_id)
-    except StoreUnavailable:
-        raise GatewayError(
-            ErrorCode.BACKEND_UNAVAILABLE,
-            "the learner store is unavailable; retry later",
-            {"Retry-After": str(max(1, round(services.settings.backend_retry_s)))},
-        ) from None
+    points, trend = await services.pipeline.trajectory(learner_id)
     return TrajectoryResponse(
         learner_id=learner_id,
-        trend=responses.trend(classify_trend(points, pipeline.policy)),
+        trend=responses.trend(trend),
         points=[TrajectoryPointOut(**p.__dict__) for p in points],
     )
 
@@ -100,30 +88,12 @@ async def history(
         Query(ge=0, le=2**63 - 1, description="with before: the previous page's next_before_id"),
     ] = None,
 ) -> HistoryResponse:
-    trail = services.audit_trail
-    if trail is None:
-        raise GatewayError(
-            ErrorCode.FEATURE_DISABLED,
-            "the audit trail is disabled on this gateway (GATEWAY_AUDIT_BACKEND=off), so no learner "
-            "history is recorded; the operator can enable it with GATEWAY_AUDIT_BACKEND=sqlite or postgres",
-        )
-    if before_id is not None and before is None:
-        raise GatewayError(
-            ErrorCode.INVALID_REQUEST, "before_id needs before: pass both from the previous page"
-        )
-    cursor = None
-    if before is not None:
-        try:
-            cursor = Before(before.astimezone(UTC), before_id)
-        except (OverflowError, ValueError):
-            raise GatewayError(ErrorCode.INVALID_REQUEST, "before: not a representable UTC time") from None
-    entries = await trail.history(learner_id, limit, cursor)
-    last = entries[-1] if len(entries) == limit else None
+    page = await read_history(services.audit_trail, learner_id, limit, before, before_id)
     return HistoryResponse(
         learner_id=learner_id,
-        entries=[responses.audit_entry(e) for e in entries],
-        next_before=last.ts if last else None,
-        next_before_id=last.id if last else None,
+        entries=[responses.audit_entry(e) for e in page.entries],
+        next_before=page.next_before,
+        next_before_id=page.next_before_id,
     )
 
 

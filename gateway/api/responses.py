@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.names import GOEMOTIONS_LABELS
 from gateway.api.schemas import AuditEntryOut, EmotionResult, ErrorResponse, LearningStateOut, TrendOut
-from gateway.backends.audit.store import AuditEntry
 from gateway.core.analysis import AnalysedText
+from gateway.core.history import AuditEntry
 from gateway.errors import ErrorCode, GatewayError
 from gateway.learning.trajectory import Trend
 

@@ -33,6 +33,10 @@ T = TypeVar("T")
 class StoreUnavailable(Exception):
     """The learner store failed, or is resting after failures: answer without the trajectory."""
 
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when it may be asked again
+
 
 class TrajectoryStore(Protocol):
     async def append(self, learner_id: str, point: TrajectoryPoint) -> None: ...
@@ -150,7 +154,7 @@ class GuardedTrajectoryStore:
         try:
             return await self.breaker.call(fn, self._is_fault)
         except self._unavailable as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            raise StoreUnavailable(str(exc), self.breaker.retry_after_s()) from exc
 
     async def append(self, learner_id: str, point: TrajectoryPoint) -> None:
         await self._guarded(lambda: self.inner.append(learner_id, point))

@@ -31,7 +31,7 @@ from gateway.core.versions import ServedVersion
 from gateway.errors import ErrorCode, GatewayError
 from gateway.learning.policy import Policy
 from gateway.learning.state import LearnerContext, assess
-from gateway.learning.trajectory import TrajectoryPoint, classify_trend
+from gateway.learning.trajectory import TrajectoryPoint, Trend, classify_trend
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -162,6 +162,18 @@ class Pipeline:
             latency_s = time.perf_counter() - started
             audit.record(self.audit_trail, self.metrics, analysis, learner_id, texts, latency_s, channel)
         return analysis
+
+    async def trajectory(self, learner_id: str) -> tuple[list[TrajectoryPoint], Trend]:
+        """A learner's stored points and their trend; a 503 while the learner store is unavailable."""
+        try:
+            points = await self.trajectories.history(learner_id)
+        except StoreUnavailable as exc:
+            raise GatewayError(
+                ErrorCode.BACKEND_UNAVAILABLE,
+                "the learner store is unavailable; retry later",
+                {"Retry-After": str(exc.retry_after_s)},
+            ) from None
+        return points, classify_trend(points, self.policy)
 
     # --- the served model version ---------------------------------------------------------------
 
