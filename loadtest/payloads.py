@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from export.data import DATA_DIR, load_split
+from export.training.data import DATA_DIR, load_split
 
 
 def load_texts(data_dir: Path = DATA_DIR, limit: int | None = None, seed: int = 0) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from export.data import DATA_DIR, SPLITS, load_label_names
+from export.training.data import DATA_DIR, SPLITS, load_label_names
 from tests.support.models import build_tiny_model
 
 TINY_LINES = 120
