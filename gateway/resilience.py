@@ -158,3 +158,32 @@ class Breaker:
         self._state = state
         if self._on_change is not None:
             self._on_change(state)
+
+
+class Guarded:
+    """A backend behind its breaker: ``guard(fn)`` runs ``fn`` through the breaker and raises ``CircuitOpen``
+    or the backend's own outage error (one of ``errors``), which the subclass maps to what its callers
+    get (a miss, ``StoreUnavailable``). A fault is logged with ``consequence`` and counted (``on_error``)."""
+
+    consequence = "answering without it"
+
+    def __init__(
+        self,
+        breaker: Breaker,
+        errors: tuple[type[Exception], ...],
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.breaker = breaker
+        self._faults = errors  # the backend's outage errors
+        self.unavailable: tuple[type[Exception], ...] = (CircuitOpen, *errors)
+        self._on_error = on_error or (lambda: None)
+
+    def _is_fault(self, exc: Exception) -> bool:
+        if not isinstance(exc, self._faults):
+            return False
+        log.warning("%s is unavailable (%s); %s", self.breaker.what, type(exc).__name__, self.consequence)
+        self._on_error()
+        return True
+
+    async def guard(self, fn: Callable[[], Awaitable[T]]) -> T:
+        return await self.breaker.call(fn, self._is_fault)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from cachetools import TTLCache
 
 from gateway.backends.triton import Prediction
-from gateway.resilience import Breaker, CircuitOpen
+from gateway.resilience import Breaker, Guarded
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -109,9 +109,11 @@ def redis_errors() -> tuple[type[Exception], ...]:
     return (RedisError, OSError, TimeoutError)
 
 
-class GuardedCache:
+class GuardedCache(Guarded):
     """A cache behind a breaker that degrades to "no cache": while its circuit is open it is not asked
     (requests must not each pay a connect timeout), and a failure is a miss, logged and counted."""
+
+    consequence = "serving without it until its circuit closes"
 
     def __init__(
         self,
@@ -120,34 +122,19 @@ class GuardedCache:
         errors: tuple[type[Exception], ...],
         on_error: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(breaker, errors, on_error)
         self.inner = inner
-        self.breaker = breaker
-        self._faults = errors  # the inner backend's outage errors
-        self._unavailable: tuple[type[Exception], ...] = (CircuitOpen, *errors)
-        self._on_error = on_error or (lambda: None)
-
-    def _is_fault(self, exc: Exception) -> bool:
-        if isinstance(exc, self._faults):
-            log.warning(
-                "%s is unavailable (%s); serving without it for %.0f s",
-                self.breaker.what,
-                type(exc).__name__,
-                self.breaker.cool_down_s,
-            )
-            self._on_error()
-            return True
-        return False
 
     async def get_many(self, keys: list[str]) -> list[Prediction | None]:
         try:
-            return await self.breaker.call(lambda: self.inner.get_many(keys), self._is_fault)
-        except self._unavailable:
+            return await self.guard(lambda: self.inner.get_many(keys))
+        except self.unavailable:
             return [None] * len(keys)
 
     async def set_many(self, items: dict[str, Prediction]) -> None:
         try:
-            await self.breaker.call(lambda: self.inner.set_many(items), self._is_fault)
-        except self._unavailable:
+            await self.guard(lambda: self.inner.set_many(items))
+        except self.unavailable:
             return
 
     async def close(self) -> None:

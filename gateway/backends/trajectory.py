@@ -20,7 +20,7 @@ from cachetools import TTLCache
 
 from gateway.learning.policy import Policy
 from gateway.learning.trajectory import TrajectoryPoint
-from gateway.resilience import Breaker, CircuitOpen
+from gateway.resilience import Breaker, Guarded
 
 if TYPE_CHECKING:  # only the type: the memory store must work without importing redis
     from redis.asyncio import Redis
@@ -124,9 +124,11 @@ class RedisTrajectoryStore:
         return points
 
 
-class GuardedTrajectoryStore:
+class GuardedTrajectoryStore(Guarded):
     """A store behind a breaker: while its circuit is open it is not asked (requests must not each wait
     for a store that is down); a failure is logged and counted. Both raise ``StoreUnavailable``."""
+
+    consequence = "answering without the trajectory"
 
     def __init__(
         self,
@@ -135,25 +137,13 @@ class GuardedTrajectoryStore:
         errors: tuple[type[Exception], ...],
         on_error: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(breaker, errors, on_error)
         self.inner = inner
-        self.breaker = breaker
-        self._faults = errors  # the inner backend's outage errors
-        self._unavailable: tuple[type[Exception], ...] = (CircuitOpen, *errors)
-        self._on_error = on_error or (lambda: None)
-
-    def _is_fault(self, exc: Exception) -> bool:
-        if isinstance(exc, self._faults):
-            log.warning(
-                "learner history store unavailable (%s); answering without the trajectory", type(exc).__name__
-            )
-            self._on_error()
-            return True
-        return False
 
     async def _guarded(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await self.breaker.call(fn, self._is_fault)
-        except self._unavailable as exc:
+            return await self.guard(fn)
+        except self.unavailable as exc:
             raise StoreUnavailable(str(exc), self.breaker.retry_after_s()) from exc
 
     async def append(self, learner_id: str, point: TrajectoryPoint) -> None:
