@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
@@ -141,6 +141,23 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
+def _entry(raw: Sequence[Any], decode: Callable[[dict[str, Any]], None]) -> AuditEntry:
+    values = dict(zip((*COLUMNS, "id"), raw, strict=True))
+    decode(values)
+    return AuditEntry(**values)
+
+
+def _sqlite_values(values: dict[str, Any]) -> None:
+    values["ts"] = datetime.fromisoformat(values["ts"])  # 3.11 reads the trailing Z as UTC
+    values["cached"] = bool(values["cached"])
+    for name in JSON_COLUMNS:
+        values[name] = json.loads(values[name])
+
+
+def _postgres_values(values: dict[str, Any]) -> None:
+    values["ts"] = values["ts"].astimezone(UTC)  # psycopg types the rest already
+
+
 class SqliteStore:
     dialect = "sqlite"
 
@@ -226,15 +243,7 @@ class SqliteStore:
             found = conn.execute(
                 _history_sql("?", before), _history_params(learner_id, limit, before, ts)
             ).fetchall()
-        entries = []
-        for raw in found:
-            values = dict(zip((*COLUMNS, "id"), raw, strict=True))
-            values["ts"] = datetime.fromisoformat(values["ts"])  # 3.11 reads the trailing Z as UTC
-            values["cached"] = bool(values["cached"])
-            for name in JSON_COLUMNS:
-                values[name] = json.loads(values[name])
-            entries.append(AuditEntry(**values))
-        return entries
+        return [_entry(raw, _sqlite_values) for raw in found]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -317,14 +326,9 @@ class PostgresStore:
                 _history_sql("%s", before),
                 _history_params(learner_id, limit, before, before.ts if before else None),
             ).fetchall()
-        entries = []
-        for raw in found:
-            values = dict(zip((*COLUMNS, "id"), raw, strict=True))
-            values["ts"] = values["ts"].astimezone(UTC)
-            entries.append(AuditEntry(**values))
-        return entries
+        return [_entry(raw, _postgres_values) for raw in found]
 
     def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.close()
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
