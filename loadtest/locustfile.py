@@ -29,6 +29,8 @@ import websocket  # noqa: E402  (websocket-client: plain sockets, which gevent p
 from locust import FastHttpUser, LoadTestShape, User, constant, events, tag, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
+from contract.names import GOEMOTIONS_LABELS  # noqa: E402
+from gateway.api.schemas import LearningStateOut  # noqa: E402
 from loadtest.payloads import PayloadPicker, load_texts  # noqa: E402
 from loadtest.shapes import target  # noqa: E402
 from loadtest.slo import evaluate  # noqa: E402
@@ -36,17 +38,9 @@ from loadtest.triton_metrics import MetricsRecorder  # noqa: E402
 
 log = logging.getLogger("loadtest")
 TEXTS = load_texts()
-NUM_LABELS = 28
+NUM_LABELS = len(GOEMOTIONS_LABELS)
 STREAM_NAME = "/v1/emotions/stream [message]"
-LEARNING_STATE_KEYS = {
-    "learning_emotions",
-    "valence",
-    "arousal",
-    "dominance",
-    "readiness",
-    "intervention_level",
-    "reasons",
-}
+LEARNING_STATE_KEYS = set(LearningStateOut.model_fields)
 
 
 @events.init_command_line_parser.add_listener

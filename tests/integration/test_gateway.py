@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from gateway.api.schemas import LearningStateOut
 from gateway.errors import GatewayError
 from gateway.learning.policy import PolicyError
 from gateway.settings import Settings
@@ -39,15 +40,7 @@ async def test_single_text_full_response(client, fake, label_names):
     primary, confidence = expected_primary(label_names, probs, result["labels"])
     assert result["primary_emotion"] == primary and result["confidence"] == confidence
     state = result["learning_state"]
-    assert {
-        "learning_emotions",
-        "valence",
-        "arousal",
-        "dominance",
-        "readiness",
-        "intervention_level",
-        "reasons",
-    } <= set(state)
+    assert set(LearningStateOut.model_fields) <= set(state)
     assert 0 <= state["readiness"]["score"] <= 1
     assert r.headers["x-cache"] == "miss"
     assert float(r.headers["x-inference-time"]) >= 0 and float(r.headers["x-total-time"]) > 0
