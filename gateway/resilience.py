@@ -18,13 +18,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from gateway.errors import ErrorCode, GatewayError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+B = TypeVar("B")  # the guarded backend
 
 
 class State(Enum):
@@ -160,7 +161,7 @@ class Breaker:
             self._on_change(state)
 
 
-class Guarded:
+class Guarded(Generic[B]):
     """A backend behind its breaker: ``guard(fn)`` runs ``fn`` through the breaker and raises ``CircuitOpen``
     or the backend's own outage error (one of ``errors``), which the subclass maps to what its callers
     get (a miss, ``StoreUnavailable``). A fault is logged with ``consequence`` and counted (``on_error``)."""
@@ -169,10 +170,12 @@ class Guarded:
 
     def __init__(
         self,
+        inner: B,
         breaker: Breaker,
         errors: tuple[type[Exception], ...],
         on_error: Callable[[], None] | None = None,
     ) -> None:
+        self.inner = inner
         self.breaker = breaker
         self._faults = errors  # the backend's outage errors
         self.unavailable: tuple[type[Exception], ...] = (CircuitOpen, *errors)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from cachetools import TTLCache
 
 from gateway.backends.triton import Prediction
-from gateway.resilience import Breaker, Guarded
+from gateway.resilience import Guarded
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -109,21 +109,11 @@ def redis_errors() -> tuple[type[Exception], ...]:
     return (RedisError, OSError, TimeoutError)
 
 
-class GuardedCache(Guarded):
+class GuardedCache(Guarded[ResultCache]):
     """A cache behind a breaker that degrades to "no cache": while its circuit is open it is not asked
     (requests must not each pay a connect timeout), and a failure is a miss, logged and counted."""
 
     consequence = "serving without it until its circuit closes"
-
-    def __init__(
-        self,
-        inner: ResultCache,
-        breaker: Breaker,
-        errors: tuple[type[Exception], ...],
-        on_error: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(breaker, errors, on_error)
-        self.inner = inner
 
     async def get_many(self, keys: list[str]) -> list[Prediction | None]:
         try:

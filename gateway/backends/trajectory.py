@@ -20,7 +20,7 @@ from cachetools import TTLCache
 
 from gateway.learning.policy import Policy
 from gateway.learning.trajectory import TrajectoryPoint
-from gateway.resilience import Breaker, Guarded
+from gateway.resilience import Guarded
 
 if TYPE_CHECKING:  # only the type: the memory store must work without importing redis
     from redis.asyncio import Redis
@@ -124,21 +124,11 @@ class RedisTrajectoryStore:
         return points
 
 
-class GuardedTrajectoryStore(Guarded):
+class GuardedTrajectoryStore(Guarded[TrajectoryStore]):
     """A store behind a breaker: while its circuit is open it is not asked (requests must not each wait
     for a store that is down); a failure is logged and counted. Both raise ``StoreUnavailable``."""
 
     consequence = "answering without the trajectory"
-
-    def __init__(
-        self,
-        inner: TrajectoryStore,
-        breaker: Breaker,
-        errors: tuple[type[Exception], ...],
-        on_error: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(breaker, errors, on_error)
-        self.inner = inner
 
     async def _guarded(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -141,6 +141,19 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
+C = TypeVar("C", sqlite3.Connection, "psycopg.Connection[tuple[Any, ...]]")
+
+
+def _migrated(conn: C, migrate: Callable[[C], None]) -> C:
+    """``conn`` once migrated; closed (never kept half set up) when that fails."""
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _entry(raw: Sequence[Any], decode: Callable[[dict[str, Any]], None]) -> AuditEntry:
     values = dict(zip((*COLUMNS, "id"), raw, strict=True))
     decode(values)
@@ -173,13 +186,7 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: no implicit transactions; every write below opens its own.
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")  # readers (an auditor's sqlite3 shell) never block us
-                self._migrate(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = _migrated(conn, self._migrate)
         return self._conn
 
     @staticmethod
@@ -194,6 +201,7 @@ class SqliteStore:
         conn.execute("COMMIT")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")  # readers (an auditor's sqlite3 shell) never block us
         # IMMEDIATE takes the write lock first: a second process waits, then sees the versions applied.
         with self._transaction(conn, "IMMEDIATE"):
             conn.execute(
@@ -276,16 +284,11 @@ class PostgresStore:
                 connect_timeout=PG_CONNECT_TIMEOUT_S,
                 application_name=APPLICATION_NAME,
             )
-            try:
-                conn.execute(f"SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS}")
-                self._migrate(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = _migrated(conn, self._migrate)
         return self._conn
 
     def _migrate(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        conn.execute(f"SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS}")
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PG_MIGRATION_LOCK,))
             conn.execute(
