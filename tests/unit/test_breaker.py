@@ -110,14 +110,20 @@ async def test_wrapper_counts_only_server_faults_and_stops_calling_when_open():
     assert inner.calls == calls and rejected == [1]
 
 
-async def test_wrapper_frees_the_probe_when_the_probe_was_bad_input():
+async def tripped(reset_s: float) -> tuple[Clock, Inner, GuardedInference]:
+    """A wrapped Triton whose circuit (one failure trips it) was just opened by an outage."""
     clock, inner = Clock(), Inner()
     wrapped = GuardedInference(
-        inner, Breaker("the model server", 1, 1.0, clock=clock), on_reject=lambda: None
+        inner, Breaker("the model server", 1, reset_s, clock=clock), on_reject=lambda: None
     )
     inner.error = GatewayError("backend_unavailable", "down")
     with pytest.raises(GatewayError):
         await wrapped.infer(["x"])
+    return clock, inner, wrapped
+
+
+async def test_wrapper_frees_the_probe_when_the_probe_was_bad_input():
+    clock, inner, wrapped = await tripped(reset_s=1.0)
     clock.now = 1.0
     inner.error = GatewayError("invalid_request", "bad")
     with pytest.raises(GatewayError, match="bad"):
@@ -129,13 +135,7 @@ async def test_wrapper_frees_the_probe_when_the_probe_was_bad_input():
 
 
 async def test_ready_is_false_while_open_and_a_ready_triton_closes_it_after_the_cool_down():
-    clock, inner = Clock(), Inner()
-    wrapped = GuardedInference(
-        inner, Breaker("the model server", 1, 5.0, clock=clock), on_reject=lambda: None
-    )
-    inner.error = GatewayError("backend_unavailable", "down")
-    with pytest.raises(GatewayError):
-        await wrapped.infer(["x"])
+    clock, _, wrapped = await tripped(reset_s=5.0)
     assert await wrapped.ready() is False  # Triton may answer health checks, but the circuit is open
     clock.now = 5.0
     assert await wrapped.ready() is True

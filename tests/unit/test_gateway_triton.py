@@ -49,20 +49,13 @@ def replace(name: str, make: Callable[[Outputs], np.ndarray]) -> Callable[[list[
     return lambda texts, out: {**out, name: make(out)}
 
 
-def set_prob(value: float) -> Callable[[list[str], Outputs], Outputs]:
+def set_last(output: str, value: float | bytes) -> Callable[[list[str], Outputs], Outputs]:
+    """The first column of the last row of ``output`` replaced by ``value``."""
+
     def mangle(texts: list[str], out: Outputs) -> Outputs:
-        probs = out[PROBABILITIES].copy()
-        probs[-1, 0] = value
-        return {**out, PROBABILITIES: probs}
-
-    return mangle
-
-
-def set_label(value: bytes) -> Callable[[list[str], Outputs], Outputs]:
-    def mangle(texts: list[str], out: Outputs) -> Outputs:
-        labels = out[LABELS].copy()
-        labels[-1, 0] = value
-        return {**out, LABELS: labels}
+        changed = out[output].copy()
+        changed[-1, 0] = value
+        return {**out, output: changed}
 
     return mangle
 
@@ -75,12 +68,12 @@ def set_label(value: bytes) -> Callable[[list[str], Outputs], Outputs]:
         (drop(MODEL_VERSION), "missing_output", "no MODEL_VERSION output"),
         (replace(PROBABILITIES, lambda o: o[PROBABILITIES][:, :27]), "shape", "expected [2, 28]"),
         (replace(PROBABILITIES, lambda o: o[PROBABILITIES][:1]), "shape", "expected [2, 28]"),
-        (set_prob(float("nan")), "non_finite", "non-finite probabilities"),
-        (set_prob(float("inf")), "non_finite", "non-finite probabilities"),
-        (set_prob(1.5), "out_of_range", "outside [0, 1]"),
-        (set_prob(-0.01), "out_of_range", "outside [0, 1]"),
-        (set_label(b"happiness"), "unknown_label", "unknown label 'happiness'"),
-        (set_label(b"\xff"), "unknown_label", "not UTF-8"),
+        (set_last(PROBABILITIES, float("nan")), "non_finite", "non-finite probabilities"),
+        (set_last(PROBABILITIES, float("inf")), "non_finite", "non-finite probabilities"),
+        (set_last(PROBABILITIES, 1.5), "out_of_range", "outside [0, 1]"),
+        (set_last(PROBABILITIES, -0.01), "out_of_range", "outside [0, 1]"),
+        (set_last(LABELS, b"happiness"), "unknown_label", "unknown label 'happiness'"),
+        (set_last(LABELS, b"\xff"), "unknown_label", "not UTF-8"),
         (replace(LABELS, lambda o: o[LABELS][:1]), "shape", "LABELS has shape"),
         (replace(MODEL_VERSION, lambda o: o[MODEL_VERSION][:1]), "shape", "MODEL_VERSION has shape"),
         (replace(MODEL_VERSION, lambda o: np.array([[b"v"], [b""]], dtype=object)), "missing_version", ""),
