@@ -36,6 +36,7 @@ from tests.support.fake_triton import FakeTriton, expected_primary
 from tests.support.fuzz import (
     JSON_TYPES,
     OTHER_TYPES,
+    FuzzTally,
     case_name,
     content_types,
     encode,
@@ -48,7 +49,6 @@ from tests.support.fuzz import (
     raw_bodies,
     requests_like,
     valid_requests,
-    write_counts,
 )
 from tests.support.gateway import gateway
 
@@ -59,16 +59,14 @@ READINESS = {"ready_to_learn", "engaged_struggle", "needs_support", "disengaged"
 LEVELS = {"none", "preventive", "mild", "moderate", "significant", "critical"}
 TRENDS = {"improving", "stable", "declining", "volatile", "recovering", "insufficient_data"}
 
-CASES: Counter[str] = Counter()
-KNOWN_BUG_CASES: Counter[str] = Counter()
-STATUSES: dict[str, Counter[int]] = {}
-SECONDS: dict[str, float] = {}
+TALLY = FuzzTally()
+CASES, KNOWN_BUG_CASES, STATUSES, SECONDS = TALLY.cases, TALLY.known_bug_cases, TALLY.statuses, TALLY.seconds
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _fuzz_counts() -> Iterator[None]:
     yield
-    write_counts(CASES, KNOWN_BUG_CASES, SECONDS, STATUSES)
+    TALLY.write()
 
 
 # --------------------------------------------------------------------------------------------------

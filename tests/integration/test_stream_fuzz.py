@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.support.fake_triton import FakeTriton
 from tests.support.fuzz import (
+    FuzzTally,
     case_name,
     encode,
     fuzz,
@@ -27,19 +28,17 @@ from tests.support.fuzz import (
     requests_like,
     valid_context,
     valid_text,
-    write_counts,
 )
 from tests.support.gateway import make_settings, recv, serve, ws
 
-CASES: Counter[str] = Counter()
-STATUSES: dict[str, Counter[Any]] = {}
-SECONDS: dict[str, float] = {}
+TALLY = FuzzTally()
+CASES, STATUSES, SECONDS = TALLY.cases, TALLY.statuses, TALLY.seconds
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _fuzz_counts() -> Iterator[None]:
     yield
-    write_counts(CASES, Counter(), SECONDS, STATUSES)
+    TALLY.write()
 
 
 class Valid(str):

@@ -12,6 +12,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,20 @@ MAX_TEXT_CHARS = 5000
 
 # --------------------------------------------------------------------------------------------------
 # Case counts -> build/fuzz_counts.json
+
+
+@dataclass
+class FuzzTally:
+    """One fuzz module's totals: cases run, cases that hit a known upstream bug, answers by status, and
+    seconds per test; ``write`` merges them into the shared counts file."""
+
+    cases: Counter[str] = field(default_factory=Counter)
+    known_bug_cases: Counter[str] = field(default_factory=Counter)
+    statuses: dict[str, Counter[Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def write(self, path: Path | None = None) -> None:
+        write_counts(self.cases, self.known_bug_cases, self.seconds, self.statuses, path or COUNTS_FILE)
 
 
 def write_counts(
