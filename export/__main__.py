@@ -343,22 +343,17 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def cmd_tensorrt(args: argparse.Namespace) -> int:
-    from export.packaging.tensorrt import PLAN_FILE, TensorRTUnavailable, build_plan
+    from export.packaging.tensorrt import PLAN_FILE, PlanBuild, TensorRTUnavailable, build_plan
 
     spec = ServingSpec.read(args.repository / SPEC_FILE)
     version_dir = args.repository / CLASSIFIER / "1"
     onnx_path = args.onnx or version_dir / "model.onnx"
     plan = args.plan or version_dir / PLAN_FILE
     try:
-        cmd = build_plan(
-            onnx_path,
-            plan,
-            spec.input_names,
-            spec.tensorrt,
-            args.workspace_mib,
-            args.timing_cache,
-            dry_run=args.dry_run,
+        build = PlanBuild(
+            onnx_path, plan, spec.input_names, spec.tensorrt, args.workspace_mib, args.timing_cache
         )
+        cmd = build_plan(build, dry_run=args.dry_run)
     except TensorRTUnavailable as exc:
         log.error(
             "cannot build the TensorRT plan here: %s. Run this on a GPU host with TensorRT 10 "

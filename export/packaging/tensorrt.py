@@ -13,6 +13,7 @@ import logging
 import shlex
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -35,26 +36,32 @@ def normalization_layers(onnx_path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in NORMALIZATION_OPS and n.name]
 
 
+@dataclass(frozen=True)
+class PlanBuild:
+    """What one plan is built from and with: the ONNX file, where the plan goes, the input names and
+    their shape profile, the builder's workspace and an optional timing cache."""
+
+    onnx_path: Path
+    plan_path: Path
+    input_names: list[str]
+    profile: TensorRTProfile
+    workspace_mib: int = 4096
+    timing_cache: Path | None = None
+
+
 def trtexec_command(
-    onnx_path: Path,
-    plan_path: Path,
-    input_names: list[str],
-    profile: TensorRTProfile,
-    workspace_mib: int = 4096,
-    timing_cache: Path | None = None,
-    fp32_layers: list[str] | None = None,
-    trtexec: str = "trtexec",
+    build: PlanBuild, fp32_layers: list[str] | None = None, trtexec: str = "trtexec"
 ) -> list[str]:
-    shapes = profile.shapes(input_names)
+    shapes = build.profile.shapes(build.input_names)
     cmd = [
         trtexec,
-        f"--onnx={onnx_path}",
-        f"--saveEngine={plan_path}",
+        f"--onnx={build.onnx_path}",
+        f"--saveEngine={build.plan_path}",
         "--fp16",
         f"--minShapes={shapes['min']}",
         f"--optShapes={shapes['opt']}",
         f"--maxShapes={shapes['max']}",
-        f"--memPoolSize=workspace:{workspace_mib}",
+        f"--memPoolSize=workspace:{build.workspace_mib}",
         "--skipInference",
     ]
     if fp32_layers:
@@ -62,8 +69,8 @@ def trtexec_command(
             "--precisionConstraints=obey",
             "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in fp32_layers),
         ]
-    if timing_cache is not None:
-        cmd.append(f"--timingCacheFile={timing_cache}")
+    if build.timing_cache is not None:
+        cmd.append(f"--timingCacheFile={build.timing_cache}")
     return cmd
 
 
@@ -83,16 +90,8 @@ def build_script(
     on the manifest digest it was built for (``1/model.plan.digest``): a plan of another model is
     rebuilt, never reused.
     """
-    cmd = trtexec_command(
-        Path("ONNX"),
-        Path("PLAN"),
-        input_names,
-        profile,
-        workspace_mib,
-        Path("CACHE"),
-        fp32_layers,
-        trtexec="TRTEXEC",
-    )
+    placeholders = PlanBuild(Path("ONNX"), Path("PLAN"), input_names, profile, workspace_mib, Path("CACHE"))
+    cmd = trtexec_command(placeholders, fp32_layers, trtexec="TRTEXEC")
     args = " \\\n  ".join(shlex.quote(a) for a in cmd[1:])
     args = (
         args.replace("--onnx=ONNX", '--onnx="$here/1/model.onnx"')
@@ -128,13 +127,7 @@ def write_build_script(
     return path
 
 
-def build_with_python_api(
-    onnx_path: Path,
-    plan_path: Path,
-    input_names: list[str],
-    profile: TensorRTProfile,
-    workspace_mib: int = 4096,
-) -> None:
+def build_with_python_api(build: PlanBuild) -> None:
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -144,11 +137,11 @@ def build_with_python_api(
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(build.onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise RuntimeError(f"TensorRT could not parse {build.onnx_path}: {errors}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build.workspace_mib << 20)
     config.set_flag(trt.BuilderFlag.FP16)
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     for i in range(network.num_layers):
@@ -157,7 +150,8 @@ def build_with_python_api(
             layer.precision = trt.float32
             layer.set_output_type(0, trt.float32)
     opt = builder.create_optimization_profile()
-    for name in input_names:
+    profile = build.profile
+    for name in build.input_names:
         opt.set_shape(
             name,
             (profile.min_batch, profile.min_seq),
@@ -168,38 +162,21 @@ def build_with_python_api(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
-    plan_path.write_bytes(bytes(serialized))
+    build.plan_path.write_bytes(bytes(serialized))
 
 
-def build_plan(
-    onnx_path: Path,
-    plan_path: Path,
-    input_names: list[str],
-    profile: TensorRTProfile,
-    workspace_mib: int = 4096,
-    timing_cache: Path | None = None,
-    dry_run: bool = False,
-) -> list[str] | None:
+def build_plan(build: PlanBuild, dry_run: bool = False) -> list[str] | None:
     """Build with ``trtexec`` when on PATH, else the Python API. ``dry_run`` returns the command only."""
     trtexec = shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec"
-    cmd = trtexec_command(
-        onnx_path,
-        plan_path,
-        input_names,
-        profile,
-        workspace_mib,
-        timing_cache,
-        normalization_layers(onnx_path),
-        trtexec=trtexec,
-    )
+    cmd = trtexec_command(build, normalization_layers(build.onnx_path), trtexec=trtexec)
     if dry_run:
         return cmd
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    build.plan_path.parent.mkdir(parents=True, exist_ok=True)
     if Path(trtexec).is_file():
         log.info("building TensorRT plan: %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
     else:
         log.info("trtexec not found; building with the TensorRT Python API")
-        build_with_python_api(onnx_path, plan_path, input_names, profile, workspace_mib)
-    log.info("wrote %s", plan_path)
+        build_with_python_api(build)
+    log.info("wrote %s", build.plan_path)
     return cmd

@@ -7,15 +7,15 @@ from export.packaging import tensorrt
 
 
 def test_trtexec_command_has_profiles_precision_and_cache():
-    cmd = tensorrt.trtexec_command(
+    build = tensorrt.PlanBuild(
         Path("m.onnx"),
         Path("m.plan"),
         ["input_ids", "attention_mask"],
         TensorRTProfile(opt_batch=4, max_batch=16, opt_seq=24, max_seq=64),
         workspace_mib=2048,
         timing_cache=Path("cache.bin"),
-        fp32_layers=["/ln1", "/ln2"],
     )
+    cmd = tensorrt.trtexec_command(build, fp32_layers=["/ln1", "/ln2"])
     assert cmd[:3] == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.plan"]
     assert "--fp16" in cmd
     assert "--minShapes=input_ids:1x1,attention_mask:1x1" in cmd
@@ -28,7 +28,9 @@ def test_trtexec_command_has_profiles_precision_and_cache():
 
 
 def test_no_precision_flags_without_normalization_layers():
-    cmd = tensorrt.trtexec_command(Path("m.onnx"), Path("m.plan"), ["input_ids"], TensorRTProfile())
+    cmd = tensorrt.trtexec_command(
+        tensorrt.PlanBuild(Path("m.onnx"), Path("m.plan"), ["input_ids"], TensorRTProfile())
+    )
     assert not any(
         c.startswith(("--layerPrecisions", "--precisionConstraints", "--timingCache")) for c in cmd
     )
@@ -46,4 +48,6 @@ def test_python_api_missing_raises_unavailable(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(tensorrt.TensorRTUnavailable):
-        tensorrt.build_with_python_api(Path("m.onnx"), Path("m.plan"), ["input_ids"], TensorRTProfile())
+        tensorrt.build_with_python_api(
+            tensorrt.PlanBuild(Path("m.onnx"), Path("m.plan"), ["input_ids"], TensorRTProfile())
+        )
