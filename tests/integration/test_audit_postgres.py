@@ -19,11 +19,22 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
-from gateway.backends.audit.store import Before, PostgresStore, migrations
+from gateway.backends.audit.store import PostgresStore, migrations
 from gateway.backends.audit.writer import AuditTrail
 from gateway.metrics import Metrics
 from tests.support.fake_triton import FakeTriton
-from tests.support.gateway import AUTH, KEY, NOW, FakeClock, analyse, audit_settings, row, running, sample
+from tests.support.gateway import (
+    AUTH,
+    KEY,
+    NOW,
+    FakeClock,
+    analyse,
+    audit_settings,
+    every_page,
+    row,
+    running,
+    sample,
+)
 
 
 @pytest.fixture(scope="session")
@@ -123,14 +134,7 @@ async def test_history_pages_through_ties_without_gaps(trail: AuditTrail):
     trail.submit(
         [row(NOW - timedelta(minutes=m), index=i, request=f"r{m}") for m in (2, 1) for i in range(3)]
     )
-    seen = []
-    before = None
-    while True:
-        page = await trail.history("learner-1", 4, before)
-        seen += [(e.request_id, e.text_index) for e in page]
-        if len(page) < 4:
-            break
-        before = Before(page[-1].ts, page[-1].id)
+    seen = await every_page(trail, "learner-1", 4)
     assert seen == [("r1", 2), ("r1", 1), ("r1", 0), ("r2", 2), ("r2", 1), ("r2", 0)]
 
 

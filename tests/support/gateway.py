@@ -24,7 +24,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from gateway.api.stream import PATH
 from gateway.app import create_app
-from gateway.backends.audit.store import AuditRow
+from gateway.backends.audit.store import AuditRow, Before
+from gateway.backends.audit.writer import AuditTrail
 from gateway.backends.triton import Inference
 from gateway.metrics import Metrics
 from gateway.services import Services
@@ -222,6 +223,18 @@ def row(
         text_hash="ab" * 32,
         text=None,
     )
+
+
+async def every_page(trail: AuditTrail, learner_id: str, page_size: int) -> list[tuple[str, int]]:
+    """(request id, text index) of a learner's whole audit history, read page by page as a client would."""
+    seen: list[tuple[str, int]] = []
+    before = None
+    while True:
+        page = await trail.history(learner_id, page_size, before)
+        seen += [(e.request_id, e.text_index) for e in page]
+        if len(page) < page_size:
+            return seen
+        before = Before(page[-1].ts, page[-1].id)  # page boundaries may fall inside a request
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

@@ -20,7 +20,7 @@ from gateway.backends.audit.writer import AuditTrail
 from gateway.metrics import Metrics
 from gateway.services import audit_trail_from
 from gateway.settings import Settings
-from tests.support.gateway import NOW, FakeClock, row, sample
+from tests.support.gateway import NOW, FakeClock, every_page, row, sample
 
 KEY = b"0123456789abcdef-test-key"
 
@@ -300,14 +300,7 @@ async def test_history_is_one_learners_rows_newest_first_and_pages_without_gaps(
     rows.append(row(NOW, learner_id="someone-else"))
     rows.append(row(NOW, learner_id=None))
     trail.submit(rows)
-    seen = []
-    before = None
-    while True:
-        page = await trail.history("learner-1", 2, before)
-        seen += [(e.request_id, e.text_index) for e in page]
-        if len(page) < 2:
-            break
-        before = Before(page[-1].ts, page[-1].id)  # the page boundaries fall inside requests
+    seen = await every_page(trail, "learner-1", 2)
     assert seen == [(f"r{m}", i) for m in (1, 2, 3) for i in (2, 1, 0)]
     only_older = await trail.history("learner-1", 10, Before(NOW - timedelta(minutes=2)))
     assert {e.request_id for e in only_older} == {"r3"}
