@@ -3,6 +3,7 @@ samples and process memory. Used by the launcher, the stack harness, the benchma
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -32,6 +33,20 @@ def wait_for(
         if (abort is not None and abort()) or time.monotonic() >= deadline:
             return False
         time.sleep(interval_s)
+
+
+async def wait_for_async(
+    condition: Callable[[], bool], timeout_s: float, *, interval_s: float = 0.01
+) -> bool:
+    """``wait_for`` inside an event loop: the loop keeps running the work being waited for."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        if condition():
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(interval_s)
 
 
 def http_status(url: str, timeout_s: float = 1.0) -> int | None:

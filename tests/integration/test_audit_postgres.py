@@ -3,7 +3,6 @@ one fresh database per test): migrations, types, retention, reconnects, and the 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 import threading
@@ -22,6 +21,7 @@ from pydantic import SecretStr
 from gateway.backends.audit.store import PostgresStore, migrations
 from gateway.backends.audit.writer import AuditTrail
 from gateway.metrics import Metrics
+from server.probes import wait_for_async
 from tests.support.fake_triton import FakeTriton
 from tests.support.gateway import (
     AUTH,
@@ -220,7 +220,4 @@ async def test_the_writer_survives_the_database_refusing_connections_and_recover
 
 
 async def wait_for(condition: Any, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+    assert await wait_for_async(condition, timeout), "condition not reached"

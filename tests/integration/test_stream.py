@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import SecretStr
 from gateway.api.stream import QUEUE_FULL
 from gateway.backends.triton import InvalidModelOutput
 from gateway.errors import GatewayError
+from server.probes import wait_for
 from tests.support.fake_triton import WAIT_S, GatedTriton
 from tests.support.gateway import Served, ask, closed_with, make_settings, recv, serve, ws
 
@@ -297,10 +297,8 @@ def test_idle_timeout_waits_for_answers_still_owed(triton, caplog):
     with serve(make_settings(stream_idle_timeout_s=0.2), triton) as served, ws(served) as conn:
         conn.send(json.dumps({"id": "slow", "text": "a slow answer"}))
         assert triton.entered.wait(WAIT_S)
-        deadline = time.monotonic() + WAIT_S
-        while quiet_periods() < 2:  # two idle periods pass while the answer is owed, and it stays open
-            assert time.monotonic() < deadline, "the idle timer never fired"
-            time.sleep(0.01)
+        # two idle periods pass while the answer is owed, and the connection stays open
+        assert wait_for(lambda: quiet_periods() >= 2, WAIT_S, interval_s=0.01), "the idle timer never fired"
         triton.gate.set()
         assert recv(conn)["id"] == "slow"
         assert closed_with(conn) == (1000, "idle timeout")

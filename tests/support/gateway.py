@@ -30,6 +30,7 @@ from gateway.backends.triton import Inference
 from gateway.metrics import Metrics
 from gateway.services import Services
 from gateway.settings import Settings
+from server.probes import wait_for
 from tests.support.processes import free_port
 
 WAIT_S = 10  # upper bound on any wait: a broken server fails the test instead of hanging it
@@ -135,12 +136,7 @@ class Served:
 
     def settled(self, name: str, labels: dict[str, str], value: float) -> bool:
         """Whether the metric reaches `value` (the server's bookkeeping may trail the close frame)."""
-        deadline = time.monotonic() + WAIT_S
-        while self.metric(name, labels) != value:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        return wait_for(lambda: self.metric(name, labels) == value, WAIT_S, interval_s=0.01)
 
     def task_names(self) -> list[str]:
         async def names() -> list[str]:
@@ -158,10 +154,7 @@ def serve(settings: Settings, triton: Inference | None = None) -> Iterator[Serve
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
+    assert wait_for(lambda: server.started, WAIT_S, interval_s=0.02), "uvicorn did not start"
     try:
         yield Served(f"ws://127.0.0.1:{port}{PATH}", f"http://127.0.0.1:{port}", app, loop)
     finally:

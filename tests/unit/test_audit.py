@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -20,6 +19,7 @@ from gateway.backends.audit.writer import AuditTrail
 from gateway.metrics import Metrics
 from gateway.services import audit_trail_from
 from gateway.settings import Settings
+from server.probes import wait_for_async
 from tests.support.gateway import NOW, FakeClock, every_page, row, sample
 
 KEY = b"0123456789abcdef-test-key"
@@ -239,10 +239,10 @@ async def test_the_background_writer_backs_off_and_shutdown_drops_what_it_cannot
     trail = make_trail(path=blocker / "audit.sqlite3", batch_size=1, flush_interval_s=0.01, clock=FakeClock())
     await trail.start()
     trail.submit([row(index=i) for i in range(5)])
-    deadline = asyncio.get_running_loop().time() + 30
-    while sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") < 1:
-        assert asyncio.get_running_loop().time() < deadline, "the writer never tried"
-        await asyncio.sleep(0.01)
+    tried = await wait_for_async(
+        lambda: sample(trail.metrics, "gateway_audit_dropped_total", reason="db_error") >= 1, 30
+    )
+    assert tried, "the writer never tried"
     await trail.stop()
     dropped = {
         reason: sample(trail.metrics, "gateway_audit_dropped_total", reason=reason)
@@ -258,10 +258,8 @@ async def test_the_background_writer_writes_a_full_batch_without_waiting_for_the
     trail = make_trail(batch_size=3, flush_interval_s=3600)
     await trail.start()
     trail.submit([row(index=i) for i in range(3)])
-    deadline = asyncio.get_running_loop().time() + 30
-    while sample(trail.metrics, "gateway_audit_written_total") < 3:
-        assert asyncio.get_running_loop().time() < deadline, "a full batch waited for the interval"
-        await asyncio.sleep(0.01)
+    written = await wait_for_async(lambda: sample(trail.metrics, "gateway_audit_written_total") >= 3, 30)
+    assert written, "a full batch waited for the interval"
     assert count_rows(db) == 3
 
 
