@@ -176,6 +176,23 @@ def test_contract_is_a_packaged_package():
         assert name in packages, f"the gateway imports {name}, which the wheel would not contain"
 
 
+def test_the_wheel_lists_every_package_and_its_data_files():
+    """setuptools builds the wheel from explicit lists: a new subpackage or a moved data folder must be
+    named there, or an installed (non-editable) gateway would miss it."""
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in setup["packages"]
+        if "." not in top
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert set(setup["packages"]) == on_disk
+    for package, patterns in setup["package-data"].items():
+        folder = ROOT.joinpath(*package.split("."))
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"{package}: {pattern} matches no file"
+
+
 def test_no_labels_file_is_wired_into_any_deployment():
     assert len(DEPLOYMENT_FILES) > 3
     for path in DEPLOYMENT_FILES:
