@@ -5,6 +5,11 @@ backend that is down) → (the cool-down later) → half-open: one probe call go
 still refused → the probe succeeds: closed; it fails: open again, for twice the last cool-down (up to
 ``max_reset_s``; equal to ``reset_s`` by default, a constant cool-down).
 
+Every admitted call gets an ``Admission``: the breaker's epoch (bumped on every change of state) and
+whether it is the probe. An outcome reported with an admission from an earlier epoch is stale and
+ignored: a slow call let in while the circuit was closed that fails (or succeeds) while it is half-open
+must not re-open (or close) it in the probe's name; only the probe's own outcome decides.
+
 Triton (``backends.triton.GuardedInference``), the Redis result cache and learner store
 (``backends.cache.GuardedCache``, ``backends.trajectory.GuardedTrajectoryStore``) and the audit writer
 (``backends.audit.writer``) each own one; only what the backend's own failures are decides (its caller
@@ -17,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
 
@@ -37,6 +43,14 @@ class State(Enum):
     def label(self) -> str:
         """``closed``, ``half-open`` or ``open`` (as /readyz reports it)."""
         return self.name.lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One call let through: the breaker's epoch when it was admitted, and whether it is the probe."""
+
+    epoch: int
+    probe: bool = False
 
 
 class CircuitOpen(GatewayError):
@@ -73,6 +87,7 @@ class Breaker:
         self._cool_down_s = reset_s
         self._opened_at = 0.0
         self._probing = False
+        self._epoch = 0  # bumped on every change of state: outcomes of older admissions are stale
 
     @property
     def state(self) -> State:
@@ -94,22 +109,36 @@ class Breaker:
     def retry_after_s(self) -> int:
         return max(1, math.ceil(self._cool_down_s - (self._clock() - self._opened_at)))
 
-    def allow(self) -> bool:
-        """True when a call may go through now (when half-open: this call is the probe)."""
+    def allow(self) -> Admission | None:
+        """An admission when a call may go through now (when half-open: this call is the probe), else
+        None. Report the call's outcome with it (``success``, ``failure``, ``release``)."""
         state = self.state
         if state is State.CLOSED:
-            return True
+            return Admission(self._epoch)
         if state is State.HALF_OPEN and not self._probing:
             self._probing = True  # this call is the probe; the others wait for its verdict
-            return True
-        return False
+            return Admission(self._epoch, probe=True)
+        return None
 
-    def acquire(self) -> None:
+    def acquire(self) -> Admission:
         """Let a call through, or raise the ``CircuitOpen`` (503) an open circuit answers with."""
-        if not self.allow():
+        admission = self.allow()
+        if admission is None:
             raise CircuitOpen(self.what, self.retry_after_s())
+        return admission
 
-    def success(self) -> None:
+    def _stale(self, admission: Admission | None) -> bool:
+        """Whether an outcome belongs to a call admitted before the circuit last changed state (then it
+        decides nothing). Without an admission (a caller that runs one call at a time, such as the audit
+        writer) the outcome is the current one's."""
+        if admission is None or admission.epoch == self._epoch:
+            return False
+        log.debug("an outcome of a call admitted before %s's circuit changed state is ignored", self.what)
+        return True
+
+    def success(self, admission: Admission | None = None) -> None:
+        if self._stale(admission):
+            return
         self._failures = 0
         self._probing = False
         self._cool_down_s = self.reset_s
@@ -117,7 +146,9 @@ class Breaker:
             log.info("circuit closed: %s answers again", self.what)
             self._set(State.CLOSED)
 
-    def failure(self) -> None:
+    def failure(self, admission: Admission | None = None) -> None:
+        if self._stale(admission):
+            return
         self._failures += 1
         was_probe, self._probing = self._probing, False
         if was_probe:
@@ -125,26 +156,29 @@ class Breaker:
         elif self._state is State.CLOSED and self._failures >= self.failure_threshold:
             self._open(self.reset_s)
 
-    def release(self) -> None:
-        """A call that proved nothing (the client's bad input, a cancelled call): free the probe slot."""
+    def release(self, admission: Admission | None = None) -> None:
+        """A call that proved nothing (the client's bad input, a cancelled call): free the probe slot
+        (only the probe's own admission frees it)."""
+        if self._stale(admission) or (admission is not None and not admission.probe):
+            return
         self._probing = False
 
     async def call(self, fn: Callable[[], Awaitable[T]], is_fault: Callable[[Exception], bool]) -> T:
         """``fn()`` through the breaker: refused with ``CircuitOpen`` while open; an exception for which
         ``is_fault`` is true counts as a failure, anything else (or a cancellation) proves nothing."""
-        self.acquire()
+        admission = self.acquire()
         try:
             result = await fn()
         except Exception as exc:
             if is_fault(exc):
-                self.failure()
+                self.failure(admission)
             else:
-                self.release()
+                self.release(admission)
             raise
         except BaseException:
-            self.release()
+            self.release(admission)
             raise
-        self.success()
+        self.success(admission)
         return result
 
     def _open(self, cool_down_s: float) -> None:
@@ -157,6 +191,7 @@ class Breaker:
 
     def _set(self, state: State) -> None:
         self._state = state
+        self._epoch += 1
         if self._on_change is not None:
             self._on_change(state)
 

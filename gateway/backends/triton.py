@@ -292,7 +292,7 @@ class GuardedInference:
 
     async def infer(self, texts: list[str]) -> list[Prediction]:
         try:
-            self.breaker.acquire()
+            admission = self.breaker.acquire()
         except CircuitOpen:
             self._on_reject()
             raise
@@ -300,14 +300,14 @@ class GuardedInference:
             result = await self.inner.infer(texts)
         except Exception as exc:
             if is_server_fault(exc):
-                self.breaker.failure()
+                self.breaker.failure(admission)
             else:
-                self.breaker.release()
+                self.breaker.release(admission)
             raise
         except BaseException:
-            self.breaker.release()  # cancelled by the caller: says nothing about Triton
+            self.breaker.release(admission)  # cancelled by the caller: says nothing about Triton
             raise
-        self.breaker.success()
+        self.breaker.success(admission)
         return result
 
     async def ready(self) -> bool:

@@ -3,6 +3,8 @@ client, the Redis result cache, the learner store (the audit writer's use is in 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.backends.cache import GuardedCache, MemoryCache
@@ -12,6 +14,7 @@ from gateway.errors import GatewayError
 from gateway.learning.policy import load_policy
 from gateway.learning.trajectory import TrajectoryPoint
 from gateway.resilience import Breaker, State
+from server.probes import wait_for_async
 
 
 class Clock:
@@ -256,3 +259,70 @@ async def test_a_failing_learner_store_is_unavailable_then_left_alone_for_the_co
     with pytest.raises(ValueError):
         await store.history("l-1")
     assert store.breaker.state is State.CLOSED  # only the store's outage errors count
+
+
+class Gated:
+    """An Inference whose calls each wait for their own gate, then answer or fail as told."""
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Future[GatewayError | None]] = []
+
+    async def infer(self, texts: list[str]) -> list[Prediction]:
+        gate: asyncio.Future[GatewayError | None] = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        error = await gate
+        if error is not None:
+            raise error
+        return [Prediction([0.5] * 28, [], "v1") for _ in texts]
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("late_outcome", ["failure", "success"])
+async def test_only_the_probe_decides_a_half_open_circuit_not_a_call_admitted_before_it_opened(
+    late_outcome: str,
+):
+    clock, inner = Clock(), Gated()
+    wrapped = GuardedInference(
+        inner, Breaker("the model server", 1, 5.0, clock=clock), on_reject=lambda: None
+    )
+    down = GatewayError("backend_unavailable", "down")
+    stale = asyncio.create_task(wrapped.infer(["slow"]))  # admitted while closed, still running
+    failing = asyncio.create_task(wrapped.infer(["x"]))
+    assert await wait_for_async(lambda: len(inner.gates) == 2, 5)
+    inner.gates[1].set_result(down)
+    with pytest.raises(GatewayError):
+        await failing
+    assert wrapped.breaker.state is State.OPEN
+    clock.now = 5.0
+    probe = asyncio.create_task(wrapped.infer(["probe"]))
+    assert await wait_for_async(lambda: len(inner.gates) == 3, 5)
+    inner.gates[0].set_result(down if late_outcome == "failure" else None)  # the stale call ends
+    if late_outcome == "failure":
+        with pytest.raises(GatewayError):
+            await stale
+    else:
+        await stale
+    assert wrapped.breaker.state is State.HALF_OPEN  # still waiting for the probe's verdict
+    inner.gates[2].set_result(None)
+    await probe
+    assert wrapped.breaker.state is State.CLOSED
+
+
+def test_a_stale_admission_neither_counts_nor_frees_the_probe_slot():
+    clock = Clock()
+    breaker = Breaker("the model server", 2, 5.0, clock=clock)
+    stale = breaker.acquire()
+    breaker.failure(breaker.acquire())
+    breaker.failure(breaker.acquire())
+    assert breaker.state is State.OPEN
+    clock.now = 5.0
+    probe = breaker.acquire()
+    breaker.release(stale)  # e.g. the stale call was cancelled: the probe is still the probe
+    assert breaker.allow() is None
+    breaker.failure(probe)
+    assert breaker.state is State.OPEN and breaker.cool_down_s == 5.0
