@@ -14,6 +14,7 @@ from gateway.backends.cache import MemoryCache, cache_key
 from gateway.backends.triton import Prediction, _translate
 from gateway.core.singleflight import SingleFlight
 from gateway.settings import Settings
+from server.probes import wait_for_async
 from tests.support.gateway import FakeClock
 
 
@@ -84,6 +85,28 @@ async def test_single_flight_propagates_failure_to_waiters_and_forgets_it():
         return {k: Prediction([0.0] * 28, [], "v1") for k in keys}
 
     assert "k" in await flight.run(["k"], ok)  # the failure was not cached
+
+
+async def test_a_cancelled_leader_leaves_its_waiters_to_compute_for_themselves():
+    flight: SingleFlight[Prediction] = SingleFlight()
+    calls: list[list[str]] = []
+
+    async def compute(keys: list[str]) -> dict[str, Prediction]:
+        calls.append(keys)
+        if len(calls) == 1:
+            await asyncio.Event().wait()  # the leader's call hangs until its caller goes away
+        return {k: Prediction([float(len(k))] * 28, [], "v1") for k in keys}
+
+    leader = asyncio.create_task(flight.run(["a", "bb"], compute))
+    waiter = asyncio.create_task(flight.run(["bb"], compute))  # starts right after: waits for "bb"
+    assert await wait_for_async(lambda: len(calls) == 1, 5)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    result = await waiter  # not the leader's CancelledError: the waiter computed "bb" itself
+    assert result["bb"].probabilities[0] == 2.0
+    assert calls == [["a", "bb"], ["bb"]]
+    assert not waiter.cancelled()
 
 
 @pytest.mark.parametrize(
