@@ -46,6 +46,8 @@ PATH = "/v1/emotions/stream"
 POLICY_VIOLATION = 1008  # RFC 6455 close code for a refused client (here: the API key)
 QUEUE_FULL = "queue full: wait for answers before sending more"
 TRACKED_LEARNERS = 1024  # per connection, for trajectory frames; a forgotten learner is re-sent
+INTERNAL_ERROR = 1011  # RFC 6455: the server hit a condition that prevents it from serving the stream
+WORKER_STOPPED = "internal error: the stream worker stopped; reconnect"
 
 
 @dataclass
@@ -106,18 +108,42 @@ class Connection:
         self.trends: LRUCache[str, str] = LRUCache(TRACKED_LEARNERS)
 
     async def run(self) -> str:
-        """Serve until the client leaves or idles out; returns which. Leaves no task behind."""
+        """Serve until the client leaves or idles out; returns which. Leaves no task behind.
+
+        The worker only ends after the receiver has (it puts the end marker). A worker that ends first
+        (a bug raised, or something cancelled it) would leave a connection whose frames queue up with
+        nobody to answer them, and whose idle timeout never fires because the queue is not empty: the
+        connection is closed with 1011 instead (and the run ends as ``error``)."""
+        worker = asyncio.create_task(self._work(), name="stream-worker")
+        receiver = asyncio.create_task(self._receive(), name="stream-receiver")
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._work(), name="stream-worker")
-                receiver = tasks.create_task(self._receive(), name="stream-receiver")
-        except Exception:  # a bug stopped the worker (the group ended the receiver): close, and let it log
-            async with self.send_lock:
-                self.closed = True
-                with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
-                    await self.websocket.close(1011, "internal error")
-            raise
+            await asyncio.wait({worker, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if not worker.done():  # the receiver ended: the worker finishes the message in hand
+                await asyncio.wait({worker})
+        finally:  # also when this connection's own task is cancelled (server shutdown)
+            receiver.cancel()
+            worker.cancel()
+            await asyncio.gather(worker, receiver, return_exceptions=True)
+        for task in (worker, receiver):
+            if task.cancelled() and task is worker:
+                log.error("the stream worker was cancelled; closing the connection with 1011")
+            elif not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "the %s failed; closing the connection with 1011",
+                    task.get_name(),
+                    exc_info=task.exception(),
+                )
+            else:
+                continue
+            await self._close(INTERNAL_ERROR, WORKER_STOPPED)
+            return "error"
         return receiver.result()
+
+    async def _close(self, code: int, reason: str) -> None:
+        async with self.send_lock:
+            self.closed = True
+            with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, RuntimeError):
+                await self.websocket.close(code, reason)
 
     async def send(self, frame: BaseModel) -> None:
         if self.closed:

@@ -4,6 +4,7 @@ trajectory frames, and a clean end when the client leaves mid-message."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -381,6 +382,31 @@ def test_a_bug_that_stops_the_worker_closes_the_connection_with_1011(served, mon
     assert served.settled("gateway_stream_closes_total", {"reason": "error"}, 1)
     assert served.metric("gateway_stream_connections") == 0
     assert any("worker bug" in str(r.exc_info) for r in caplog.records if r.exc_info)
+
+
+def cancel_task(served: Served, name: str) -> None:
+    """Cancel the server's task called ``name`` (as a shutdown or a bug elsewhere could)."""
+
+    async def cancel() -> None:
+        (task,) = [t for t in asyncio.all_tasks() if t.get_name() == name]
+        task.cancel()
+
+    asyncio.run_coroutine_threadsafe(cancel(), served.loop).result(WAIT_S)
+
+
+def test_a_cancelled_worker_closes_the_connection_instead_of_queueing_frames_forever(served, triton):
+    triton.gate.clear()
+    with ws(served) as conn:
+        conn.send(json.dumps({"id": "a", "text": "in hand when the worker is cancelled"}))
+        assert triton.entered.wait(WAIT_S)
+        conn.send(json.dumps({"id": "b", "text": "queued behind it"}))
+        cancel_task(served, "stream-worker")
+        code, reason = closed_with(conn)  # not silence: nobody would ever answer "b"
+    triton.gate.set()
+    assert code == 1011 and "stopped" in reason
+    assert served.settled("gateway_stream_closes_total", {"reason": "error"}, 1)
+    assert served.metric("gateway_stream_connections") == 0
+    assert wait_for(lambda: "stream-receiver" not in served.task_names(), WAIT_S)
 
 
 def test_each_stream_message_is_recorded_in_the_audit_trail(triton, tmp_path):
