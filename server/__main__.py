@@ -7,6 +7,11 @@ Live model swaps: when another model is installed into the repository (``python 
 stops the standby. Each Triton serves one consistent repository snapshot, and every answer carries
 the version of the model that produced it (MODEL_VERSION), so nothing is ever labelled with the
 other model's version.
+
+Triton binds to loopback (``--triton-host`` to expose it) and its model-repository, model-config,
+shared-memory, trace and logging APIs need the admin key: TRITON_ADMIN_KEY from the environment, or a
+random key per start (then nobody can use them). ``--host`` is the gateway's bind address only: clients
+go through the gateway's auth and limits.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,7 +30,7 @@ from pathlib import Path
 
 from contract.manifest import installed_digest
 from contract.spec import SPEC_FILE, ServingSpec
-from server.embedded import EmbeddedTriton, ServerConfig, ServerError
+from server.embedded import ADMIN_KEY_ENV, EmbeddedTriton, ServerConfig, ServerError
 from server.gateway_process import GatewayProcess
 
 log = logging.getLogger("server")
@@ -110,8 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     p.add_argument("--repository", type=Path, default=d.repository, help="Triton model repository")
+    p.add_argument("--host", default="127.0.0.1", help="the gateway's bind address (default loopback)")
     p.add_argument(
-        "--host", default=d.host, help="bind address for HTTP, gRPC and metrics (default loopback)"
+        "--triton-host",
+        default=d.host,
+        help="Triton's bind address for HTTP, gRPC and metrics (default loopback; anything else exposes "
+        f"Triton, its restricted APIs still behind the admin key from {ADMIN_KEY_ENV})",
     )
     p.add_argument("--http-port", type=int, default=d.http_port)
     p.add_argument("--grpc-port", type=int, default=d.grpc_port)
@@ -159,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = ServingSpec.read(args.repository / SPEC_FILE)
     config = ServerConfig(
         repository=args.repository,
-        host=args.host,
+        host=args.triton_host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         ready_timeout_s=args.ready_timeout,
         cache_bytes=spec.response_cache_bytes if args.cache_bytes is None else args.cache_bytes,
         log_file=args.log_file,
+        admin_key=os.environ.get(ADMIN_KEY_ENV) or None,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -184,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             # The standby endpoint answers only during a model swap; the gateway fails over to it.
             endpoints = f"{server.grpc_url},{standby.grpc_url}" if args.swap else server.grpc_url
             gateway = GatewayProcess(
-                args.host, args.gateway_port, endpoints, server.log_file.with_name("gateway.log")
+                args.host,
+                args.gateway_port,
+                endpoints,
+                server.log_file.with_name("gateway.log"),
+                # The gateway only infers: it gets no admin key.
+                env={k: v for k, v in os.environ.items() if k != ADMIN_KEY_ENV},
             )
             try:
                 gateway.start()

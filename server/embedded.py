@@ -2,13 +2,22 @@
 
 No Docker, CPU only; every model runs in the python backend (the classifier runs ONNX Runtime in
 it). Facts and pitfalls behind each step: ../shared/notes/embedded-triton.md.
+
+Locked down as the containers are (docker-compose.yml, deploy/k8s/triton.yaml): the model-repository
+(load/unload), model-config, shared-memory, trace and logging APIs answer only requests that carry the
+admin key (``--http-restricted-api`` / ``--grpc-restricted-protocol``, always on); inference, health and
+metadata stay open to the gateway. The key is ``ServerConfig.admin_key`` (the launcher takes it from
+TRITON_ADMIN_KEY) or, when none is given, a random one per start that nobody else learns. It is never
+logged. Triton binds to loopback unless ``host`` says otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,13 +30,26 @@ from pathlib import Path
 
 import psutil
 
-from server.probes import answers, log_tail, mapped_files, private_bytes, process_tree, wait_for
+from server.probes import (
+    answers,
+    log_tail,
+    loopback_for,
+    mapped_files,
+    private_bytes,
+    process_tree,
+    wait_for,
+)
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
+# The APIs that need the admin key (the same list as docker-compose.yml and deploy/k8s/triton.yaml).
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "trace", "logging")
+ADMIN_HEADER = "admin-key"  # over HTTP; gRPC metadata carries it as GRPC_ADMIN_HEADER
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # Triton prefixes gRPC restriction headers
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
 
 
 class ServerError(RuntimeError):
@@ -50,6 +72,22 @@ class ServerConfig:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     env: Mapping[str, str] = field(default_factory=dict)  # on top of this process's environment
+    # The restricted APIs' key (header ADMIN_HEADER); None: a random one per start. Kept out of repr.
+    admin_key: str | None = field(default=None, repr=False)
+
+    @property
+    def connect_host(self) -> str:
+        """Where a client on this machine reaches the server (loopback when it binds every address)."""
+        return loopback_for(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def site_packages() -> Path:
@@ -92,6 +130,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """tritonserver's environment: this process's, the given variables, and what the stubs need."""
     env = {**os.environ, **(extra or {})}
+    env.pop(ADMIN_KEY_ENV, None)  # the key travels in the restriction flags; the models never need it
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     # LIBDIR first: the stub must load this interpreter's libpython, not whatever the system has.
     libs = [libdir, str(site_packages() / "nvidia_pytriton.libs")]
@@ -104,7 +143,24 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def server_command(config: ServerConfig, backends: Path) -> list[str]:
+def restriction_flags(admin_key: str) -> list[str]:
+    """The flags that put RESTRICTED_APIS behind the admin key, over HTTP and gRPC (2.51 syntax:
+    ``<api>,<api>:<header>=<value>``)."""
+    if not admin_key or any(c in admin_key for c in ":=, \t\n"):
+        raise ServerError("the Triton admin key must be non-empty, without ':', '=', ',' or whitespace")
+    apis = ",".join(RESTRICTED_APIS)
+    return [
+        f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
+        f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}",
+    ]
+
+
+def redacted(cmd: Sequence[str], secret: str) -> str:
+    """A command line for the log, with the secret replaced."""
+    return " ".join(cmd).replace(secret, "***") if secret else " ".join(cmd)
+
+
+def server_command(config: ServerConfig, backends: Path, admin_key: str) -> list[str]:
     server = bundled_server_dir()
     return [
         str(server / "bin" / "tritonserver"),
@@ -124,6 +180,7 @@ def server_command(config: ServerConfig, backends: Path) -> list[str]:
         "--cuda-memory-pool-byte-size=0:0",
         f"--exit-timeout-secs={config.exit_timeout_s}",
         f"--log-verbose={config.log_verbose}",
+        *restriction_flags(admin_key),
         *config.extra_args,
     ]
 
@@ -169,7 +226,7 @@ def remove_stale_shm(only: set[str] | None = None) -> list[str]:
 
 def is_ready(config: ServerConfig, timeout: float = 1.0) -> bool:
     # Connection refused while loading, 400 while models are not ready.
-    return answers(f"http://{config.host}:{config.http_port}/v2/health/ready", timeout_s=timeout)
+    return answers(f"http://{config.connect_host}:{config.http_port}/v2/health/ready", timeout_s=timeout)
 
 
 class EmbeddedTriton:
@@ -181,19 +238,33 @@ class EmbeddedTriton:
         self.log_file = config.log_file or config.work_dir / "tritonserver.log"
         self.startup_seconds: float | None = None
         self._shm_before: set[str] = set()
+        self._admin_key = ""
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The header that opens the restricted APIs of the running server (empty before a start)."""
+        return {ADMIN_HEADER: self._admin_key} if self._admin_key else {}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The same key as gRPC metadata (Triton expects its own prefix there)."""
+        return {GRPC_ADMIN_HEADER: self._admin_key} if self._admin_key else {}
 
     def start(self) -> EmbeddedTriton:
         if is_ready(self.config):
-            raise ServerError(
-                f"something already answers on http://{self.config.host}:{self.config.http_port}; "
-                "stop it or choose other ports"
-            )
+            raise ServerError(f"something already answers on {self.http_url}; stop it or choose other ports")
         remove_stale_shm()
         backends = prepare_backends(self.config)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        cmd = server_command(self.config, backends)
+        self._admin_key = self.config.admin_key or secrets.token_urlsafe(32)
+        cmd = server_command(self.config, backends, self._admin_key)
+        if not is_loopback(self.config.host):
+            log.warning(
+                "tritonserver binds %s: reachable from other machines (restricted APIs need the admin key)",
+                self.config.host,
+            )
         log.info("starting tritonserver (log: %s)", self.log_file)
-        log.debug("command: %s", " ".join(cmd))
+        log.debug("command: %s", redacted(cmd, self._admin_key))
         self._shm_before = shm_regions()
         started = time.monotonic()
         with self.log_file.open("wb") as out:
@@ -240,15 +311,15 @@ class EmbeddedTriton:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.config.http_port}"
+        return f"http://{self.config.connect_host}:{self.config.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.config.host}:{self.config.grpc_port}"
+        return f"{self.config.connect_host}:{self.config.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+        return f"http://{self.config.connect_host}:{self.config.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -311,6 +382,7 @@ class EmbeddedTriton:
         self._cleanup_shm()
         log.info("tritonserver stopped (exit code %s)", code)
         self.process = None
+        self._admin_key = ""
         return code
 
     def _cleanup_shm(self) -> None:

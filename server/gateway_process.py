@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from server.probes import answers, log_tail, wait_for
+from server.probes import answers, log_tail, loopback_for, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class GatewayProcess(ManagedProcess):
         super().__init__(
             "gateway",
             gateway_command(host, port, triton_grpc),
-            f"http://{host}:{port}",
+            f"http://{loopback_for(host)}:{port}",
             log_file,
             env=env,
             ready_timeout_s=ready_timeout_s,

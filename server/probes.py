@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import time
 import urllib.error
@@ -70,6 +71,15 @@ def log_tail(path: Path | None, lines: int = 40) -> str:
     if path is None or not path.is_file():
         return "(no log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def loopback_for(host: str) -> str:
+    """``host``, or 127.0.0.1 when it is a wildcard (0.0.0.0, or :: which takes IPv4 too)."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    return "127.0.0.1" if address.is_unspecified else host
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -205,16 +205,18 @@ class Stack:
         settings: Mapping[str, str] | None = None,
         *,
         ports: LauncherPorts | None = None,
+        extra: Sequence[str] = (),
         wait: bool = True,
         ready_timeout_s: float = 120,
     ) -> ManagedProcess:
         """``python -m server`` (Triton + gateway, restarts, model swaps) on ``ports`` (default: free
-        ones below the ephemeral range), the gateway configured by ``settings``. Its output goes to
+        ones below the ephemeral range), the gateway configured by ``settings`` (TRITON_ADMIN_KEY there
+        keys Triton's restricted APIs) and the launcher by ``extra`` arguments. Its output goes to
         ``work_dir/launcher.log``, Triton's to ``work_dir/triton.log``; ``url`` is the gateway's."""
         ports = ports or launcher_ports()
         launcher = ManagedProcess(
             "launcher",
-            launcher_command(repository, ports, self.work_dir / "triton.log"),
+            launcher_command(repository, ports, self.work_dir / "triton.log", extra),
             f"http://{self.host}:{ports.gateway}",
             self.work_dir / "launcher.log",
             env=gateway_env(settings),
