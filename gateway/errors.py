@@ -11,6 +11,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"  # a valid key without the scope the route needs
     NOT_FOUND = "not_found"
     FEATURE_DISABLED = "feature_disabled"  # the route exists, but its feature is off on this gateway
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -31,6 +32,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.FEATURE_DISABLED: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,

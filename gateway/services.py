@@ -24,6 +24,7 @@ from gateway.backends.trajectory import (
 from gateway.backends.triton import GuardedInference, Inference, TritonClient
 from gateway.core.pipeline import Limits, Pipeline
 from gateway.core.ratelimit import SlidingWindowLimiter
+from gateway.core.tenants import Keyring, keyring_from
 from gateway.errors import GatewayError
 from gateway.learning.policy import Policy, load_policy
 from gateway.metrics import Metrics
@@ -43,7 +44,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     pipeline: Pipeline
-    api_keys: list[str]
+    api_keys: Keyring  # empty: auth is off (gateway/core/tenants.py)
     limiter: SlidingWindowLimiter | None = None
     audit_trail: AuditTrail | None = None  # None when GATEWAY_AUDIT_BACKEND=off
 
@@ -134,6 +135,7 @@ async def open_services(
     on (tests pass a fake one and move it instead of sleeping)."""
     # Fail at start-up, with the file's own error message, rather than on the first request.
     policy = load_policy(settings.policy_file)
+    keyring = keyring_from(settings)
     metrics = Metrics()
     audit_trail = audit_trail_from(settings, metrics, clock)
     async with contextlib.AsyncExitStack() as stack:
@@ -170,7 +172,7 @@ async def open_services(
             if settings.rate_limit_per_minute
             else None
         )
-        services = Services(settings, metrics, pipeline, settings.resolved_api_keys(), limiter, audit_trail)
+        services = Services(settings, metrics, pipeline, keyring, limiter, audit_trail)
         if audit_trail is not None:
             await audit_trail.start()
             stack.push_async_callback(audit_trail.stop)  # writes what is queued, within a bounded time

@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# API keys shorter than this are refused at start-up (an empty or short key is guessable).
+MIN_API_KEY_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -74,7 +76,9 @@ class Settings(BaseSettings):
     # Browser origins allowed by CORS; empty = CORS off (no CORS headers at all).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # API keys: auth is off while both are empty. A key file holds one key per line.
+    # API keys (gateway/core/tenants.py): auth is off while both are empty. The keys file is JSON and
+    # holds each key's tenant, scopes and SHA-256 only (``python -m gateway keys create``). The plain
+    # keys of GATEWAY_API_KEYS (kept for compatibility) are keys of the default tenant with every scope.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
 
@@ -108,15 +112,25 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _long_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # An empty key would let a request without a key in; a short one is guessable.
+        for i, key in enumerate(value):
+            if len(key.get_secret_value().strip()) < MIN_API_KEY_CHARS:
+                raise ValueError(
+                    f"GATEWAY_API_KEYS: key {i + 1} is empty or shorter than {MIN_API_KEY_CHARS} "
+                    "characters; use long random keys (`python -m gateway keys create` makes one)"
+                )
+        return value
+
     def triton_urls(self) -> list[str]:
         """The Triton endpoints, primary first."""
         return list(dict.fromkeys(u.strip() for u in self.triton_url.split(",") if u.strip()))
 
     def resolved_api_keys(self) -> list[str]:
-        keys = [k.get_secret_value() for k in self.api_keys]
-        if self.api_keys_file is not None:
-            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
-        return keys
+        """The plain keys of GATEWAY_API_KEYS (the keys file is read by gateway.core.tenants)."""
+        return [k.get_secret_value() for k in self.api_keys]
 
 
 @lru_cache

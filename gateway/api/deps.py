@@ -1,15 +1,16 @@
-"""What both routers depend on: the app's services, API-key auth, the per-client rate limit."""
+"""What both routers depend on: the app's services, API-key auth (the caller's ``Principal``: tenant,
+key id, scopes), the scope a route needs, the per-client rate limit."""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from gateway.core.ratelimit import retry_after_header
+from gateway.core.tenants import DEV_PRINCIPAL, Principal, Scope
 from gateway.errors import ErrorCode, GatewayError
 from gateway.services import Services
 
@@ -32,23 +33,35 @@ def api_key_from(headers: Mapping[str, str]) -> str:
     return given
 
 
-def check_key(given: str, keys: list[str]) -> None:
-    """Raise the 401 unless ``given`` is one of ``keys``."""
-    # compare_digest against every key: the time taken does not reveal which key (or prefix) matched
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given.encode(), key.encode())
-    if not ok:
+def authenticate(given: str, services: Services) -> Principal:
+    """The caller of key ``given``: the dev principal while auth is off, else the key's tenant and
+    scopes; the 401 for a missing or unknown key."""
+    if not services.api_keys:
+        return DEV_PRINCIPAL
+    principal = services.api_keys.authenticate(given) if given else None
+    if principal is None:
         raise GatewayError(
             ErrorCode.UNAUTHORIZED,
             "missing or invalid API key: send it in the X-API-Key header",
             {"WWW-Authenticate": "Bearer"},
         )
+    return principal
 
 
-def client_key(services: Services, given_key: str, host: str | None) -> str:
-    """Whom the rate limit counts: the API key when auth is on, else the client address."""
-    return f"key:{given_key}" if services.api_keys else f"ip:{host or '-'}"
+def require_scope(principal: Principal, scope: Scope) -> None:
+    """The 403 unless the caller's key carries ``scope``."""
+    if not principal.allows(scope):
+        raise GatewayError(
+            ErrorCode.FORBIDDEN,
+            f"this API key (id {principal.key_id}) lacks the '{scope}' scope this route needs; "
+            "ask the gateway operator for a key with it",
+        )
+
+
+def client_key(principal: Principal, host: str | None) -> str:
+    """Whom the rate limit counts: the key (by its id, never the key) when auth is on, else the client
+    address."""
+    return f"key:{principal.tenant}/{principal.key_id}" if principal.key_id else f"ip:{host or '-'}"
 
 
 def check_rate(services: Services, client: str) -> None:
@@ -66,12 +79,37 @@ def check_rate(services: Services, client: str) -> None:
         )
 
 
-def require_api_key(request: Request, services: ServicesDep) -> None:
-    """Auth (when keys are configured), then the per-client rate limit (when set)."""
-    given = api_key_from(request.headers)
-    if services.api_keys:
-        check_key(given, services.api_keys)
-    check_rate(services, client_key(services, given, request.client.host if request.client else None))
+def caller(scope: Scope) -> Callable[[Request, Services], Principal]:
+    """The dependency of a route that needs ``scope``: auth (401), the scope (403), then the per-client
+    rate limit (429); it returns the caller."""
+
+    def dependency(request: Request, services: ServicesDep) -> Principal:
+        principal = authenticate(api_key_from(request.headers), services)
+        require_scope(principal, scope)
+        check_rate(services, client_key(principal, request.client.host if request.client else None))
+        return principal
+
+    dependency.__name__ = f"caller_{scope.name.lower()}"
+    return dependency
 
 
-Protected = [Depends(require_api_key)]
+Analyst = Annotated[Principal, Depends(caller(Scope.ANALYSE))]
+LearnerReader = Annotated[Principal, Depends(caller(Scope.LEARNERS_READ))]
+LearnerEraser = Annotated[Principal, Depends(caller(Scope.LEARNERS_ERASE))]
+MetricsReader = Annotated[Principal, Depends(caller(Scope.METRICS))]
+
+__all__ = [
+    "Analyst",
+    "LearnerEraser",
+    "LearnerReader",
+    "MetricsReader",
+    "Principal",
+    "Scope",
+    "ServicesDep",
+    "api_key_from",
+    "authenticate",
+    "check_rate",
+    "client_key",
+    "get_services",
+    "require_scope",
+]

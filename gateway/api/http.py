@@ -10,11 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime
 
 from gateway.api import responses
-from gateway.api.deps import Protected, ServicesDep
+from gateway.api.deps import Analyst, LearnerEraser, LearnerReader, MetricsReader, ServicesDep
 from gateway.api.responses import error_responses
 from gateway.api.schemas import (
     EmotionsRequest,
     EmotionsResponse,
+    ErasureCounts,
+    ErasureResponse,
     HealthResponse,
     HistoryResponse,
     LearnerIdPath,
@@ -32,13 +34,17 @@ router = APIRouter()
 @router.post(
     "/v1/emotions",
     response_model=EmotionsResponse,
-    responses=error_responses(401, 413, 422, 429, 500, 502, 503, 504),
-    dependencies=Protected,
+    responses=error_responses(401, 403, 413, 422, 429, 500, 502, 503, 504),
     summary="GoEmotions probabilities, labels and learning state for one text or a batch",
+    description="Needs the `analyse` scope. A `learner_id` is the caller's tenant's learner.",
 )
-async def emotions(body: EmotionsRequest, response: Response, services: ServicesDep) -> EmotionsResponse:
+async def emotions(
+    body: EmotionsRequest, response: Response, services: ServicesDep, caller: Analyst
+) -> EmotionsResponse:
     context = body.context.model_dump() if body.context else None
-    analysis = await services.pipeline.analyse(body.all_texts(), body.learner_id, context, channel="http")
+    analysis = await services.pipeline.analyse(
+        body.all_texts(), body.learner_id, context, channel="http", tenant=caller.tenant
+    )
     response.headers["x-inference-time"] = f"{analysis.inference_seconds * 1000:.3f}"
     response.headers["x-cache"] = "hit" if analysis.all_cached else "miss"
     return EmotionsResponse(
@@ -52,13 +58,16 @@ async def emotions(body: EmotionsRequest, response: Response, services: Services
 @router.get(
     "/v1/learners/{learner_id}/trajectory",
     response_model=TrajectoryResponse,
-    responses=error_responses(401, 422, 429, 500, 503),
-    dependencies=Protected,
+    responses=error_responses(401, 403, 404, 422, 429, 500, 503),
     summary="A learner's recent learning states and their trend",
-    description="503 (with Retry-After) while the learner store (Redis) is unavailable.",
+    description="Needs the `learners:read` scope. 404 (`not_found`) when the caller's tenant has no points "
+    "for this learner (the same answer for another tenant's learner); 503 (with Retry-After) while the "
+    "learner store (Redis) is unavailable.",
 )
-async def trajectory(learner_id: str, services: ServicesDep) -> TrajectoryResponse:
-    points, trend = await services.pipeline.trajectory(learner_id)
+async def trajectory(
+    learner_id: LearnerIdPath, services: ServicesDep, caller: LearnerReader
+) -> TrajectoryResponse:
+    points, trend = await services.pipeline.trajectory(caller.tenant, learner_id)
     return TrajectoryResponse(
         learner_id=learner_id,
         trend=responses.trend(trend),
@@ -69,16 +78,17 @@ async def trajectory(learner_id: str, services: ServicesDep) -> TrajectoryRespon
 @router.get(
     "/v1/learners/{learner_id}/history",
     response_model=HistoryResponse,
-    responses=error_responses(401, 404, 422, 429, 500, 503),
-    dependencies=Protected,
+    responses=error_responses(401, 403, 404, 422, 429, 500, 503),
     summary="A learner's audit trail: each analysed text's labels, learning state and model version",
-    description="Newest first. Page with the response's next_before and next_before_id. 404 "
-    "(`feature_disabled`) when the audit trail is turned off on this gateway; 503 (with Retry-After) when "
-    "its database is unavailable.",
+    description="Needs the `learners:read` scope. Newest first. Page with the response's next_before and "
+    "next_before_id. 404 (`feature_disabled`) when the audit trail is turned off on this gateway; 404 "
+    "(`not_found`) when the caller's tenant has no rows for this learner (the same answer for another "
+    "tenant's learner); 503 (with Retry-After) when its database is unavailable.",
 )
 async def history(
     learner_id: LearnerIdPath,
     services: ServicesDep,
+    caller: LearnerReader,
     limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
     before: Annotated[
         AwareDatetime | None, Query(description="only entries older than this (ISO 8601 with a zone)")
@@ -88,12 +98,32 @@ async def history(
         Query(ge=0, le=2**63 - 1, description="with before: the previous page's next_before_id"),
     ] = None,
 ) -> HistoryResponse:
-    page = await read_history(services.audit_trail, learner_id, limit, before, before_id)
+    page = await read_history(services.audit_trail, caller.tenant, learner_id, limit, before, before_id)
     return HistoryResponse(
         learner_id=learner_id,
         entries=[responses.audit_entry(e) for e in page.entries],
         next_before=page.next_before,
         next_before_id=page.next_before_id,
+    )
+
+
+@router.delete(
+    "/v1/learners/{learner_id}",
+    response_model=ErasureResponse,
+    responses=error_responses(401, 403, 422, 429, 500, 503),
+    summary="Erase a learner: their trajectory and audit rows, under the caller's tenant",
+    description="Needs the `learners:erase` scope. Idempotent: a learner with nothing stored (or another "
+    "tenant's) answers 200 with zero counts. The erasure itself is recorded in the audit trail without "
+    "the learner id (a keyed hash, the counts, the key id). 503 (with Retry-After) while the learner "
+    "store or the audit database is unavailable: retry.",
+)
+async def erase_learner(
+    learner_id: LearnerIdPath, services: ServicesDep, caller: LearnerEraser
+) -> ErasureResponse:
+    erased = await services.pipeline.erase(caller.tenant, learner_id, caller.key_id)
+    return ErasureResponse(
+        learner_id=learner_id,
+        removed=ErasureCounts(trajectory_points=erased.trajectory_points, audit_rows=erased.audit_rows),
     )
 
 
@@ -133,10 +163,10 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             "description": "Prometheus text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         },
-        **error_responses(401, 429, 500, plain_route=True),
+        **error_responses(401, 403, 429, 500, plain_route=True),
     },
-    dependencies=Protected,
     summary="Prometheus metrics",
+    description="Needs the `metrics` scope when the gateway has keys.",
 )
-async def metrics(services: ServicesDep) -> Response:
+async def metrics(services: ServicesDep, _caller: MetricsReader) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -145,7 +145,12 @@ _WWW_AUTHENTICATE = {
 }
 _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     401: ("missing or wrong API key (when the gateway has keys)", _WWW_AUTHENTICATE),
-    404: ("the feature is disabled on this gateway (`feature_disabled`)", {}),
+    403: ("the API key lacks the scope this route needs (`forbidden`)", {}),
+    404: (
+        "nothing recorded for this learner under the caller's tenant (`not_found`), or the feature is "
+        "disabled on this gateway (`feature_disabled`)",
+        {},
+    ),
     413: ("request body too large", {}),
     422: ("invalid input: the message says what to fix", {}),
     429: ("overloaded or rate limited: retry after the Retry-After seconds", _RETRY_AFTER),

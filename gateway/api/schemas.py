@@ -5,9 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from gateway.errors import ErrorCode
+
+# The one learner-id rule, for every route that takes one (the analyse body, the stream frame, the
+# trajectory, history and erase paths). Ids are the platform's own, unique within its tenant only.
+LearnerId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 
 
 class LearnerContextIn(BaseModel):
@@ -61,7 +73,9 @@ class EmotionsRequest(BaseModel):
 
     text: str | None = Field(default=None, description="a single text")
     texts: list[str] | None = Field(default=None, description="a batch of texts")
-    learner_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    learner_id: LearnerId | None = Field(
+        default=None, description="the platform's learner id (1-128 of A-Z a-z 0-9 _ . : @ -)"
+    )
     context: LearnerContextIn | None = None
 
     @model_validator(mode="after")
@@ -143,8 +157,8 @@ class TrajectoryResponse(BaseModel):
 
 # ---- GET /v1/learners/{learner_id}/history (the audit trail) ------------------------------------------
 
-# The path form of EmotionsRequest.learner_id: its own limits and pattern, not a copy of them.
-LearnerIdPath = Annotated[str, *EmotionsRequest.model_fields["learner_id"].metadata]
+# The path form of the learner id: the same rule.
+LearnerIdPath = LearnerId
 
 
 class AuditEntryOut(BaseModel):
@@ -213,6 +227,24 @@ class HistoryResponse(BaseModel):
     next_before_id: int | None
 
 
+class ErasureCounts(BaseModel):
+    trajectory_points: int = Field(description="points removed from the learner store")
+    audit_rows: int = Field(description="rows removed from the audit trail (0 when it is off)")
+
+
+class ErasureResponse(BaseModel):
+    """What ``DELETE /v1/learners/{learner_id}`` removed (zeros when there was nothing: it is idempotent)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"learner_id": "learner-42", "removed": {"trajectory_points": 12, "audit_rows": 57}}]
+        }
+    )
+
+    learner_id: str
+    removed: ErasureCounts
+
+
 class ErrorBody(BaseModel):
     code: ErrorCode = Field(description="what went wrong, one of a fixed set (gateway/errors.py)")
     message: str = Field(description="what to fix, or when to retry")
@@ -269,8 +301,7 @@ class StreamMessage(BaseModel):
     type: Literal["message"] = "message"
     id: MessageId = Field(default=None, description="the client's message id, echoed in its answer")
     text: str = Field(description="the learner's message")
-    # the HTTP request's own field (its limits, pattern and messages), not a copy of it
-    learner_id: str | None = EmotionsRequest.model_fields["learner_id"]  # type: ignore[assignment]
+    learner_id: LearnerId | None = None  # the HTTP request's rule
     context: LearnerContextIn | None = None
 
     @field_validator("id", mode="before")

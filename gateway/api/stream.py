@@ -27,7 +27,16 @@ from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from gateway.api import responses
-from gateway.api.deps import api_key_from, check_key, check_rate, client_key, get_services
+from gateway.api.deps import (
+    Principal,
+    Scope,
+    api_key_from,
+    authenticate,
+    check_rate,
+    client_key,
+    get_services,
+    require_scope,
+)
 from gateway.api.schemas import (
     MessageId,
     ModelInfo,
@@ -97,9 +106,10 @@ def _error_frame(message_id: MessageId, exc: GatewayError) -> StreamErrorFrame:
 class Connection:
     """One authenticated stream: a receiver and a worker sharing a bounded queue."""
 
-    def __init__(self, websocket: WebSocket, services: Services, client: str) -> None:
+    def __init__(self, websocket: WebSocket, services: Services, caller: Principal, client: str) -> None:
         self.websocket = websocket
         self.services = services
+        self.caller = caller  # its tenant owns every learner this connection names
         self.client = client  # the rate limit's key, as HTTP has it
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(services.settings.stream_queue_size)
         self.busy = False
@@ -234,7 +244,12 @@ class Connection:
             message = _validate(job.payload)
             context = message.context.model_dump() if message.context else None
             analysis = await services.pipeline.analyse(
-                [message.text], message.learner_id, context, channel="ws", started=job.received
+                [message.text],
+                message.learner_id,
+                context,
+                channel="ws",
+                started=job.received,
+                tenant=self.caller.tenant,
             )
             frames = self._frames(job.id, message, analysis)
             code = "ok"
@@ -284,22 +299,27 @@ def _validate(payload: dict[str, Any]) -> StreamMessage:
         raise GatewayError(ErrorCode.INVALID_REQUEST, responses.describe(exc.errors())) from None
 
 
-async def _authenticate(websocket: WebSocket, services: Services) -> str | None:
-    """The rate limit's client key once the connection may proceed; None after closing it (1008)."""
-    host = websocket.client.host if websocket.client else None
+async def _authenticate(websocket: WebSocket, services: Services) -> Principal | None:
+    """The caller once the connection may proceed (a key with the ``analyse`` scope); None after
+    closing it (1008)."""
     if not services.api_keys:
-        return client_key(services, "", host)
+        return authenticate("", services)
     given = api_key_from(websocket.headers) or await _first_frame_key(
         websocket, services.settings.stream_auth_timeout_s
     )
     if given is None:
         return None
     try:
-        check_key(given, services.api_keys)
-    except (GatewayError, UnicodeEncodeError):  # a JSON key can hold a lone surrogate, never a valid key
+        caller = authenticate(given, services)
+    except GatewayError:  # an empty key (or a lone surrogate) is never a valid one
         await _refuse(websocket, "invalid API key")
         return None
-    return client_key(services, given, host)
+    try:
+        require_scope(caller, Scope.ANALYSE)
+    except GatewayError:
+        await _refuse(websocket, f"this API key lacks the '{Scope.ANALYSE}' scope")
+        return None
+    return caller
 
 
 async def _first_frame_key(websocket: WebSocket, timeout_s: float) -> str | None:
@@ -348,11 +368,12 @@ async def emotions_stream(websocket: WebSocket) -> None:
         if not _origin_allowed(websocket, services.settings.cors_origins):
             await _refuse(websocket, "origin not allowed")
             return
-        client = await _authenticate(websocket, services)
-        if client is None:
+        caller = await _authenticate(websocket, services)
+        if caller is None:
             return
+        client = client_key(caller, websocket.client.host if websocket.client else None)
         reason = "error"  # unless the run ends normally
-        reason = await Connection(websocket, services, client).run()
+        reason = await Connection(websocket, services, caller, client).run()
     except WebSocketDisconnect:
         reason = "client"  # left while authenticating
     finally:

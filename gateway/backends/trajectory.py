@@ -1,6 +1,8 @@
 """Learner history stores: bounded and expiring, in process (``MemoryTrajectoryStore``) or in Redis
 (``RedisTrajectoryStore``, shared by several gateway workers). Each keeps at most ``max_history`` points
-per learner and forgets a learner ``ttl_seconds`` after their last append. ``GuardedTrajectoryStore``
+per learner and forgets a learner ``ttl_seconds`` after their last append. The learner id a store sees
+is the core's tenant-scoped key ("<tenant>:<learner id>", ``gateway.core.tenants.learner_key``): one
+tenant never reaches another's learner of the same id. ``GuardedTrajectoryStore``
 puts a store behind the breaker: a failure or an open circuit is ``StoreUnavailable``, which costs the
 caller the trend, never the answer.
 """
@@ -43,6 +45,10 @@ class TrajectoryStore(Protocol):
 
     async def history(self, learner_id: str) -> list[TrajectoryPoint]: ...
 
+    async def erase(self, learner_id: str) -> int:
+        """Forget the learner at once; the number of points removed (0 when there were none)."""
+        ...
+
 
 def _check_learner(learner_id: str) -> None:
     if not isinstance(learner_id, str) or not learner_id:
@@ -81,6 +87,12 @@ class MemoryTrajectoryStore:
             points = self._learners.get(learner_id)
             return list(points) if points is not None else []
 
+    async def erase(self, learner_id: str) -> int:
+        _check_learner(learner_id)
+        with self._lock:
+            points = self._learners.pop(learner_id, None)
+            return len(points) if points is not None else 0
+
     def __len__(self) -> int:
         """Learners currently held (expired ones are dropped first)."""
         with self._lock:
@@ -88,13 +100,27 @@ class MemoryTrajectoryStore:
             return len(self._learners)
 
 
-class RedisTrajectoryStore:
-    """History in Redis: one list per learner, trimmed to ``max_history`` and expiring ``ttl_seconds`` after
-    the last append."""
+# Before tenants, a learner's list was "goemotions:trajectory:<learner id>", one namespace for every
+# client. Those lists are never read again (they expire with their TTL); erasing a learner of the default
+# tenant (the only tenant there was) deletes its old list as well.
+LEGACY_PREFIX = "goemotions:trajectory:"
+LEGACY_TENANT = "default:"
 
-    def __init__(self, client: Redis, policy: Policy, prefix: str = "goemotions:trajectory:") -> None:
+
+class RedisTrajectoryStore:
+    """History in Redis: one list per learner ("goemotions:learner:<tenant>:<learner id>"), trimmed to
+    ``max_history`` and expiring ``ttl_seconds`` after the last append."""
+
+    def __init__(
+        self,
+        client: Redis,
+        policy: Policy,
+        prefix: str = "goemotions:learner:",
+        legacy_prefix: str | None = LEGACY_PREFIX,
+    ) -> None:
         self._client = client
         self._prefix = prefix
+        self._legacy_prefix = legacy_prefix
         self._max_history = policy.trajectory.max_history
         self._ttl_seconds = policy.trajectory.ttl_seconds
 
@@ -123,6 +149,17 @@ class RedisTrajectoryStore:
                 log.warning("skipping unreadable trajectory entry in %s: %s", key, exc)
         return points
 
+    async def erase(self, learner_id: str) -> int:
+        keys = [self.key(learner_id)]
+        if self._legacy_prefix is not None and learner_id.startswith(LEGACY_TENANT):
+            keys.append(self._legacy_prefix + learner_id.removeprefix(LEGACY_TENANT))
+        async with self._client.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            pipe.delete(*keys)
+            counts = await pipe.execute()
+        return sum(int(n) for n in counts[:-1])
+
 
 class GuardedTrajectoryStore(Guarded[TrajectoryStore]):
     """A store behind a breaker: while its circuit is open it is not asked (requests must not each wait
@@ -141,3 +178,6 @@ class GuardedTrajectoryStore(Guarded[TrajectoryStore]):
 
     async def history(self, learner_id: str) -> list[TrajectoryPoint]:
         return await self._guarded(lambda: self.inner.history(learner_id))
+
+    async def erase(self, learner_id: str) -> int:
+        return await self._guarded(lambda: self.inner.erase(learner_id))

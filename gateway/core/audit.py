@@ -24,6 +24,7 @@ def record(
     texts: Sequence[str],
     latency_s: float,
     channel: str,
+    tenant: str,
 ) -> None:
     """Queue one audit row per text (``texts[i]`` ↔ ``analysis.results[i]``)."""
     try:
@@ -55,6 +56,7 @@ def record(
                     cached=result.cached,
                     text_hash=text_hash,
                     text=stored_text,
+                    tenant=tenant,
                 )
             )
     except Exception:

@@ -26,7 +26,9 @@ from gateway.backends.triton import (
 )
 from gateway.core import audit
 from gateway.core.analysis import AnalysedText, Analysis
+from gateway.core.history import unknown_learner
 from gateway.core.singleflight import SingleFlight
+from gateway.core.tenants import DEFAULT_TENANT, learner_key
 from gateway.core.versions import ServedVersion
 from gateway.errors import ErrorCode, GatewayError
 from gateway.learning.policy import Policy
@@ -41,6 +43,14 @@ log = logging.getLogger(__name__)
 PROBE_TEXT = "model version probe"
 # A request's texts answered by different model versions are asked again at most this often.
 MAX_VERSION_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What erasing a learner removed."""
+
+    trajectory_points: int
+    audit_rows: int
 
 
 @dataclass(frozen=True)
@@ -140,9 +150,11 @@ class Pipeline:
         *,
         channel: str = "http",
         started: float | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Analysis:
         """Analyse ``texts`` (one request's) under the concurrency limit, and queue their audit rows.
-        ``started`` (perf_counter) is when the request arrived, for the audit's latency."""
+        ``started`` (perf_counter) is when the request arrived, for the audit's latency; the learner is
+        ``tenant``'s (the caller's)."""
         started = time.perf_counter() if started is None else started
         if self.inflight >= self.limits.max_concurrency:
             self.metrics.rejected.inc()
@@ -154,26 +166,43 @@ class Pipeline:
         self.inflight += 1
         self.metrics.inflight.inc()
         try:
-            analysis = await self._analyse(texts, learner_id, learner_context(context))
+            key = learner_key(tenant, learner_id) if learner_id else None
+            analysis = await self._analyse(texts, key, learner_context(context))
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()
         if self.audit_trail is not None:
             latency_s = time.perf_counter() - started
-            audit.record(self.audit_trail, self.metrics, analysis, learner_id, texts, latency_s, channel)
+            audit.record(
+                self.audit_trail, self.metrics, analysis, learner_id, texts, latency_s, channel, tenant
+            )
         return analysis
 
-    async def trajectory(self, learner_id: str) -> tuple[list[TrajectoryPoint], Trend]:
-        """A learner's stored points and their trend; a 503 while the learner store is unavailable."""
+    async def trajectory(self, tenant: str, learner_id: str) -> tuple[list[TrajectoryPoint], Trend]:
+        """A tenant's learner's stored points and their trend; a 404 when there are none (also for
+        another tenant's learner), a 503 while the learner store is unavailable."""
         try:
-            points = await self.trajectories.history(learner_id)
+            points = await self.trajectories.history(learner_key(tenant, learner_id))
         except StoreUnavailable as exc:
-            raise GatewayError(
-                ErrorCode.BACKEND_UNAVAILABLE,
-                "the learner store is unavailable; retry later",
-                {"Retry-After": str(exc.retry_after_s)},
-            ) from None
+            raise _store_unavailable(exc) from None
+        if not points:
+            raise unknown_learner(learner_id)
         return points, classify_trend(points, self.policy)
+
+    async def erase(self, tenant: str, learner_id: str, key_id: str | None) -> Erased:
+        """Remove a tenant's learner from the learner store and the audit trail, and record the erasure
+        (without the learner id). Idempotent: erasing again removes nothing. A 503 while either store is
+        unavailable (retry: what was removed stays removed)."""
+        try:
+            points = await self.trajectories.erase(learner_key(tenant, learner_id))
+        except StoreUnavailable as exc:
+            raise _store_unavailable(exc) from None
+        rows = 0
+        if self.audit_trail is not None:
+            rows = await self.audit_trail.erase(tenant, learner_id, key_id, points)
+        # no learner id in the log: only what an auditor needs
+        log.info("learner erased: tenant %s, key %s, %d points, %d audit rows", tenant, key_id, points, rows)
+        return Erased(points, rows)
 
     # --- the served model version ---------------------------------------------------------------
 
@@ -319,3 +348,11 @@ class Pipeline:
     def _count_invalid(self, exc: GatewayError) -> None:
         if isinstance(exc, InvalidModelOutput):
             self.metrics.invalid_outputs.labels(exc.reason).inc()
+
+
+def _store_unavailable(exc: StoreUnavailable) -> GatewayError:
+    return GatewayError(
+        ErrorCode.BACKEND_UNAVAILABLE,
+        "the learner store is unavailable; retry later",
+        {"Retry-After": str(exc.retry_after_s)},
+    )

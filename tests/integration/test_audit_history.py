@@ -112,10 +112,10 @@ async def test_history_pages_with_limit_and_before(client):
     assert len(older.json()["entries"]) == 8  # the newest request's two rows share its timestamp
 
 
-async def test_an_unknown_learner_has_an_empty_history(client):
+async def test_an_unknown_learner_is_a_404(client):
     r = await client.get("/v1/learners/nobody/history", headers=AUTH)
-    assert r.status_code == 200
-    assert r.json() == {"learner_id": "nobody", "entries": [], "next_before": None, "next_before_id": None}
+    assert r.status_code == 404 and error(r)["code"] == "not_found"
+    assert "nobody" in error(r)["message"]
 
 
 async def test_history_needs_the_api_key(client):

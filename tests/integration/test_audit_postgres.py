@@ -111,7 +111,8 @@ def test_migrations_apply_once_even_when_replicas_start_together(pg_dsn: str):
         )
     )
     assert columns["ts"] == "timestamp with time zone" and columns["labels"] == "jsonb"
-    assert {"audit_log_learner_ts", "audit_log_ts"} <= {
+    assert columns["tenant"] == "text"
+    assert {"audit_log_tenant_learner_ts", "audit_log_ts"} <= {
         n for (n,) in query(pg_dsn, "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_log'")
     }
 
@@ -120,7 +121,7 @@ async def test_rows_round_trip_with_their_types(trail: AuditTrail, pg_dsn: str):
     written = row(NOW)
     trail.submit([written, row(NOW, learner_id=None)])
     assert await trail.flush() == 2
-    [entry] = await trail.history("learner-1", 10, None)
+    [entry] = await trail.history("default", "learner-1", 10, None)
     assert {k: v for k, v in vars(entry).items() if k != "id"} == vars(written)
     assert entry.ts.tzinfo is not None and entry.ts.utcoffset() == timedelta(0)
     [(labels, kind)] = query(

@@ -181,17 +181,27 @@ async def test_overload_is_429_with_retry_after(fake):
 
 
 async def test_api_key_auth(fake):
-    settings = Settings(api_keys="k-one,k-two", _env_file=None)
+    settings = Settings(
+        api_keys="k-one-0123456789abcdef0123456789abcdef,k-two-0123456789abcdef0123456789abcdef",
+        _env_file=None,
+    )
     async with gateway(settings, fake) as client:
         assert (await client.post("/v1/emotions", json={"text": "a"})).status_code == 401
         assert (
             await client.post("/v1/emotions", json={"text": "a"}, headers={"x-api-key": "wrong"})
         ).status_code == 401
         assert (
-            await client.post("/v1/emotions", json={"text": "a"}, headers={"x-api-key": "k-two"})
+            await client.post(
+                "/v1/emotions",
+                json={"text": "a"},
+                headers={"x-api-key": "k-two-0123456789abcdef0123456789abcdef"},
+            )
         ).status_code == 200
-        ok = await client.get("/v1/learners/l1/trajectory", headers={"authorization": "Bearer k-one"})
-        assert ok.status_code == 200
+        ok = await client.get(
+            "/v1/learners/l1/trajectory",
+            headers={"authorization": "Bearer k-one-0123456789abcdef0123456789abcdef"},
+        )
+        assert ok.status_code == 404 and error(ok)["code"] == "not_found"  # let in; nothing recorded for l1
         assert (await client.get("/metrics")).status_code == 401
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
@@ -262,8 +272,7 @@ async def test_metrics_count_requests_cache_and_triton(client):
 
 async def test_learner_trajectory(client):
     empty = await client.get("/v1/learners/learner-1/trajectory")
-    assert empty.status_code == 200
-    assert empty.json()["points"] == [] and empty.json()["trend"]["label"] == "insufficient_data"
+    assert empty.status_code == 404 and error(empty)["code"] == "not_found"  # nothing recorded yet
     for i in range(6):
         r = await client.post(
             "/v1/emotions",
@@ -274,8 +283,8 @@ async def test_learner_trajectory(client):
     assert len(body["points"]) == 6
     assert body["trend"]["points"] == 6
     assert body["trend"]["label"] in {"improving", "stable", "declining", "volatile", "recovering"}
-    other = (await client.get("/v1/learners/learner-2/trajectory")).json()
-    assert other["points"] == []  # histories are per learner
+    other = await client.get("/v1/learners/learner-2/trajectory")
+    assert other.status_code == 404  # histories are per learner
 
 
 async def test_unknown_route_and_method(client):
@@ -301,17 +310,27 @@ async def test_openapi_docs_have_examples(client):
 
 
 async def test_rate_limit_per_key_is_429_with_retry_after(fake):
-    settings = Settings(api_keys="key-a,key-b", rate_limit_per_minute=2, _env_file=None)
+    settings = Settings(
+        api_keys="key-a-0123456789abcdef0123456789abcdef,key-b-0123456789abcdef0123456789abcdef",
+        rate_limit_per_minute=2,
+        _env_file=None,
+    )
     async with gateway(settings, fake) as client:
-        a = {"x-api-key": "key-a"}
+        a = {"x-api-key": "key-a-0123456789abcdef0123456789abcdef"}
         for _ in range(2):
             assert (await client.post("/v1/emotions", json={"text": "hi"}, headers=a)).status_code == 200
         r = await client.post("/v1/emotions", json={"text": "hi"}, headers=a)
         assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
         assert "rate limit of 2 requests per minute" in error(r)["message"]
-        b = await client.post("/v1/emotions", json={"text": "hi"}, headers={"x-api-key": "key-b"})
+        b = await client.post(
+            "/v1/emotions",
+            json={"text": "hi"},
+            headers={"x-api-key": "key-b-0123456789abcdef0123456789abcdef"},
+        )
         assert b.status_code == 200  # another key has its own window
-        metrics = (await client.get("/metrics", headers={"x-api-key": "key-b"})).text
+        metrics = (
+            await client.get("/metrics", headers={"x-api-key": "key-b-0123456789abcdef0123456789abcdef"})
+        ).text
         assert "gateway_rate_limited_total 1.0" in metrics
 
 

@@ -210,7 +210,7 @@ async def test_good_and_bad_requests_answer_as_documented(fake):
 
 
 async def test_auth_and_rate_limit_errors_answer_as_documented(fake):
-    settings = make_settings(api_keys="k-one", rate_limit_per_minute=2)
+    settings = make_settings(api_keys="k-one-0123456789abcdef0123456789abcdef", rate_limit_per_minute=2)
     async with running(settings, fake, FakeClock()) as (client, app):
         contract = Contract(app.openapi())
         for operation, url in ((EMOTIONS, "/v1/emotions"), (TRAJECTORY, "/v1/learners/l/trajectory")):
@@ -220,7 +220,7 @@ async def test_auth_and_rate_limit_errors_answer_as_documented(fake):
             assert r.status_code == 401
         contract.check(METRICS, await client.get("/metrics"))
         contract.check(HISTORY, await client.get("/v1/learners/l/history"))
-        key = {"x-api-key": "k-one"}
+        key = {"x-api-key": "k-one-0123456789abcdef0123456789abcdef"}
         for _ in range(3):
             contract.check(EMOTIONS, await client.post("/v1/emotions", json={"text": "a"}, headers=key))
         contract.check(METRICS, await client.get("/metrics", headers=key))  # 429 on a text/plain route
@@ -308,5 +308,7 @@ async def test_the_audit_history_answers_as_documented(fake, tmp_path: Path):
 def test_settings_are_not_needed_for_the_document():
     """The document describes the API, not one deployment: the same with any settings."""
     plain = create_app(Settings(_env_file=None)).openapi()
-    keyed = create_app(Settings(_env_file=None, api_keys="k", rate_limit_per_minute=5)).openapi()
+    keyed = create_app(
+        Settings(_env_file=None, api_keys="k-0123456789abcdef0123456789abcdef", rate_limit_per_minute=5)
+    ).openapi()
     assert plain == keyed

@@ -157,19 +157,30 @@ def test_backend_errors_are_frames_and_the_next_message_works(served, triton, fa
 
 @pytest.fixture
 def keyed(triton: GatedTriton) -> Iterator[Served]:
-    with serve(make_settings(api_keys="k-one,k-two"), triton) as s:
+    with serve(
+        make_settings(
+            api_keys="k-one-0123456789abcdef0123456789abcdef,k-two-0123456789abcdef0123456789abcdef"
+        ),
+        triton,
+    ) as s:
         yield s
 
 
 @pytest.fixture
 def impatient(triton: GatedTriton) -> Iterator[Served]:
     """Auth on, and a short wait for a first-frame key."""
-    settings = make_settings(api_keys="k-one", stream_auth_timeout_s=0.3)
+    settings = make_settings(api_keys="k-one-0123456789abcdef0123456789abcdef", stream_auth_timeout_s=0.3)
     with serve(settings, triton) as s:
         yield s
 
 
-@pytest.mark.parametrize("headers", [{"x-api-key": "k-one"}, {"authorization": "Bearer k-two"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-api-key": "k-one-0123456789abcdef0123456789abcdef"},
+        {"authorization": "Bearer k-two-0123456789abcdef0123456789abcdef"},
+    ],
+)
 def test_auth_by_handshake_header(keyed, headers):
     with ws(keyed, headers) as conn:
         assert ask(conn, {"text": "hello"})["type"] == "result"
@@ -177,7 +188,7 @@ def test_auth_by_handshake_header(keyed, headers):
 
 def test_auth_by_first_frame_for_browsers(keyed):
     with ws(keyed) as conn:
-        conn.send(json.dumps({"type": "auth", "api_key": "k-two"}))
+        conn.send(json.dumps({"type": "auth", "api_key": "k-two-0123456789abcdef0123456789abcdef"}))
         assert ask(conn, {"id": 1, "text": "hello"})["id"] == 1
 
 
@@ -185,7 +196,11 @@ def test_auth_by_first_frame_for_browsers(keyed):
     ("headers", "first", "reason"),
     [
         ({"x-api-key": "wrong"}, None, "invalid API key"),
-        ({"authorization": "Bearer k-one-and-more"}, None, "invalid API key"),
+        (
+            {"authorization": "Bearer k-one-0123456789abcdef0123456789abcdef-and-more"},
+            None,
+            "invalid API key",
+        ),
         ({}, {"type": "auth", "api_key": "wrong"}, "invalid API key"),
         ({}, {"type": "auth", "api_key": "\ud800"}, "invalid API key"),
         ({}, {"type": "auth", "api_key": 5}, "missing API key"),
@@ -202,7 +217,13 @@ def test_wrong_or_missing_key_closes_with_1008(keyed, headers, first, reason):
     assert keyed.settled("gateway_stream_closes_total", {"reason": "unauthorized"}, 1)
 
 
-@pytest.mark.parametrize("path", ["", "?api_key=k-one&x-api-key=k-one&token=k-one"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "",
+        "?api_key=k-one-0123456789abcdef0123456789abcdef&x-api-key=k-one-0123456789abcdef0123456789abcdef&token=k-one-0123456789abcdef0123456789abcdef",
+    ],
+)
 def test_no_key_in_time_closes_with_1008_and_the_url_query_is_not_read(impatient, path):
     with ws(impatient, path=path) as conn:
         assert closed_with(conn) == (1008, "no API key within 0.3 s")
@@ -210,7 +231,7 @@ def test_no_key_in_time_closes_with_1008_and_the_url_query_is_not_read(impatient
 
 
 def test_an_auth_frame_is_ignored_once_authenticated(keyed):
-    with ws(keyed, {"x-api-key": "k-one"}) as conn:
+    with ws(keyed, {"x-api-key": "k-one-0123456789abcdef0123456789abcdef"}) as conn:
         conn.send(json.dumps({"type": "auth", "api_key": "anything"}))
         assert ask(conn, {"id": "after", "text": "hello"})["id"] == "after"
 
@@ -228,10 +249,11 @@ def test_origin_outside_the_cors_list_is_refused(triton):
 
 
 def test_rate_limit_applies_per_message_and_is_shared_with_http(triton):
-    settings = make_settings(api_keys="k", rate_limit_per_minute=3)
-    with serve(settings, triton) as served, ws(served, {"x-api-key": "k"}) as conn:
+    settings = make_settings(api_keys="k-0123456789abcdef0123456789abcdef", rate_limit_per_minute=3)
+    key = {"x-api-key": "k-0123456789abcdef0123456789abcdef"}
+    with serve(settings, triton) as served, ws(served, key) as conn:
         assert [ask(conn, {"id": i, "text": f"t{i}"})["type"] for i in range(2)] == ["result"] * 2
-        assert post(served, {"text": "http"}, {"x-api-key": "k"}).status_code == 200
+        assert post(served, {"text": "http"}, key).status_code == 200
         error = ask(conn, {"id": "over", "text": "one too many"})
         assert (error["status"], error["code"], error["id"]) == (429, "overloaded", "over")
         assert "rate limit of 3 requests per minute" in error["message"]
@@ -431,11 +453,18 @@ def test_the_stream_client_example_runs(triton):
     import sys
 
     script = Path(__file__).resolve().parents[2] / "clients" / "stream_client.py"
-    settings = make_settings(api_keys="client-key")
+    settings = make_settings(api_keys="client-key-0123456789abcdef0123456789abcdef")
     with serve(settings, triton) as s:
         out = subprocess.run(
             [
-                *(sys.executable, str(script), "--url", s.url, "--api-key", "client-key"),
+                *(
+                    sys.executable,
+                    str(script),
+                    "--url",
+                    s.url,
+                    "--api-key",
+                    "client-key-0123456789abcdef0123456789abcdef",
+                ),
                 *("--learner", "l-cli", "I don't get fractions.", "", "Oh wait, now it clicks!"),
             ],
             capture_output=True,

@@ -37,7 +37,7 @@ WAIT_S = 10  # upper bound on any wait: a broken server fails the test instead o
 
 # The audit trail's HMAC key and a client API key, as the audit tests configure them.
 KEY = "integration-test-audit-key"
-API_KEY = "client-key-1"
+API_KEY = "client-key-1-integration-tests-0123456789"  # at least MIN_API_KEY_CHARS
 AUTH = {"X-API-Key": API_KEY}
 
 
@@ -193,7 +193,11 @@ NOW = datetime(2025, 3, 4, 10, 0, tzinfo=UTC)
 
 
 def row(
-    ts: datetime = NOW, learner_id: str | None = "learner-1", index: int = 0, request: str = "r1"
+    ts: datetime = NOW,
+    learner_id: str | None = "learner-1",
+    index: int = 0,
+    request: str = "r1",
+    tenant: str = "default",
 ) -> AuditRow:
     """A sample audit row."""
     return AuditRow(
@@ -215,15 +219,18 @@ def row(
         cached=False,
         text_hash="ab" * 32,
         text=None,
+        tenant=tenant,
     )
 
 
-async def every_page(trail: AuditTrail, learner_id: str, page_size: int) -> list[tuple[str, int]]:
+async def every_page(
+    trail: AuditTrail, learner_id: str, page_size: int, tenant: str = "default"
+) -> list[tuple[str, int]]:
     """(request id, text index) of a learner's whole audit history, read page by page as a client would."""
     seen: list[tuple[str, int]] = []
     before = None
     while True:
-        page = await trail.history(learner_id, page_size, before)
+        page = await trail.history(tenant, learner_id, page_size, before)
         seen += [(e.request_id, e.text_index) for e in page]
         if len(page) < page_size:
             return seen

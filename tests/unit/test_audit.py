@@ -63,8 +63,9 @@ def test_migrations_apply_once_and_reopening_is_a_no_op(db: Path):
     with sqlite3.connect(db) as conn:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations")]
         indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert versions == [v for v, _ in migrations("sqlite")] == ["0001_init"]
-    assert {"audit_log_learner_ts", "audit_log_ts"} <= indexes
+    assert versions == [v for v, _ in migrations("sqlite")] == ["0001_init", "0002_tenants_erasure"]
+    assert {"audit_log_tenant_learner_ts", "audit_log_ts", "audit_erasures_tenant_ts"} <= indexes
+    assert "audit_log_learner_ts" not in indexes  # replaced by the (tenant, learner) index
     assert count_rows(db) == 3
 
 
@@ -230,7 +231,7 @@ async def test_a_database_outage_drops_the_batch_logs_once_and_recovers(make_tra
     assert await trail.flush() == 1
     assert sample(trail.metrics, "gateway_audit_written_total") == 1
     assert any("back after" in r.getMessage() and "3 audit rows" in r.getMessage() for r in caplog.records)
-    assert [e.text_index for e in await trail.history("learner-1", 10, None)] == [7]
+    assert [e.text_index for e in await trail.history("default", "learner-1", 10, None)] == [7]
 
 
 async def test_the_background_writer_backs_off_and_shutdown_drops_what_it_cannot_write(make_trail, tmp_path):
@@ -280,7 +281,7 @@ async def test_retention_deletes_rows_older_than_the_setting(make_trail, db: Pat
     trail.submit([row(NOW - timedelta(days=d), index=d) for d in (0, 29, 31, 400)])
     await trail.flush()
     assert await trail.apply_retention(now=NOW) == 2
-    assert sorted(e.text_index for e in await trail.history("learner-1", 10, None)) == [0, 29]
+    assert sorted(e.text_index for e in await trail.history("default", "learner-1", 10, None)) == [0, 29]
     assert sample(trail.metrics, "gateway_audit_deleted_total") == 2
 
 
@@ -300,7 +301,7 @@ async def test_history_is_one_learners_rows_newest_first_and_pages_without_gaps(
     trail.submit(rows)
     seen = await every_page(trail, "learner-1", 2)
     assert seen == [(f"r{m}", i) for m in (1, 2, 3) for i in (2, 1, 0)]
-    only_older = await trail.history("learner-1", 10, Before(NOW - timedelta(minutes=2)))
+    only_older = await trail.history("default", "learner-1", 10, Before(NOW - timedelta(minutes=2)))
     assert {e.request_id for e in only_older} == {"r3"}
 
 
@@ -308,6 +309,6 @@ async def test_history_reads_back_every_field(make_trail):
     trail = make_trail()
     written = row(NOW)
     trail.submit([written])
-    [entry] = await trail.history("learner-1", 5, None)
+    [entry] = await trail.history("default", "learner-1", 5, None)
     assert entry.ts == NOW and entry.ts.tzinfo is not None
     assert {k: v for k, v in vars(entry).items() if k != "id"} == vars(written)

@@ -132,17 +132,17 @@ def test_triton_errors_translate(status, code, retry):
 
 
 def test_settings_from_environment(monkeypatch, tmp_path):
-    keys = tmp_path / "keys"
-    keys.write_text("from-file\n\n")
+    alpha, beta = "key-alpha-1".ljust(32, "a"), "key-beta-2".ljust(32, "b")
     monkeypatch.setenv("GATEWAY_MAX_TEXTS", "8")
-    monkeypatch.setenv("GATEWAY_API_KEYS", "key-alpha-1,key-beta-2")
-    monkeypatch.setenv("GATEWAY_API_KEYS_FILE", str(keys))
+    monkeypatch.setenv("GATEWAY_API_KEYS", f"{alpha},{beta}")
+    monkeypatch.setenv("GATEWAY_API_KEYS_FILE", str(tmp_path / "keys.json"))
     s = Settings(_env_file=None)
     assert s.max_texts == 8
-    assert s.resolved_api_keys() == ["key-alpha-1", "key-beta-2", "from-file"]
+    assert s.resolved_api_keys() == [alpha, beta]  # the keys file is read by gateway.core.tenants
+    assert s.api_keys_file == tmp_path / "keys.json"
     assert "key-alpha" not in repr(s)  # secrets are not printed
-    monkeypatch.setenv("GATEWAY_API_KEYS", '["json-key"]')
-    assert Settings(_env_file=None).resolved_api_keys() == ["json-key", "from-file"]
+    monkeypatch.setenv("GATEWAY_API_KEYS", f'["{alpha}"]')
+    assert Settings(_env_file=None).resolved_api_keys() == [alpha]
 
 
 def test_sliding_window_limiter():

@@ -155,7 +155,7 @@ async def test_the_analysis_and_trajectory_points_carry_the_answer_version():
     pipeline = make_pipeline(triton)
     analysis = await pipeline.analyse(["hello"], "learner-1")
     assert analysis.model_version == "v9" == pipeline.served.version
-    [point] = await pipeline.trajectories.history("learner-1")
+    [point] = await pipeline.trajectories.history("default:learner-1")  # the default tenant's learner
     assert point.model_version == "v9" and point.primary_emotion == "neutral"
 
 

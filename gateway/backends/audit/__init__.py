@@ -3,7 +3,7 @@ decided, how fast), in SQLite or PostgreSQL (``store``), written off the request
 writer behind the breaker (``writer``). ``gateway.services`` builds it from the settings; the core
 pipeline submits rows (``gateway.core.audit``); the history route reads them back."""
 
-from gateway.backends.audit.store import AuditEntry, AuditRow, Before, PostgresStore, SqliteStore
+from gateway.backends.audit.store import AuditEntry, AuditRow, Before, Erasure, PostgresStore, SqliteStore
 from gateway.backends.audit.writer import AuditTrail
 
-__all__ = ["AuditEntry", "AuditRow", "AuditTrail", "Before", "PostgresStore", "SqliteStore"]
+__all__ = ["AuditEntry", "AuditRow", "AuditTrail", "Before", "Erasure", "PostgresStore", "SqliteStore"]

@@ -13,7 +13,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -55,11 +55,28 @@ class AuditRow:
     cached: bool
     text_hash: str | None
     text: str | None
+    # the API key's tenant: learner ids are unique within a tenant only
+    tenant: str = field(default="default", kw_only=True)
 
 
 @dataclass(frozen=True)
 class AuditEntry(AuditRow):
     id: int
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """The record of one learner's erasure: nothing that identifies the learner but a keyed hash."""
+
+    ts: datetime  # UTC
+    tenant: str
+    learner_hash: str | None  # HMAC-SHA256 of "<tenant>:<learner id>" under the audit hash key, or None
+    key_id: str | None  # the API key that asked (None while auth is off)
+    trajectory_points: int  # removed from the learner store
+    audit_rows: int  # rows removed from the writer's queue before they were written (the store adds its own)
+
+
+ERASURE_COLUMNS = tuple(f.name for f in fields(Erasure))
 
 
 COLUMNS = tuple(f.name for f in fields(AuditRow))
@@ -93,12 +110,15 @@ class AuditStore(Protocol):
     def open(self) -> None: ...
     def insert(self, rows: Sequence[AuditRow]) -> None: ...
     def delete_before(self, cutoff: datetime) -> int: ...
-    def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]: ...
+    def history(
+        self, tenant: str, learner_id: str, limit: int, before: Before | None
+    ) -> list[AuditEntry]: ...
+    def erase_learner(self, tenant: str, learner_id: str, erasure: Erasure) -> int: ...
     def close(self) -> None: ...
 
 
 def _history_sql(placeholder: str, before: Before | None) -> str:
-    where = f"learner_id = {placeholder}"
+    where = f"tenant = {placeholder} AND learner_id = {placeholder}"
     if before is not None and before.id is not None:
         where += f" AND (ts, id) < ({placeholder}, {placeholder})"
     elif before is not None:
@@ -109,8 +129,8 @@ def _history_sql(placeholder: str, before: Before | None) -> str:
     )
 
 
-def _history_params(learner_id: str, limit: int, before: Before | None, ts: Any) -> list[Any]:
-    params: list[Any] = [learner_id]
+def _history_params(tenant: str, learner_id: str, limit: int, before: Before | None, ts: Any) -> list[Any]:
+    params: list[Any] = [tenant, learner_id]
     if before is not None:
         params.append(ts)
         if before.id is not None:
@@ -245,13 +265,28 @@ class SqliteStore:
         with self._use() as conn, self._transaction(conn):
             return conn.execute("DELETE FROM audit_log WHERE ts < ?", (sqlite_ts(cutoff),)).rowcount
 
-    def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
+    def history(self, tenant: str, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
         ts = sqlite_ts(before.ts) if before else None
         with self._use() as conn:
             found = conn.execute(
-                _history_sql("?", before), _history_params(learner_id, limit, before, ts)
+                _history_sql("?", before), _history_params(tenant, learner_id, limit, before, ts)
             ).fetchall()
         return [_entry(raw, _sqlite_values) for raw in found]
+
+    def erase_learner(self, tenant: str, learner_id: str, erasure: Erasure) -> int:
+        """Delete the learner's rows and record the erasure, in one transaction; rows deleted."""
+        insert = (
+            f"INSERT INTO audit_erasures ({', '.join(ERASURE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(ERASURE_COLUMNS))})"
+        )
+        with self._use() as conn, self._transaction(conn, "IMMEDIATE"):
+            deleted = conn.execute(
+                "DELETE FROM audit_log WHERE tenant = ? AND learner_id = ?", (tenant, learner_id)
+            ).rowcount
+            values = {**erasure.__dict__, "ts": sqlite_ts(erasure.ts)}
+            values["audit_rows"] += deleted
+            conn.execute(insert, tuple(values[c] for c in ERASURE_COLUMNS))
+        return int(deleted)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -323,13 +358,28 @@ class PostgresStore:
         with self._use() as conn, conn.transaction():
             return conn.execute("DELETE FROM audit_log WHERE ts < %s", (cutoff,)).rowcount
 
-    def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
+    def history(self, tenant: str, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
         with self._use() as conn:
             found = conn.execute(
                 _history_sql("%s", before),
-                _history_params(learner_id, limit, before, before.ts if before else None),
+                _history_params(tenant, learner_id, limit, before, before.ts if before else None),
             ).fetchall()
         return [_entry(raw, _postgres_values) for raw in found]
+
+    def erase_learner(self, tenant: str, learner_id: str, erasure: Erasure) -> int:
+        """Delete the learner's rows and record the erasure, in one transaction; rows deleted."""
+        insert = (
+            f"INSERT INTO audit_erasures ({', '.join(ERASURE_COLUMNS)}) "
+            f"VALUES ({', '.join(['%s'] * len(ERASURE_COLUMNS))})"
+        )
+        with self._use() as conn, conn.transaction():
+            deleted = conn.execute(
+                "DELETE FROM audit_log WHERE tenant = %s AND learner_id = %s", (tenant, learner_id)
+            ).rowcount
+            values = dict(erasure.__dict__)
+            values["audit_rows"] += deleted
+            conn.execute(insert, tuple(values[c] for c in ERASURE_COLUMNS))
+        return int(deleted)
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:

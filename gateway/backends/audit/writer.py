@@ -24,7 +24,7 @@ from functools import partial
 from typing import TypeVar
 
 from contract.text import normalize
-from gateway.backends.audit.store import DB_ERRORS, AuditEntry, AuditRow, AuditStore, Before
+from gateway.backends.audit.store import DB_ERRORS, AuditEntry, AuditRow, AuditStore, Before, Erasure
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
 from gateway.resilience import Breaker
@@ -240,18 +240,58 @@ class AuditTrail:
                 self._failed(exc)
             await asyncio.sleep(RETENTION_EVERY_S if not first else max(self.breaker.wait_s(), BACKOFF_MIN_S))
 
-    async def history(self, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
-        """A learner's rows, newest first. Queued rows are written first, so a client reads its writes."""
+    async def history(
+        self, tenant: str, learner_id: str, limit: int, before: Before | None
+    ) -> list[AuditEntry]:
+        """A tenant's learner's rows, newest first. Queued rows are written first, so a client reads its
+        writes."""
         await self.flush()  # unless the breaker is open: then the read does not wait for a write
         try:
-            return await self._call(self.store.history, learner_id, limit, before)
+            return await self._call(self.store.history, tenant, learner_id, limit, before)
         except DB_ERRORS as exc:
             log.warning("audit history read failed (%s)", type(exc).__name__)
-            raise GatewayError(
-                ErrorCode.BACKEND_UNAVAILABLE,
-                "the audit database is unavailable; retry later",
-                {"Retry-After": str(max(1, math.ceil(self.breaker.wait_s())))},
-            ) from None
+            raise self._unavailable() from None
+
+    def learner_hash(self, tenant: str, learner_id: str) -> str | None:
+        """What the erasure record keeps of the learner: a keyed hash (None without a hash key)."""
+        if self._hash_key is None:
+            return None
+        return hmac.new(self._hash_key, f"{tenant}:{learner_id}".encode(), hashlib.sha256).hexdigest()
+
+    async def erase(self, tenant: str, learner_id: str, key_id: str | None, trajectory_points: int) -> int:
+        """Remove a tenant's learner: its queued rows (never written now) and its stored rows, and record
+        the erasure (without the learner id) in the same transaction. The rows removed; a 503 while the
+        database is unavailable (nothing is deleted then: the caller retries)."""
+        queued = self._purge(tenant, learner_id)
+        erasure = Erasure(
+            datetime.now(UTC),
+            tenant,
+            self.learner_hash(tenant, learner_id),
+            key_id,
+            trajectory_points,
+            queued,
+        )
+        try:
+            stored = await self._call(self.store.erase_learner, tenant, learner_id, erasure)
+        except DB_ERRORS as exc:
+            log.warning("audit erasure failed (%s)", type(exc).__name__)
+            raise self._unavailable() from None
+        return queued + stored
+
+    def _purge(self, tenant: str, learner_id: str) -> int:
+        """Drop the learner's rows still waiting in the queue (no await: nothing is queued meanwhile)."""
+        queued = self._take(self.queue.qsize())
+        kept = [r for r in queued if (r.tenant, r.learner_id) != (tenant, learner_id)]
+        for r in kept:
+            self.queue.put_nowait(r)
+        return len(queued) - len(kept)
+
+    def _unavailable(self) -> GatewayError:
+        return GatewayError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            "the audit database is unavailable; retry later",
+            {"Retry-After": str(max(1, math.ceil(self.breaker.wait_s())))},
+        )
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
