@@ -9,7 +9,7 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench-audit bench loadtest soak test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench-audit bench-ratelimit bench loadtest soak test lint typecheck \
         unit integration e2e clean
 
 help:
@@ -64,6 +64,10 @@ bench-peers: prepare
 # Audit trail off vs SQLite: two gateways on one Triton, same load.
 bench-audit: prepare
 	$(BIN)/python -m loadtest.bench_audit
+
+# Rate limits across replicas: two gateways on one Redis admit the limit once (about a minute per run).
+bench-ratelimit: prepare
+	$(BIN)/python -m loadtest.bench_ratelimit
 
 bench: bench-model bench-triton bench-gateway bench-peers bench-audit
 

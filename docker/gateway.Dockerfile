@@ -7,7 +7,7 @@ RUN pip install \
       "fastapi==0.165.0" "uvicorn[standard]==0.54.0" "pydantic==2.14.4" "pydantic-settings==2.16.3" \
       "cachetools==8.0.2" "prometheus-client==0.26.0" "redis==8.1.0" \
       "tritonclient[grpc]==2.73.0" "grpcio==1.85.3" "protobuf==6.33.6" "numpy==1.26.4" \
-      "psycopg[binary]==3.3.9"
+      "psycopg[binary]==3.3.9" "limits==5.8.0"
 
 WORKDIR /app
 # contract/ (standard library only) holds the label names and tensor names; the model version comes

@@ -58,6 +58,17 @@ class Metrics:
         self.rate_limited = Counter(
             "gateway_rate_limited", "Requests rejected with 429 (rate limit)", registry=r
         )
+        self.rate_limit_unchecked = Counter(
+            "gateway_rate_limit_unchecked",
+            "Requests admitted without a rate-limit check: the limiter's Redis was unavailable (fail open)",
+            registry=r,
+        )
+        self.learner_store_evicting = Gauge(
+            "gateway_learner_store_evicting",
+            "1 when the learner store's Redis may evict histories (maxmemory-policy is not noeviction), "
+            "0 when it may not; -1 when it could not be asked at start-up",
+            registry=r,
+        )
         self.audit_written = Counter("gateway_audit_written", "Audit rows written", registry=r)
         self.audit_dropped = Counter(
             "gateway_audit_dropped",

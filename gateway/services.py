@@ -9,7 +9,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from limits.aio.storage import MemoryStorage, RedisStorage
 from redis.asyncio import Redis
 
 from gateway.backends.audit.store import PostgresStore, SqliteStore
@@ -23,7 +25,7 @@ from gateway.backends.trajectory import (
 )
 from gateway.backends.triton import GuardedInference, Inference, TritonClient
 from gateway.core.pipeline import Limits, Pipeline
-from gateway.core.ratelimit import SlidingWindowLimiter
+from gateway.core.ratelimit import RateLimiter, parse_limit
 from gateway.core.tenants import Keyring, keyring_from
 from gateway.errors import GatewayError
 from gateway.learning.policy import Policy, load_policy
@@ -45,7 +47,7 @@ class Services:
     metrics: Metrics
     pipeline: Pipeline
     api_keys: Keyring  # empty: auth is off (gateway/core/tenants.py)
-    limiter: SlidingWindowLimiter | None = None
+    limiter: RateLimiter | None = None
     audit_trail: AuditTrail | None = None  # None when GATEWAY_AUDIT_BACKEND=off
 
 
@@ -88,13 +90,84 @@ def audit_trail_from(
     )
 
 
+def _rate_limited(settings: Settings) -> bool:
+    return bool(settings.key_rate_limit() or settings.tenant_rate_limit)
+
+
+def _rate_limit_in_redis(settings: Settings) -> bool:
+    if settings.rate_limit_backend == "auto":
+        return bool(settings.redis_url)
+    return settings.rate_limit_backend == "redis"
+
+
+def _connect(url: str) -> Redis:
+    # Short timeouts: a dead Redis must cost a request milliseconds, not seconds (it degrades to no cache).
+    return Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
 def _redis(settings: Settings) -> Redis | None:
-    if "redis" not in (settings.cache_backend, settings.trajectory_backend):
+    """The result cache's Redis (GATEWAY_REDIS_URL), also where the rate limits count."""
+    if settings.cache_backend != "redis" and not (_rate_limited(settings) and _rate_limit_in_redis(settings)):
         return None
     if not settings.redis_url:
-        raise ValueError("GATEWAY_REDIS_URL is required when the cache or trajectory backend is 'redis'")
-    # Short timeouts: a dead Redis must cost a request milliseconds, not seconds (it degrades to no cache).
-    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        raise ValueError(
+            "GATEWAY_REDIS_URL is required when the cache backend or the rate limit backend is 'redis'"
+        )
+    return _connect(settings.redis_url)
+
+
+def _database(url: str) -> tuple[str, int, int]:
+    """(host, port, database index) of a redis:// URL."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    return (parts.hostname or "localhost", parts.port or 6379, int(path) if path.isdigit() else 0)
+
+
+def _learner_redis(settings: Settings) -> Redis | None:
+    """The learner store's Redis (GATEWAY_LEARNER_REDIS_URL): never the cache's, which evicts."""
+    if settings.trajectory_backend != "redis":
+        return None
+    url = settings.learner_redis_url
+    if not url:
+        raise ValueError(
+            "GATEWAY_LEARNER_REDIS_URL is required when GATEWAY_TRAJECTORY_BACKEND=redis: a Redis with "
+            "maxmemory-policy noeviction, apart from the result cache's (GATEWAY_REDIS_URL evicts under "
+            "cache pressure; a second database of the same instance is evicted too)"
+        )
+    if settings.redis_url and settings.cache_backend == "redis":
+        learners, cache = _database(url), _database(settings.redis_url)
+        if learners == cache:
+            raise ValueError(
+                "GATEWAY_LEARNER_REDIS_URL names the result cache's Redis database: cache traffic would "
+                "evict learners' histories; give the learner store its own Redis "
+                "(maxmemory-policy noeviction)"
+            )
+        if learners[:2] == cache[:2]:
+            log.warning(
+                "the learner store uses another database of the result cache's Redis instance: its "
+                "maxmemory-policy applies to both, so unless it is noeviction, cache traffic evicts histories"
+            )
+    return _connect(url)
+
+
+async def _check_eviction(redis: Redis, metrics: Metrics) -> None:
+    """Warn (and say so in ``gateway_learner_store_evicting``) when the learner store's Redis may evict."""
+    try:
+        policy = str((await redis.info("memory")).get("maxmemory_policy", ""))
+    except redis_errors() as exc:
+        metrics.learner_store_evicting.set(-1)
+        log.warning(
+            "could not read the learner store's maxmemory-policy at start-up (%s)", type(exc).__name__
+        )
+        return
+    evicting = policy != "noeviction"
+    metrics.learner_store_evicting.set(int(evicting))
+    if evicting:
+        log.warning(
+            "the learner store's Redis has maxmemory-policy %s: it may evict learners' histories; run it "
+            "with --maxmemory-policy noeviction (docs/deployment.md)",
+            policy or "unknown",
+        )
 
 
 def _cache(
@@ -116,12 +189,41 @@ def _cache(
 def _trajectories(
     settings: Settings, redis: Redis | None, metrics: Metrics, policy: Policy, clock: Callable[[], float]
 ) -> TrajectoryStore:
+    """``redis`` is the learner store's own Redis (``_learner_redis``)."""
     if redis is not None and settings.trajectory_backend == "redis":
         breaker = Breaker("the learner store", reset_s=settings.backend_retry_s, clock=clock)
         return GuardedTrajectoryStore(
             RedisTrajectoryStore(redis, policy), breaker, redis_errors(), on_error=metrics.store_errors.inc
         )
     return MemoryTrajectoryStore(policy, timer=clock)
+
+
+def _limiter(
+    settings: Settings, redis: Redis | None, metrics: Metrics, clock: Callable[[], float]
+) -> RateLimiter | None:
+    """The per-key and per-tenant rate limits: counted in the cache's Redis (shared by every replica) when
+    configured so, else in process memory (per replica); None when both limits are off."""
+    per_key, per_tenant = parse_limit(settings.key_rate_limit()), parse_limit(settings.tenant_rate_limit)
+    if per_key is None and per_tenant is None:
+        return None
+    breaker = Breaker("the rate limit's Redis", reset_s=settings.backend_retry_s, clock=clock)
+    if redis is not None and settings.redis_url and _rate_limit_in_redis(settings):
+        storage = RedisStorage(
+            f"async+{settings.redis_url}",
+            implementation="redispy",
+            key_prefix="goemotions:ratelimit",
+            connection_pool=redis.connection_pool,  # type: ignore[arg-type]  # the cache's connections
+        )
+        return RateLimiter(
+            storage,
+            breaker,
+            per_key=per_key,
+            per_tenant=per_tenant,
+            shared=True,
+            errors=redis_errors(),
+            on_unchecked=metrics.rate_limit_unchecked.inc,
+        )
+    return RateLimiter(MemoryStorage(), breaker, per_key=per_key, per_tenant=per_tenant, shared=False)
 
 
 @contextlib.asynccontextmanager
@@ -144,7 +246,11 @@ async def open_services(
         if redis is not None and settings.cache_backend != "redis":
             stack.push_async_callback(redis.aclose)  # else the cache closes it
         stack.push_async_callback(cache.close)
-        trajectories = _trajectories(settings, redis, metrics, policy, clock)
+        learner_redis = _learner_redis(settings)
+        if learner_redis is not None:
+            stack.push_async_callback(learner_redis.aclose)
+            await _check_eviction(learner_redis, metrics)
+        trajectories = _trajectories(settings, learner_redis, metrics, policy, clock)
         breaker = Breaker(
             "the model server",
             settings.breaker_failures,
@@ -167,11 +273,7 @@ async def open_services(
             limits=Limits.from_settings(settings),
             audit_trail=audit_trail,
         )
-        limiter = (
-            SlidingWindowLimiter(settings.rate_limit_per_minute, clock=clock)
-            if settings.rate_limit_per_minute
-            else None
-        )
+        limiter = _limiter(settings, redis, metrics, clock)
         services = Services(settings, metrics, pipeline, keyring, limiter, audit_trail)
         if audit_trail is not None:
             await audit_trail.start()
@@ -195,6 +297,13 @@ async def open_services(
             settings.cache_backend,
             "on" if services.api_keys else "off",
         )
+        if limiter is not None:
+            log.info(
+                "rate limits: %s per key, %s per tenant, counted %s",
+                settings.key_rate_limit() or "none",
+                settings.tenant_rate_limit or "none",
+                limiter.where,
+            )
         yield services
 
 

@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     cache_size: int = Field(default=100_000, ge=1)
     cache_ttl_s: float = Field(default=3600.0, gt=0)
     trajectory_backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None
+    redis_url: str | None = None  # the result cache's Redis (allkeys-lru: it evicts under pressure)
+    # The learner store's Redis, required when trajectory_backend is redis: a separate instance with
+    # maxmemory-policy noeviction (and persistence), so cache traffic never evicts a learner's history.
+    # Not a second database of the cache's instance: the eviction policy is per instance.
+    learner_redis_url: str | None = None
 
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
 
@@ -71,8 +75,14 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(default=500, ge=1, le=10_000)
     audit_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
 
-    # Per-client rate limit (per API key; per client address when auth is off). 0 = off.
-    rate_limit_per_minute: int = Field(default=0, ge=0)
+    # Rate limits in `limits` notation ("600/minute", "10/second"; empty = off), per API key (per client
+    # address when auth is off) and per tenant. Counted in Redis (GATEWAY_REDIS_URL) with
+    # rate_limit_backend=redis, or auto with a Redis URL set: one limit across all replicas; else in
+    # process memory: per replica. A Redis outage fails open (gateway/core/ratelimit.py).
+    rate_limit: str = ""
+    tenant_rate_limit: str = ""
+    rate_limit_backend: Literal["auto", "memory", "redis"] = "auto"
+    rate_limit_per_minute: int = Field(default=0, ge=0)  # older spelling of rate_limit="N/minute"
     # Browser origins allowed by CORS; empty = CORS off (no CORS headers at all).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -95,6 +105,17 @@ class Settings(BaseSettings):
     def _endpoints(cls, value: str) -> str:
         if not [u for u in value.split(",") if u.strip()]:
             raise ValueError("give at least one Triton gRPC endpoint (host:port), comma-separated")
+        return value
+
+    @field_validator("rate_limit", "tenant_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() not in ("", "0", "off"):
+            from limits import parse  # ValueError on a malformed limit
+
+            if parse(value).amount < 1:
+                raise ValueError("a rate limit must admit at least one request")
         return value
 
     @field_validator("expected_model_version")
@@ -127,6 +148,12 @@ class Settings(BaseSettings):
     def triton_urls(self) -> list[str]:
         """The Triton endpoints, primary first."""
         return list(dict.fromkeys(u.strip() for u in self.triton_url.split(",") if u.strip()))
+
+    def key_rate_limit(self) -> str:
+        """The per-key limit: rate_limit, else rate_limit_per_minute as "N/minute" ("" when off)."""
+        if self.rate_limit:
+            return self.rate_limit
+        return f"{self.rate_limit_per_minute}/minute" if self.rate_limit_per_minute else ""
 
     def resolved_api_keys(self) -> list[str]:
         """The plain keys of GATEWAY_API_KEYS (the keys file is read by gateway.core.tenants)."""

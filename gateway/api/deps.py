@@ -3,7 +3,7 @@ key id, scopes), the scope a route needs, the per-client rate limit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -64,29 +64,29 @@ def client_key(principal: Principal, host: str | None) -> str:
     return f"key:{principal.tenant}/{principal.key_id}" if principal.key_id else f"ip:{host or '-'}"
 
 
-def check_rate(services: Services, client: str) -> None:
-    """Count one request for ``client``; raise the 429 (with Retry-After) past the limit."""
+async def check_rate(services: Services, client: str, tenant: str | None = None) -> None:
+    """Count one request for ``client`` and its ``tenant``; raise the 429 (with Retry-After) past either
+    limit (gateway/core/ratelimit.py: shared by the replicas when counted in Redis; fails open)."""
     limiter = services.limiter
     if limiter is None:
         return
-    wait = limiter.check(client)
-    if wait is not None:
+    refusal = await limiter.check(client, tenant)
+    if refusal is not None:
         services.metrics.rate_limited.inc()
         raise GatewayError(
-            ErrorCode.OVERLOADED,
-            f"rate limit of {limiter.limit} requests per minute reached; retry later",
-            {"Retry-After": retry_after_header(wait)},
+            ErrorCode.OVERLOADED, refusal.message, {"Retry-After": retry_after_header(refusal.retry_after_s)}
         )
 
 
-def caller(scope: Scope) -> Callable[[Request, Services], Principal]:
+def caller(scope: Scope) -> Callable[[Request, Services], Awaitable[Principal]]:
     """The dependency of a route that needs ``scope``: auth (401), the scope (403), then the per-client
     rate limit (429); it returns the caller."""
 
-    def dependency(request: Request, services: ServicesDep) -> Principal:
+    async def dependency(request: Request, services: ServicesDep) -> Principal:
         principal = authenticate(api_key_from(request.headers), services)
         require_scope(principal, scope)
-        check_rate(services, client_key(principal, request.client.host if request.client else None))
+        host = request.client.host if request.client else None
+        await check_rate(services, client_key(principal, host), principal.tenant)
         return principal
 
     dependency.__name__ = f"caller_{scope.name.lower()}"

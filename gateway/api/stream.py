@@ -240,7 +240,7 @@ class Connection:
             if job.error is not None:
                 raise job.error
             assert job.payload is not None
-            check_rate(services, self.client)
+            await check_rate(services, self.client, self.caller.tenant)
             message = _validate(job.payload)
             context = message.context.model_dump() if message.context else None
             analysis = await services.pipeline.analyse(

@@ -46,6 +46,11 @@ def redis_url() -> Iterator[str]:
         stop_process(proc)
 
 
+def learner_url(redis_url: str) -> str:
+    """The learner store's database on the session's test Redis (no maxmemory: it never evicts)."""
+    return redis_url.rsplit("/", 1)[0] + "/1"
+
+
 @pytest.fixture
 def redis_settings(triton: EmbeddedTriton, redis_url: str):
     """Gateway settings on the session's Triton with the result cache and learner store in Redis
@@ -54,11 +59,12 @@ def redis_settings(triton: EmbeddedTriton, redis_url: str):
 
     from gateway.settings import Settings
 
-    redis.Redis.from_url(redis_url).flushdb()
+    redis.Redis.from_url(redis_url).flushall()
     return Settings(
         triton_url=triton.grpc_url,
         cache_backend="redis",
         trajectory_backend="redis",
         redis_url=redis_url,
+        learner_redis_url=learner_url(redis_url),
         _env_file=None,
     )

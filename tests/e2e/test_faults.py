@@ -141,6 +141,7 @@ def test_redis_down_serves_without_cache_and_backs_off_then_reconnects(triton, t
         "GATEWAY_CACHE_BACKEND": "redis",
         "GATEWAY_TRAJECTORY_BACKEND": "redis",
         "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "GATEWAY_LEARNER_REDIS_URL": f"redis://127.0.0.1:{port}/1",  # one test Redis, no maxmemory
         # After a Redis failure the cache and the learner store are left alone this long.
         "GATEWAY_BACKEND_RETRY_S": "2",
     }

@@ -71,6 +71,8 @@ async def test_redis_cache_and_trajectory(gateway_client, redis_url):
     assert first.json()["results"][0]["emotions"] == second.json()["results"][0]["emotions"]
     keys = redis.Redis.from_url(redis_url).keys("*")
     assert any(k.startswith(b"goemotions:result:") for k in keys)
+    # histories live in the learner store's own Redis (GATEWAY_LEARNER_REDIS_URL), never the cache's
+    assert not any(k.startswith((b"goemotions:learner:", b"goemotions:trajectory:")) for k in keys)
     trajectory = (await gateway_client.get("/v1/learners/r1/trajectory")).json()
     assert len(trajectory["points"]) == 2
 

@@ -275,7 +275,9 @@ async def test_an_open_circuit_and_overload_answer_as_documented(fake):
 
 
 async def test_a_learner_store_outage_answers_as_documented(fake):
-    settings = make_settings(trajectory_backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    settings = make_settings(
+        trajectory_backend="redis", learner_redis_url=f"redis://127.0.0.1:{free_port()}/0"
+    )
     async with running(settings, fake, FakeClock()) as (client, app):
         contract = Contract(app.openapi())
         r = await client.post("/v1/emotions", json={"text": "a", "learner_id": "l-1"})

@@ -122,6 +122,7 @@ def test_gateway_and_redis_services():
     assert gateway["depends_on"] == {
         "triton": {"condition": "service_healthy"},
         "redis": {"condition": "service_healthy"},
+        "redis-learners": {"condition": "service_healthy"},
         "postgres": {"condition": "service_healthy"},
     }
     assert gateway["ports"] == ["8080:8080"]
@@ -129,6 +130,31 @@ def test_gateway_and_redis_services():
     assert not any("model_repository" in v for v in gateway.get("volumes", []))
     assert "GATEWAY_LABELS_FILE" not in env
     assert "redis-cli" in COMPOSE["services"]["redis"]["healthcheck"]["test"]
+
+
+def redis_flag(command: list[str], flag: str) -> str | None:
+    """The value after ``flag`` in a redis-server command line (None when absent)."""
+    return command[command.index(flag) + 1] if flag in command else None
+
+
+def test_learner_histories_live_in_a_redis_that_never_evicts_and_persists():
+    env = COMPOSE["services"]["gateway"]["environment"]
+    learners = urlsplit(env["GATEWAY_LEARNER_REDIS_URL"])
+    cache = urlsplit(env["GATEWAY_REDIS_URL"])
+    assert env["GATEWAY_TRAJECTORY_BACKEND"] == "redis"
+    assert learners.hostname != cache.hostname  # its own instance: eviction policies are per instance
+    store = COMPOSE["services"][learners.hostname]["command"]
+    assert redis_flag(store, "--maxmemory-policy") == "noeviction"
+    assert redis_flag(store, "--appendonly") == "yes"
+    assert any(v.endswith(":/data") for v in COMPOSE["services"][learners.hostname]["volumes"])
+    # the cache's Redis stays a cache
+    assert redis_flag(COMPOSE["services"][cache.hostname]["command"], "--maxmemory-policy") == "allkeys-lru"
+    settings = Settings(
+        _env_file=None,
+        **{k.removeprefix("GATEWAY_").lower(): v for k, v in env.items() if "${" not in v},
+        rate_limit=env["GATEWAY_RATE_LIMIT"].split(":-")[1].rstrip("}"),
+    )
+    assert settings.key_rate_limit() == "600/minute"
 
 
 def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
@@ -143,6 +169,7 @@ def test_gateway_image_pins_match_pyproject_and_run_as_non_root():
         "grpcio",
         "numpy",
         "psycopg",
+        "limits",
     ):
         pin = next(p for p in pins if p.split("==")[0].split("[")[0] == name)
         assert f'"{pin}"' in dockerfile, pin

@@ -1,5 +1,5 @@
 """Gateway pieces without HTTP: cache keys and TTL (fake clock), single-flight (events), Triton error
-translation, settings, the rate limit (fake clock)."""
+translation, settings."""
 
 from __future__ import annotations
 
@@ -143,25 +143,6 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     assert "key-alpha" not in repr(s)  # secrets are not printed
     monkeypatch.setenv("GATEWAY_API_KEYS", f'["{alpha}"]')
     assert Settings(_env_file=None).resolved_api_keys() == [alpha]
-
-
-def test_sliding_window_limiter():
-    from gateway.core.ratelimit import SlidingWindowLimiter, retry_after_header
-
-    now = [0.0]
-    limiter = SlidingWindowLimiter(limit=3, window_s=60, clock=lambda: now[0])
-    for t in (0, 10, 20):
-        now[0] = t
-        assert limiter.check("k") is None
-    now[0] = 30
-    wait = limiter.check("k")
-    assert wait == pytest.approx(30)  # the oldest hit leaves the window at t=60
-    assert retry_after_header(wait) == "30"
-    assert limiter.check("other") is None  # per key
-    now[0] = 60
-    assert limiter.check("k") is None  # the window slid: the t=0 hit left, one slot free again
-    assert limiter.check("k") == pytest.approx(10)  # next slot when the t=10 hit leaves
-    assert retry_after_header(0.2) == "1"
 
 
 @pytest.fixture(scope="module")

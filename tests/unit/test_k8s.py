@@ -335,6 +335,8 @@ def test_gateway_env_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch):
     assert settings.cache_backend == "redis"
     assert settings.trajectory_backend == "redis"
     assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.learner_redis_url == "redis://redis-learners:6379/0"
+    assert settings.key_rate_limit() == "600/minute"
     assert settings.api_keys_file is not None
     assert settings.expected_model_version is None  # optional; a rollout may pin it
 
@@ -349,6 +351,57 @@ def test_gateway_reaches_triton_and_redis_through_their_services():
     redis_svc = _get("Service", match.group(1))
     redis_port = next(p for p in redis_svc["spec"]["ports"] if p["port"] == int(match.group(2)))
     assert _container_port(_get("Deployment", "redis"), redis_port["targetPort"]) == 6379
+
+
+def _redis_flag(container: Doc, flag: str) -> str | None:
+    args = container["command"] + container["args"]
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def _learner_store() -> Doc:
+    """The Deployment behind GATEWAY_LEARNER_REDIS_URL's Service."""
+    match = re.fullmatch(r"redis://([\w.-]+):(\d+)/\d+", GATEWAY_ENV["GATEWAY_LEARNER_REDIS_URL"]["value"])
+    assert match
+    service = _get("Service", match.group(1))
+    port = next(p for p in service["spec"]["ports"] if p["port"] == int(match.group(2)))
+    [deployment] = [
+        d
+        for d in APPLIED
+        if d["kind"] == "Deployment"
+        and _selects({"matchLabels": service["spec"]["selector"]}, _pod_labels(d))
+    ]
+    assert _container_port(deployment, port["targetPort"]) == 6379
+    return deployment
+
+
+def test_learner_histories_live_in_their_own_redis_that_never_evicts_and_persists():
+    store = _learner_store()
+    assert store is not _get("Deployment", "redis")  # eviction policies are per instance
+    container = _container(store)
+    assert _redis_flag(container, "--maxmemory-policy") == "noeviction"
+    assert _redis_flag(container, "--appendonly") == "yes"
+    _, volume = _volume(store, container, "/data")
+    claim = _get("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and store["spec"]["replicas"] == 1
+    assert store["spec"]["strategy"]["type"] == "Recreate"  # never two writers on the volume
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis-learners"]
+    assert (
+        container["image"] == compose["image"]
+        and container["command"] + container["args"] == compose["command"]
+    )
+    # the cache's Redis stays a cache
+    assert _redis_flag(_container(_get("Deployment", "redis")), "--maxmemory-policy") == "allkeys-lru"
+
+
+def test_network_policy_lets_only_the_gateway_reach_the_learner_store():
+    policy = _policy_for(_learner_store())
+    all_peers = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from") or [{}]]
+    assert _only_gateway(all_peers) and _only_gateway(_peers_for_port(policy, 6379))
+
+
+def test_the_gateway_rate_limit_is_counted_in_redis():
+    assert GATEWAY_ENV["GATEWAY_RATE_LIMIT"]["value"] == "600/minute"
+    assert "GATEWAY_RATE_LIMIT_BACKEND" not in GATEWAY_ENV  # auto: Redis, as GATEWAY_REDIS_URL is set
 
 
 def test_gateway_mounts_no_model_file_and_its_api_keys_file():
