@@ -96,6 +96,25 @@ async def test_a_rate_limit_redis_outage_fails_open_and_is_counted():
         assert metric(metrics, "gateway_rate_limited_total") == 0
 
 
+async def test_the_tenant_limit_counts_every_key_of_the_tenant_over_http(tmp_path):
+    from gateway.core.tenants import create_key
+
+    keys_file = tmp_path / "keys.json"
+    acme = [create_key(keys_file, "acme", ["analyse"], key_id=f"acme-{i}")[1] for i in range(2)]
+    _, other = create_key(keys_file, "other", ["analyse"], key_id="other-1")
+    settings = make_settings(api_keys_file=keys_file, rate_limit="10/minute", tenant_rate_limit="3/minute")
+    async with running(settings, FakeTriton()) as (client, _):
+        statuses = [
+            (await client.post("/v1/emotions", json={"text": f"t{i}"}, headers={"x-api-key": acme[i % 2]}))
+            for i in range(4)
+        ]
+        assert [r.status_code for r in statuses] == [200, 200, 200, 429]  # two keys, one tenant budget
+        assert "this tenant's rate limit of 3 requests per minute" in error(statuses[3])["message"]
+        assert 1 <= int(statuses[3].headers["retry-after"]) <= 60
+        r = await client.post("/v1/emotions", json={"text": "x"}, headers={"x-api-key": other})
+        assert r.status_code == 200  # another tenant has its own budget
+
+
 async def test_the_rate_limit_is_in_memory_per_replica_unless_redis_is_configured(tmp_path):
     settings = make_settings(rate_limit="5/minute")
     assert not (await _limiter_of(settings)).shared
