@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.backends.triton import InvalidModelOutput
+from gateway.core.tenants import Scope, create_key
 from gateway.errors import ErrorCode, GatewayError
 from gateway.settings import Settings
 from tests.support.fake_triton import FakeTriton
@@ -36,6 +37,7 @@ jsonschema = pytest.importorskip("jsonschema", reason="the contract check valida
 EMOTIONS = ("POST", "/v1/emotions")
 TRAJECTORY = ("GET", "/v1/learners/{learner_id}/trajectory")
 HISTORY = ("GET", "/v1/learners/{learner_id}/history")
+ERASE = ("DELETE", "/v1/learners/{learner_id}")
 HEALTHZ = ("GET", "/healthz")
 READYZ = ("GET", "/readyz")
 METRICS = ("GET", "/metrics")
@@ -314,3 +316,41 @@ def test_settings_are_not_needed_for_the_document():
         Settings(_env_file=None, api_keys="k-0123456789abcdef0123456789abcdef", rate_limit_per_minute=5)
     ).openapi()
     assert plain == keyed
+
+
+async def test_tenant_scopes_and_erasure_answer_as_documented(fake, tmp_path: Path):
+    keys = tmp_path / "keys.json"
+    _, full = create_key(keys, "acme", [s.value for s in Scope])
+    _, metrics_only = create_key(keys, "acme", ["metrics"])
+    _, analyse_only = create_key(keys, "acme", ["analyse"])
+    _, other = create_key(keys, "beta", [s.value for s in Scope])
+    acme, limited, analyst, beta = ({"x-api-key": k} for k in (full, metrics_only, analyse_only, other))
+    settings = audit_settings(
+        api_keys=[], api_keys_file=keys, audit_backend="sqlite", audit_sqlite_path=tmp_path / "audit.sqlite3"
+    )
+    async with running(settings, fake) as (client, app):
+        contract = Contract(app.openapi())
+        body = {"text": "a", "learner_id": "l"}
+        contract.check(EMOTIONS, await client.post("/v1/emotions", json=body, headers=acme))
+        contract.check(EMOTIONS, await client.post("/v1/emotions", json=body, headers=limited))  # 403
+        for operation, url in (
+            (TRAJECTORY, "/v1/learners/l/trajectory"),
+            (HISTORY, "/v1/learners/l/history"),
+        ):
+            for headers in (acme, limited, beta):  # 200, 403, 404 (another tenant's learner)
+                contract.check(operation, await client.get(url, headers=headers))
+        contract.check(METRICS, await client.get("/metrics", headers=acme))  # 403 on a text/plain route
+        contract.check(METRICS, await client.get("/metrics", headers=analyst))
+        for headers in (acme, beta, limited, {}):  # 200, 200 (nothing of beta's), 403, 401
+            contract.check(ERASE, await client.delete("/v1/learners/l", headers=headers))
+        contract.check(ERASE, await client.delete("/v1/learners/bad%20id", headers=acme))  # 422
+    for path in ("/v1/learners/{learner_id}/trajectory", "/v1/learners/{learner_id}/history", "/metrics"):
+        assert {s for (_, p, s) in contract.checked if p == path} >= {200, 403}, path
+    assert {s for (_, p, s) in contract.checked if p == ERASE[1]} == {200, 401, 403, 422}
+    assert (*TRAJECTORY, 404) in contract.checked and (*HISTORY, 404) in contract.checked
+    dsn = f"postgresql://gateway:pw@127.0.0.1:{free_port()}/audit"
+    down = audit_settings(audit_backend="postgres", audit_dsn=SecretStr(dsn))
+    async with running(down, fake) as (client, app):
+        r = await client.delete("/v1/learners/l", headers=AUTH)
+        assert r.status_code == 503
+        Contract(app.openapi()).check(ERASE, r)

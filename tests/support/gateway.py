@@ -24,7 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from gateway.api.stream import PATH
 from gateway.app import create_app
-from gateway.backends.audit.store import AuditRow, Before
+from gateway.backends.audit.store import AuditRow, AuditStore, Before, Erasure
 from gateway.backends.audit.writer import AuditTrail
 from gateway.backends.triton import Inference
 from gateway.metrics import Metrics
@@ -235,6 +235,26 @@ async def every_page(
         if len(page) < page_size:
             return seen
         before = Before(page[-1].ts, page[-1].id)  # page boundaries may fall inside a request
+
+
+def erase_many(store: AuditStore, rows: int, tenant: str = "acme") -> float:
+    """Write ``rows`` audit rows for one learner (and 10 for another), erase the learner; the seconds the
+    erasure took (the store's one transaction: delete and erasure record)."""
+    store.open()
+    batch = 1000
+    for start in range(0, rows, batch):
+        store.insert(
+            [
+                row(NOW, index=i, request=f"r{i}", tenant=tenant)
+                for i in range(start, min(rows, start + batch))
+            ]
+        )
+    store.insert([row(NOW, learner_id="someone-else", index=i, tenant=tenant) for i in range(10)])
+    started = time.perf_counter()
+    deleted = store.erase_learner(tenant, "learner-1", Erasure(NOW, tenant, None, "bench", 0, 0))
+    seconds = time.perf_counter() - started
+    assert deleted == rows
+    return seconds
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

@@ -206,3 +206,57 @@ async def test_both_stores_feed_the_classifier_alike(redis_client):
         await shared.history("ada"), POLICY
     )
     assert classify_trend(await shared.history("ada"), POLICY).label == "declining"
+
+
+# --- erasure (issue 14): a tenant's learner leaves no key behind ---
+
+
+async def test_erasing_a_tenants_learner_in_redis_leaves_no_key_of_it(redis_client):
+    from gateway.backends.cache import NoCache
+    from gateway.core.pipeline import Pipeline
+    from gateway.metrics import Metrics
+    from tests.unit.test_gateway_pipeline import Triton
+
+    store = RedisTrajectoryStore(redis_client, POLICY)  # the gateway's own key scheme
+    pipeline = Pipeline(
+        triton=Triton(), cache=NoCache(), trajectories=store, policy=POLICY, metrics=Metrics()
+    )
+    for tenant, learner in [("acme", "L:1"), ("acme", "L:1"), ("beta", "L:1"), ("acme", "L:2")]:
+        await pipeline.analyse(["hello"], learner, tenant=tenant)
+    assert sorted(await redis_client.keys("*")) == [
+        b"goemotions:learner:acme:L:1",
+        b"goemotions:learner:acme:L:2",
+        b"goemotions:learner:beta:L:1",
+    ]
+    erased = await pipeline.erase("acme", "L:1", "key-1")
+    assert (erased.trajectory_points, erased.audit_rows) == (2, 0)
+    assert await redis_client.keys("*acme:L:1*") == []
+    assert sorted(await redis_client.keys("*")) == [
+        b"goemotions:learner:acme:L:2",
+        b"goemotions:learner:beta:L:1",
+    ]
+    assert (await pipeline.erase("acme", "L:1", "key-1")).trajectory_points == 0  # idempotent
+    assert len(await store.history("beta:L:1")) == 1
+
+
+async def test_erasing_a_default_tenant_learner_also_removes_its_list_from_before_tenants(redis_client):
+    store = RedisTrajectoryStore(redis_client, POLICY)
+    await redis_client.rpush("goemotions:trajectory:ada", json.dumps(series(0.5)[0].__dict__))
+    await redis_client.rpush("goemotions:trajectory:bob", json.dumps(series(0.5)[0].__dict__))
+    await store.append("default:ada", series(0.6)[0])
+    assert await store.erase("default:ada") == 2
+    assert await redis_client.keys("*ada*") == []
+    assert await redis_client.exists("goemotions:trajectory:bob") == 1
+    await store.append("acme:bob", series(0.6)[0])
+    assert await store.erase("acme:bob") == 1  # another tenant's: the old list was never theirs
+    assert await redis_client.exists("goemotions:trajectory:bob") == 1
+
+
+async def test_the_memory_store_erases_one_learner():
+    store = MemoryTrajectoryStore(POLICY)
+    for point in series(0.1, 0.2):
+        await store.append("acme:ada", point)
+    await store.append("beta:ada", series(0.3)[0])
+    assert await store.erase("acme:ada") == 2
+    assert await store.erase("acme:ada") == 0
+    assert await store.history("acme:ada") == [] and len(await store.history("beta:ada")) == 1
