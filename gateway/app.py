@@ -44,7 +44,16 @@ def create_app(
             app.state.services = services
             yield
 
-    app = FastAPI(title="GoEmotions gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    docs = settings.api_docs == "public"  # "off": no /docs, /redoc nor /openapi.json (404)
+    app = FastAPI(
+        title="GoEmotions gateway",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     install_error_handlers(app)
     app.include_router(http.router)
     app.include_router(stream.router)

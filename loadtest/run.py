@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.gateway_process import ManagedProcess, ProcessError
+from server.gateway_process import GATEWAY_READY_PATH, ManagedProcess, ProcessError
 from server.probes import answers
 from server.stack import launcher_command
 
@@ -34,7 +34,7 @@ PATHS = {
 
 def ensure_stack(gateway: str, triton_http: str, timeout_s: float = 120) -> ManagedProcess | None:
     """Start `python -m server` (Triton + gateway) when the gateway is not ready; None if already up."""
-    if answers(f"{gateway}/readyz"):
+    if answers(f"{gateway}{GATEWAY_READY_PATH}"):
         log.info("using the running gateway at %s", gateway)
         return None
     if answers(f"{triton_http}/v2/health/ready"):
@@ -49,6 +49,7 @@ def ensure_stack(gateway: str, triton_http: str, timeout_s: float = 120) -> Mana
         launcher_command(),
         gateway,
         ROOT / "build" / "loadtest" / "server.log",
+        ready_path=GATEWAY_READY_PATH,
         ready_timeout_s=timeout_s,
         cwd=ROOT,
     )

@@ -120,6 +120,11 @@ def gateway_command(host: str, port: int, triton_grpc: str) -> list[str]:
     return [sys.executable, "-m", "gateway", "--host", host, "--port", str(port), "--triton-url", triton_grpc]
 
 
+# Where a started gateway is waited on: it answers, and its Triton does (``/readyz`` alone is 200 while
+# Triton is down, so that replicas keep answering 503s instead of leaving their Service).
+GATEWAY_READY_PATH = "/readyz/triton"
+
+
 class GatewayProcess(ManagedProcess):
     def __init__(
         self,
@@ -135,6 +140,7 @@ class GatewayProcess(ManagedProcess):
             gateway_command(host, port, triton_grpc),
             f"http://{loopback_for(host)}:{port}",
             log_file,
+            ready_path=GATEWAY_READY_PATH,
             env=env,
             ready_timeout_s=ready_timeout_s,
         )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.embedded import EmbeddedTriton, ServerConfig
-from server.gateway_process import GatewayProcess, ManagedProcess
+from server.gateway_process import GATEWAY_READY_PATH, GatewayProcess, ManagedProcess
 from server.probes import free_port, port_is_free
 
 HOST = "127.0.0.1"
@@ -219,6 +219,7 @@ class Stack:
             launcher_command(repository, ports, self.work_dir / "triton.log", extra),
             f"http://{self.host}:{ports.gateway}",
             self.work_dir / "launcher.log",
+            ready_path=GATEWAY_READY_PATH,  # the launcher started Triton first: wait for both
             env=gateway_env(settings),
             ready_timeout_s=ready_timeout_s,
             cwd=ROOT,

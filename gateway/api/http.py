@@ -26,7 +26,7 @@ from gateway.api.schemas import (
     TrajectoryResponse,
 )
 from gateway.core.history import read_history
-from gateway.core.readiness import circuit_state, not_ready_reason
+from gateway.core.readiness import TritonState, circuit_state, triton_state
 
 router = APIRouter()
 
@@ -127,32 +127,77 @@ async def erase_learner(
     )
 
 
-@router.get("/healthz", response_model=HealthResponse, summary="process is up")
+@router.get(
+    "/healthz",
+    response_model=HealthResponse,
+    summary="the gateway process is up (the liveness probe); depends on nothing else",
+)
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
+
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before asking again",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
+async def _readiness(services: ServicesDep) -> tuple[dict[str, object], TritonState]:
+    """The readiness body (``ready`` left to the route) and what the Triton check found."""
+    pipeline = services.pipeline
+    state = await triton_state(pipeline, services.settings.expected_model_version)
+    body: dict[str, object] = {"model": services.settings.triton_model, "version": pipeline.served.version}
+    circuit = circuit_state(pipeline)
+    if circuit is not None:
+        body["circuit"] = circuit
+    body["triton"] = "ready" if state.ready else "unavailable"
+    if state.reason is not None:
+        body["reason"] = state.reason
+    return body, state
 
 
 @router.get(
     "/readyz",
     response_model=ReadinessResponse,
     responses={503: {"model": ReadinessResponse, "description": "not ready: `reason` says why"}},
-    summary="Triton is ready, answers a probe with a well-formed result, and serves the expected model",
-    description="503 (with a `reason`) when Triton or the model is not ready, the circuit is open, the "
-    "probe inference fails or is malformed, or the served version does not start with "
-    "GATEWAY_EXPECTED_MODEL_VERSION. `version` is the served model version (null before Triton's first "
-    "answer).",
+    summary="this gateway answers requests (the readiness probe); Triton's state is reported beside it",
+    description="200 while the gateway answers requests, also while Triton is down (requests then get "
+    "503 with Retry-After at once, instead of connection errors from a Service without replicas): "
+    "`triton` (and `reason`) report Triton's state. 503 only when Triton serves a model version that does "
+    "not start with GATEWAY_EXPECTED_MODEL_VERSION. `version` is the served model version (null before "
+    "Triton's first answer).",
 )
 async def readyz(services: ServicesDep) -> JSONResponse:
-    pipeline = services.pipeline
-    reason = await not_ready_reason(pipeline, services.settings.expected_model_version)
-    body: dict[str, object] = {"model": services.settings.triton_model, "version": pipeline.served.version}
-    circuit = circuit_state(pipeline)
-    if circuit is not None:
-        body["circuit"] = circuit
-    body["ready"] = reason is None
-    if reason is not None:
-        body["reason"] = reason
-    return JSONResponse(body, status_code=200 if reason is None else 503)
+    body, state = await _readiness(services)
+    body["ready"] = not state.wrong_version
+    return JSONResponse(body, status_code=503 if state.wrong_version else 200)
+
+
+@router.get(
+    "/readyz/triton",
+    response_model=ReadinessResponse,
+    responses={
+        503: {
+            "model": ReadinessResponse,
+            "description": "Triton does not answer (or not with the expected model): `reason` says why",
+            "headers": RETRY_AFTER,
+        }
+    },
+    summary="Triton is ready, answers a probe with a well-formed result, and serves the expected model",
+    description="For monitoring and start-up waits, not a readiness probe. 503 (with a `reason` and "
+    "Retry-After) when Triton or the model is not ready, the circuit is open, the probe inference fails, "
+    "is malformed or takes too long, or the served version does not start with "
+    "GATEWAY_EXPECTED_MODEL_VERSION.",
+)
+async def readyz_triton(services: ServicesDep) -> JSONResponse:
+    body, state = await _readiness(services)
+    body["ready"] = state.ready
+    if state.ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(services.settings.retry_after_s)})
 
 
 @router.get(

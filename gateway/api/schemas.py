@@ -270,7 +270,8 @@ class HealthResponse(BaseModel):
 
 
 class ReadinessResponse(BaseModel):
-    """200 when ready; 503 with the same body (``ready`` false and a ``reason``) when not."""
+    """``/readyz`` and ``/readyz/triton``: 200 when ready; 503 with the same body (``ready`` false and a
+    ``reason``) when not. ``triton`` is Triton's state either way."""
 
     model: str = Field(description="the Triton model the gateway serves")
     version: str | None = Field(description="the served model version (null before Triton's first answer)")
@@ -278,7 +279,10 @@ class ReadinessResponse(BaseModel):
         default=None, description="the Triton circuit breaker's state"
     )
     ready: bool
-    reason: str | None = Field(default=None, description="why not ready (only when not ready)")
+    triton: Literal["ready", "unavailable"] = Field(
+        description="whether Triton answers the probe inference with the expected model now"
+    )
+    reason: str | None = Field(default=None, description="why Triton is unavailable or this is not ready")
 
 
 # ---- WS /v1/emotions/stream frames (JSON text frames) ----------------------------------------------

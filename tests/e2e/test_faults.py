@@ -18,7 +18,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from server.embedded import group_regions, shm_regions
 from server.gateway_process import ManagedProcess
-from server.probes import answers, metric, wait_for
+from server.probes import answers, http_status, metric, wait_for
 from server.stack import Stack
 from tests.support.processes import free_port, start_redis
 from tests.support.stack import (
@@ -73,8 +73,16 @@ def test_triton_killed_under_load_503_then_recovers_with_no_wrong_answer(stack, 
     assert wait_for(lambda: len(results) >= 8, 60), "the load did not get going"
     tritonserver_of(stack).kill()
     killed_at = time.monotonic()
-    saw_unready = wait_for(lambda: answers(f"{url}/readyz", 503), 30)
-    recovered = wait_for(lambda: answers(f"{url}/readyz", 200), 90)
+    readiness_during_outage: list[int | None] = []
+
+    def outage_reported() -> bool:  # by /readyz/triton, while /readyz keeps the replica in its Service
+        if not answers(f"{url}/readyz/triton", 503):
+            return False
+        readiness_during_outage.append(http_status(f"{url}/readyz"))
+        return True
+
+    saw_unready = wait_for(outage_reported, 30)
+    recovered = wait_for(lambda: answers(f"{url}/readyz/triton", 200), 90)
     recovered_at = time.monotonic()
     metrics = httpx.get(f"{url}/metrics", timeout=5).text
     # Some answers after the recovery, every one of them a 200.
@@ -83,7 +91,8 @@ def test_triton_killed_under_load_503_then_recovers_with_no_wrong_answer(stack, 
     for t in threads:
         t.join(timeout=30)
 
-    assert saw_unready, "/readyz never reported the outage"
+    assert saw_unready, "/readyz/triton never reported the outage"
+    assert readiness_during_outage == [200], "the gateway left its Service while Triton was down"
     assert recovered, "service did not recover after Triton came back"
     statuses = {status for _, status, _, _ in results}
     assert statuses <= {200, 503}, statuses

@@ -96,7 +96,9 @@ async def test_triton_down_is_503(repository, redis_url):
     ):
         r = await client.post("/v1/emotions", json={"text": "anyone there?"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
-        assert (await client.get("/readyz")).status_code == 503
+        ready = await client.get("/readyz")  # still answering (503s), so it stays in its Service
+        assert ready.status_code == 200 and ready.json()["triton"] == "unavailable"
+        assert (await client.get("/readyz/triton")).status_code == 503
 
 
 def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):

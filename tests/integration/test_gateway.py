@@ -209,11 +209,18 @@ async def test_api_key_auth(fake):
 
 async def test_health_and_readiness(client, fake):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    r = await client.get("/readyz")
-    assert r.status_code == 200 and r.json()["ready"] is True and r.json()["version"] == "test-v1"
+    for path in ("/readyz", "/readyz/triton"):
+        r = await client.get(path)
+        assert r.status_code == 200 and r.json()["ready"] is True and r.json()["version"] == "test-v1"
+        assert r.json()["triton"] == "ready" and "reason" not in r.json()
     fake.is_ready = False
+    # Triton down: this replica still answers (503 with Retry-After at once), so it stays in its Service
     r = await client.get("/readyz")
-    assert r.status_code == 503 and r.json()["ready"] is False
+    assert r.status_code == 200 and r.json()["ready"] is True
+    assert r.json()["triton"] == "unavailable" and r.json()["reason"] == "Triton or the model is not ready"
+    r = await client.get("/readyz/triton")
+    assert r.status_code == 503 and r.json()["ready"] is False and r.json()["triton"] == "unavailable"
+    assert r.headers["retry-after"] == "1"
 
 
 async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_triton_is_back(fake):
@@ -228,7 +235,8 @@ async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_trit
         assert r.status_code == 503 and "circuit open" in error(r)["message"]
         assert r.headers["retry-after"] == "5"
         assert len(fake.calls) == calls  # an open circuit does not call Triton
-        ready = await client.get("/readyz")
+        assert (await client.get("/readyz")).status_code == 200  # and answers 503s: it stays in its Service
+        ready = await client.get("/readyz/triton")
         assert ready.status_code == 503 and ready.json()["circuit"] == "open"
         metrics = (await client.get("/metrics")).text
         assert "gateway_circuit_state 2.0" in metrics and "gateway_circuit_rejections_total 1.0" in metrics
@@ -237,7 +245,7 @@ async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_trit
         assert (await client.post("/v1/emotions", json={"text": "t9"})).headers["retry-after"] == "1"
         clock.advance(0.1)  # past the cool-down: the next request is the probe
         assert (await client.post("/v1/emotions", json={"text": "t10"})).status_code == 200
-        ready = await client.get("/readyz")
+        ready = await client.get("/readyz/triton")
         assert ready.status_code == 200 and ready.json()["circuit"] == "closed"
         assert "gateway_circuit_state 0.0" in (await client.get("/metrics")).text
         # Without traffic (a replica out of its Service gets none), a ready Triton closes it too.
@@ -246,14 +254,14 @@ async def test_circuit_opens_after_repeated_triton_failures_and_closes_when_trit
             assert (await client.post("/v1/emotions", json={"text": f"u{i}"})).status_code == 503
         fake.is_ready = False
         clock.advance(5)
-        ready = await client.get("/readyz")
+        ready = await client.get("/readyz/triton")
         assert ready.status_code == 503 and ready.json()["circuit"] == "half-open"
         fake.is_ready = True
-        ready = await client.get("/readyz")  # ready, but its probe inference still fails
+        ready = await client.get("/readyz/triton")  # ready, but its probe inference still fails
         assert ready.status_code == 503 and "probe inference failed" in ready.json()["reason"]
         assert ready.json()["circuit"] == "closed"
         fake.fail = None
-        ready = await client.get("/readyz")
+        ready = await client.get("/readyz/triton")
         assert ready.status_code == 200 and ready.json()["circuit"] == "closed"
 
 

@@ -60,6 +60,7 @@ async def test_the_served_version_is_learned_at_start_up_and_reported(fake):
             "model": "goemotions",
             "version": "student-3f2a9c1b7d10-int8",
             "circuit": "closed",
+            "triton": "ready",
             "ready": True,
         }
         assert fake.probes == 2  # /readyz probes too
@@ -70,7 +71,8 @@ async def test_the_gateway_starts_while_triton_is_down_and_learns_the_version_fr
     async with running(quiet(), fake) as (client, app):
         assert services(app).pipeline.served.version is None
         assert "could not learn the served model version" in caplog.text
-        r = await client.get("/readyz")
+        assert (await client.get("/readyz")).status_code == 200  # it answers: 503s until Triton is back
+        r = await client.get("/readyz/triton")
         assert r.status_code == 503 and r.json()["version"] is None
         assert "probe inference failed" in r.json()["reason"]
         fake.fail = None
@@ -162,25 +164,25 @@ async def test_readyz_checks_the_expected_version_by_prefix(fake):
         assert (await client.get("/readyz")).status_code == 200
         fake.version = "student-0123456789ab-int8"
         r = await client.get("/readyz")
-        assert r.status_code == 503 and r.json()["ready"] is False
-        assert r.json()["version"] == "student-0123456789ab-int8"
+        assert r.status_code == 503 and r.json()["ready"] is False  # the wrong model: out of the Service
+        assert r.json()["version"] == "student-0123456789ab-int8" and r.json()["triton"] == "unavailable"
         assert r.json()["reason"] == (
             "serving model version student-0123456789ab-int8, expected student-3f2a9c1b7d10 "
             "(GATEWAY_EXPECTED_MODEL_VERSION)"
         )
 
 
-async def test_readyz_is_503_when_the_probe_answer_is_malformed(fake):
+async def test_readyz_triton_is_503_when_the_probe_answer_is_malformed(fake):
     async with running(quiet(), fake) as (client, app):
         fake.answers[PROBE_TEXT] = ([0.5] * 27, [])
-        r = await client.get("/readyz")
+        r = await client.get("/readyz/triton")
         assert r.status_code == 503 and "27 probabilities, expected 28" in r.json()["reason"]
         assert metric(app, "gateway_invalid_model_outputs_total", reason="shape") == 1
         fake.answers[PROBE_TEXT] = ([float("nan")] * 28, [])
-        r = await client.get("/readyz")
+        r = await client.get("/readyz/triton")
         assert r.status_code == 503 and "non-finite" in r.json()["reason"]
         del fake.answers[PROBE_TEXT]
-        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/readyz/triton")).status_code == 200
 
 
 # ---- primary_emotion ---------------------------------------------------------------------------------
@@ -281,4 +283,4 @@ async def test_requests_and_readiness_fail_over_to_the_next_endpoint(endpoints):
         endpoints[B].status = "StatusCode.NOT_FOUND"
         r = await client.post("/v1/emotions", json={"text": "nobody home"})
         assert r.status_code == 503 and error(r)["code"] == "backend_unavailable"
-        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get("/readyz/triton")).status_code == 503

@@ -40,6 +40,7 @@ HISTORY = ("GET", "/v1/learners/{learner_id}/history")
 ERASE = ("DELETE", "/v1/learners/{learner_id}")
 HEALTHZ = ("GET", "/healthz")
 READYZ = ("GET", "/readyz")
+READYZ_TRITON = ("GET", "/readyz/triton")
 METRICS = ("GET", "/metrics")
 
 
@@ -104,7 +105,7 @@ def test_the_document_declares_every_error_body_and_its_headers(contract):
     for path, methods in contract.document["paths"].items():
         for method, operation in methods.items():
             for status, spec in operation["responses"].items():
-                if int(status) >= 400 and path not in ("/readyz",):
+                if int(status) >= 400 and path not in ("/readyz", "/readyz/triton"):
                     schema = spec["content"]["application/json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
                 if status in ("429", "503", "504") and path != "/readyz":
@@ -204,11 +205,13 @@ async def test_good_and_bad_requests_answer_as_documented(fake):
         contract.check(HISTORY, await client.get("/v1/learners/l-1/history"))  # 404: audit trail off
         contract.check(HEALTHZ, await client.get("/healthz"))
         contract.check(READYZ, await client.get("/readyz"))
+        contract.check(READYZ_TRITON, await client.get("/readyz/triton"))
         contract.check(METRICS, await client.get("/metrics"))
         fake.is_ready = False
-        contract.check(READYZ, await client.get("/readyz"))  # 503 with a reason
+        contract.check(READYZ, await client.get("/readyz"))  # 200: this gateway answers (Triton's 503s)
+        contract.check(READYZ_TRITON, await client.get("/readyz/triton"))  # 503 with a reason
     assert {status for (_, path, status) in contract.checked if path == "/v1/emotions"} == {200, 413, 422}
-    assert (*HISTORY, 404) in contract.checked and (*READYZ, 503) in contract.checked
+    assert (*HISTORY, 404) in contract.checked and (*READYZ_TRITON, 503) in contract.checked
 
 
 async def test_auth_and_rate_limit_errors_answer_as_documented(fake):
@@ -251,6 +254,7 @@ async def test_triton_failures_answer_as_documented(fake, failure):
         contract.check(EMOTIONS, r)
         assert r.status_code >= 500
         contract.check(READYZ, await client.get("/readyz"))
+        contract.check(READYZ_TRITON, await client.get("/readyz/triton"))
 
 
 async def test_an_open_circuit_and_overload_answer_as_documented(fake):
