@@ -7,10 +7,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from gateway.api import http, stream
+from gateway.api.deps import ServicesDep, api_key_from, authenticate
 from gateway.api.middleware import BodyLimit, Timing
 from gateway.api.responses import install_error_handlers
 from gateway.backends.triton import Inference
@@ -44,7 +46,7 @@ def create_app(
             app.state.services = services
             yield
 
-    docs = settings.api_docs == "public"  # "off": no /docs, /redoc nor /openapi.json (404)
+    docs = settings.api_docs == "public"  # else no /docs, /redoc nor public /openapi.json (404)
     app = FastAPI(
         title="GoEmotions gateway",
         version="0.1.0",
@@ -56,6 +58,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(http.router)
+    if settings.api_docs == "protected":
+        _protected_openapi(app)
     app.include_router(stream.router)
     if settings.cors_origins:
         app.add_middleware(
@@ -67,3 +71,14 @@ def create_app(
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _protected_openapi(app: FastAPI) -> None:
+    """``GATEWAY_API_DOCS=protected``: the OpenAPI document for a valid API key only (any scope; open
+    while auth is off), 401 otherwise."""
+
+    async def openapi(request: Request, services: ServicesDep) -> JSONResponse:
+        authenticate(api_key_from(request.headers), services)
+        return JSONResponse(app.openapi())
+
+    app.add_api_route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)

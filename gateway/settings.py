@@ -83,10 +83,11 @@ class Settings(BaseSettings):
     tenant_rate_limit: str = ""
     rate_limit_backend: Literal["auto", "memory", "redis"] = "auto"
     rate_limit_per_minute: int = Field(default=0, ge=0)  # older spelling of rate_limit="N/minute"
-    # The API's own documentation: /docs, /redoc and /openapi.json served to anyone ("public") or not
-    # at all ("off": a public deployment need not publish its surface; the contract is docs/api.md and
-    # app.openapi()).
-    api_docs: Literal["public", "off"] = "public"
+    # The API's own documentation: /docs, /redoc and /openapi.json served to anyone ("public"); only
+    # /openapi.json, to a caller with a valid API key ("protected": any scope; the HTML pages are off, as
+    # a browser cannot send the key when it fetches the document); or nothing ("off": a public deployment
+    # need not publish its surface; the contract is docs/api.md and app.openapi()).
+    api_docs: Literal["public", "protected", "off"] = "public"
     # Browser origins allowed by CORS; empty = CORS off (no CORS headers at all).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -60,6 +60,19 @@ async def test_docs_can_be_turned_off():
         assert "/v1/emotions" in app.openapi()["paths"]  # the contract itself is still there for tests
 
 
+async def test_docs_can_be_put_behind_an_api_key():
+    key = "docs-reader-key-0123456789abcdef0123456789"
+    async with running(make_settings(api_docs="protected", api_keys=key), FakeTriton()) as (client, _):
+        refused = await client.get("/openapi.json")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert (await client.get("/openapi.json", headers={"x-api-key": "wrong"})).status_code == 401
+        document = await client.get("/openapi.json", headers={"x-api-key": key})
+        assert document.status_code == 200 and "/v1/emotions" in document.json()["paths"]
+        assert "/openapi.json" not in document.json()["paths"]
+        for path in ("/docs", "/redoc"):  # a browser could not send the key for the document
+            assert (await client.get(path, headers={"x-api-key": key})).status_code == 404, path
+
+
 def test_kubernetes_probes_use_liveness_and_readiness_as_meant():
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "gateway.yaml").read_text()))
     deployment = next(d for d in docs if d and d["kind"] == "Deployment")
