@@ -330,6 +330,32 @@ def test_the_stream_works_in_its_keys_tenant(tenants: Tenants, tmp_path: Path, f
             assert closed_with(conn) == (1008, "invalid API key")
 
 
+BAD_IDS = ["a b", "x" * 129, "é", "a\n", "a/b", "\ud800"]
+
+
+def test_one_learner_id_rule_on_every_route_and_the_stream(
+    tenants: Tenants, tmp_path: Path, fake: FakeTriton
+):
+    acme = tenants.headers("acme")
+    with serve(tenant_settings(tenants, tmp_path), fake) as served, ws(served, acme) as conn:
+        client = httpx.Client(base_url=served.http, timeout=10)
+        for learner in BAD_IDS:
+            body = json.dumps({"text": "hi", "learner_id": learner})  # a lone surrogate as its JSON escape
+            post = client.post(
+                "/v1/emotions", content=body, headers={**acme, "content-type": "application/json"}
+            )
+            assert post.status_code == 422 and "learner_id" in error(post)["message"], learner
+            conn.send(body)
+            frame = recv(conn)
+            assert (frame["type"], frame["status"]) == ("error", 422) and "learner_id" in frame["message"]
+            if "/" in learner:
+                continue  # the server decodes %2F before routing: a path with another segment, a 404
+            path = "/v1/learners/" + _quote(learner)
+            for method, url in [("GET", f"{path}/trajectory"), ("GET", f"{path}/history"), ("DELETE", path)]:
+                r = client.request(method, url, headers=acme)
+                assert r.status_code == 422 and "learner_id" in error(r)["message"], (method, learner, r.text)
+
+
 # ---- erasure --------------------------------------------------------------------------------------
 
 
