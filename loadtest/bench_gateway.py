@@ -1,7 +1,8 @@
 """Gateway benchmark (``make bench-gateway``), in one run on this machine:
 
 - gateway overhead: gateway (cache miss: every text new) vs direct Triton gRPC, 1 client, p50;
-- cache hit: the gateway's own server-side time (``x-total-time``) for a repeated text, p50;
+- cache hit: the gateway's own server-side time (``x-total-time``) for a repeated text, p50, without API
+  keys and with a tenant's key (authentication, scope check; the difference is what auth costs a hit);
 - throughput at 16 clients: gateway + Triton (cache miss) vs a naive FastAPI + transformers pipeline
   service (torch FP32) on the same model.
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from contract.manifest import read_installed
 from export.training.data import load_split
+from gateway.core.tenants import create_key
 from loadtest import common
 from loadtest.peer_service import peer_command
 from server.stack import Stack
@@ -37,6 +39,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway = stack.start_gateway(
             settings={"GATEWAY_CACHE_BACKEND": "memory", "GATEWAY_MAX_CONCURRENCY": "1024"}, wait=False
         )
+        key = create_key(stack.work_dir / "keys.json", "bench", ["analyse"], key_id="bench")[1]
+        keyed = stack.start_gateway(
+            "keyed",
+            settings={
+                "GATEWAY_CACHE_BACKEND": "memory",
+                "GATEWAY_MAX_CONCURRENCY": "1024",
+                "GATEWAY_API_KEYS_FILE": str(stack.work_dir / "keys.json"),
+            },
+            wait=False,
+        )
         naive = stack.start_service(
             "naive", lambda port: peer_command("torch", manifest.source, port), wait=False
         )
@@ -45,22 +57,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hit_times: list[float] = []
         gw = common.http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t})
         gw_hit = common.http_client(f"{gateway.url}/v1/emotions", lambda t: {"text": t}, hit_times)
+        keyed_times: list[float] = []
+        keyed_hit = common.http_client(
+            f"{keyed.url}/v1/emotions", lambda t: {"text": t}, keyed_times, headers={"x-api-key": key}
+        )
         naive_client = common.http_client(f"{naive.url}/classify", lambda t: {"text": t})
 
-        def hits() -> common.PathResult:
-            hit_times.clear()
-            return common.closed_loop(gw_hit, [HIT_TEXT] * n1, 1)
+        def hits(client: Any, times: list[float]) -> Any:
+            def run_hits() -> common.PathResult:
+                times.clear()
+                return common.closed_loop(client, [HIT_TEXT] * n1, 1)
 
-        def hits_server_side() -> common.PathResult:
-            return common.PathResult.of(hit_times, sum(hit_times) or 1.0)
+            return run_hits
+
+        def server_side(times: list[float]) -> Any:
+            return lambda: common.PathResult.of(times, sum(times) or 1.0)
 
         rounds = common.run_rounds(
             args.rounds,
             lambda _: {
                 "triton-grpc@1": lambda: common.closed_loop(direct, fresh(n1), 1),
                 "gateway@1": lambda: common.closed_loop(gw, fresh(n1), 1),
-                "gateway-hit@1": hits,
-                "gateway-hit-server@1": hits_server_side,
+                "gateway-hit@1": hits(gw_hit, hit_times),
+                "gateway-hit-server@1": server_side(hit_times),
+                "keyed-hit@1": hits(keyed_hit, keyed_times),
+                "keyed-hit-server@1": server_side(keyed_times),
                 "naive@16": lambda: common.closed_loop(naive_client, fresh(n16), 16),
                 "gateway@16": lambda: common.closed_loop(gw, fresh(n16), 16),
             },
@@ -75,14 +96,16 @@ def summarize(rounds: list[dict[str, common.PathResult]], version: str) -> dict[
         rounds,
         gateway_overhead_p50_ms=common.difference(rounds, "gateway@1", "triton-grpc@1"),
         cache_hit_server_p50_ms=common.spread([r["gateway-hit-server@1"].p50_ms for r in rounds]),
+        auth_on_cache_hit_p50_ms=common.difference(rounds, "keyed-hit-server@1", "gateway-hit-server@1"),
         gateway_vs_naive_16=common.ratio(rounds, "gateway@16", "naive@16"),
     )
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    o, h, s = (
+    o, h, a, s = (
         report["gateway_overhead_p50_ms"],
         report["cache_hit_server_p50_ms"],
+        report["auth_on_cache_hit_p50_ms"],
         report["gateway_vs_naive_16"],
     )
     return common.write_bench_report(
@@ -96,6 +119,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
             f"{common.spread_text(o, unit=' ms')} (goal <= 2 ms)",
             "- Cache hit, server-side (`x-total-time`) p50: "
             f"{common.spread_text(h, '.3f', ' ms')} (goal < 1 ms)",
+            "- What a tenant's API key (authentication + scope check) adds to that cache hit, p50: "
+            f"{common.spread_text(a, '.3f', ' ms')} (goal <= 0.2 ms)",
             "- Gateway + Triton vs naive FastAPI + transformers pipeline, 16 clients: "
             f"{common.spread_text(s, unit='x')} (goal >= 4x)",
         ],

@@ -214,12 +214,15 @@ def triton_client(protocol: str, server: EmbeddedTriton, ensemble: str) -> Calla
 
 
 def http_client(
-    url: str, payload: Callable[[str], dict[str, str]], server_times: list[float] | None = None
+    url: str,
+    payload: Callable[[str], dict[str, str]],
+    server_times: list[float] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Callable[[], Callable[[str], Any]]:
     def make() -> Infer:
         import httpx
 
-        client = httpx.Client(timeout=30)
+        client = httpx.Client(timeout=30, headers=headers)
 
         def infer(text: str) -> Any:
             r = client.post(url, json=payload(text))
