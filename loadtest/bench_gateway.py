@@ -39,13 +39,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway = stack.start_gateway(
             settings={"GATEWAY_CACHE_BACKEND": "memory", "GATEWAY_MAX_CONCURRENCY": "1024"}, wait=False
         )
-        key = create_key(stack.work_dir / "keys.json", "bench", ["analyse"], key_id="bench")[1]
+        keys_file = stack.work_dir / "keys.json"
+        keys_file.unlink(missing_ok=True)  # one fresh key per run
+        key = create_key(keys_file, "bench", ["analyse"], key_id="bench")[1]
         keyed = stack.start_gateway(
             "keyed",
             settings={
                 "GATEWAY_CACHE_BACKEND": "memory",
                 "GATEWAY_MAX_CONCURRENCY": "1024",
-                "GATEWAY_API_KEYS_FILE": str(stack.work_dir / "keys.json"),
+                "GATEWAY_API_KEYS_FILE": str(keys_file),
             },
             wait=False,
         )
