@@ -253,11 +253,8 @@ async def test_erasure_removes_the_tenants_learner_and_records_it_without_the_id
 
 
 def test_erasing_a_learner_with_10000_rows_leaves_none(pg_dsn: str):
-    store = PostgresStore(pg_dsn)
-    try:
-        seconds = erase_many(store, 10_000)
-    finally:
-        store.close()
+    erase_many(
+        PostgresStore(pg_dsn), 10_000
+    )  # its time is measured by tests.support.erasure_timing (docs/audit.md)
     assert query(pg_dsn, "SELECT count(*) FROM audit_log WHERE learner_id = 'learner-1'") == [(0,)]
     assert query(pg_dsn, "SELECT count(*) FROM audit_log") == [(10,)]  # the other learner's
-    assert seconds < 60  # a bound against a hang; the measured time is in docs/audit.md

@@ -239,7 +239,14 @@ async def every_page(
 
 def erase_many(store: AuditStore, rows: int, tenant: str = "acme") -> float:
     """Write ``rows`` audit rows for one learner (and 10 for another), erase the learner; the seconds the
-    erasure took (the store's one transaction: delete and erasure record)."""
+    erasure took (the store's one transaction: delete and erasure record). Closes the store."""
+    try:
+        return _erase_many(store, rows, tenant)
+    finally:
+        store.close()
+
+
+def _erase_many(store: AuditStore, rows: int, tenant: str) -> float:
     store.open()
     batch = 1000
     for start in range(0, rows, batch):
