@@ -174,6 +174,11 @@ def _migrated(conn: C, migrate: Callable[[C], None]) -> C:
     return conn
 
 
+def _insert_sql(table: str, columns: Sequence[str], placeholder: str) -> str:
+    """INSERT of one row of ``columns`` (fixed names from this module, never input) in a dialect's style."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))})"
+
+
 def _entry(raw: Sequence[Any], decode: Callable[[dict[str, Any]], None]) -> AuditEntry:
     values = dict(zip((*COLUMNS, "id"), raw, strict=True))
     decode(values)
@@ -248,7 +253,7 @@ class SqliteStore:
             raise
 
     def insert(self, rows: Sequence[AuditRow]) -> None:
-        sql = f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        sql = _insert_sql("audit_log", COLUMNS, "?")
         params = [self._params(row) for row in rows]
         with self._use() as conn, self._transaction(conn):
             conn.executemany(sql, params)
@@ -275,10 +280,7 @@ class SqliteStore:
 
     def erase_learner(self, tenant: str, learner_id: str, erasure: Erasure) -> int:
         """Delete the learner's rows and record the erasure, in one transaction; rows deleted."""
-        insert = (
-            f"INSERT INTO audit_erasures ({', '.join(ERASURE_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(ERASURE_COLUMNS))})"
-        )
+        insert = _insert_sql("audit_erasures", ERASURE_COLUMNS, "?")
         with self._use() as conn, self._transaction(conn, "IMMEDIATE"):
             deleted = conn.execute(
                 "DELETE FROM audit_log WHERE tenant = ? AND learner_id = ?", (tenant, learner_id)
@@ -346,7 +348,7 @@ class PostgresStore:
             raise
 
     def insert(self, rows: Sequence[AuditRow]) -> None:
-        sql = f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+        sql = _insert_sql("audit_log", COLUMNS, "%s")
         params = [
             tuple(Jsonb(v) if c in JSON_COLUMNS else v for c, v in zip(COLUMNS, astuple(row), strict=True))
             for row in rows
@@ -368,10 +370,7 @@ class PostgresStore:
 
     def erase_learner(self, tenant: str, learner_id: str, erasure: Erasure) -> int:
         """Delete the learner's rows and record the erasure, in one transaction; rows deleted."""
-        insert = (
-            f"INSERT INTO audit_erasures ({', '.join(ERASURE_COLUMNS)}) "
-            f"VALUES ({', '.join(['%s'] * len(ERASURE_COLUMNS))})"
-        )
+        insert = _insert_sql("audit_erasures", ERASURE_COLUMNS, "%s")
         with self._use() as conn, conn.transaction():
             deleted = conn.execute(
                 "DELETE FROM audit_log WHERE tenant = %s AND learner_id = %s", (tenant, learner_id)
