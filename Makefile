@@ -48,6 +48,7 @@ train: install
 
 bench-model: install
 	$(BIN)/python -m export bench
+	$(BIN)/python -m export learner-gap
 
 # Triton-served vs raw ONNX Runtime at 1 and 16 clients (starts its own server, cache off).
 bench-triton: prepare

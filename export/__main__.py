@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="dev texts for the batch-invariance check (default %(default)s)",
     )
     p.add_argument("--out", type=Path, default=Path("results"))
+
+    p = sub.add_parser(
+        "learner-gap",
+        help="the served model on the learner-message test split vs GoEmotions test; writes results/",
+    )
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--out", type=Path, default=Path("results"))
     return parser
 
 
@@ -371,6 +378,18 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learner_gap(args: argparse.Namespace) -> int:
+    from export import learner_gap
+
+    if read_installed(args.repository) is None:
+        log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
+        return 1
+    report = learner_gap.run(args.repository)
+    for path in learner_gap.write(report, args.out, "python -m export learner-gap"):
+        log.info("wrote %s", path)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from export.bench import (
         INVARIANCE_COMPANIONS,
@@ -483,6 +502,7 @@ COMMANDS = {
     "configs": cmd_configs,
     "tensorrt": cmd_tensorrt,
     "bench": cmd_bench,
+    "learner-gap": cmd_learner_gap,
 }
 
 

@@ -1,0 +1,133 @@
+"""The learner-message evaluation set: short messages of the kinds learners send (tutoring chats, course
+forums, exercise feedback), written for this project and annotated with GoEmotions labels, the learning
+signals they show and the intervention band a tutor would want (data/learner/README.md says who wrote them
+and how; they are synthetic).
+
+Format: ``data/learner/*.tsv``, UTF-8, a header ``id group text labels learning band``, one message a line;
+``labels`` and ``learning`` are comma-separated (``-`` for no learning signal). ``group`` is the template or
+author a message comes from: the split is a function of the group alone, so near-duplicates (one situation
+reworded, one learner's follow-ups) never straddle train/dev/test. Nothing may be tuned on ``test``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contract.names import GOEMOTIONS_LABELS, NEUTRAL
+from export.training.data import Split
+
+LEARNER_DIR = Path(__file__).resolve().parents[2] / "data" / "learner"
+COLUMNS = ("id", "group", "text", "labels", "learning", "band")
+# The policy's learning emotions (gateway/learning/policy.toml) and the signals GoEmotions has no label for.
+POLICY_LEARNING_EMOTIONS = (
+    "frustration",
+    "anxiety",
+    "confusion",
+    "curiosity",
+    "breakthrough",
+    "mastery_joy",
+    "engagement",
+    "discouragement",
+)
+NEW_SIGNALS = ("giving_up", "boredom", "stuck")
+LEARNING_SIGNALS = POLICY_LEARNING_EMOTIONS + NEW_SIGNALS
+BANDS = ("none", "low", "high")
+# Share of groups per split, by a stable hash of the group name.
+SPLIT_PERCENT = (("train", 60), ("dev", 20), ("test", 20))
+NO_SIGNAL = "-"
+
+
+class LearnerDataError(ValueError):
+    """A learner-set file is malformed; the message names the file and line."""
+
+
+def split_of(group: str) -> str:
+    """The split a group belongs to: a stable function of its name alone."""
+    bucket = int.from_bytes(hashlib.sha256(group.encode()).digest()[:4], "big") % 100
+    for name, percent in SPLIT_PERCENT:
+        if bucket < percent:
+            return name
+        bucket -= percent
+    raise AssertionError("split shares must sum to 100")
+
+
+@dataclass(frozen=True)
+class LearnerMessage:
+    id: str
+    group: str
+    text: str
+    labels: tuple[str, ...]
+    learning: tuple[str, ...]
+    band: str
+
+    @property
+    def split(self) -> str:
+        return split_of(self.group)
+
+
+def _items(value: str, vocabulary: tuple[str, ...], what: str, where: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in items if v not in vocabulary]
+    if unknown:
+        raise LearnerDataError(f"{where}: unknown {what} {unknown}")
+    if len(set(items)) != len(items):
+        raise LearnerDataError(f"{where}: repeated {what}")
+    return items
+
+
+def _message(fields: list[str], where: str) -> LearnerMessage:
+    if len(fields) != len(COLUMNS):
+        raise LearnerDataError(
+            f"{where}: {len(fields)} columns, expected {len(COLUMNS)} ({', '.join(COLUMNS)})"
+        )
+    id_, group, text, labels, learning, band = (f.strip() for f in fields)
+    if not id_ or not group or not text:
+        raise LearnerDataError(f"{where}: empty id, group or text")
+    label_set = _items(labels, GOEMOTIONS_LABELS, "label", where)
+    if not label_set:
+        raise LearnerDataError(f"{where}: no label (use {NEUTRAL!r} when no emotion is expressed)")
+    if NEUTRAL in label_set and len(label_set) > 1:
+        raise LearnerDataError(f"{where}: {NEUTRAL!r} goes alone")
+    signals = () if learning == NO_SIGNAL else _items(learning, LEARNING_SIGNALS, "learning signal", where)
+    if learning != NO_SIGNAL and not signals:
+        raise LearnerDataError(f"{where}: empty learning column (use {NO_SIGNAL!r} for none)")
+    if band not in BANDS:
+        raise LearnerDataError(f"{where}: band {band!r} is not one of {', '.join(BANDS)}")
+    return LearnerMessage(id_, group, text, label_set, signals, band)
+
+
+def load_learner_messages(directory: Path = LEARNER_DIR) -> list[LearnerMessage]:
+    """Every message of every ``*.tsv`` in ``directory``, validated (ids unique across files)."""
+    files = sorted(directory.glob("*.tsv"))
+    if not files:
+        raise LearnerDataError(f"{directory}: no *.tsv files")
+    messages: list[LearnerMessage] = []
+    seen: dict[str, str] = {}
+    for path in files:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if not lines or tuple(lines[0].split("\t")) != COLUMNS:
+            raise LearnerDataError(f"{path}:1: header must be {chr(9).join(COLUMNS)!r}")
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{number}"
+            message = _message(line.split("\t"), where)
+            if message.id in seen:
+                raise LearnerDataError(f"{where}: id {message.id!r} already used at {seen[message.id]}")
+            seen[message.id] = where
+            messages.append(message)
+    return messages
+
+
+def learner_split(name: str, messages: list[LearnerMessage]) -> Split:
+    """One split as a GoEmotions ``Split`` (texts, 28-column multi-hot labels, ids) for the same metrics."""
+    chosen = [m for m in messages if m.split == name]
+    labels = np.zeros((len(chosen), len(GOEMOTIONS_LABELS)), dtype=np.float32)
+    for row, message in enumerate(chosen):
+        for label in message.labels:
+            labels[row, GOEMOTIONS_LABELS.index(label)] = 1.0
+    return Split(name, [m.text for m in chosen], labels, [m.id for m in chosen])

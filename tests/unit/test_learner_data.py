@@ -1,0 +1,111 @@
+"""The learner-message evaluation set: loader rules, label vocabularies and group-wise splits."""
+
+from __future__ import annotations
+
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from contract.names import GOEMOTIONS_LABELS
+from export.training.learner_data import (
+    COLUMNS,
+    LEARNER_DIR,
+    LEARNING_SIGNALS,
+    POLICY_LEARNING_EMOTIONS,
+    LearnerDataError,
+    learner_split,
+    load_learner_messages,
+    split_of,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADER = "\t".join(COLUMNS) + "\n"
+
+
+def write(tmp_path: Path, *rows: str, header: str = HEADER) -> Path:
+    (tmp_path / "part.tsv").write_text(header + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return tmp_path
+
+
+def test_the_committed_set_loads_and_every_split_has_messages():
+    messages = load_learner_messages(LEARNER_DIR)
+    assert len(messages) >= 600
+    by_split = {name: learner_split(name, messages) for name in ("train", "dev", "test")}
+    assert all(len(split) > 0 for split in by_split.values())
+    assert sum(len(s) for s in by_split.values()) == len(messages)
+    assert all(split.labels.shape[1] == len(GOEMOTIONS_LABELS) for split in by_split.values())
+
+
+def test_no_group_straddles_two_splits_in_the_committed_set():
+    splits_of_group: dict[str, set[str]] = defaultdict(set)
+    for message in load_learner_messages(LEARNER_DIR):
+        splits_of_group[message.group].add(message.split)
+    assert all(len(splits) == 1 for splits in splits_of_group.values())
+
+
+def test_the_split_is_a_stable_function_of_the_group_with_the_stated_shares():
+    groups = [f"g-{i}" for i in range(4000)]
+    assert [split_of(g) for g in groups] == [split_of(g) for g in groups]
+    shares = {
+        name: sum(split_of(g) == name for g in groups) / len(groups) for name in ("train", "dev", "test")
+    }
+    assert shares["train"] == pytest.approx(0.6, abs=0.03)
+    assert shares["dev"] == pytest.approx(0.2, abs=0.03)
+    assert shares["test"] == pytest.approx(0.2, abs=0.03)
+
+
+def test_learning_signals_cover_the_policys_learning_emotions():
+    policy = tomllib.loads((ROOT / "gateway" / "learning" / "policy.toml").read_text(encoding="utf-8"))
+    assert set(policy["learning_emotions"]["map"]) == set(POLICY_LEARNING_EMOTIONS)
+    assert set(POLICY_LEARNING_EMOTIONS) < set(LEARNING_SIGNALS)
+
+
+def test_a_good_file_loads_with_its_fields(tmp_path):
+    directory = write(tmp_path, "x-1\tx-g\tI want to give up.\tdisappointment,sadness\tgiving_up\thigh")
+    [message] = load_learner_messages(directory)
+    assert message.labels == ("disappointment", "sadness") and message.learning == ("giving_up",)
+    assert message.band == "high" and message.split == split_of("x-g")
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ("x-1\tg\thi\thappiness\t-\tnone", "unknown label"),
+        ("x-1\tg\thi\tneutral,joy\t-\tnone", "goes alone"),
+        ("x-1\tg\thi\t\t-\tnone", "no label"),
+        ("x-1\tg\thi\tjoy\tsleepy\tnone", "unknown learning signal"),
+        ("x-1\tg\thi\tjoy\t\tnone", "empty learning column"),
+        ("x-1\tg\thi\tjoy\t-\turgent", "band"),
+        ("x-1\tg\thi\tjoy\t-", "5 columns"),
+        ("x-1\t\thi\tjoy\t-\tnone", "empty id, group or text"),
+        ("x-1\tg\thi\tjoy,joy\t-\tnone", "repeated label"),
+    ],
+)
+def test_a_bad_row_is_refused_naming_its_line(tmp_path, row, error):
+    with pytest.raises(LearnerDataError, match=error) as info:
+        load_learner_messages(write(tmp_path, "x-0\tg\tfine\tneutral\t-\tnone", row))
+    assert "part.tsv:3" in str(info.value)
+
+
+def test_duplicate_ids_and_a_wrong_header_are_refused(tmp_path):
+    with pytest.raises(LearnerDataError, match="already used"):
+        load_learner_messages(write(tmp_path, "x-1\tg\ta\tjoy\t-\tnone", "x-1\th\tb\tjoy\t-\tnone"))
+    with pytest.raises(LearnerDataError, match="header"):
+        load_learner_messages(write(tmp_path, "x-1\tg\ta\tjoy\t-\tnone", header="id\ttext\n"))
+
+
+def test_gap_report_counts_missed_labels_against_what_was_predicted_instead():
+    import numpy as np
+
+    from export.learner_gap import confusions, predicted_labels
+
+    probs = np.zeros((2, len(GOEMOTIONS_LABELS)), dtype=np.float32)
+    probs[0, GOEMOTIONS_LABELS.index("desire")] = 0.9
+    probs[1, GOEMOTIONS_LABELS.index("sadness")] = 0.9
+    predicted = predicted_labels(probs, np.full(len(GOEMOTIONS_LABELS), 0.5, dtype=np.float32))
+    assert predicted == [["desire"], ["sadness"]]
+    counted = confusions([("disappointment", "sadness"), ("sadness",)], predicted)
+    assert counted == {("disappointment", "desire"): 1, ("sadness", "desire"): 1}
+    assert confusions([("joy",)], [[]]) == {("joy", "(nothing)"): 1}
