@@ -23,11 +23,52 @@ from export.arrays import Array
 from export.packaging.runtime import load_tokenizer, onnx_classifier
 from export.training.calibration import calibrated_probabilities
 from export.training.data import load_split
-from export.training.learner_data import learner_split, load_learner_messages
+from export.training.learner_data import (
+    POLICY_LEARNING_EMOTIONS,
+    LearnerMessage,
+    learner_split,
+    load_learner_messages,
+)
 from export.training.metrics import bootstrap_f1, f1_scores
 
 log = logging.getLogger(__name__)
 CONFUSIONS_SHOWN = 12
+# The policy's intervention levels read as the set's bands.
+BAND_OF_LEVEL = {
+    "none": "none",
+    "preventive": "low",
+    "mild": "low",
+    "moderate": "high",
+    "significant": "high",
+    "critical": "high",
+}
+
+
+def learning_agreement(
+    probs: Array, gold: list[LearnerMessage], policy_path: Path | None = None
+) -> dict[str, Any]:
+    """The learning-state policy on the model's probabilities against the set's learning reading: the
+    policy's learning emotions (present at its ``primary_min_score``) and the band of its intervention
+    level, message by message (no context, no trend: one message alone)."""
+    from gateway.learning.policy import load_policy
+    from gateway.learning.state import assess
+
+    policy = load_policy(policy_path)
+    cut = policy.learning_emotions.primary_min_score
+    tp = fp = fn = 0
+    bands: Counter[tuple[str, str]] = Counter()
+    for row, message in zip(probs, gold, strict=True):
+        state = assess(dict(zip(GOEMOTIONS_LABELS, map(float, row), strict=True)), policy)
+        got = {e for e, score in state.learning_emotions.items() if score >= cut}
+        want = {e for e in message.learning if e in POLICY_LEARNING_EMOTIONS}
+        tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
+        bands[(message.band, BAND_OF_LEVEL[state.intervention_level])] += 1
+    return {
+        "learning_emotions_micro_f1": round(2 * tp / max(2 * tp + fp + fn, 1), 3),
+        "band_agreement": round(sum(n for (g, p), n in bands.items() if g == p) / max(len(gold), 1), 3),
+        "bands": {f"{g}->{p}": n for (g, p), n in sorted(bands.items())},
+        "high_read_as_none": bands[("high", "none")],
+    }
 
 
 def predicted_labels(probs: Array, thresholds: Array) -> list[list[str]]:
@@ -95,6 +136,7 @@ def run(repository: Path) -> dict[str, Any]:
         ][:CONFUSIONS_SHOWN],
         "exact_label_sets": sum(set(g) == set(p) for g, p in zip(gold, predicted, strict=True)),
         "giving_up": giving_up,
+        "learning_state": learning_agreement(learner_probs, [chosen[i] for i in learner.ids]),
     }
 
 
@@ -123,6 +165,16 @@ def markdown(report: dict[str, Any], command: str) -> str:
         row("learner messages", lt),
         "",
         f"Exact label set right on {report['exact_label_sets']} of {lt['n']} learner messages.",
+        "",
+        "## Learning state (the gateway's policy on these probabilities, one message alone)",
+        "",
+        f"- learning emotions present (the policy's eight, at its primary_min_score), micro-F1: "
+        f"**{report['learning_state']['learning_emotions_micro_f1']:.3f}**",
+        f"- intervention band (none / low = preventive, mild / high = moderate and above) agreement: "
+        f"**{report['learning_state']['band_agreement']:.3f}**; messages the set reads `high` that the "
+        f"policy reads `none`: {report['learning_state']['high_read_as_none']}",
+        "- gold -> policy band counts: "
+        + ", ".join(f"{k}: {v}" for k, v in report["learning_state"]["bands"].items()),
         "",
         "## Per label (learner test, labels with gold support)",
         "",

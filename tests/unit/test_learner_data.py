@@ -109,3 +109,22 @@ def test_gap_report_counts_missed_labels_against_what_was_predicted_instead():
     counted = confusions([("disappointment", "sadness"), ("sadness",)], predicted)
     assert counted == {("disappointment", "desire"): 1, ("sadness", "desire"): 1}
     assert confusions([("joy",)], [[]]) == {("joy", "(nothing)"): 1}
+
+
+def test_learning_agreement_reads_the_policys_emotions_and_bands():
+    import numpy as np
+
+    from export.learner_gap import learning_agreement
+    from export.training.learner_data import LearnerMessage
+
+    probs = np.full((2, len(GOEMOTIONS_LABELS)), 0.01, dtype=np.float32)
+    probs[0, GOEMOTIONS_LABELS.index("neutral")] = 0.95
+    probs[1, GOEMOTIONS_LABELS.index("annoyance")] = 0.95
+    gold = [
+        LearnerMessage("x-1", "g1", "is the quiz open book", ("neutral",), (), "none"),
+        LearnerMessage("x-2", "g2", "ugh this again", ("annoyance",), ("frustration",), "high"),
+    ]
+    report = learning_agreement(probs, gold)
+    assert report["learning_emotions_micro_f1"] == 1.0  # frustration found, nothing extra
+    assert report["bands"]["none->none"] == 1
+    assert report["band_agreement"] == (1 + (report["bands"].get("high->high", 0))) / 2
