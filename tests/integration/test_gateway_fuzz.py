@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.api.schemas import EmotionsRequest
@@ -429,6 +429,8 @@ def test_trajectory_for_any_learner_id(request, start_gateway, label_names):
 
     @fuzz(300)
     @given(learner=mixed_text(300) | st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True))
+    @example(learner="0" * 128)  # the longest valid id
+    @example(learner="0" * 129)  # one too long: 422, not a lookup
     def prop(learner):
         CASES[name] += 1
         r = live.request("GET", f"/v1/learners/{quote(learner, safe='', errors='surrogatepass')}/trajectory")
@@ -439,8 +441,8 @@ def test_trajectory_for_any_learner_id(request, start_gateway, label_names):
             assert body["trend"]["label"] in TRENDS
         else:
             check_error(r)
-        if learner and all(c.isascii() and (c.isalnum() or c in "_-") for c in learner):
-            # a valid id with nothing recorded (under this gateway's one tenant)
+        if 0 < len(learner) <= 128 and all(c.isascii() and (c.isalnum() or c in "_-") for c in learner):
+            # a valid id (1-128 characters of the learner-id rule) with nothing recorded (this gateway's one tenant)
             assert r.status_code == 404 and check_error(r)["code"] == "not_found", r.text[:300]
 
     prop()
