@@ -291,24 +291,12 @@ class GuardedInference:
         self._on_reject = on_reject or (lambda: None)
 
     async def infer(self, texts: list[str]) -> list[Prediction]:
+        # Only server faults count; bad input or a cancelled caller says nothing about Triton.
         try:
-            admission = self.breaker.acquire()
+            return await self.breaker.call(lambda: self.inner.infer(texts), is_server_fault)
         except CircuitOpen:
             self._on_reject()
             raise
-        try:
-            result = await self.inner.infer(texts)
-        except Exception as exc:
-            if is_server_fault(exc):
-                self.breaker.failure(admission)
-            else:
-                self.breaker.release(admission)
-            raise
-        except BaseException:
-            self.breaker.release(admission)  # cancelled by the caller: says nothing about Triton
-            raise
-        self.breaker.success(admission)
-        return result
 
     async def ready(self) -> bool:
         """Ready when Triton is and the circuit is closed. After the cool-down a ready Triton closes
