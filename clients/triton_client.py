@@ -4,8 +4,10 @@
     python clients/triton_client.py --protocol http --url 127.0.0.1:8000 "..."
 
 TEXT is BYTES [rows, 1]; PROBABILITIES is FP32 [rows, 28] (a calibrated sigmoid per label, in GoEmotions
-label-id order); LABELS is BYTES [rows, k]: each row's labels over their tuned thresholds, "" as padding;
-MODEL_VERSION is BYTES [rows, 1]: the model that produced the row (manifest digest + variant).
+label-id order), or [rows, 31] for a model with the learning signals giving_up, boredom, stuck after the
+28 (``contract.names.output_labels``); LABELS is BYTES [rows, k]: each row's labels over their tuned
+thresholds, "" as padding; MODEL_VERSION is BYTES [rows, 1]: the model that produced the row (manifest
+digest + variant).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 import numpy as np
 
-from contract.names import ENSEMBLE, LABELS, MODEL_VERSION, PROBABILITIES, TEXT
+from contract.names import ENSEMBLE, LABELS, MODEL_VERSION, PROBABILITIES, TEXT, output_labels
 
 
 def classify(
@@ -32,11 +34,12 @@ def classify(
     names = (PROBABILITIES, LABELS, MODEL_VERSION)
     result = client.infer(ENSEMBLE, [text], outputs=[triton.InferRequestedOutput(n) for n in names])
     probs, labels, versions = (result.as_numpy(n) for n in names)
+    names_of = output_labels(probs.shape[1])
     return [
         {
             "text": t,
             "labels": [x.decode() for x in row if x],
-            "max_probability": float(p.max()),
+            "probabilities": {n: round(float(x), 4) for n, x in zip(names_of, p, strict=True)},
             "model_version": v[0].decode(),
         }
         for t, row, p, v in zip(texts, labels, probs, versions, strict=True)

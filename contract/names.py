@@ -52,3 +52,20 @@ GOEMOTIONS_LABELS = (
     "neutral",
 )
 NEUTRAL = "neutral"
+
+# Learning signals GoEmotions has no label for, learned from the learner-message set (data/learner). A model
+# that has them (the offline student) outputs them after the 28 GoEmotions labels, in this order; a hub
+# GoEmotions checkpoint has none. Either way the first 28 columns are GOEMOTIONS_LABELS.
+LEARNING_SIGNALS = ("giving_up", "boredom", "stuck")
+WITH_LEARNING_SIGNALS = GOEMOTIONS_LABELS + LEARNING_SIGNALS
+OUTPUT_LABELS = (GOEMOTIONS_LABELS, WITH_LEARNING_SIGNALS)
+
+
+def output_labels(width: int) -> tuple[str, ...]:
+    """The label of each column of a model output ``width`` columns wide (28, or 28 + the signals)."""
+    for labels in OUTPUT_LABELS:
+        if len(labels) == width:
+            return labels
+    raise ValueError(
+        f"a model output has {' or '.join(str(len(x)) for x in OUTPUT_LABELS)} columns, not {width}"
+    )

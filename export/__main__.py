@@ -33,7 +33,7 @@ EXIT_GATE_FAILED = 2
 EXIT_BAD_INPUT = 3
 # Default floor for the reference variant: catches a broken or unrelated checkpoint, not a weak one.
 DEFAULT_MIN_MACRO_F1 = 0.30
-TRAIN_MINUTES_ESTIMATE = 21
+TRAIN_MINUTES_ESTIMATE = 25
 # The first snapshot is gated on this many dev texts (and reported on as many test texts): minutes saved.
 SNAPSHOT_EVAL_LIMIT = 1000
 
@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune the offline student (all-MiniLM-L6-v2 -> 28 sigmoids)")
+    p = sub.add_parser(
+        "train", help="fine-tune the offline student (all-MiniLM-L6-v2 -> 28 sigmoids + learning signals)"
+    )
     p.add_argument("--output", type=Path, default=STUDENT_DIR, help="model directory (resumable)")
     defaults = TrainConfig()
     p.add_argument("--epochs", type=float, default=defaults.epochs)
@@ -138,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--time-budget-minutes", type=float, default=defaults.time_budget_minutes)
     p.add_argument("--limit-train", type=int, default=None, help="train on the first N texts only")
+    p.add_argument(
+        "--no-learning-signals",
+        dest="learning_signals",
+        action="store_false",
+        help="the 28 GoEmotions labels only (no learner data, no giving_up/boredom/stuck outputs)",
+    )
+    p.add_argument(
+        "--learner-repeat",
+        type=int,
+        default=defaults.learner_repeat,
+        help="times the learner train split is seen per epoch",
+    )
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
 
     p = sub.add_parser("build", help="export a model to ONNX variants, run the gates, tune thresholds")
@@ -212,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the served model on the learner-message test split vs GoEmotions test; writes results/",
     )
     p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another model (repository or export directory) to report beside it, e.g. the student "
+        "trained without the learner data",
+    )
     p.add_argument("--out", type=Path, default=Path("results"))
     return parser
 
@@ -226,6 +247,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         time_budget_minutes=args.time_budget_minutes,
         limit_train=args.limit_train,
+        learning_signals=args.learning_signals,
+        learner_repeat=args.learner_repeat,
     )
     report = train(args.output, cfg, args.data_dir)
     log.info("training report: %s", json.dumps(report["dev_at_tuned"]))
@@ -384,8 +407,9 @@ def cmd_learner_gap(args: argparse.Namespace) -> int:
     if read_installed(args.repository) is None:
         log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
         return 1
-    report = learner_gap.run(args.repository)
-    for path in learner_gap.write(report, args.out, "python -m export learner-gap"):
+    report = learner_gap.run(args.repository, args.baseline)
+    command = "python -m export learner-gap" + (f" --baseline {args.baseline}" if args.baseline else "")
+    for path in learner_gap.write(report, args.out, command):
         log.info("wrote %s", path)
     return 0
 

@@ -23,7 +23,7 @@ from contract.manifest import (
     VariantEntry,
     file_sha256,
 )
-from contract.names import DEFAULT_MAX_LENGTH
+from contract.names import DEFAULT_MAX_LENGTH, LEARNING_SIGNALS
 from contract.spec import SPEC_FILE, ServingSpec, TensorRTProfile
 from export.packaging.install import MODEL_REPOSITORY, TOKENIZER_FILES, install
 from export.packaging.runtime import load_tokenizer, onnx_classifier, torch_classifier
@@ -50,11 +50,13 @@ from export.training.gates import (
     DEFAULT_MAX_CALIBRATION_F1_DROP,
     DEFAULT_MAX_MACRO_F1_DROP,
     GateFailed,
+    GateReport,
     accuracy_gate,
     calibration_gate,
     parity_gate,
 )
-from export.training.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_f1
+from export.training.learner_data import learner_targets, load_learner_messages
+from export.training.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_f1, bootstrap_per_label
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +109,15 @@ def export_model(
 
     Every decision (temperatures, thresholds, gates) uses dev; test is only reported, once, with
     bootstrap intervals. Each variant is evaluated as it is served (its own execution mode) and gets
-    its own temperatures and thresholds, fitted on its own dev logits.
+    its own temperatures and thresholds, fitted on its own dev logits. A model with the learning signals
+    (contract.names.LEARNING_SIGNALS after the 28 labels) gets theirs from the learner set's dev split,
+    and its test split is reported per signal.
     """
     started = time.monotonic()
     label_names, splits = load_dataset(data_dir)
-    _check_label_order(model_ref, label_names)
+    model_labels = _check_label_order(model_ref, label_names)
+    go = slice(0, len(label_names))  # the GoEmotions columns; the learning signals (if any) follow
+    signals = model_labels[len(label_names) :]
     _check_training_max_length(model_ref, options.max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (
@@ -165,10 +171,13 @@ def export_model(
     dev_logits = {"torch": reference.predict(dev_texts, options.batch_size)}
     for name, clf in classifiers.items():
         dev_logits[name] = clf.predict(dev_texts, options.batch_size)
-    fits = {name: fit_mapping(logits, dev_labels, options.calibration) for name, logits in dev_logits.items()}
+    fits = {
+        name: fit_mapping(logits[:, go], dev_labels, options.calibration)
+        for name, logits in dev_logits.items()
+    }
 
     log.info("accuracy gate on dev: every variant at its own thresholds vs %s", reference_variant)
-    dev_probs = {k: calibrated_probabilities(v, fits[k].temperatures) for k, v in dev_logits.items()}
+    dev_probs = {k: calibrated_probabilities(v[:, go], fits[k].temperatures) for k, v in dev_logits.items()}
     accuracy = accuracy_gate(
         dev_labels,
         dev_probs,
@@ -179,7 +188,7 @@ def export_model(
     )
     log.info("calibration gate on dev (2-fold cross-fitted): ECE and macro-F1 before/after, every variant")
     calibration = calibration_gate(
-        {k: v for k, v in dev_logits.items() if k != "torch"},
+        {k: v[:, go] for k, v in dev_logits.items() if k != "torch"},
         dev_labels,
         options.calibration,
         label_names,
@@ -190,7 +199,7 @@ def export_model(
     test_logits = {"torch": reference.predict(test_texts, options.batch_size)}
     for name, clf in classifiers.items():
         test_logits[name] = clf.predict(test_texts, options.batch_size)
-    test_probs = {k: calibrated_probabilities(v, fits[k].temperatures) for k, v in test_logits.items()}
+    test_probs = {k: calibrated_probabilities(v[:, go], fits[k].temperatures) for k, v in test_logits.items()}
     test_report: dict[str, Any] = {
         name: {
             "at_tuned": bootstrap_f1(probs, test_labels, fits[name].thresholds, BOOTSTRAP_RESAMPLES),
@@ -205,13 +214,25 @@ def export_model(
         "thresholds_and_temperatures": "fitted on dev per variant",
     }
 
+    signal_report = (
+        _learning_signals(
+            reference, classifiers, signals, options, reference_variant, len(label_names), test_report
+        )
+        if signals
+        else None
+    )
+
     reports = out_dir / REPORTS_DIR
     parity.write(reports)
     accuracy.write(reports)
     calibration.write(reports)
+    gates = [parity, accuracy, calibration]
+    if signal_report is not None:
+        signal_report.gate.write(reports)
+        gates.append(signal_report.gate)
     (reports / "test.json").write_text(json.dumps(test_report, indent=2) + "\n")
     reliability_diagram(
-        reliability(calibrated_probabilities(test_logits[reference_variant]), test_labels),
+        reliability(calibrated_probabilities(test_logits[reference_variant][:, go]), test_labels),
         reliability(test_probs[reference_variant], test_labels),
         reports / RELIABILITY_PNG,
         title=f"{Path(model_ref).name} ({reference_variant}): test split, {len(test_texts)} texts x "
@@ -228,9 +249,11 @@ def export_model(
             "per_variant": {k: _calibration_summary(v) for k, v in calibration.results["per_variant"].items()}
         },
         "test": test_report,
-        "passed": parity.passed and accuracy.passed and calibration.passed,
+        "passed": all(g.passed for g in gates),
     }
-    failures = parity.failures + accuracy.failures + calibration.failures
+    if signal_report is not None:
+        summary["learning_signals_dev"] = signal_report.gate.results
+    failures = [f for g in gates for f in g.failures]
     if failures:  # no manifest or spec: nothing downstream can pick up a failed export
         (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         raise GateFailed("; ".join(failures) + f" (reports in {reports})")
@@ -238,7 +261,7 @@ def export_model(
     manifest = Manifest(
         name=Path(model_ref).name if Path(model_ref).is_dir() else model_slug(model_ref),
         source=model_ref,
-        labels=label_names,
+        labels=model_labels,
         input_names=onnx_export.input_names,
         max_length=options.max_length,
         tokenizer={
@@ -252,8 +275,8 @@ def export_model(
                 size_bytes=b.path.stat().st_size,
                 precision=b.precision,
                 execution=b.execution,
-                thresholds=[round(float(t), 4) for t in fits[name].thresholds],
-                temperatures=[round(float(t), 4) for t in fits[name].temperatures],
+                thresholds=[round(float(t), 4) for t in _joined(fits, signal_report, name, "thresholds")],
+                temperatures=[round(float(t), 4) for t in _joined(fits, signal_report, name, "temperatures")],
                 quantization=b.quantization,
             )
             for name, b in built.items()
@@ -267,7 +290,7 @@ def export_model(
     ServingSpec(
         input_names=onnx_export.input_names,
         max_length=options.max_length,
-        labels=label_names,
+        labels=model_labels,
         tensorrt=TensorRTProfile(max_seq=max(options.max_length, TensorRTProfile.max_seq)),
     ).write(out_dir / SPEC_FILE)
     log.info(
@@ -280,6 +303,62 @@ def export_model(
         *test_report[reference_variant]["at_tuned"]["macro_f1_ci95"],
     )
     return manifest
+
+
+@dataclass(frozen=True)
+class SignalReport:
+    """The learning signals' fits (learner dev) per variant and their gate; the test report is added to
+    the export's test report under ``learning_signals``."""
+
+    fits: dict[str, Any]
+    gate: GateReport
+
+
+def _learning_signals(
+    reference: Any,
+    classifiers: dict[str, Any],
+    signals: list[str],
+    options: ExportOptions,
+    reference_variant: str,
+    first: int,
+    test_report: dict[str, Any],
+) -> SignalReport:
+    """Temperatures and thresholds of the signal columns fitted on the learner *dev* split per variant;
+    a gate (every variant within ``max_macro_f1_drop`` of the reference there); precision/recall per
+    signal on the learner *test* split, reported only."""
+    messages = load_learner_messages()
+    dev_texts, dev_targets = learner_targets("dev", messages)
+    test_texts, test_targets = learner_targets("test", messages)
+    columns = slice(first, None)
+    runners = {"torch": reference, **classifiers}
+    log.info("learning signals %s: fitted on the learner dev split (%d texts)", signals, len(dev_texts))
+    dev_logits = {k: c.predict(dev_texts, options.batch_size)[:, columns] for k, c in runners.items()}
+    fits = {k: fit_mapping(v, dev_targets[:, columns], options.calibration) for k, v in dev_logits.items()}
+    gate = accuracy_gate(
+        dev_targets[:, columns],
+        {k: calibrated_probabilities(v, fits[k].temperatures) for k, v in dev_logits.items()},
+        {k: f.thresholds for k, f in fits.items()},
+        reference=reference_variant,
+        max_macro_f1_drop=options.max_macro_f1_drop,
+        name="signal_accuracy",
+        split="learner dev",
+    )
+    for name, runner in runners.items():
+        logits = runner.predict(test_texts, options.batch_size)[:, columns]
+        probs = calibrated_probabilities(logits, fits[name].temperatures)
+        test_report[name]["learning_signals"] = bootstrap_per_label(
+            probs, test_targets[:, columns], fits[name].thresholds, signals
+        )
+    test_report["_about"]["learning_signals"] = f"learner test split, {len(test_texts)} texts"
+    return SignalReport(fits, gate)
+
+
+def _joined(fits: dict[str, Any], signals: SignalReport | None, name: str, field_name: str) -> list[float]:
+    """A variant's per-label values: the GoEmotions labels', then the learning signals' (if any)."""
+    values = [float(x) for x in getattr(fits[name], field_name)]
+    if signals is not None:
+        values += [float(x) for x in getattr(signals.fits[name], field_name)]
+    return values
 
 
 def summary_markdown(summary: dict[str, Any], manifest: Manifest) -> str:
@@ -314,6 +393,23 @@ def summary_markdown(summary: dict[str, Any], manifest: Manifest) -> str:
             f"| {test[name]['ece']:.5f} |"
         )
     lines += ["", "torch is scored with its own dev-fitted temperatures and thresholds, as a reference.", ""]
+    signal_names = manifest.labels[len(manifest.labels) - len(LEARNING_SIGNALS) :]
+    if "learning_signals" in test["_about"]:
+        lines += [
+            f"Learning signals on the {test['_about']['learning_signals']} (thresholds and temperatures "
+            "fitted on the learner dev split; precision / recall / F1):",
+            "",
+            "| variant | " + " | ".join(signal_names) + " |",
+            "|---|" + "---:|" * len(signal_names),
+        ]
+        for name in ["torch", *manifest.variants]:
+            if name in test and "learning_signals" in test[name]:
+                cells = [
+                    "{precision:.3f} / {recall:.3f} / {f1:.3f}".format(**test[name]["learning_signals"][s])
+                    for s in signal_names
+                ]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -334,15 +430,18 @@ def _check_training_max_length(model_ref: str, max_length: int) -> None:
         )
 
 
-def _check_label_order(model_ref: str, label_names: list[str]) -> None:
-    """The model's id2label must name the GoEmotions labels in data order, else every label is wrong."""
+def _check_label_order(model_ref: str, label_names: list[str]) -> list[str]:
+    """The model's id2label must name the GoEmotions labels in data order, else every label is wrong;
+    the learning signals may follow them (all of them, in contract order). Returns the model's labels."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_ref)
     id2label = {int(k): v for k, v in (config.id2label or {}).items()}
     model_names = [id2label.get(i, "") for i in range(len(id2label))]
-    if model_names != label_names:
+    if model_names not in (label_names, [*label_names, *LEARNING_SIGNALS]):
         raise ValueError(
             f"the model's id2label {model_names[:5]}... does not match the GoEmotions labels "
-            f"{label_names[:5]}... in order; refusing to export a model whose outputs would be mislabelled"
+            f"{label_names[:5]}... in order (optionally followed by {list(LEARNING_SIGNALS)}); "
+            "refusing to export a model whose outputs would be mislabelled"
         )
+    return model_names

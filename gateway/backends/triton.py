@@ -16,7 +16,17 @@ import numpy.typing as npt
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from contract.names import ENSEMBLE, GOEMOTIONS_LABELS, LABELS, MODEL_VERSION, PROBABILITIES, TEXT
+from contract.names import (
+    ENSEMBLE,
+    GOEMOTIONS_LABELS,
+    LABELS,
+    LEARNING_SIGNALS,
+    MODEL_VERSION,
+    OUTPUT_LABELS,
+    PROBABILITIES,
+    TEXT,
+    output_labels,
+)
 from gateway.errors import ErrorCode, GatewayError
 from gateway.resilience import Breaker, CircuitOpen, State
 
@@ -36,19 +46,44 @@ _STATUS_TO_CODE: dict[str, ErrorCode] = {
 # it) or has not loaded the model. The same call is tried once on each other endpoint.
 FAILOVER_STATUSES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND"})
 
-NUM_LABELS = len(GOEMOTIONS_LABELS)
-_LABEL_SET = frozenset(GOEMOTIONS_LABELS)
+WIDTHS = tuple(len(labels) for labels in OUTPUT_LABELS)  # 28, or 28 + the learning signals
+_EMOTIONS = frozenset(GOEMOTIONS_LABELS)
+_SIGNALS = frozenset(LEARNING_SIGNALS)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Model output for one text: 28 probabilities (``contract.names.GOEMOTIONS_LABELS`` order), the
-    labels at or over their tuned thresholds (applied by Triton), and the version of the model that
-    produced this row (Triton's MODEL_VERSION)."""
+    """Model output for one text: one probability per output label (``contract.names.output_labels``:
+    the 28 GoEmotions labels, then the learning signals when the model has them), the labels at or over
+    their tuned thresholds (applied by Triton), and the version of the model that produced this row
+    (Triton's MODEL_VERSION)."""
 
     probabilities: list[float]
     labels: list[str]
     model_version: str
+
+    @property
+    def by_label(self) -> dict[str, float]:
+        return dict(zip(output_labels(len(self.probabilities)), self.probabilities, strict=True))
+
+    @property
+    def emotions(self) -> dict[str, float]:
+        return dict(zip(GOEMOTIONS_LABELS, self.probabilities, strict=False))
+
+    @property
+    def signals(self) -> dict[str, float] | None:
+        """The learning signals' probabilities; None when the model has no such outputs."""
+        if len(self.probabilities) == len(GOEMOTIONS_LABELS):
+            return None
+        return dict(zip(LEARNING_SIGNALS, self.probabilities[len(GOEMOTIONS_LABELS) :], strict=True))
+
+    @property
+    def emotion_labels(self) -> list[str]:
+        return [label for label in self.labels if label in _EMOTIONS]
+
+    @property
+    def signal_labels(self) -> list[str]:
+        return [label for label in self.labels if label in _SIGNALS]
 
 
 class Inference(Protocol):
@@ -68,24 +103,29 @@ class InvalidModelOutput(GatewayError):
 
 
 def check_predictions(predictions: Sequence[Prediction], n: int) -> None:
-    """Raise InvalidModelOutput unless ``predictions`` are ``n`` well-formed answers: 28 finite
-    probabilities in [0, 1], known label names, a non-empty model version."""
+    """Raise InvalidModelOutput unless ``predictions`` are ``n`` well-formed answers: 28 (or 28 + the
+    learning signals) finite probabilities in [0, 1], known label names, a non-empty model version."""
     if len(predictions) != n:
         raise InvalidModelOutput("shape", f"{len(predictions)} rows for {n} texts")
     for p in predictions:
-        if len(p.probabilities) != NUM_LABELS:
-            raise InvalidModelOutput("shape", f"{len(p.probabilities)} probabilities, expected {NUM_LABELS}")
+        if len(p.probabilities) not in WIDTHS:
+            raise InvalidModelOutput("shape", f"{len(p.probabilities)} probabilities, expected {_widths()}")
         if not all(math.isfinite(x) for x in p.probabilities):
             raise InvalidModelOutput("non_finite", "non-finite probabilities")
         if not all(0.0 <= x <= 1.0 for x in p.probabilities):
             raise InvalidModelOutput("out_of_range", "probabilities outside [0, 1]")
-        _check_labels(p.labels)
+        _check_labels(p.labels, len(p.probabilities))
         if not p.model_version or not p.model_version.strip():
             raise InvalidModelOutput("missing_version", "no model version")
 
 
-def _check_labels(labels: list[str]) -> None:
-    unknown = [label for label in labels if label not in _LABEL_SET]
+def _widths() -> str:
+    return " or ".join(str(w) for w in WIDTHS)
+
+
+def _check_labels(labels: list[str], width: int) -> None:
+    known = output_labels(width)
+    unknown = [label for label in labels if label not in known]
     if unknown:
         raise InvalidModelOutput("unknown_label", f"unknown label {unknown[0][:40]!r}")
 
@@ -119,9 +159,10 @@ def parse_outputs(
         if array is None:
             raise InvalidModelOutput("missing_output", f"no {name} output")
     assert probabilities is not None and labels is not None and versions is not None
-    if probabilities.shape != (n, NUM_LABELS):
+    if probabilities.ndim != 2 or probabilities.shape[0] != n or probabilities.shape[1] not in WIDTHS:
         raise InvalidModelOutput(
-            "shape", f"{PROBABILITIES} has shape {list(probabilities.shape)}, expected [{n}, {NUM_LABELS}]"
+            "shape",
+            f"{PROBABILITIES} has shape {list(probabilities.shape)}, expected [{n}, {_widths()}]",
         )
     try:
         probs = probabilities.astype(np.float64)
@@ -136,7 +177,7 @@ def parse_outputs(
     predictions = []
     for row, lab, ver in zip(probs.tolist(), label_rows, version_rows, strict=True):
         names = [_text(x, "unknown_label") for x in lab if x]
-        _check_labels(names)
+        _check_labels(names, len(row))
         version = [_text(x, "missing_version") for x in ver if x]
         if len(version) != 1 or not version[0].strip():
             raise InvalidModelOutput("missing_version", "no model version for a row")

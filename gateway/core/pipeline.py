@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from contract.names import GOEMOTIONS_LABELS, NEUTRAL
+from contract.names import NEUTRAL
 from contract.text import normalize
 from gateway.backends.audit.writer import AuditTrail
 from gateway.backends.cache import ResultCache, cache_key
@@ -100,10 +100,11 @@ def validate_texts(texts: Sequence[str], limits: Limits) -> list[str]:
 
 
 def primary_emotion(prediction: Prediction) -> tuple[str, float]:
-    """The most probable label among ``labels`` (those over their tuned thresholds), or ``neutral`` when
-    there are none; and that label's probability."""
-    probs = dict(zip(GOEMOTIONS_LABELS, prediction.probabilities, strict=True))
-    primary = max(prediction.labels, key=probs.__getitem__) if prediction.labels else NEUTRAL
+    """The most probable GoEmotions label among ``labels`` (those over their tuned thresholds), or
+    ``neutral`` when there are none; and that label's probability. Learning signals are not emotions."""
+    probs = prediction.emotions
+    labels = prediction.emotion_labels
+    primary = max(labels, key=probs.__getitem__) if labels else NEUTRAL
     return primary, probs[primary]
 
 
@@ -252,9 +253,8 @@ class Pipeline:
         trend = classify_trend(history, self.policy) if store_ok else None
         results = []
         for prediction, was_cached in zip(predictions, cached, strict=True):
-            probs = dict(zip(GOEMOTIONS_LABELS, prediction.probabilities, strict=True))
             primary, confidence = primary_emotion(prediction)
-            state = assess(probs, self.policy, context, trend.label if trend else None)
+            state = assess(prediction.by_label, self.policy, context, trend.label if trend else None)
             results.append(AnalysedText(prediction, was_cached, primary, confidence, state))
             if learner_id and store_ok:
                 point = TrajectoryPoint(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # The model's output order, from the shared contract (a unit test keeps it equal to
 # data/goemotions/emotions.txt); imported from here by the rest of gateway.learning.
 from contract.names import GOEMOTIONS_LABELS as GOEMOTIONS_LABELS
+from contract.names import LEARNING_SIGNALS as LEARNING_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,10 @@ class LearningEmotions(_Strict):
             if emotion in reserved:
                 raise ValueError(f"learning emotion {emotion!r} clashes with a derived signal name")
             if not labels:
-                raise ValueError(f"{emotion}: maps no GoEmotions labels")
-            unknown = sorted(set(labels) - set(GOEMOTIONS_LABELS))
+                raise ValueError(f"{emotion}: maps no GoEmotions labels or learning signals")
+            unknown = sorted(set(labels) - set(GOEMOTIONS_LABELS) - set(LEARNING_SIGNALS))
             if unknown:
-                raise ValueError(f"{emotion}: unknown GoEmotions label(s) {unknown}")
+                raise ValueError(f"{emotion}: unknown GoEmotions label(s) or learning signal(s) {unknown}")
         return value
 
 
@@ -134,10 +135,9 @@ class Readiness(_Strict):
     @field_validator("states")
     @classmethod
     def _rule_shape(cls, states: list[ReadinessState]) -> list[ReadinessState]:
-        names = [s.name for s in states]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate state name(s) {duplicates}")
+        # A state may have several rules (several ways into it); the default has exactly one.
+        if states[-1].name in {s.name for s in states[:-1]}:
+            raise ValueError(f"the default state {states[-1].name!r} may not have other rules")
         if states[-1].conditions:
             raise ValueError(
                 f"the last state ({states[-1].name!r}) is the default and must have no conditions"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gateway.learning.policy import (
     GOEMOTIONS_LABELS,
+    LEARNING_SIGNALS,
     TREND_LABELS,
     VAD_DIMENSIONS,
     Condition,
@@ -73,36 +74,48 @@ def _clip(value: float) -> float:
 
 
 def validate_probabilities(probabilities: Mapping[str, float]) -> dict[str, float]:
-    """All 28 GoEmotions labels, nothing else, each a finite number in [0, 1]."""
+    """All 28 GoEmotions labels and either all learning signals or none, nothing else, each a finite
+    number in [0, 1]."""
     missing = [label for label in GOEMOTIONS_LABELS if label not in probabilities]
     if missing:
         raise ValueError(f"probabilities: missing GoEmotions label(s) {missing}")
-    unknown = sorted(set(probabilities) - set(GOEMOTIONS_LABELS))
+    unknown = sorted(set(probabilities) - set(GOEMOTIONS_LABELS) - set(LEARNING_SIGNALS))
     if unknown:
         raise ValueError(f"probabilities: unknown label(s) {unknown}")
+    signals = [s for s in LEARNING_SIGNALS if s in probabilities]
+    if signals and len(signals) != len(LEARNING_SIGNALS):
+        raise ValueError(f"probabilities: learning signals {signals} without the rest of {LEARNING_SIGNALS}")
     return {
         label: _check_number(f"probabilities[{label!r}]", probabilities[label], low=0.0, high=1.0)
-        for label in GOEMOTIONS_LABELS
+        for label in (*GOEMOTIONS_LABELS, *signals)
     }
 
 
+def unavailable_signals(probabilities: Mapping[str, float], policy: Policy) -> list[str]:
+    """The learning signals the policy maps but the model did not output (read as 0)."""
+    used = {label for weights in policy.learning_emotions.map.values() for label in weights}
+    return [s for s in LEARNING_SIGNALS if s in used and s not in probabilities]
+
+
 def learning_emotion_scores(probabilities: Mapping[str, float], policy: Policy) -> dict[str, float]:
-    """Each learning emotion from the probability mass of its labels (noisy-OR or clipped sum)."""
+    """Each learning emotion from the probability mass of its labels (noisy-OR or clipped sum); a learning
+    signal the model does not output contributes nothing (an emotion mapped to signals alone reads 0)."""
     probs = validate_probabilities(probabilities)
     method = policy.learning_emotions.method
     scores: dict[str, float] = {}
     for emotion, weights in policy.learning_emotions.map.items():
         if method == "noisy_or":
-            none_fires = math.prod(1.0 - w * probs[label] for label, w in weights.items())
+            none_fires = math.prod(1.0 - w * probs.get(label, 0.0) for label, w in weights.items())
             scores[emotion] = _clip(1.0 - none_fires)
         else:
-            scores[emotion] = _clip(sum(w * probs[label] for label, w in weights.items()))
+            scores[emotion] = _clip(sum(w * probs.get(label, 0.0) for label, w in weights.items()))
     return scores
 
 
 def text_vad(probabilities: Mapping[str, float], policy: Policy) -> tuple[float, float, float]:
-    """Probability-weighted mean of the label VADs, neutral down-weighted, smoothed towards the prior."""
-    probs = validate_probabilities(probabilities)
+    """Probability-weighted mean of the label VADs, neutral down-weighted, smoothed towards the prior (the
+    GoEmotions labels only: the lexicon has no entry for a learning signal)."""
+    probs = {k: v for k, v in validate_probabilities(probabilities).items() if k in policy.vad}
     scoring = policy.vad_scoring
     mass = {label: p * (scoring.neutral_weight if label == "neutral" else 1.0) for label, p in probs.items()}
     total = sum(mass.values()) + scoring.prior_mass
@@ -179,7 +192,8 @@ def assess(
     context: LearnerContext | None = None,
     trend: str | None = None,
 ) -> LearningState:
-    """The learning-state view of one text's 28 label probabilities (see policy.toml for every formula)."""
+    """The learning-state view of one text's label probabilities: the 28 GoEmotions labels, plus the learning
+    signals when the model has them (see policy.toml for every formula)."""
     if trend is not None and trend not in TREND_LABELS:
         raise ValueError(f"trend must be one of {list(TREND_LABELS)} or None, got {trend!r}")
     emotions = learning_emotion_scores(probabilities, policy)
@@ -187,6 +201,11 @@ def assess(
     strain = context_strain(context, policy)
     midpoint = policy.vad_scoring.scale_midpoint
     reasons: list[str] = []
+    missing = unavailable_signals(probabilities, policy)
+    if missing:
+        reasons.append(
+            f"learning signals {', '.join(missing)} unavailable (the model has no such outputs): read as 0"
+        )
     if strain is not None:
         reasons.append(f"context_strain {strain:.2f} from {_context_summary(context)}")
 

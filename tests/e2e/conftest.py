@@ -15,11 +15,12 @@ from tests.support.stack import make_repository, running_triton, tiny_options
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> Path:
+def tiny_export(tmp_path_factory, tiny_signal_model: Path, tiny_data: Path) -> Path:
+    """The served model has the learning signals, as the offline student does (E2E_LABELS)."""
     from export.pipeline import export_model
 
     out = tmp_path_factory.mktemp("e2e-export")
-    export_model(str(tiny_model), out, tiny_options(), tiny_data)
+    export_model(str(tiny_signal_model), out, tiny_options(), tiny_data)
     return out
 
 

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from contract.manifest import Manifest
 from server.embedded import EmbeddedTriton, shm_regions
-from tests.support.stack import TEXTS, grpc_infer, labels_of, oracle, triton_config, triton_metric
+from tests.support.stack import E2E_LABELS, TEXTS, grpc_infer, labels_of, oracle, triton_config, triton_metric
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def test_ensemble_equals_in_process_onnxruntime(triton, expected):
 def test_one_request_with_rows_of_mixed_lengths(triton, expected):
     result = grpc_infer(triton, TEXTS)
     probs, names = expected(TEXTS)
-    assert result.as_numpy("PROBABILITIES").shape == (len(TEXTS), 28)
+    assert result.as_numpy("PROBABILITIES").shape == (len(TEXTS), len(E2E_LABELS))
     np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), probs, atol=1e-5)
     assert labels_of(result) == names
 
@@ -166,6 +166,7 @@ def test_readme_client_example_runs(triton, expected, protocol):
     ).stdout
     rows = json.loads(out)
     assert [r["labels"] for r in rows] == expected(TEXTS[:2])[1]
+    assert list(rows[0]["probabilities"]) == list(E2E_LABELS)  # named in output order, signals last
 
 
 def test_memory_breakdown_covers_the_server_each_stub_and_shared_memory_once(triton):

@@ -13,10 +13,11 @@ import pytest
 import redis
 
 from contract.manifest import Manifest
+from contract.names import LEARNING_SIGNALS
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.support.processes import free_port
-from tests.support.stack import TEXTS, grpc_infer, labels_of, launcher, log_text
+from tests.support.stack import TEXTS, as_triton_row, grpc_infer, labels_of, launcher, log_text
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +39,11 @@ async def test_gateway_answers_what_triton_answers(gateway_client, triton, repos
     direct = grpc_infer(triton, TEXTS)
     probs = direct.as_numpy("PROBABILITIES")
     for i, result in enumerate(body["results"]):
-        np.testing.assert_allclose(list(result["emotions"].values()), probs[i], atol=1e-6)
-        assert result["labels"] == labels_of(direct)[i]
+        served_probs, served_labels = as_triton_row(result)
+        assert list(result["learning_signals"]) == list(LEARNING_SIGNALS)
+        np.testing.assert_allclose(served_probs, probs[i], atol=1e-6)
+        assert served_labels == labels_of(direct)[i]
+        assert set(result["signal_labels"]) <= set(LEARNING_SIGNALS)
     assert r.headers["x-cache"] == "miss"
 
 
@@ -56,7 +60,7 @@ async def test_a_native_request_for_some_outputs_does_not_break_the_gateway(gate
     for _ in range(6):  # more than the breaker's threshold
         r = await gateway_client.post("/v1/emotions", json={"text": text})
         assert r.status_code == 200, r.text
-        assert r.json()["results"][0]["labels"] == labels_of(grpc_infer(triton, [text]))[0]
+        assert as_triton_row(r.json()["results"][0])[1] == labels_of(grpc_infer(triton, [text]))[0]
     assert (await gateway_client.get("/readyz")).status_code == 200
 
 
@@ -118,12 +122,13 @@ def test_launcher_runs_triton_and_gateway_and_stops_both(repository, tmp_path):
             headers={"content-type": "application/json"},
         )
         body = json.loads(urllib.request.urlopen(req, timeout=30).read())
-        assert len(body["results"][0]["emotions"]) == 28
+        assert len(body["results"][0]["emotions"]) == 28 and len(body["results"][0]["learning_signals"]) == 3
         history = json.loads(urllib.request.urlopen(f"{url}/v1/learners/e2e-audit/history", timeout=5).read())
         (entry,) = history["entries"]
         assert (
             entry["model_version"] == body["model"]["version"]
-            and entry["labels"] == body["results"][0]["labels"]
+            # the audit row keeps every label the model gave: emotions, then learning signals
+            and entry["labels"] == body["results"][0]["labels"] + body["results"][0]["signal_labels"]
         )
         assert entry["text"] is None and len(entry["text_hash"]) == 64
         code = proc.stop(timeout=60, sig=signal.SIGINT)

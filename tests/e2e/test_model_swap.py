@@ -21,7 +21,7 @@ from contract.manifest import Manifest
 from export.pipeline import install
 from server.probes import wait_for
 from tests.support.models import build_tiny_model
-from tests.support.stack import launcher, log_text, make_repository, oracle, tiny_options
+from tests.support.stack import E2E_LABELS, launcher, log_text, make_repository, oracle, tiny_options
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +37,10 @@ VERSION_CHECK_S = 0.2
 
 
 @pytest.fixture(scope="module")
-def second_export(tmp_path_factory, tiny_data: Path, label_names: list[str]) -> Path:
+def second_export(tmp_path_factory, tiny_data: Path) -> Path:
     from export.pipeline import export_model
 
-    model = build_tiny_model(tmp_path_factory.mktemp("model-b") / "model", label_names, seed=1)
+    model = build_tiny_model(tmp_path_factory.mktemp("model-b") / "model", list(E2E_LABELS), seed=1)
     out = tmp_path_factory.mktemp("export-b")
     export_model(str(model), out, tiny_options(), tiny_data)
     return out
@@ -122,9 +122,8 @@ def test_swap_under_load_fails_nothing_and_never_mislabels(tmp_path, tiny_export
         for _, text, _, body in answers:
             (result,) = body["results"]
             version = body["model"]["version"]
-            got = np.array(
-                [result["emotions"][n] for n in Manifest.read(tiny_export / "manifest.json").labels]
-            )
+            by_label = result["emotions"] | result["learning_signals"]
+            got = np.array([by_label[n] for n in Manifest.read(tiny_export / "manifest.json").labels])
             np.testing.assert_allclose(got, probs_of[version][text], atol=1e-5, err_msg=f"{version} {text}")
         # After the swap, the texts cached under the old model are answered by the new one.
         late = [body for started, _, _, body in answers if started > settled_at]
@@ -138,6 +137,7 @@ def test_swap_under_load_fails_nothing_and_never_mislabels(tmp_path, tiny_export
         labels_of: dict[tuple[str, str], list[str]] = {}
         for _, text, _, body in answers:  # one model, one text: one label set
             key = (text, body["model"]["version"])
-            assert labels_of.setdefault(key, body["results"][0]["labels"]) == body["results"][0]["labels"]
+            given = body["results"][0]["labels"] + body["results"][0]["signal_labels"]  # as audited
+            assert labels_of.setdefault(key, given) == given
         for text, version, labels in rows:  # every audit row names the model that produced its labels
             assert json.loads(labels) == labels_of[(text, version)]

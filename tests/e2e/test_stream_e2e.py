@@ -9,7 +9,7 @@ import pytest
 
 from gateway.learning.policy import load_policy
 from tests.support.gateway import recv, serve, ws
-from tests.support.stack import TEXTS, grpc_infer, labels_of
+from tests.support.stack import TEXTS, as_triton_row, grpc_infer, labels_of
 
 pytestmark = pytest.mark.e2e
 
@@ -26,8 +26,9 @@ def test_stream_answers_what_triton_answers_with_the_learner_trajectory(triton, 
     direct = grpc_infer(triton, TEXTS)
     probs = direct.as_numpy("PROBABILITIES")
     for i, frame in enumerate(results):
-        np.testing.assert_allclose(list(frame["result"]["emotions"].values()), probs[i], atol=1e-6)
-        assert frame["result"]["labels"] == labels_of(direct)[i]
+        served_probs, served_labels = as_triton_row(frame["result"])
+        np.testing.assert_allclose(served_probs, probs[i], atol=1e-6)
+        assert served_labels == labels_of(direct)[i]
     window = load_policy().trajectory.window
     # Redis kept every point (the trend looks at the last `window` of them)
     assert [f["trend"]["points"] for f in results] == [min(n, window) for n in range(1, len(TEXTS) + 1)]

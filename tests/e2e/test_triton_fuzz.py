@@ -3,7 +3,7 @@ tritonserver (the session fixture ``triton``, shared with the other e2e tests).
 
 The property, for any request of TEXT rows (empty, whitespace, up to 20k characters, not UTF-8, NUL
 bytes, emoji/RTL, good and bad rows mixed, 0 or more than max_batch_size rows): either it succeeds with
-PROBABILITIES of shape (rows, 28) in [0, 1] (and LABELS from the label set), or it fails with
+PROBABILITIES of shape (rows, labels) in [0, 1] (and LABELS from the label set), or it fails with
 INVALID_ARGUMENT (gRPC) / HTTP 400 and a reason naming the first bad row. The server stays live and
 keeps answering good requests: checked every few examples and after each test. Cases are counted into
 build/fuzz_counts.json next to the gateway fuzzing's.
@@ -108,7 +108,7 @@ def expected(rows: list[bytes]) -> tuple[bool, str | None]:
 
 def check_success(probs: Any, labels: Any, rows: list[bytes], label_set: set[str]) -> None:
     assert probs is not None and labels is not None
-    assert probs.shape == (len(rows), 28) and probs.dtype == np.float32
+    assert probs.shape == (len(rows), len(label_set)) and probs.dtype == np.float32
     assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
     assert labels.shape[0] == len(rows)
     for row in labels:
@@ -174,7 +174,7 @@ class Fuzzing:
     [("grpc", 100, "StatusCode.INVALID_ARGUMENT"), ("http", 50, "400")],
 )
 def test_any_rows(request, triton, label_set, protocol, examples, bad_status):
-    """Any rows -> (rows, 28) probabilities in [0, 1], or INVALID_ARGUMENT (gRPC) / 400 (HTTP, binary
+    """Any rows -> (rows, labels) probabilities in [0, 1], or INVALID_ARGUMENT (gRPC) / 400 (HTTP, binary
     tensor data, so any bytes) naming the first bad row."""
     fuzzing = Fuzzing(request, triton, label_set)
     if protocol == "grpc":
@@ -224,7 +224,7 @@ def lone_surrogates(text: str) -> bool:
 
 def test_http_json_rows(request, triton, label_set):
     """HTTP with the rows as JSON strings (what curl sends), escapes and lone surrogates included:
-    200 with (rows, 28) probabilities, or a 400 whose JSON body has an error reason naming the first bad
+    200 with (rows, labels) probabilities, or a 400 whose JSON body has an error reason naming the first bad
     row. Exception, upstream: JSON Triton cannot parse (a lone surrogate escape) is a 500 (see below)."""
     fuzzing = Fuzzing(request, triton, label_set)
     url = f"{triton.http_url}/v2/models/{MODEL}/infer"

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from server.embedded import ADMIN_HEADER, ADMIN_KEY_ENV, EmbeddedTriton
 from server.stack import Stack, launcher_ports
-from tests.support.stack import MODEL, grpc_infer, log_text, tritonserver_of
+from tests.support.stack import E2E_LABELS, MODEL, grpc_infer, log_text, tritonserver_of
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,7 @@ def test_inference_stays_open_over_http_and_grpc(triton: EmbeddedTriton):
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
-    assert grpc_infer(triton, ["I get it now!"]).as_numpy("PROBABILITIES").shape == (1, 28)
+    assert grpc_infer(triton, ["I get it now!"]).as_numpy("PROBABILITIES").shape == (1, len(E2E_LABELS))
 
 
 def test_restricted_grpc_protocols_need_the_admin_key(triton: EmbeddedTriton):

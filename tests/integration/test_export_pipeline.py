@@ -255,3 +255,58 @@ def test_install_writes_a_runnable_tensorrt_build_script(exported, tmp_path):
     subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True, text=True)
     assert (tmp_path / "args").exists()
     assert (repo / "classifier" / "1" / "model.plan.digest").read_text().strip() == manifest.digest
+
+
+# --- a model with the learning signals (the offline student's shape) ---
+
+
+@pytest.fixture(scope="module")
+def signal_export(tmp_path_factory, tiny_signal_model: Path, tiny_data: Path) -> tuple[Path, Manifest]:
+    out = tmp_path_factory.mktemp("signal-export")
+    opts = dataclasses.replace(LOOSE, variants=("fp32", "fp16", "int8"))
+    return out, export_model(str(tiny_signal_model), out, opts, tiny_data)
+
+
+def test_signal_columns_are_fitted_on_the_learner_dev_split(signal_export):
+    from contract.names import WITH_LEARNING_SIGNALS
+    from export.training.calibration import fit_mapping
+    from export.training.learner_data import learner_targets, load_learner_messages
+
+    out, manifest = signal_export
+    assert manifest.labels == list(WITH_LEARNING_SIGNALS)
+    texts, targets = learner_targets("dev", load_learner_messages())
+    for name in ("fp32", "int8"):
+        entry = manifest.variants[name]
+        assert len(entry.thresholds) == len(entry.temperatures) == 31
+        logits = onnx_classifier(out / entry.file, load_tokenizer(out), execution=entry.execution).predict(
+            texts
+        )
+        fit = fit_mapping(logits[:, 28:], targets[:, 28:])
+        assert entry.thresholds[28:] == [round(float(t), 4) for t in fit.thresholds], name
+        assert entry.temperatures[28:] == [round(float(t), 4) for t in fit.temperatures], name
+    gate = json.loads((out / "reports" / "signal_accuracy.json").read_text())
+    assert gate["passed"] and gate["results"]["_criteria"]["split"] == "learner dev"
+    test = json.loads((out / "reports" / "test.json").read_text())
+    for name in ("torch", "fp32", "int8"):
+        giving_up = test[name]["learning_signals"]["giving_up"]
+        assert giving_up["support"] > 0 and {"precision", "recall", "f1", "recall_ci95"} <= set(giving_up)
+    spec = ServingSpec.read(out / "spec.json")
+    assert spec.labels == list(WITH_LEARNING_SIGNALS)
+
+
+def test_signal_model_installs_with_31_wide_configs(signal_export, tmp_path):
+    out, manifest = signal_export
+    install(out, tmp_path / "repo")
+    for rel in (
+        "classifier/configs/embedded.pbtxt",
+        "postprocess/configs/embedded.pbtxt",
+        "goemotions/config.pbtxt",
+    ):
+        assert "dims: [31]" in (tmp_path / "repo" / rel).read_text(), rel
+    assert read_installed(tmp_path / "repo") == manifest
+
+
+def test_a_model_with_some_signals_only_is_refused(tmp_path, tiny_data, label_names):
+    model = build_tiny_model(tmp_path / "m", [*label_names, "giving_up"])
+    with pytest.raises(ValueError, match="optionally followed by"):
+        export_model(str(model), tmp_path / "out", LOOSE, tiny_data)

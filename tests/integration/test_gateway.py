@@ -354,3 +354,37 @@ async def test_cors_is_off_by_default_and_on_when_configured(client, fake):
             "/v1/emotions", headers={**preflight, "origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+# --- learning signals: a model with giving_up / boredom / stuck outputs after the 28 labels ---
+
+
+async def test_learning_signals_are_reported_apart_from_the_emotions(settings, label_names):
+    from contract.names import LEARNING_SIGNALS, WITH_LEARNING_SIGNALS
+
+    fake = FakeTriton(list(WITH_LEARNING_SIGNALS))
+    text = "I want to give up."
+    probs = [0.01] * len(WITH_LEARNING_SIGNALS)
+    probs[WITH_LEARNING_SIGNALS.index("desire")] = 0.6
+    probs[WITH_LEARNING_SIGNALS.index("giving_up")] = 0.93
+    fake.answers[text] = (probs, ["desire", "giving_up"])
+    async with gateway(settings, fake) as client:
+        r = await client.post("/v1/emotions", json={"text": text})
+        other = (await client.post("/v1/emotions", json={"text": "hello"})).json()["results"][0]
+    assert r.status_code == 200, r.text
+    [result] = r.json()["results"]
+    assert result["emotions"] == dict(zip(label_names, probs[:28], strict=True))
+    assert result["labels"] == ["desire"] and result["primary_emotion"] == "desire"
+    assert result["learning_signals"] == {"giving_up": 0.93, "boredom": 0.01, "stuck": 0.01}
+    assert result["signal_labels"] == ["giving_up"]
+    state = result["learning_state"]
+    assert state["learning_emotions"]["giving_up"] == pytest.approx(0.93)
+    assert state["intervention_level"] in ("moderate", "significant", "critical")
+    assert state["readiness"]["state"] == "needs_support"
+    assert set(other["learning_signals"]) == set(LEARNING_SIGNALS)
+
+
+async def test_a_model_without_signals_answers_null_signals_and_says_why(client):
+    [result] = (await client.post("/v1/emotions", json={"text": "I want to give up."})).json()["results"]
+    assert result["learning_signals"] is None and result["signal_labels"] == []
+    assert any("unavailable" in reason for reason in result["learning_state"]["reasons"])

@@ -10,9 +10,19 @@ import torch
 from safetensors.torch import load_file
 
 import export.training.train as train_mod
-from export.training.train import CHECKPOINT_DIR, REPORT_FILE, TrainConfig, is_trained, train
+from contract.names import LEARNING_SIGNALS
+from export.training.learner_data import learner_targets, load_learner_messages
+from export.training.train import (
+    CHECKPOINT_DIR,
+    REPORT_FILE,
+    TrainConfig,
+    is_trained,
+    masked_bce,
+    train,
+    training_rows,
+)
 
-CFG = TrainConfig(epochs=1.5, batch_size=8, checkpoint_every_steps=5, limit_eval=60)
+CFG = TrainConfig(epochs=1.5, batch_size=8, checkpoint_every_steps=5, limit_eval=60, learning_signals=False)
 
 
 def test_writes_a_standard_hf_model_dir(tmp_path, tiny_model, tiny_data, label_names):
@@ -60,7 +70,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_model, tiny_
 
 
 def test_time_budget_stops_and_saves(tmp_path, tiny_model, tiny_data):
-    cfg = TrainConfig(epochs=1, batch_size=8, time_budget_minutes=0.0, limit_eval=30)
+    cfg = TrainConfig(epochs=1, batch_size=8, time_budget_minutes=0.0, limit_eval=30, learning_signals=False)
     report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
     assert report["stopped_early"] is True and report["steps"] == 1
     assert is_trained(tmp_path / "s")
@@ -74,3 +84,49 @@ def test_head_gets_its_own_learning_rate(tiny_model, label_names):
     assert id(model.classifier.weight) in head_ids and id(model.bert.pooler.dense.weight) in head_ids
     assert not model.bert.embeddings.word_embeddings.weight.requires_grad
     assert all(p.ndim < 2 for p in groups[2]["params"])  # no weight decay on biases / LayerNorm
+
+
+def test_learning_signals_are_extra_outputs_learned_from_the_learner_train_split(
+    tmp_path, tiny_model, tiny_data, label_names
+):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = TrainConfig(epochs=0.2, batch_size=16, limit_eval=30, learner_repeat=1)
+    report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
+    learner_train = len(learner_targets("train", load_learner_messages())[0])
+    assert report["learner_rows"] == learner_train
+    assert report["learner_dev_signals"]["texts"] == len(learner_targets("dev", load_learner_messages())[0])
+    assert set(report["learner_dev_signals"]["per_signal_f1"]) == set(LEARNING_SIGNALS)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s")
+    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == [
+        *label_names,
+        *LEARNING_SIGNALS,
+    ]
+
+
+def test_goemotions_rows_never_teach_the_signals(tiny_data):
+    from export.training.data import load_split
+
+    split = load_split("train", tiny_data)
+    rows = training_rows(split, TrainConfig(learner_repeat=2))
+    n, k = len(split), len(LEARNING_SIGNALS)
+    assert rows.targets.shape == rows.mask.shape == (len(rows.texts), 28 + k)
+    assert (rows.mask[:n, 28:] == 0).all() and (rows.mask[:n, :28] == 1).all()
+    assert (rows.mask[n:] == 1).all() and rows.learner_rows == len(rows.texts) - n
+    assert rows.targets[n:, 28:].sum() > 0  # learner rows carry signal targets
+    assert rows.texts[n : n + rows.learner_rows // 2] == rows.texts[n + rows.learner_rows // 2 :]
+    off = training_rows(split, TrainConfig(learning_signals=False))
+    assert off.texts == split.texts and off.targets.shape[1] == 28 and off.learner_rows == 0
+
+
+def test_masked_targets_give_no_gradient():
+    logits = torch.zeros((2, 4), requires_grad=True)
+    targets = torch.ones((2, 4))
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    masked_bce(logits, targets, mask).backward()
+    assert logits.grad is not None
+    assert (logits.grad[0, 2:] == 0).all() and (logits.grad[1, 2:] != 0).all()
+    # the mean is over the known targets: 6 of them, each log(2) at logit 0
+    assert masked_bce(logits.detach(), targets, mask).item() == pytest.approx(
+        float(torch.log(torch.tensor(2.0)))
+    )

@@ -27,10 +27,11 @@ WAIT_S = 10  # upper bound on any wait: a broken gateway fails the test instead 
 Outputs = dict[str, np.ndarray]
 
 
-def probabilities(text: str) -> list[float]:
-    """The fakes' deterministic answer for a text: 28 probabilities from its hash."""
+def probabilities(text: str, width: int = len(GOEMOTIONS_LABELS)) -> list[float]:
+    """The fakes' deterministic answer for a text: ``width`` (28, or 31 with the learning signals)
+    probabilities from its hash."""
     seed = hashlib.sha256(text.encode()).digest()
-    return [round(b / 255, 4) for b in seed[: len(GOEMOTIONS_LABELS)]]
+    return [round(b / 255, 4) for b in seed[:width]]
 
 
 def expected_primary(names: list[str], probs: list[float], labels: list[str]) -> tuple[str, float]:
@@ -58,7 +59,7 @@ class FakeTriton:
         self.answers: dict[str, tuple[list[float], list[str]]] = {}
 
     def probabilities(self, text: str) -> list[float]:
-        return probabilities(text)
+        return probabilities(text, len(self.names))
 
     def labels(self, text: str) -> list[str]:
         return [n for n, x in zip(self.names, self.probabilities(text), strict=True) if x >= 0.5]

@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 
 from contract.manifest import Manifest
+from contract.names import WITH_LEARNING_SIGNALS
 from contract.spec import SPEC_FILE, ServingSpec
 from server.embedded import EmbeddedTriton, ServerConfig
 from server.gateway_process import ManagedProcess
@@ -22,6 +23,8 @@ from server.probes import metric, scrape
 from server.stack import Stack
 
 MODEL = "goemotions"
+# The e2e model's outputs: the 28 GoEmotions labels, then the learning signals (as the offline student).
+E2E_LABELS = WITH_LEARNING_SIGNALS
 PYTHON_MODELS = ("tokenizer/1/model.py", "classifier/1/model.py", "postprocess/1/model.py")
 TEXTS = [
     "I finally understand recursion, thank you so much!",
@@ -102,6 +105,13 @@ def grpc_infer(server: EmbeddedTriton, texts: list[str], raw: list[bytes] | None
 
 def labels_of(result: Any) -> list[list[str]]:
     return [[x.decode() for x in row if x] for row in result.as_numpy("LABELS")]
+
+
+def as_triton_row(result: dict[str, Any]) -> tuple[list[float], list[str]]:
+    """A gateway result as Triton answered its row: the probabilities in output order (emotions, then
+    the learning signals) and every label (emotion labels, then signal labels)."""
+    probs = [*result["emotions"].values(), *(result["learning_signals"] or {}).values()]
+    return probs, [*result["labels"], *result["signal_labels"]]
 
 
 def triton_metric(server: EmbeddedTriton, name: str, model: str) -> float:

@@ -66,8 +66,15 @@ def set_last(output: str, value: float | bytes) -> Callable[[list[str], Outputs]
         (drop(PROBABILITIES), "missing_output", "no PROBABILITIES output"),
         (drop(LABELS), "missing_output", "no LABELS output"),
         (drop(MODEL_VERSION), "missing_output", "no MODEL_VERSION output"),
-        (replace(PROBABILITIES, lambda o: o[PROBABILITIES][:, :27]), "shape", "expected [2, 28]"),
-        (replace(PROBABILITIES, lambda o: o[PROBABILITIES][:1]), "shape", "expected [2, 28]"),
+        (replace(PROBABILITIES, lambda o: o[PROBABILITIES][:, :27]), "shape", "expected [2, 28 or 31]"),
+        (replace(PROBABILITIES, lambda o: o[PROBABILITIES][:1]), "shape", "expected [2, 28 or 31]"),
+        (
+            replace(PROBABILITIES, lambda o: np.pad(o[PROBABILITIES], ((0, 0), (0, 2)))),
+            "shape",
+            "expected [2, 28 or 31]",
+        ),
+        # a model without learning-signal outputs cannot label one
+        (set_last(LABELS, b"giving_up"), "unknown_label", "unknown label 'giving_up'"),
         (set_last(PROBABILITIES, float("nan")), "non_finite", "non-finite probabilities"),
         (set_last(PROBABILITIES, float("inf")), "non_finite", "non-finite probabilities"),
         (set_last(PROBABILITIES, 1.5), "out_of_range", "outside [0, 1]"),

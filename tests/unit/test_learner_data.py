@@ -12,7 +12,7 @@ from contract.names import GOEMOTIONS_LABELS
 from export.training.learner_data import (
     COLUMNS,
     LEARNER_DIR,
-    LEARNING_SIGNALS,
+    LEARNING_VOCABULARY,
     POLICY_LEARNING_EMOTIONS,
     LearnerDataError,
     learner_split,
@@ -58,8 +58,9 @@ def test_the_split_is_a_stable_function_of_the_group_with_the_stated_shares():
 
 def test_learning_signals_cover_the_policys_learning_emotions():
     policy = tomllib.loads((ROOT / "gateway" / "learning" / "policy.toml").read_text(encoding="utf-8"))
-    assert set(policy["learning_emotions"]["map"]) == set(POLICY_LEARNING_EMOTIONS)
-    assert set(POLICY_LEARNING_EMOTIONS) < set(LEARNING_SIGNALS)
+    # the set's learning column speaks the policy's language: its learning emotions, signals included
+    assert set(policy["learning_emotions"]["map"]) == set(LEARNING_VOCABULARY)
+    assert set(POLICY_LEARNING_EMOTIONS) < set(LEARNING_VOCABULARY)
 
 
 def test_a_good_file_loads_with_its_fields(tmp_path):
@@ -128,3 +129,46 @@ def test_learning_agreement_reads_the_policys_emotions_and_bands():
     assert report["learning_emotions_micro_f1"] == 1.0  # frustration found, nothing extra
     assert report["bands"]["none->none"] == 1
     assert report["band_agreement"] == (1 + (report["bands"].get("high->high", 0))) / 2
+
+
+def test_learning_agreement_counts_giving_up_messages_that_reach_moderate():
+    import numpy as np
+
+    from contract.names import WITH_LEARNING_SIGNALS
+    from export.learner_gap import learning_agreement
+    from export.training.learner_data import LearnerMessage
+
+    probs = np.full((2, len(WITH_LEARNING_SIGNALS)), 0.01, dtype=np.float32)
+    probs[:, WITH_LEARNING_SIGNALS.index("desire")] = 0.6  # "I want to give up" read as desire
+    probs[0, WITH_LEARNING_SIGNALS.index("giving_up")] = 0.9
+    gold = [
+        LearnerMessage("x-1", "g1", "i want to give up", ("sadness",), ("giving_up",), "high"),
+        LearnerMessage("x-2", "g2", "i want to give up on this", ("sadness",), ("giving_up",), "high"),
+    ]
+    report = learning_agreement(probs, gold)
+    assert report["giving_up_messages"] == 2 and report["giving_up_at_least_moderate"] == 1
+    assert report["bands"] == {"high->high": 1, "high->none": 1}
+    # the same rows from a model without the signal: the policy cannot see it
+    assert learning_agreement(probs[:, :28], gold)["giving_up_at_least_moderate"] == 0
+
+
+def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
+    from export.learner_gap import targets
+
+    def model(learner: float, go: float, recall: float | None, reached: int) -> dict:
+        signals = (
+            None if recall is None else {"giving_up": {"recall": recall, "precision": 0.9, "support": 7}}
+        )
+        return {
+            "learner_test_present_labels": {"macro_f1": learner},
+            "goemotions_test": {"macro_f1": go},
+            "signals": signals,
+            "learning_state": {"giving_up_at_least_moderate": reached, "giving_up_messages": 7},
+        }
+
+    baseline = model(0.30, 0.53, None, 0)
+    met = [t["met"] for t in targets(model(0.50, 0.53, 0.86, 7), baseline)]
+    assert met == [True, True, True, True, True]
+    met = [t["met"] for t in targets(model(0.39, 0.515, 0.71, 6), baseline)]
+    assert met == [False, False, False, False, False]
+    assert [t["met"] for t in targets(baseline, None)] == [False, False, False]

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from contract.manifest import MANIFEST_FILE, Manifest
+from contract.names import OUTPUT_LABELS
 from gateway.learning.policy import (
     DEFAULT_POLICY_PATH,
     GOEMOTIONS_LABELS,
@@ -49,7 +50,8 @@ def test_label_list_matches_the_dataset_and_the_model_repository():
     assert tuple(names) == GOEMOTIONS_LABELS
     installed = REPO_ROOT / "model_repository" / MANIFEST_FILE
     if installed.is_file():  # a model is installed here (not in a fresh clone)
-        assert tuple(Manifest.read(installed).labels) == GOEMOTIONS_LABELS
+        # the 28 labels first, then the learning signals when the model has them
+        assert tuple(Manifest.read(installed).labels) in OUTPUT_LABELS
 
 
 # NRC VAD Lexicon v1 (Mohammad 2018, ACL), 0..1 scale, copied from NRC-VAD-Lexicon.txt in
@@ -94,8 +96,9 @@ def test_invalid_toml(tmp_path: Path):
         ),
         pytest.param(
             "annoyance = 0.9 ",
-            "boredom = 0.9 ",
-            r"learning_emotions\.map: .*frustration: unknown GoEmotions label\(s\) \['boredom'\]",
+            "tedium = 0.9 ",
+            r"learning_emotions\.map: .*frustration: unknown GoEmotions label\(s\) or learning signal\(s\) "
+            r"\['tedium'\]",
             id="unknown-label-in-mapping",
         ),
         pytest.param(
@@ -130,8 +133,8 @@ def test_invalid_toml(tmp_path: Path):
         ),
         pytest.param(
             'signal = "engagement", op = "<"',
-            'signal = "boredom", op = "<"',
-            r"readiness\.states\[disengaged\]: unknown signal\(s\) \['boredom'\]",
+            'signal = "tedium", op = "<"',
+            r"readiness\.states\[disengaged\]: unknown signal\(s\) \['tedium'\]",
             id="unknown-signal-in-rule",
         ),
         pytest.param(
@@ -173,3 +176,14 @@ def test_policy_is_immutable():
     policy = load_policy()
     with pytest.raises(ValueError, match="frozen"):
         policy.readiness.base = 0.9
+
+
+def test_a_state_may_have_several_rules_but_the_default_only_one(tmp_path: Path):
+    policy = load_policy()
+    names = [s.name for s in policy.readiness.states]
+    assert names.count("disengaged") == 2  # low arousal + withdrawal, or boredom
+    path = write_variant(
+        tmp_path, 'name = "disengaged"\ndescription = "Bored', 'name = "ready_to_learn"\ndescription = "Bored'
+    )
+    with pytest.raises(PolicyError, match="the default state 'ready_to_learn' may not have other rules"):
+        load_policy(path)

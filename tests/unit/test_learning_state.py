@@ -254,7 +254,7 @@ def test_context_is_optional_and_partial():
     assert context_strain(LearnerContext(consecutive_errors=saturation * 3), POLICY) == pytest.approx(1.0)
     with_errors = assess(p, POLICY, LearnerContext(recent_error_rate=0.9))
     assert with_errors.readiness_score < assess(p, POLICY).readiness_score
-    assert with_errors.reasons[0] == "context_strain 0.90 from recent_error_rate 0.9"
+    assert "context_strain 0.90 from recent_error_rate 0.9" in with_errors.reasons
 
 
 # --- invalid input ---
@@ -268,7 +268,8 @@ def test_context_is_optional_and_partial():
         ({"joy": math.nan}, r"probabilities\['joy'\] must be in \[0, 1\]"),
         ({"joy": "0.5"}, r"probabilities\['joy'\] must be a number"),
         ({"joy": True}, r"probabilities\['joy'\] must be a number"),
-        ({"boredom": 0.2}, r"unknown label\(s\) \['boredom'\]"),
+        ({"tedium": 0.2}, r"unknown label\(s\) \['tedium'\]"),
+        ({"boredom": 0.2}, r"learning signals \['boredom'\] without the rest"),
     ],
 )
 def test_invalid_probabilities_raise(change, message):
@@ -302,3 +303,45 @@ def test_unknown_trend_raises():
 def test_invalid_context_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LearnerContext(**kwargs)
+
+
+# --- learning signals: model outputs GoEmotions has no label for ---
+
+
+def with_signals(giving_up: float = 0.0, boredom: float = 0.0, stuck: float = 0.0, **given: float):
+    return {**probs(**given), "giving_up": giving_up, "boredom": boredom, "stuck": stuck}
+
+
+def test_a_learner_who_wants_to_give_up_reaches_at_least_moderate():
+    # "I want to give up.": GoEmotions reads desire; the learning signal says what it means
+    read_as_desire = assess(probs(desire=0.6), POLICY)
+    assert read_as_desire.intervention_level == "none"
+    state = assess(with_signals(giving_up=0.9, desire=0.6), POLICY)
+    assert level_index(state.intervention_level) >= level_index("moderate")
+    assert state.readiness_state == "needs_support"
+    assert state.learning_emotions["giving_up"] == pytest.approx(0.9)
+    assert any("giving_up 0.90 >= 0.5" in r for r in state.reasons)
+
+
+def test_boredom_is_disengagement_and_stuck_asks_for_support():
+    bored = assess(with_signals(boredom=0.8, annoyance=0.3), POLICY)
+    assert bored.readiness_state == "disengaged" and bored.primary_emotion == "boredom"
+    stuck = assess(with_signals(stuck=0.8, confusion=0.3), POLICY)
+    assert stuck.readiness_state == "needs_support"
+    # without the signals the same texts read as productive struggle / ready
+    assert assess(probs(annoyance=0.3), POLICY).readiness_state != "disengaged"
+    assert assess(probs(confusion=0.3), POLICY).readiness_state == "engaged_struggle"
+
+
+def test_a_model_without_signals_reads_them_as_zero_and_says_so():
+    without = assess(probs(confusion=0.5), POLICY)
+    zeros = assess(with_signals(confusion=0.5), POLICY)
+    assert without.learning_emotions == zeros.learning_emotions
+    assert without.risk_score == pytest.approx(zeros.risk_score)
+    assert without.learning_emotions["giving_up"] == 0.0
+    assert any("giving_up, boredom, stuck unavailable" in r for r in without.reasons)
+    assert not any("unavailable" in r for r in zeros.reasons)
+
+
+def test_signals_do_not_move_the_lexicon_vad():
+    assert text_vad(with_signals(giving_up=1.0, joy=0.5), POLICY) == text_vad(probs(joy=0.5), POLICY)

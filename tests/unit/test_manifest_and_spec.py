@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from contract.manifest import FileEntry, Manifest, ManifestError, VariantEntry
-from contract.names import DEFAULT_MAX_LENGTH, GOEMOTIONS_LABELS
+from contract.names import DEFAULT_MAX_LENGTH, GOEMOTIONS_LABELS, OUTPUT_LABELS
 from contract.spec import ServingSpec, TensorRTProfile
 from export.pipeline import MODEL_REPOSITORY
 from export.training.data import load_label_names
@@ -124,7 +124,8 @@ def test_variant_entries_are_validated(bad, message):
 def test_one_max_length_for_training_export_and_serving():
     spec = ServingSpec.read(MODEL_REPOSITORY / "spec.json")
     assert spec.max_length == DEFAULT_MAX_LENGTH == TrainConfig().max_length
-    assert list(GOEMOTIONS_LABELS) == load_label_names() == spec.labels
+    assert list(GOEMOTIONS_LABELS) == load_label_names() == spec.labels[:28]
+    assert tuple(spec.labels) in OUTPUT_LABELS  # the committed spec serves the student's 28 + signals
     assert dataclasses.fields(ServingSpec)  # the spec has no labels file any more
     assert "labels_file" not in json.loads((MODEL_REPOSITORY / "spec.json").read_text())
 

@@ -123,7 +123,7 @@ def test_ensemble_chains_the_three_models_and_reports_the_version_without_a_cach
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["tokenizer", "classifier", "postprocess"]
     assert [i.name for i in ens.input] == ["TEXT"]
     assert [o.name for o in ens.output] == ["PROBABILITIES", "LABELS", "MODEL_VERSION"]
-    assert list(ens.output[0].dims) == [28]
+    assert list(ens.output[0].dims) == [31]  # the committed spec: the student, 28 labels + 3 signals
     assert not any(
         cfg.response_cache.enable for rel, cfg in parsed.items() if not rel.startswith("classifier")
     )
