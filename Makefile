@@ -9,7 +9,7 @@ MODEL ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench-audit bench-ratelimit bench loadtest soak test lint typecheck \
+.PHONY: help install install-dev serve prepare train export configs tensorrt-command bench-model bench-triton bench-gateway bench-peers bench-audit bench-ratelimit bench-gpu gpu-host-pack bench loadtest soak test lint typecheck \
         unit integration e2e clean
 
 help:
@@ -70,6 +70,15 @@ bench-audit: prepare
 bench-ratelimit: install-dev prepare
 	$(BIN)/python -m loadtest.bench_ratelimit
 
+# The embedded server on a GPU: in-process torch FP16 limit, the ensemble over gRPC at 1..256 clients, the
+# CPU path's instances x threads (docs/gpu.md). On the GPU host itself: deploy/gpu-host/run.sh.
+bench-gpu: prepare
+	$(BIN)/python -m loadtest.bench_gpu
+
+# Pack the server parts and packages the GPU host lacks into build/gpu-host/ (docs/gpu.md).
+gpu-host-pack: install
+	bash deploy/gpu-host/pack.sh
+
 bench: bench-model bench-triton bench-gateway bench-peers bench-audit
 
 # 10-minute soak through the gateway; fails when Triton's or the gateway's memory grows past 50 MB.
@@ -87,10 +96,10 @@ tensorrt-command: install
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-logo --no-cache
-	$(BIN)/ruff format --check contract export server gateway loadtest clients tests model_repository
+	$(BIN)/ruff format --check contract torch_classifier export server gateway loadtest clients tests model_repository
 
 typecheck: install-dev
-	$(BIN)/mypy contract export server gateway loadtest clients
+	$(BIN)/mypy contract torch_classifier export server gateway loadtest clients
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -68,6 +68,21 @@ class ServingSpec:
     # lets requests from different tokenizer executions share a batch. The embedded classifier
     # re-pads ragged requests itself, so it needs no rounding.
     gpu_pad_to_multiple_of: int = 16
+    # The embedded server on a GPU (--model-config-name=embedded-gpu): the classifier runs the torch
+    # runtime (torch_classifier, FP16) in the python backend on KIND_GPU; the tokenizer and postprocess
+    # stay python models on the CPU, with more instances to feed it. Batch sizes and the queue delay are
+    # starting points until measured on a GPU host (docs/gpu.md says which were).
+    embedded_gpu_variant: str = "torch_fp16"
+    embedded_gpu_max_batch_size: int = 256
+    embedded_gpu_preferred_batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    embedded_gpu_max_queue_delay_us: int = 500
+    embedded_gpu_max_queue_size: int = 4096  # room for hundreds of concurrent clients
+    embedded_gpu_classifier_instances: int = 1
+    embedded_gpu_tokenizer_instances: int = 4
+    embedded_gpu_postprocess_instances: int = 2
+    # "cuda" on a GPU host; a test serves the same configuration with "cpu" (and instance kind "cpu").
+    embedded_gpu_torch_device: str = "cuda"
+    embedded_gpu_instance_kind: str = "gpu"
     response_cache_bytes: int = 64 * 1024 * 1024
     tensorrt: TensorRTProfile = field(default_factory=TensorRTProfile)
 
@@ -78,6 +93,12 @@ class ServingSpec:
             )
         if self.tensorrt.max_batch < self.max_batch_size:
             raise ValueError("the TensorRT profile's max_batch must cover max_batch_size")
+        if self.embedded_gpu_max_batch_size < self.max_batch_size:
+            raise ValueError("embedded_gpu_max_batch_size must cover the ensemble's max_batch_size")
+        if self.embedded_gpu_instance_kind not in ("gpu", "cpu"):
+            raise ValueError(
+                f"embedded_gpu_instance_kind must be gpu or cpu, not {self.embedded_gpu_instance_kind!r}"
+            )
 
     @property
     def num_labels(self) -> int:

@@ -19,6 +19,7 @@ from contract.names import CLASSIFIER, DEFAULT_MAX_LENGTH
 from contract.spec import SPEC_FILE, ServingSpec
 from export.packaging.install import MODEL_REPOSITORY, install
 from export.packaging.repository import stale_configs, write_configs
+from export.packaging.torch_variant import TORCH_FP16
 from export.packaging.variants import INT8_CONFIGS, ONNX_VARIANTS
 from export.pipeline import ExportOptions, export_model, model_slug
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
@@ -42,9 +43,9 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        choices=ONNX_VARIANTS,
-        default=list(ONNX_VARIANTS),
-        help="ONNX variants to build (default: all)",
+        choices=(*ONNX_VARIANTS, TORCH_FP16),
+        default=[*ONNX_VARIANTS, TORCH_FP16],
+        help="variants to build (default: all): ONNX, and torch_fp16 for the embedded server on a GPU",
     )
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokenizer truncation length")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's choice)")
@@ -101,9 +102,10 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
     tolerance = {}
     for item in args.parity_tolerance:
         name, _, value = item.partition("=")
-        if name not in (*ONNX_VARIANTS, "raw") or not value:
+        if name not in (*ONNX_VARIANTS, TORCH_FP16, "raw") or not value:
             raise SystemExit(
-                f"--parity-tolerance expects VARIANT=TOL with VARIANT in raw/{'/'.join(ONNX_VARIANTS)}, "
+                "--parity-tolerance expects VARIANT=TOL with VARIANT in "
+                f"raw/{'/'.join((*ONNX_VARIANTS, TORCH_FP16))}, "
                 f"got {item!r}"
             )
         tolerance[name] = float(value)
@@ -316,7 +318,9 @@ def _serve_snapshot_first(args: argparse.Namespace, student: Path) -> int:
         spec = ServingSpec.read(spec_file if spec_file.is_file() else MODEL_REPOSITORY / SPEC_FILE)
         options = dataclasses.replace(
             _export_options(args),
-            variants=tuple(dict.fromkeys(("fp32", spec.cpu_variant, spec.gpu_variant))),
+            variants=tuple(
+                dict.fromkeys(("fp32", spec.cpu_variant, spec.gpu_variant, spec.embedded_gpu_variant))
+            ),
             eval_limit=args.eval_limit or SNAPSHOT_EVAL_LIMIT,
         )
         out = EXPORTS_DIR / model_slug(snapshot_dir.name)

@@ -27,6 +27,7 @@ from contract.names import DEFAULT_MAX_LENGTH, LEARNING_SIGNALS
 from contract.spec import SPEC_FILE, ServingSpec, TensorRTProfile
 from export.packaging.install import MODEL_REPOSITORY, TOKENIZER_FILES, install
 from export.packaging.runtime import load_tokenizer, onnx_classifier, torch_classifier
+from export.packaging.torch_variant import TORCH_FP16, build_torch_fp16, torch_runtime_classifier
 from export.packaging.variants import (
     CALIBRATION_TEXTS,
     FP32,
@@ -71,7 +72,7 @@ PARITY_SEED = 2020
 
 @dataclass(frozen=True)
 class ExportOptions:
-    variants: tuple[str, ...] = ONNX_VARIANTS
+    variants: tuple[str, ...] = (*ONNX_VARIANTS, TORCH_FP16)
     max_length: int = DEFAULT_MAX_LENGTH
     opset: int | None = None
     int8_config: str = "auto"
@@ -135,11 +136,12 @@ def export_model(
     calibration_texts = calibration_sample(splits["train"].texts, options.calibration_texts)
     built = build_variants(
         onnx_export,
-        options.variants,
+        tuple(v for v in options.variants if v != TORCH_FP16),
         options.int8_config,
         options.int8_per_channel,
         Calibration(tokenizer=tokenizer, texts=calibration_texts, max_length=options.max_length),
     )
+    torch_variant = build_torch_fp16(model_ref, out_dir) if TORCH_FP16 in options.variants else None
 
     dev, test = splits["dev"], splits["test"]
     n = options.eval_limit
@@ -151,6 +153,11 @@ def export_model(
         name: onnx_classifier(b.path, tokenizer, options.max_length, execution=b.execution)
         for name, b in built.items()
     }
+    if torch_variant is not None:  # evaluated as the embedded server runs it on a CPU (FP32 arithmetic)
+        built[TORCH_FP16] = torch_variant
+        classifiers[TORCH_FP16] = torch_runtime_classifier(
+            torch_variant.path, tokenizer, onnx_export.input_names, options.max_length
+        )
 
     log.info("parity gate: %d fixed dev texts, torch vs %s", PARITY_SAMPLE, ", ".join(classifiers))
     sample = parity_sample(dev.texts)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.names import OUTPUT_LABELS
 from export.pipeline import MODEL_REPOSITORY
 from server.embedded import EmbeddedTriton
 
@@ -204,8 +205,9 @@ def triton_client(protocol: str, server: EmbeddedTriton, ensemble: str) -> Calla
             inp = client_mod.InferInput("TEXT", [1, 1], "BYTES")
             inp.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
             result = client.infer(ensemble, [inp])
-            if result.as_numpy("PROBABILITIES").shape != (1, 28):
-                raise RuntimeError("unexpected PROBABILITIES shape")
+            shape = result.as_numpy("PROBABILITIES").shape
+            if shape not in {(1, len(labels)) for labels in OUTPUT_LABELS}:
+                raise RuntimeError(f"unexpected PROBABILITIES shape {shape}")
             return result
 
         return infer

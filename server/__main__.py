@@ -28,8 +28,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from contract.manifest import installed_digest
+from contract.manifest import installed_digest, read_installed
 from contract.spec import SPEC_FILE, ServingSpec
+from server.device import DEVICE_ENV, DEVICES, DeviceError, place
 from server.embedded import ADMIN_KEY_ENV, EmbeddedTriton, ServerConfig, ServerError
 from server.gateway_process import GatewayProcess
 
@@ -155,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not watch the repository for a newly installed model",
     )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=os.environ.get(DEVICE_ENV, "auto"),
+        help=f"where the classifier runs (default ${DEVICE_ENV} or auto: the GPU when one is visible and the "
+        "model has the torch variant, else the CPU)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -167,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no model in %s; run `python -m export prepare` (or `make serve`) first", args.repository)
         return 1
     spec = ServingSpec.read(args.repository / SPEC_FILE)
+    installed = read_installed(args.repository)
+    try:
+        placement = place(
+            args.device, set(installed.variants) if installed else set(), spec.embedded_gpu_variant
+        )
+    except DeviceError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("%s", placement.description)
     config = ServerConfig(
         repository=args.repository,
         host=args.triton_host,
@@ -177,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_bytes=spec.response_cache_bytes if args.cache_bytes is None else args.cache_bytes,
         log_file=args.log_file,
         admin_key=os.environ.get(ADMIN_KEY_ENV) or None,
+        config_name=placement.config_name,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -94,8 +94,13 @@ def site_packages() -> Path:
     return Path(sysconfig.get_paths()["purelib"])
 
 
+# Where the wheel's server parts are when they are not installed (the GPU host: deploy/gpu-host/run.sh
+# unpacks them): the tritonserver directory and the wheel's bundled libraries.
+SERVER_DIR_ENV, SERVER_LIBS_ENV = "TRITONSERVER_DIR", "TRITONSERVER_LIBS"
+
+
 def bundled_server_dir() -> Path:
-    path = site_packages() / "pytriton" / "tritonserver"
+    path = Path(os.environ.get(SERVER_DIR_ENV) or site_packages() / "pytriton" / "tritonserver")
     if not (path / "bin" / "tritonserver").is_file():
         raise ServerError(
             f"tritonserver not found at {path}: install the nvidia-pytriton wheel (`make install`)"
@@ -133,7 +138,7 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env.pop(ADMIN_KEY_ENV, None)  # the key travels in the restriction flags; the models never need it
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     # LIBDIR first: the stub must load this interpreter's libpython, not whatever the system has.
-    libs = [libdir, str(site_packages() / "nvidia_pytriton.libs")]
+    libs = [libdir, env.get(SERVER_LIBS_ENV) or str(site_packages() / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = ":".join(p for p in [*libs, env.get("LD_LIBRARY_PATH", "")] if p)
     # The stub takes its prefix (and so site-packages) from `python3` on PATH: the venv goes first.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"

@@ -57,7 +57,15 @@ def install(export_dir: Path, repository: Path = MODEL_REPOSITORY) -> Manifest:
         )
     version_dir = repository / CLASSIFIER / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*version_dir.glob("model*.onnx"), *version_dir.glob(f"{PLAN_FILE}*")]:
+    if spec.embedded_gpu_variant not in manifest.variants:  # optional: only BERT-family models have it
+        log.info(
+            "%s has no %s variant: the embedded server runs on the CPU only (the GPU container's "
+            "onnxruntime/TensorRT configs still apply)",
+            manifest.version,
+            spec.embedded_gpu_variant,
+        )
+    stale_files = [*version_dir.glob("model*.onnx"), *version_dir.glob("model*.safetensors")]
+    for stale in [*stale_files, *version_dir.glob(f"{PLAN_FILE}*")]:
         stale.unlink()  # a plan is only valid for the manifest it was built from (build_plan.sh)
     for name in [manifest.onnx.file, *(v.file for v in manifest.variants.values())]:
         shutil.copy2(export_dir / name, version_dir / name)

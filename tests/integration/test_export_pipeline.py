@@ -36,12 +36,12 @@ def exported(tmp_path_factory, tiny_model: Path, tiny_data: Path) -> tuple[Path,
 
 def test_every_variant_written_with_named_dynamic_io(exported):
     out, manifest, spec = exported
-    assert set(manifest.variants) == {"fp32", "fp16", "int8", "int8_dynamic"}
+    assert set(manifest.variants) == {"fp32", "fp16", "int8", "int8_dynamic", "torch_fp16"}
     assert manifest.variants["int8_dynamic"].execution == "per_row"  # batch-dependent scales: one row a run
     assert {manifest.variants[v].execution for v in ("fp32", "fp16", "int8")} == {"batch"}
     # BERT has token_type_ids; they are kept because the model has them.
     assert spec.input_names == ["input_ids", "attention_mask", "token_type_ids"]
-    for variant in [manifest.onnx, *manifest.variants.values()]:
+    for variant in [manifest.onnx, *(v for v in manifest.variants.values() if v.file.endswith(".onnx"))]:
         session = ort.InferenceSession(str(out / variant.file), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == spec.input_names
         assert [o.name for o in session.get_outputs()] == ["logits"]
@@ -55,7 +55,9 @@ def test_every_variant_written_with_named_dynamic_io(exported):
 
 def test_variants_have_the_intended_graphs(exported):
     out, manifest, _ = exported
-    files = {"raw": manifest.onnx.file} | {name: v.file for name, v in manifest.variants.items()}
+    files = {"raw": manifest.onnx.file} | {
+        name: v.file for name, v in manifest.variants.items() if v.file.endswith(".onnx")
+    }
     ops = {name: {n.op_type for n in onnx.load(str(out / f)).graph.node} for name, f in files.items()}
     assert "Attention" in ops["fp32"] or "MultiHeadAttention" in ops["fp32"]  # ORT fusions applied
     assert "Attention" not in ops["raw"]  # the TensorRT input stays standard ONNX
@@ -310,3 +312,23 @@ def test_a_model_with_some_signals_only_is_refused(tmp_path, tiny_data, label_na
     model = build_tiny_model(tmp_path / "m", [*label_names, "giving_up"])
     with pytest.raises(ValueError, match="optionally followed by"):
         export_model(str(model), tmp_path / "out", LOOSE, tiny_data)
+
+
+def test_the_torch_variant_is_gated_and_fitted_like_the_others(exported, tiny_model):
+    """torch_fp16 (the embedded server's GPU variant): FP16 weights + architecture in one file, checked
+    for parity against torch, fitted on its own dev logits, and answering as transformers does."""
+    from export.packaging.torch_variant import torch_runtime_classifier
+
+    out, manifest, spec = exported
+    entry = manifest.variants["torch_fp16"]
+    assert entry.file == "model.fp16.safetensors" and entry.precision == "fp16" and entry.execution == "batch"
+    assert entry.quantization["runtime"] == "torch"
+    parity = json.loads((out / "reports" / "parity.json").read_text())["results"]["torch_fp16"]
+    assert 0 < parity["max_abs_logit_diff"] < parity["tolerance"] == 5e-2  # FP16 rounding, FP32 arithmetic
+    accuracy = json.loads((out / "reports" / "accuracy.json").read_text())["results"]
+    assert "torch_fp16" in accuracy
+    tok = load_tokenizer(out)
+    texts = ["I love this!", "why does it never work", "ok"]
+    ref = torch_classifier(str(tiny_model), tok, spec.input_names).logits(texts)
+    got = torch_runtime_classifier(out / entry.file, tok, spec.input_names).logits(texts)
+    np.testing.assert_allclose(got, ref, atol=5e-2)

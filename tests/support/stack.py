@@ -45,15 +45,16 @@ def tiny_options() -> Any:
     return ExportOptions(eval_limit=60, max_macro_f1_drop=1.0, max_calibration_f1_drop=1.0)
 
 
-def make_repository(target: Path, export_dir: Path, cpu_variant: str) -> Path:
-    """The project's python models + a tiny export installed with the committed serving settings."""
+def make_repository(target: Path, export_dir: Path, cpu_variant: str, **spec_overrides: Any) -> Path:
+    """The project's python models + a tiny export installed with the committed serving settings
+    (``spec_overrides`` on top, e.g. the embedded GPU configuration's torch device)."""
     from export.pipeline import MODEL_REPOSITORY, install
 
     for rel in PYTHON_MODELS:
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(MODEL_REPOSITORY / rel, target / rel)
     spec = ServingSpec.read(MODEL_REPOSITORY / SPEC_FILE)
-    ServingSpec(**{**spec.__dict__, "cpu_variant": cpu_variant}).write(target / SPEC_FILE)
+    ServingSpec(**{**spec.__dict__, "cpu_variant": cpu_variant, **spec_overrides}).write(target / SPEC_FILE)
     install(export_dir, target)
     return target
 

@@ -12,9 +12,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = sorted((ROOT / "model_repository").glob("*/1/model.py"))
-# What a Triton python model may use: the serving contract and its runtime libraries, never the
-# training/packaging code (it is not in the Triton image) nor the gateway.
-ALLOWED = {"contract", "numpy", "tokenizers", "onnxruntime", "triton_python_backend_utils"}
+# What a Triton python model may use: the serving contract and its runtime libraries (the torch runtime
+# for the embedded GPU configuration), never the training/packaging code (it is not in the Triton image)
+# nor the gateway.
+ALLOWED = {
+    "contract",
+    "numpy",
+    "tokenizers",
+    "onnxruntime",
+    "torch",
+    "torch_classifier",
+    "triton_python_backend_utils",
+}
 
 
 def top_level_imports(path: Path) -> set[str]:

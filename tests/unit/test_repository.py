@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import struct
@@ -66,13 +67,61 @@ def test_variants_of_a_model_share_name_io_and_batch_size():
         assert len(files) >= 2
         for cfg in files[1:]:
             assert cfg.name == files[0].name
-            assert cfg.max_batch_size == files[0].max_batch_size
+            # the GPU embedded configs batch more rows per execution; requests stay <= the ensemble's
+            wanted = (
+                COMMITTED_SPEC.embedded_gpu_max_batch_size
+                if cfg in gpu_embedded(parsed)
+                else COMMITTED_SPEC.max_batch_size
+            )
+            assert cfg.max_batch_size == wanted
             assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
                 (i.name, i.data_type, list(i.dims)) for i in files[0].input
             ]
             assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
                 (o.name, o.data_type, list(o.dims)) for o in files[0].output
             ]
+
+
+def gpu_embedded(parsed: dict[str, model_config_pb2.ModelConfig]) -> list[model_config_pb2.ModelConfig]:
+    return [cfg for rel, cfg in parsed.items() if rel.endswith("configs/embedded-gpu.pbtxt")]
+
+
+def test_the_embedded_gpu_configuration_runs_the_torch_variant_on_the_gpu():
+    parsed = configs(COMMITTED_SPEC)
+    spec = COMMITTED_SPEC
+    classifier = parsed["classifier/configs/embedded-gpu.pbtxt"]
+    assert classifier.backend == "python" and all(i.allow_ragged_batch for i in classifier.input)
+    params = {k: v.string_value for k, v in classifier.parameters.items()}
+    assert params == {"runtime": "torch", "variant": "torch_fp16", "torch_device": "cuda"}
+    assert [(g.kind, g.count) for g in classifier.instance_group] == [
+        (model_config_pb2.ModelInstanceGroup.KIND_GPU, spec.embedded_gpu_classifier_instances)
+    ]
+    assert list(classifier.dynamic_batching.preferred_batch_size) == spec.embedded_gpu_preferred_batch_sizes
+    assert classifier.dynamic_batching.max_queue_delay_microseconds == spec.embedded_gpu_max_queue_delay_us
+    assert {w.batch_size for w in classifier.model_warmup} == {1, spec.embedded_gpu_max_batch_size}
+    assert classifier.response_cache.enable
+    # tokenizer and postprocess stay CPU python models, more of them, the postprocess on the same variant
+    tokenizer, postprocess = (
+        parsed["tokenizer/configs/embedded-gpu.pbtxt"],
+        parsed["postprocess/configs/embedded-gpu.pbtxt"],
+    )
+    assert tokenizer.instance_group[0].count == spec.embedded_gpu_tokenizer_instances
+    assert tokenizer.parameters["pad_to_multiple_of"].string_value == "1"
+    assert postprocess.parameters["variant"].string_value == "torch_fp16"
+    for cfg in (classifier, tokenizer, postprocess):
+        assert (
+            cfg.max_batch_size
+            == spec.embedded_gpu_max_batch_size
+            >= parsed["goemotions/config.pbtxt"].max_batch_size
+        )
+        assert cfg.dynamic_batching.default_queue_policy.max_queue_size == spec.embedded_gpu_max_queue_size
+    assert "goemotions/configs/embedded-gpu.pbtxt" not in parsed  # the ensemble keeps its config.pbtxt
+    on_cpu = configs(
+        dataclasses.replace(spec, embedded_gpu_torch_device="cpu", embedded_gpu_instance_kind="cpu")
+    )
+    cpu_classifier = on_cpu["classifier/configs/embedded-gpu.pbtxt"]
+    assert cpu_classifier.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cpu_classifier.parameters["torch_device"].string_value == "cpu"
 
 
 def test_classifier_backends_and_batching():

@@ -1,7 +1,9 @@
-"""Triton python backend (embedded server only): ONNX Runtime over the dynamic batch.
+"""Triton python backend (embedded server only): ONNX Runtime or torch over the dynamic batch.
 
 The GPU container serves this model with the onnxruntime or TensorRT backend instead (config.pbtxt,
-configs/tensorrt.pbtxt); this file is used with `--model-config-name=embedded`. Parameter ``variant``
+configs/tensorrt.pbtxt); this file is used with `--model-config-name=embedded` (ONNX Runtime on the
+CPU) and `--model-config-name=embedded-gpu` (parameter ``runtime`` = ``torch``: the torch_classifier
+package, FP16 on the instance's GPU, or on the device parameter ``torch_device`` names). Parameter ``variant``
 names the weights in the manifest next to this file (read with contract.manifest); they are checked
 against the manifest's sha256 at load, so a half-installed or swapped file fails loading instead of
 answering under a wrong version.
@@ -20,7 +22,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from contract.manifest import MANIFEST_FILE, FileEntry, Manifest, ManifestError
@@ -46,18 +47,50 @@ class TritonPythonModel:
                 "reinstall with `python -m export install`"
             )
         self.per_row = entry.execution == "per_row"
+        declared = [i["name"] for i in config["input"]]
+        if params.get("runtime", "onnxruntime") == "torch":
+            self._start_torch(model_file, params, args, declared)
+        else:
+            self._start_onnxruntime(model_file, params)
+        if sorted(declared) != sorted(self.inputs):
+            raise pb_utils.TritonModelException(
+                f"config inputs {declared} differ from {model_file.name} inputs {self.inputs}"
+            )
+
+    def _start_onnxruntime(self, model_file: Path, params: dict[str, str]) -> None:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         # One thread per instance; parallelism comes from instance_group count (measured faster on 2
         # cores than one instance with 2 threads, whose spinning wastes a core on a small model).
         options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        declared = [i["name"] for i in config["input"]]
-        if sorted(declared) != sorted(self.inputs):
-            raise pb_utils.TritonModelException(
-                f"config inputs {declared} differ from {model_file.name} inputs {self.inputs}"
-            )
+        session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.run = lambda feed: session.run([LOGITS], feed)[0]
+
+    def _start_torch(self, model_file: Path, params: dict[str, str], args: dict, declared: list[str]) -> None:
+        import torch
+
+        from torch_classifier.encoder import load_classifier
+        from torch_classifier.weights import WeightsError
+
+        device = params.get("torch_device", "cuda")
+        if device == "cuda" and args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"  # the GPU Triton gave this instance
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise pb_utils.TritonModelException(f"torch_device {device} but torch sees no CUDA device")
+        try:
+            model = load_classifier(model_file, device)
+        except WeightsError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
+        self.inputs = list(declared)
+
+        def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+            tensors = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in feed.items()}
+            return model(**tensors).float().cpu().numpy()
+
+        self.run = run
 
     def _run_per_row(self, rows: list[dict[str, np.ndarray]]) -> np.ndarray:
         out = []
@@ -66,7 +99,7 @@ class TritonPythonModel:
                 # At least one position: warmup rows are all padding.
                 n = max(1, int(arrays["attention_mask"][i].sum()))
                 feed = {name: arrays[name][i : i + 1, :n] for name in self.inputs}
-                out.append(self.session.run([LOGITS], feed)[0])
+                out.append(self.run(feed))
         return np.concatenate(out)
 
     def _run_batch(self, rows: list[dict[str, np.ndarray]], counts: list[int]) -> np.ndarray:
@@ -80,7 +113,7 @@ class TritonPythonModel:
                 batch[start : start + n, : a.shape[1]] = a
                 start += n
             feed[name] = batch
-        return self.session.run([LOGITS], feed)[0]
+        return self.run(feed)
 
     def execute(self, requests):
         per_request = [
