@@ -47,6 +47,7 @@ def result(analysed: AnalysedText, index: int) -> EmotionResult:
             readiness={"state": s.readiness_state, "score": s.readiness_score},
             intervention_level=s.intervention_level,
             reasons=s.reasons,
+            deviation=s.deviation,
         ),
     )
 

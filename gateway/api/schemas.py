@@ -98,6 +98,12 @@ class LearningStateOut(BaseModel):
     readiness: dict[str, Any] = Field(description="{'state': ..., 'score': 0..1}")
     intervention_level: str
     reasons: list[str]
+    deviation: dict[str, Any] | None = Field(
+        default=None,
+        description="this text minus the learner's own baseline (an exponentially weighted mean of their "
+        "recent messages: readiness_score, valence, arousal, learning_emotions; `points` it was formed "
+        "from); null without a learner_id or before the baseline has formed",
+    )
 
 
 class EmotionResult(BaseModel):
@@ -156,6 +162,10 @@ class TrajectoryPointOut(BaseModel):
     primary_emotion: str = Field(description="as in the result: the most probable label over its threshold")
     model_version: str | None = Field(
         default=None, description="the model version that answered (null for points recorded before it was)"
+    )
+    arousal: float | None = Field(default=None, description="null for points recorded before it was kept")
+    learning_emotions: dict[str, float] | None = Field(
+        default=None, description="null for points recorded before they were kept"
     )
 
 

@@ -31,6 +31,7 @@ from gateway.core.singleflight import SingleFlight
 from gateway.core.tenants import DEFAULT_TENANT, learner_key
 from gateway.core.versions import ServedVersion
 from gateway.errors import ErrorCode, GatewayError
+from gateway.learning.baseline import learner_baseline
 from gateway.learning.policy import Policy
 from gateway.learning.state import LearnerContext, assess
 from gateway.learning.trajectory import TrajectoryPoint, Trend, classify_trend
@@ -254,7 +255,10 @@ class Pipeline:
         results = []
         for prediction, was_cached in zip(predictions, cached, strict=True):
             primary, confidence = primary_emotion(prediction)
-            state = assess(prediction.by_label, self.policy, context, trend.label if trend else None)
+            baseline = learner_baseline(history, self.policy) if store_ok else None
+            state = assess(
+                prediction.by_label, self.policy, context, trend.label if trend else None, baseline
+            )
             results.append(AnalysedText(prediction, was_cached, primary, confidence, state))
             if learner_id and store_ok:
                 point = TrajectoryPoint(
@@ -264,6 +268,8 @@ class Pipeline:
                     state.intervention_level,
                     primary,
                     prediction.model_version,
+                    state.arousal,
+                    state.learning_emotions,
                 )
                 try:
                     await self.trajectories.append(learner_id, point)

@@ -229,6 +229,17 @@ class TrajectoryPolicy(_Strict):
         return self
 
 
+class BaselinePolicy(_Strict):
+    half_life_points: Annotated[float, Field(gt=0.0, le=1000.0)]
+    min_points: Annotated[int, Field(ge=1)]
+    risk_from: Literal["absolute", "deviation"]
+
+    @property
+    def alpha(self) -> float:
+        """The weight of the newest point in the exponentially weighted mean."""
+        return float(1.0 - 0.5 ** (1.0 / self.half_life_points))
+
+
 class Policy(_Strict):
     version: Literal[1]
     learning_emotions: LearningEmotions
@@ -238,6 +249,7 @@ class Policy(_Strict):
     readiness: Readiness
     intervention: Intervention
     trajectory: TrajectoryPolicy
+    baseline: BaselinePolicy
 
     @field_validator("vad")
     @classmethod
@@ -260,6 +272,15 @@ class Policy(_Strict):
             _check_names(f"readiness.states[{state.name}]", [c.signal for c in state.conditions], signals)
         for floor in self.intervention.floors:
             _check_names(f"intervention.floors[{floor.level}]", [c.signal for c in floor.conditions], signals)
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_fits_the_history(self) -> Policy:
+        if self.baseline.min_points > self.trajectory.max_history:
+            raise ValueError(
+                f"baseline.min_points ({self.baseline.min_points}) > trajectory.max_history "
+                f"({self.trajectory.max_history}): the baseline could never form"
+            )
         return self
 
     @property

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.learning.baseline import Baseline
 from gateway.learning.policy import (
     GOEMOTIONS_LABELS,
     LEARNING_SIGNALS,
@@ -57,6 +58,8 @@ class LearningState:
     reasons: list[str]  # why this readiness state and intervention level, naming the decisive inputs
     risk_score: float = 0.0  # the intervention risk the level was cut from, in [0, 1]
     primary_emotion: str = "none"  # top learning emotion at or above primary_min_score, else "none"
+    # now minus the learner's own baseline (gateway.learning.baseline); None without one
+    deviation: dict[str, object] | None = None
 
 
 def _check_number(name: str, value: object, low: float, high: float | None = None) -> float:
@@ -191,6 +194,7 @@ def assess(
     policy: Policy,
     context: LearnerContext | None = None,
     trend: str | None = None,
+    baseline: Baseline | None = None,
 ) -> LearningState:
     """The learning-state view of one text's label probabilities: the 28 GoEmotions labels, plus the learning
     signals when the model has them (see policy.toml for every formula)."""
@@ -250,6 +254,15 @@ def assess(
         "low_readiness": 1.0 - readiness,
         "context_strain": strain or 0.0,
     }
+    if baseline is not None and policy.baseline.risk_from == "deviation":
+        # only what exceeds this learner's own usual counts (floors below still read absolute values)
+        usual = {
+            **baseline.learning_emotions,
+            "negative_valence": _clip((midpoint - baseline.valence) / midpoint),
+            "low_readiness": 1.0 - baseline.readiness_score,
+        }
+        risk_inputs = {k: max(0.0, v - usual[k]) if k in usual else v for k, v in risk_inputs.items()}
+        reasons.append(f"risk inputs over the learner's baseline of {baseline.points} messages")
     risk_parts = {name: w * risk_inputs[name] for name, w in policy.intervention.weights.items()}
     if trend is not None:
         risk_parts[f"trend {trend}"] = policy.intervention.trend_adjustment.get(trend, 0.0)
@@ -281,6 +294,7 @@ def assess(
         reasons=reasons,
         risk_score=risk,
         primary_emotion=primary,
+        deviation=baseline.deviation(readiness, valence, arousal, emotions) if baseline else None,
     )
 
 

@@ -19,12 +19,17 @@ class TrajectoryPoint:
     intervention_level: str
     primary_emotion: str
     model_version: str | None = None  # the model that answered (None in points stored before it was kept)
+    # for the learner's baseline (None in points stored before it was kept)
+    arousal: float | None = None
+    learning_emotions: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.timestamp):
             raise ValueError(f"timestamp must be finite, got {self.timestamp!r}")
-        for name in ("readiness_score", "valence"):
-            value = getattr(self, name)
+        values = {"readiness_score": self.readiness_score, "valence": self.valence}
+        if self.arousal is not None:
+            values["arousal"] = self.arousal
+        for name, value in {**values, **(self.learning_emotions or {})}.items():
             if not 0.0 <= value <= 1.0:  # also rejects NaN
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
