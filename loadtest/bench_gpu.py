@@ -36,8 +36,8 @@ import numpy as np
 from contract.manifest import Manifest
 from contract.names import ENSEMBLE, PROBABILITIES, TEXT
 from contract.spec import SPEC_FILE, ServingSpec
-from server.embedded import EmbeddedTriton, ServerConfig
-from server.probes import free_port, metric, samples, scrape
+from server.probes import metric, samples, scrape
+from server.stack import Stack
 
 log = logging.getLogger("loadtest.bench_gpu")
 
@@ -186,18 +186,11 @@ def _sample_gpu(metrics_url: str, done: threading.Event, into: list[float]) -> N
 def triton_runs(
     repository: Path, work: Path, config_name: str, concurrency: tuple[int, ...], seconds: float
 ) -> list[dict[str, Any]]:
-    config = ServerConfig(
-        repository=repository,
-        work_dir=work,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        config_name=config_name,
-        cache_bytes=0,  # the headline is cache-off
-        ready_timeout_s=300,
-    )
+    # the stack picks ports below the ephemeral range (client sockets never take them) and stops the
+    # server however the run ends; cache off: the headline is cache-off
     rows = []
-    with EmbeddedTriton(config) as server:
+    with Stack(work) as stack:
+        server = stack.start_triton(repository, config_name=config_name, ready_timeout_s=300)
         metrics = server.metrics_url
         for clients in concurrency:
             before = (

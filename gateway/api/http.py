@@ -21,11 +21,14 @@ from gateway.api.schemas import (
     HistoryResponse,
     LearnerIdPath,
     ModelInfo,
+    OutcomeIn,
+    OutcomeOut,
     ReadinessResponse,
     TrajectoryPointOut,
     TrajectoryResponse,
 )
 from gateway.core.history import read_history
+from gateway.core.outcomes import report_outcome
 from gateway.core.readiness import TritonState, circuit_state, triton_state
 
 router = APIRouter()
@@ -49,7 +52,7 @@ async def emotions(
     response.headers["x-cache"] = "hit" if analysis.all_cached else "miss"
     return EmotionsResponse(
         model=ModelInfo(name=services.settings.triton_model, version=analysis.model_version),
-        results=[responses.result(r, i) for i, r in enumerate(analysis.results)],
+        results=[responses.result(analysis, i) for i in range(len(analysis.results))],
         learner_id=body.learner_id,
         trend=responses.trend(analysis.trend) if analysis.trend else None,
     )
@@ -105,6 +108,31 @@ async def history(
         next_before=page.next_before,
         next_before_id=page.next_before_id,
     )
+
+
+@router.post(
+    "/v1/outcomes",
+    response_model=OutcomeOut,
+    status_code=201,
+    responses=error_responses(401, 403, 404, 422, 429, 500, 503),
+    summary="Report what happened after an analysed text (for fitting the learning-state policy)",
+    description="Needs the `analyse` scope. Links the outcome to the result's audit row (which keeps the "
+    "features and policy version that decided) under the caller's tenant. 404 (`not_found`) when the "
+    "tenant's learner has no such result (the same answer for another tenant's), 404 "
+    "(`feature_disabled`) when the audit trail is off; 503 (with Retry-After) while its database is "
+    "unavailable. Erasing the learner removes their outcomes too.",
+)
+async def outcomes(body: OutcomeIn, services: ServicesDep, caller: Analyst) -> OutcomeOut:
+    stored = await report_outcome(
+        services.audit_trail,
+        caller.tenant,
+        body.learner_id,
+        body.result_id,
+        body.outcome,
+        body.label,
+        caller.key_id,
+    )
+    return OutcomeOut(id=stored, result_id=body.result_id, outcome=body.outcome)
 
 
 @router.delete(

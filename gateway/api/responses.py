@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.api.schemas import AuditEntryOut, EmotionResult, ErrorResponse, LearningStateOut, TrendOut
-from gateway.core.analysis import AnalysedText
+from gateway.core.analysis import Analysis
 from gateway.core.history import AuditEntry
 from gateway.errors import ErrorCode, GatewayError
 from gateway.learning.trajectory import Trend
@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 # ---- domain → response models ---------------------------------------------------------------------
 
 
-def result(analysed: AnalysedText, index: int) -> EmotionResult:
+def result(analysis: Analysis, index: int) -> EmotionResult:
+    analysed = analysis.results[index]
     s = analysed.state
     return EmotionResult(
         text_index=index,
+        result_id=analysis.result_id(index),
         emotions=analysed.prediction.emotions,
         labels=analysed.prediction.emotion_labels,
         learning_signals=analysed.prediction.signals,
@@ -48,6 +50,7 @@ def result(analysed: AnalysedText, index: int) -> EmotionResult:
             intervention_level=s.intervention_level,
             reasons=s.reasons,
             deviation=s.deviation,
+            policy_version=analysis.policy_version,
         ),
     )
 

@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.outcomes import RESULT_ID_PATTERN, OutcomeName
 from gateway.errors import ErrorCode
 
 # The one learner-id rule, for every route that takes one (the analyse body, the stream frame, the
@@ -98,6 +99,9 @@ class LearningStateOut(BaseModel):
     readiness: dict[str, Any] = Field(description="{'state': ..., 'score': 0..1}")
     intervention_level: str
     reasons: list[str]
+    policy_version: str = Field(
+        default="", description="the learning-state policy that decided (`v<version>-<12 hex of its values>`)"
+    )
     deviation: dict[str, Any] | None = Field(
         default=None,
         description="this text minus the learner's own baseline (an exponentially weighted mean of their "
@@ -108,6 +112,10 @@ class LearningStateOut(BaseModel):
 
 class EmotionResult(BaseModel):
     text_index: int
+    result_id: str = Field(
+        description="names this result (`<request id>-<text index>`): report what happened next with "
+        "POST /v1/outcomes; the audit row of this text carries the same request id"
+    )
     emotions: dict[str, float] = Field(description="probability per GoEmotions label (independent sigmoids)")
     labels: list[str] = Field(
         description="GoEmotions labels at or over their tuned per-label thresholds, as the model server "
@@ -245,6 +253,38 @@ class HistoryResponse(BaseModel):
         description="for the next page pass before=<this>&before_id=<next_before_id>; null on the last page"
     )
     next_before_id: int | None
+
+
+class OutcomeIn(BaseModel):
+    """What happened after an analysed text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    result_id: Annotated[str, StringConstraints(pattern=RESULT_ID_PATTERN)] = Field(
+        description="the `result_id` of the result it follows (`<request id>-<text index>`)"
+    )
+    learner_id: LearnerId = Field(
+        description="the learner the result was analysed for (the caller's tenant's)"
+    )
+    outcome: OutcomeName = Field(
+        description="abandoned_session, asked_for_help, failed_next_exercise, passed_next_exercise, "
+        "intervention_needed / intervention_not_needed (a tutor's rating), or other (say what in `label`)"
+    )
+    label: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="the platform's own word for it; required with `other`"
+    )
+
+    @model_validator(mode="after")
+    def _other_needs_a_label(self) -> OutcomeIn:
+        if self.outcome == "other" and not self.label:
+            raise ValueError("outcome 'other' needs a label saying what happened")
+        return self
+
+
+class OutcomeOut(BaseModel):
+    id: int = Field(description="the stored outcome's id")
+    result_id: str
+    outcome: str
 
 
 class ErasureCounts(BaseModel):

@@ -276,7 +276,7 @@ class Connection:
             StreamResultFrame(
                 id=message_id,
                 model=ModelInfo(name=self.services.settings.triton_model, version=analysis.model_version),
-                result=responses.result(analysis.results[0], 0),
+                result=responses.result(analysis, 0),
                 learner_id=message.learner_id,
                 trend=trend,
             )

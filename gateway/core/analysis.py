@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.backends.triton import Prediction
 from gateway.learning.state import LearningState
@@ -25,3 +26,11 @@ class Analysis:
     all_cached: bool
     model_version: str  # the version every result came from (one per analysis)
     trend: Trend | None = None  # None without a learner, or while the learner store is unavailable
+    # names the analysis: result i is "<request_id>-<i>" (POST /v1/outcomes links to it); its audit rows
+    # carry the same request_id
+    request_id: str = ""
+    policy_version: str = ""  # the learning-state policy that decided (Policy.identity)
+    context: dict[str, Any] | None = None  # the request's learner context, as sent
+
+    def result_id(self, index: int) -> str:
+        return f"{self.request_id}-{index}"

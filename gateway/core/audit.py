@@ -31,7 +31,8 @@ def record(
         if len(texts) != len(analysis.results):
             raise ValueError(f"{len(texts)} texts for {len(analysis.results)} results")
         ts = datetime.now(UTC)
-        request_id = uuid.uuid4().hex
+        request_id = analysis.request_id or uuid.uuid4().hex
+        trend = analysis.trend.label if analysis.trend else None
         rows = []
         for index, (text, result) in enumerate(zip(texts, analysis.results, strict=True)):
             text_hash, stored_text = trail.text_fields(text)
@@ -57,6 +58,18 @@ def record(
                     text_hash=text_hash,
                     text=stored_text,
                     tenant=tenant,
+                    features={
+                        "learning_emotions": state.learning_emotions,
+                        "valence": state.valence,
+                        "arousal": state.arousal,
+                        "dominance": state.dominance,
+                        "readiness_score": state.readiness_score,
+                        "risk_score": state.risk_score,
+                        "context": analysis.context,
+                        "deviation": state.deviation,
+                        "trend": trend,
+                    },
+                    policy_version=analysis.policy_version or None,
                 )
             )
     except Exception:

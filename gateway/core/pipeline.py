@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,9 @@ class Pipeline:
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()
+        analysis.request_id = uuid.uuid4().hex
+        analysis.policy_version = self.policy.identity
+        analysis.context = {k: v for k, v in (context or {}).items() if v is not None} or None
         if self.audit_trail is not None:
             latency_s = time.perf_counter() - started
             audit.record(

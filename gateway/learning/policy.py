@@ -7,7 +7,9 @@ are not GoEmotions labels, out-of-range weights, non-increasing cut points and a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import tomllib
 from collections.abc import Iterable
@@ -282,6 +284,13 @@ class Policy(_Strict):
                 f"({self.trajectory.max_history}): the baseline could never form"
             )
         return self
+
+    @property
+    def identity(self) -> str:
+        """``v<version>-<12 hex>``: a digest of every value in the policy (two files that decide alike
+        share it; any change to a weight, cut point or mapping gives another)."""
+        payload = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        return f"v{self.version}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
     @property
     def learning_emotion_names(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@ one fresh database per test): migrations, types, retention, reconnects, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import shutil
@@ -11,7 +12,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,31 @@ def test_erasing_a_learner_with_10000_rows_leaves_none(pg_dsn: str):
     )  # its time is measured by tests.support.erasure_timing (docs/audit.md)
     assert query(pg_dsn, "SELECT count(*) FROM audit_log WHERE learner_id = 'learner-1'") == [(0,)]
     assert query(pg_dsn, "SELECT count(*) FROM audit_log") == [(10,)]  # the other learner's
+
+
+async def test_outcomes_link_round_trip_and_go_with_erasure_and_retention(trail: AuditTrail, pg_dsn: str):
+    from gateway.backends.audit.store import Erasure, Outcome
+
+    features = {"learning_emotions": {"frustration": 0.4}, "context": None, "risk_score": 0.3}
+    written = dataclasses.replace(row(NOW, request="a" * 32), features=features, policy_version="v1-abc")
+    trail.submit([written])
+
+    def outcome(learner: str, request: str = "a" * 32, tenant: str = "default") -> Outcome:
+        return Outcome(datetime.now(UTC), tenant, learner, request, 0, "asked_for_help", None, "k1")
+
+    assert await trail.record_outcome(outcome("learner-1")) is not None  # flushes the queued row first
+    assert await trail.record_outcome(outcome("learner-2")) is None  # another learner's result
+    assert await trail.record_outcome(outcome("learner-1", tenant="beta")) is None  # another tenant's
+    assert await trail.record_outcome(outcome("learner-1", request="b" * 32)) is None  # no such result
+    [(stored_features, version, kind)] = query(
+        pg_dsn, "SELECT features, policy_version, jsonb_typeof(features) FROM audit_log"
+    )
+    assert stored_features == features and version == "v1-abc" and kind == "object"
+    store = trail.store
+    assert store.erase_learner("default", "learner-1", Erasure(NOW, "default", None, None, 0, 0)) == 1
+    assert query(pg_dsn, "SELECT count(*) FROM audit_outcomes") == [(0,)]
+    assert query(pg_dsn, "SELECT outcomes FROM audit_erasures") == [(1,)]
+    trail.submit([row(NOW, request="c" * 32)])
+    assert await trail.record_outcome(outcome("learner-1", request="c" * 32)) is not None
+    store.delete_before(datetime.now(UTC) + timedelta(days=1))
+    assert query(pg_dsn, "SELECT count(*) FROM audit_outcomes") == [(0,)]

@@ -51,6 +51,8 @@ def test_result_frame_is_the_http_answer_for_the_same_text(served):
     http = post(served, {"text": "I finally get it!"}).json()
     assert frame["type"] == "result" and frame["id"] == "m-1"
     assert frame["model"] == http["model"] == {"name": "goemotions", "version": "test-v1"}
+    # the same answer; each request names its own result (result_id)
+    assert frame["result"].pop("result_id") != http["results"][0].pop("result_id")
     assert frame["result"] == http["results"][0]
     assert frame["learner_id"] is None and frame["trend"] is None
 

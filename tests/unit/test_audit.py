@@ -64,8 +64,17 @@ def test_migrations_apply_once_and_reopening_is_a_no_op(db: Path):
     with sqlite3.connect(db) as conn:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations")]
         indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert versions == [v for v, _ in migrations("sqlite")] == ["0001_init", "0002_tenants_erasure"]
-    assert {"audit_log_tenant_learner_ts", "audit_log_ts", "audit_erasures_tenant_ts"} <= indexes
+    assert (
+        versions
+        == [v for v, _ in migrations("sqlite")]
+        == ["0001_init", "0002_tenants_erasure", "0003_outcomes"]
+    )
+    assert {
+        "audit_log_tenant_learner_ts",
+        "audit_log_ts",
+        "audit_erasures_tenant_ts",
+        "audit_log_tenant_request",
+    } <= indexes
     assert "audit_log_learner_ts" not in indexes  # replaced by the (tenant, learner) index
     assert count_rows(db) == 3
 

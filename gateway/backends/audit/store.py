@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -57,6 +57,10 @@ class AuditRow:
     text: str | None
     # the API key's tenant: learner ids are unique within a tenant only
     tenant: str = field(default="default", kw_only=True)
+    # what decided (learning emotions, VAD, context, risk, deviation) and the policy that decided it;
+    # None in rows written before they were kept
+    features: dict[str, Any] | None = field(default=None, kw_only=True)
+    policy_version: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,47 @@ class Erasure:
     key_id: str | None  # the API key that asked (None while auth is off)
     trajectory_points: int  # removed from the learner store
     audit_rows: int  # rows removed from the writer's queue before they were written (the store adds its own)
+    outcomes: int = 0  # outcome reports removed (the store counts them)
 
 
 ERASURE_COLUMNS = tuple(f.name for f in fields(Erasure))
 
+# What a platform may report happened after an analysed text (POST /v1/outcomes); "other" with a label.
+OutcomeName = Literal[
+    "abandoned_session",
+    "asked_for_help",
+    "failed_next_exercise",
+    "passed_next_exercise",
+    "intervention_needed",
+    "intervention_not_needed",
+    "other",
+]
+OUTCOMES: tuple[str, ...] = get_args(OutcomeName)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened after one analysed text, linked to its audit row."""
+
+    ts: datetime  # UTC, when it was reported
+    tenant: str
+    learner_id: str
+    request_id: str
+    text_index: int
+    outcome: str  # one of OUTCOMES
+    label: str | None  # the platform's own word for it (free, short)
+    key_id: str | None  # the API key that reported it
+
+
+OUTCOME_COLUMNS = tuple(f.name for f in fields(Outcome))
+_LINKED_SQL = (
+    "SELECT 1 FROM audit_log WHERE tenant = {p} AND learner_id = {p} AND request_id = {p} "
+    "AND text_index = {p} LIMIT 1"
+)
+
 
 COLUMNS = tuple(f.name for f in fields(AuditRow))
-JSON_COLUMNS = frozenset({"labels", "reasons"})
+JSON_COLUMNS = frozenset({"labels", "reasons", "features"})
 
 
 def migrations(dialect: str) -> list[tuple[str, str]]:
@@ -114,6 +152,7 @@ class AuditStore(Protocol):
         self, tenant: str, learner_id: str, limit: int, before: Before | None
     ) -> list[AuditEntry]: ...
     def erase_learner(self, tenant: str, learner_id: str, erasure: Erasure) -> int: ...
+    def record_outcome(self, outcome: Outcome) -> int | None: ...
     def close(self) -> None: ...
 
 
@@ -189,7 +228,7 @@ def _sqlite_values(values: dict[str, Any]) -> None:
     values["ts"] = datetime.fromisoformat(values["ts"])  # 3.11 reads the trailing Z as UTC
     values["cached"] = bool(values["cached"])
     for name in JSON_COLUMNS:
-        values[name] = json.loads(values[name])
+        values[name] = None if values[name] is None else json.loads(values[name])
 
 
 def _postgres_values(values: dict[str, Any]) -> None:
@@ -263,12 +302,24 @@ class SqliteStore:
         values = dict(zip(COLUMNS, astuple(row), strict=True))
         values["ts"] = sqlite_ts(row.ts)
         for name in JSON_COLUMNS:
-            values[name] = json.dumps(values[name])
+            values[name] = None if values[name] is None else json.dumps(values[name])
         return tuple(values[c] for c in COLUMNS)
 
     def delete_before(self, cutoff: datetime) -> int:
         with self._use() as conn, self._transaction(conn):
+            conn.execute("DELETE FROM audit_outcomes WHERE ts < ?", (sqlite_ts(cutoff),))
             return conn.execute("DELETE FROM audit_log WHERE ts < ?", (sqlite_ts(cutoff),)).rowcount
+
+    def record_outcome(self, outcome: Outcome) -> int | None:
+        """Store ``outcome`` if its audit row exists (same tenant and learner); its id, else None."""
+        linked = _LINKED_SQL.format(p="?")
+        insert = _insert_sql("audit_outcomes", OUTCOME_COLUMNS, "?")
+        values = {**outcome.__dict__, "ts": sqlite_ts(outcome.ts)}
+        with self._use() as conn, self._transaction(conn, "IMMEDIATE"):
+            key = (outcome.tenant, outcome.learner_id, outcome.request_id, outcome.text_index)
+            if conn.execute(linked, key).fetchone() is None:
+                return None
+            return conn.execute(insert, tuple(values[c] for c in OUTCOME_COLUMNS)).lastrowid
 
     def history(self, tenant: str, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
         ts = sqlite_ts(before.ts) if before else None
@@ -285,7 +336,10 @@ class SqliteStore:
             deleted = conn.execute(
                 "DELETE FROM audit_log WHERE tenant = ? AND learner_id = ?", (tenant, learner_id)
             ).rowcount
-            values = {**erasure.__dict__, "ts": sqlite_ts(erasure.ts)}
+            outcomes = conn.execute(
+                "DELETE FROM audit_outcomes WHERE tenant = ? AND learner_id = ?", (tenant, learner_id)
+            ).rowcount
+            values = {**erasure.__dict__, "ts": sqlite_ts(erasure.ts), "outcomes": outcomes}
             values["audit_rows"] += deleted
             conn.execute(insert, tuple(values[c] for c in ERASURE_COLUMNS))
         return int(deleted)
@@ -350,7 +404,10 @@ class PostgresStore:
     def insert(self, rows: Sequence[AuditRow]) -> None:
         sql = _insert_sql("audit_log", COLUMNS, "%s")
         params = [
-            tuple(Jsonb(v) if c in JSON_COLUMNS else v for c, v in zip(COLUMNS, astuple(row), strict=True))
+            tuple(
+                Jsonb(v) if c in JSON_COLUMNS and v is not None else v
+                for c, v in zip(COLUMNS, astuple(row), strict=True)
+            )
             for row in rows
         ]
         with self._use() as conn, conn.transaction(), conn.cursor() as cur:
@@ -358,7 +415,19 @@ class PostgresStore:
 
     def delete_before(self, cutoff: datetime) -> int:
         with self._use() as conn, conn.transaction():
+            conn.execute("DELETE FROM audit_outcomes WHERE ts < %s", (cutoff,))
             return conn.execute("DELETE FROM audit_log WHERE ts < %s", (cutoff,)).rowcount
+
+    def record_outcome(self, outcome: Outcome) -> int | None:
+        """Store ``outcome`` if its audit row exists (same tenant and learner); its id, else None."""
+        linked = _LINKED_SQL.format(p="%s")
+        insert = _insert_sql("audit_outcomes", OUTCOME_COLUMNS, "%s") + " RETURNING id"
+        with self._use() as conn, conn.transaction():
+            key = (outcome.tenant, outcome.learner_id, outcome.request_id, outcome.text_index)
+            if conn.execute(linked, key).fetchone() is None:
+                return None
+            row = conn.execute(insert, tuple(outcome.__dict__[c] for c in OUTCOME_COLUMNS)).fetchone()
+            return None if row is None else int(row[0])
 
     def history(self, tenant: str, learner_id: str, limit: int, before: Before | None) -> list[AuditEntry]:
         with self._use() as conn:
@@ -375,7 +444,10 @@ class PostgresStore:
             deleted = conn.execute(
                 "DELETE FROM audit_log WHERE tenant = %s AND learner_id = %s", (tenant, learner_id)
             ).rowcount
-            values = dict(erasure.__dict__)
+            outcomes = conn.execute(
+                "DELETE FROM audit_outcomes WHERE tenant = %s AND learner_id = %s", (tenant, learner_id)
+            ).rowcount
+            values = {**erasure.__dict__, "outcomes": outcomes}
             values["audit_rows"] += deleted
             conn.execute(insert, tuple(values[c] for c in ERASURE_COLUMNS))
         return int(deleted)

@@ -24,7 +24,15 @@ from functools import partial
 from typing import TypeVar
 
 from contract.text import normalize
-from gateway.backends.audit.store import DB_ERRORS, AuditEntry, AuditRow, AuditStore, Before, Erasure
+from gateway.backends.audit.store import (
+    DB_ERRORS,
+    AuditEntry,
+    AuditRow,
+    AuditStore,
+    Before,
+    Erasure,
+    Outcome,
+)
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
 from gateway.resilience import Breaker
@@ -250,6 +258,16 @@ class AuditTrail:
             return await self._call(self.store.history, tenant, learner_id, limit, before)
         except DB_ERRORS as exc:
             log.warning("audit history read failed (%s)", type(exc).__name__)
+            raise self._unavailable() from None
+
+    async def record_outcome(self, outcome: Outcome) -> int | None:
+        """Store an outcome linked to its audit row: its id, or None when the tenant's learner has no such
+        row. Queued rows are written first, so a result answered a moment ago can be linked."""
+        await self.flush()
+        try:
+            return await self._call(self.store.record_outcome, outcome)
+        except DB_ERRORS as exc:
+            log.warning("audit outcome write failed (%s)", type(exc).__name__)
             raise self._unavailable() from None
 
     def learner_hash(self, tenant: str, learner_id: str) -> str | None:
