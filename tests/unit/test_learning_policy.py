@@ -1,5 +1,6 @@
 """The learning policy file: the default loads and matches its sources; broken files fail loudly."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,11 @@ def test_a_state_may_have_several_rules_but_the_default_only_one(tmp_path: Path)
     )
     with pytest.raises(PolicyError, match="the default state 'ready_to_learn' may not have other rules"):
         load_policy(path)
+
+
+def test_the_policy_identity_names_its_values(tmp_path: Path):
+    policy = load_policy()
+    assert re.fullmatch(r"v1-[0-9a-f]{12}", policy.identity)
+    assert load_policy().identity == policy.identity  # the same file, the same identity
+    changed = load_policy(write_variant(tmp_path, "frustration = 0.35", "frustration = 0.36"))
+    assert changed.identity != policy.identity  # any value changes it
