@@ -236,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         "trained without the learner data",
     )
     p.add_argument("--out", type=Path, default=Path("results"))
+
+    p = sub.add_parser(
+        "fit-policy",
+        help="fit the intervention risk from outcome feedback (or a synthetic ground truth) and judge it "
+        "against the hand-set policy on a later period",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audit-sqlite", type=Path, help="the gateway's SQLite audit trail")
+    source.add_argument("--synthetic", type=int, metavar="N", help="N pairs from a known process")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, default=Path("results"))
     return parser
 
 
@@ -418,6 +429,33 @@ def cmd_learner_gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_policy(args: argparse.Namespace) -> int:
+    from export import policy_fit
+
+    truth = None
+    if args.synthetic:
+        pairs, truth = policy_fit.synthetic_pairs(args.synthetic, args.seed)
+    else:
+        pairs = policy_fit.pairs_from_sqlite(args.audit_sqlite)
+    try:
+        result = policy_fit.fit(pairs, truth=truth)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    written = policy_fit.write(result, args.out)
+    source = (
+        f"--synthetic {args.synthetic} --seed {args.seed}"
+        if args.synthetic
+        else f"--audit-sqlite {args.audit_sqlite}"
+    )
+    md = args.out / "policy_fit.md"
+    md.write_text(policy_fit.markdown(result, f"python -m export fit-policy {source}", truth))
+    png = policy_fit.chart(result, args.out / "policy_fit.png")
+    for path in [*written, md, png]:
+        log.info("wrote %s", path)
+    return 0 if result["better"] else 2
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from export.bench import (
         INVARIANCE_COMPANIONS,
@@ -531,6 +569,7 @@ COMMANDS = {
     "tensorrt": cmd_tensorrt,
     "bench": cmd_bench,
     "learner-gap": cmd_learner_gap,
+    "fit-policy": cmd_fit_policy,
 }
 
 

@@ -85,6 +85,12 @@ async def test_an_outcome_links_to_the_stored_result_and_its_features(tmp_path, 
     assert features["context"] == {"recent_error_rate": 0.6}
     assert features["learning_emotions"] == result["learning_state"]["learning_emotions"]
     assert features["risk_score"] >= 0 and features["valence"] == result["learning_state"]["valence"]
+    # and the fitter reads the pair back: the stored features, the outcome as "needed help"
+    from export.policy_fit import pairs_from_sqlite
+
+    pairs = pairs_from_sqlite(db)
+    assert list(pairs.y) == [1.0] and pairs.handset_risk[0] == features["risk_score"]
+    assert "recent_error_rate" in pairs.inputs
 
 
 @pytest.mark.parametrize(
