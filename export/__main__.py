@@ -238,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results"))
 
     p = sub.add_parser(
+        "state-distribution",
+        help="how the learning-state policy reads GoEmotions test (levels, states, learning emotions)",
+    )
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--out", type=Path, default=Path("results"))
+
+    p = sub.add_parser(
         "fit-policy",
         help="fit the intervention risk from outcome feedback (or a synthetic ground truth) and judge it "
         "against the hand-set policy on a later period",
@@ -429,6 +436,15 @@ def cmd_learner_gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state_distribution(args: argparse.Namespace) -> int:
+    from export import learner_gap
+
+    report = learner_gap.state_distribution(args.repository)
+    for path in learner_gap.write_distribution(report, args.out, "python -m export state-distribution"):
+        log.info("wrote %s", path)
+    return 0
+
+
 def cmd_fit_policy(args: argparse.Namespace) -> int:
     from export import policy_fit
 
@@ -570,6 +586,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "learner-gap": cmd_learner_gap,
     "fit-policy": cmd_fit_policy,
+    "state-distribution": cmd_state_distribution,
 }
 
 

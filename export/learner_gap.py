@@ -428,3 +428,77 @@ def write(report: dict[str, Any], out: Path, command: str) -> list[Path]:
     js.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     chart(report, png)
     return [md, js, png]
+
+
+def state_distribution(directory: Path, split: str = "test") -> dict[str, Any]:
+    """How the gateway's policy reads the GoEmotions ``split`` (Reddit comments, one text alone, no context):
+    the share of each intervention level, readiness state and primary learning emotion."""
+    from gateway.learning.policy import load_policy
+    from gateway.learning.state import assess
+
+    served = Served.load(directory)
+    texts = load_split(split).texts
+    policy = load_policy()
+    levels: Counter[str] = Counter()
+    states: Counter[str] = Counter()
+    primary: Counter[str] = Counter()
+    for row in served.probabilities(texts):
+        state = assess(dict(zip(output_labels(len(row)), map(float, row), strict=True)), policy)
+        levels[state.intervention_level] += 1
+        states[state.readiness_state] += 1
+        primary[state.primary_emotion] += 1
+    n = len(texts)
+
+    def shares(counts: Counter[str]) -> dict[str, float]:
+        return {k: round(v / n, 4) for k, v in counts.most_common()}
+
+    return {
+        "model": served.manifest.served_version(served.variant),
+        "policy": policy.identity,
+        "split": split,
+        "texts": n,
+        "intervention_levels": shares(levels),
+        "readiness_states": shares(states),
+        "primary_learning_emotions": shares(primary),
+    }
+
+
+def write_distribution(report: dict[str, Any], out: Path, command: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    js, md, png = (out / f"state_distribution.{ext}" for ext in ("json", "md", "png"))
+    js.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    lines = [
+        "# How the learning-state policy reads GoEmotions test",
+        "",
+        f"Command: `{command}`. Model `{report['model']}`, policy `{report['policy']}`, {report['texts']} "
+        f"{report['split']} texts (Reddit comments, not learners), each alone, no context: a base rate of "
+        "what the hand-set policy says about ordinary text.",
+        "",
+    ]
+    for key, title in (
+        ("intervention_levels", "intervention level"),
+        ("readiness_states", "readiness state"),
+        ("primary_learning_emotions", "primary learning emotion"),
+    ):
+        lines += [f"| {title} | share |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in report[key].items()]
+        lines.append("")
+    lines += ["![distribution](state_distribution.png)", ""]
+    md.write_text("\n".join(lines), encoding="utf-8")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("intervention_levels", "primary_learning_emotions"), strict=True):
+        items = report[key]
+        ax.bar(list(items), list(items.values()))
+        ax.set_title(key.replace("_", " "), fontsize=9)
+        ax.tick_params(axis="x", rotation=60)
+        ax.set_ylabel("share of texts")
+    fig.suptitle(f"GoEmotions {report['split']}: {report['model']}, policy {report['policy']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return [js, md, png]
