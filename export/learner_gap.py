@@ -25,7 +25,7 @@ from contract.spec import SPEC_FILE, ServingSpec
 from export.arrays import Array
 from export.packaging.runtime import load_tokenizer, onnx_classifier
 from export.training.calibration import calibrated_probabilities
-from export.training.data import load_split
+from export.training.data import DATA_DIR, load_split
 from export.training.learner_data import (
     LEARNING_VOCABULARY,
     LearnerMessage,
@@ -430,14 +430,14 @@ def write(report: dict[str, Any], out: Path, command: str) -> list[Path]:
     return [md, js, png]
 
 
-def state_distribution(directory: Path, split: str = "test") -> dict[str, Any]:
+def state_distribution(directory: Path, split: str = "test", data_dir: Path = DATA_DIR) -> dict[str, Any]:
     """How the gateway's policy reads the GoEmotions ``split`` (Reddit comments, one text alone, no context):
     the share of each intervention level, readiness state and primary learning emotion."""
     from gateway.learning.policy import load_policy
     from gateway.learning.state import assess
 
     served = Served.load(directory)
-    texts = load_split(split).texts
+    texts = load_split(split, data_dir).texts
     policy = load_policy()
     levels: Counter[str] = Counter()
     states: Counter[str] = Counter()

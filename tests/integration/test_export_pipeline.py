@@ -332,3 +332,21 @@ def test_the_torch_variant_is_gated_and_fitted_like_the_others(exported, tiny_mo
     ref = torch_classifier(str(tiny_model), tok, spec.input_names).logits(texts)
     got = torch_runtime_classifier(out / entry.file, tok, spec.input_names).logits(texts)
     np.testing.assert_allclose(got, ref, atol=5e-2)
+
+
+def test_the_state_distribution_report_covers_every_text(signal_export, tiny_data, tmp_path):
+    from export.learner_gap import state_distribution, write_distribution
+    from gateway.learning.policy import INTERVENTION_LEVELS
+
+    out, manifest = signal_export
+    report = state_distribution(out, "test", tiny_data)
+    assert report["texts"] == 120 and report["model"] == manifest.served_version("int8")
+    for key in ("intervention_levels", "readiness_states", "primary_learning_emotions"):
+        assert sum(report[key].values()) == pytest.approx(1.0, abs=1e-3), key
+    assert set(report["intervention_levels"]) <= set(INTERVENTION_LEVELS)
+    paths = write_distribution(report, tmp_path, "test")
+    assert [p.name for p in paths] == [
+        "state_distribution.json",
+        "state_distribution.md",
+        "state_distribution.png",
+    ]
