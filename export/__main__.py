@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.learner_repeat,
         help="times the learner train split is seen per epoch",
     )
+    p.add_argument(
+        "--signal-negative-weight",
+        type=float,
+        default=defaults.signal_negative_weight,
+        help="weight of GoEmotions rows as negatives for the learning signals (0: masked)",
+    )
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
 
     p = sub.add_parser("build", help="export a model to ONNX variants, run the gates, tune thresholds")
@@ -269,6 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         learning_signals=args.learning_signals,
         learner_repeat=args.learner_repeat,
+        signal_negative_weight=args.signal_negative_weight,
     )
     report = train(args.output, cfg, args.data_dir)
     log.info("training report: %s", json.dumps(report["dev_at_tuned"]))

@@ -65,6 +65,10 @@ class TrainConfig:
     # Learn the learning signals from the learner set's train split (False: the 28 GoEmotions labels only).
     learning_signals: bool = True
     learner_repeat: int = 6  # times the learner train split is seen per epoch
+    # Weight of the GoEmotions rows as negatives for the signals (0: masked, unknown). Masked, the signals
+    # fire on ordinary text (boredom on 11% of GoEmotions test, docs/model-and-export.md); a small weight
+    # teaches them what ordinary text is without claiming no comment is ever bored.
+    signal_negative_weight: float = 0.0
 
 
 def base_model_path() -> Path:
@@ -198,7 +202,11 @@ def training_rows(train_split: Split, cfg: TrainConfig, learner_dir: Path = LEAR
     width, k = len(WITH_LEARNING_SIGNALS), len(LEARNING_SIGNALS)
     go_targets = np.concatenate([train_split.labels, np.zeros((n, k), np.float32)], axis=1)
     go_mask = np.concatenate(
-        [np.ones((n, len(GOEMOTIONS_LABELS)), np.float32), np.zeros((n, k), np.float32)], 1
+        [
+            np.ones((n, len(GOEMOTIONS_LABELS)), np.float32),
+            np.full((n, k), cfg.signal_negative_weight, np.float32),
+        ],
+        axis=1,
     )
     texts, targets = learner_targets("train", load_learner_messages(learner_dir))
     repeat = max(1, cfg.learner_repeat)
@@ -211,7 +219,8 @@ def training_rows(train_split: Split, cfg: TrainConfig, learner_dir: Path = LEAR
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy over the known targets only (mask 1); unknown ones give no gradient."""
+    """Weighted mean binary cross-entropy: mask 1 = a known target, 0 = unknown (no gradient), in between
+    = a weak one."""
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return (loss * mask).sum() / mask.sum().clamp(min=1.0)
 

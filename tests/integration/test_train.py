@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -130,3 +131,13 @@ def test_masked_targets_give_no_gradient():
     assert masked_bce(logits.detach(), targets, mask).item() == pytest.approx(
         float(torch.log(torch.tensor(2.0)))
     )
+
+
+def test_goemotions_rows_can_be_weak_negatives_for_the_signals(tiny_data):
+    from export.training.data import load_split
+
+    split = load_split("train", tiny_data)
+    rows = training_rows(split, TrainConfig(learner_repeat=1, signal_negative_weight=0.1))
+    n = len(split)
+    assert np.allclose(rows.mask[:n, 28:], 0.1) and (rows.targets[:n, 28:] == 0).all()
+    assert (rows.mask[n:] == 1).all()
