@@ -159,10 +159,8 @@ def evaluate(directory: Path) -> dict[str, Any]:
     learner_probs = served.probabilities(learner.texts)
     go_probs = served.probabilities(goemotions.texts)[:, :GO]
     go_thresholds = served.thresholds[:GO]
-    predicted = [
-        [n for n in row if n in GOEMOTIONS_LABELS]
-        for row in predicted_labels(learner_probs, served.thresholds)
-    ]
+    all_predicted = predicted_labels(learner_probs, served.thresholds)  # GoEmotions labels, then signals
+    predicted = [[n for n in row if n in GOEMOTIONS_LABELS] for row in all_predicted]
     gold = [chosen[i].labels for i in learner.ids]
     scores = f1_scores(learner_probs[:, :GO], learner.labels, go_thresholds)
     support = learner.labels.sum(axis=0)
@@ -194,7 +192,6 @@ def evaluate(directory: Path) -> dict[str, Any]:
         "learning_state": learning_agreement(learner_probs, [chosen[i] for i in learner.ids]),
         "signals": None,
     }
-    all_predicted = predicted_labels(learner_probs, served.thresholds)
     report["giving_up"] = [
         {
             "text": chosen[i].text,

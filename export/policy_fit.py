@@ -5,12 +5,12 @@ Pairs are (features, outcome) joined from the audit trail (``audit_log.features`
 generated from a known ground-truth process (``--synthetic``: the check that the fit recovers it). The
 target is "needed help": ``abandoned_session``, ``asked_for_help``, ``failed_next_exercise`` and
 ``intervention_needed`` against ``passed_next_exercise`` and ``intervention_not_needed`` (``other`` is left
-out). The inputs are the policy's own risk inputs (learning emotions, negative valence, low readiness,
-context strain), so a fitted model can replace its hand-set weights. The split is by time: the first 70%
-fits, the last 30% judges — never shuffled, as a deployment would meet it. Calibrated regularised logistic
-regression (scikit-learn) against the hand-set policy's risk score on the same held-out pairs: AUC, Brier
-score and a reliability table; the fitted weights are written (``fitted_policy.json``) **only when both AUC
-and Brier are better**. Loading a fitted policy in the gateway is not built yet (issue 17).
+out). The inputs are the policy's own risk inputs (learning emotions, negative valence, low readiness) and
+the context's error rate, so a fitted model can replace its hand-set weights. The split is by time: the
+first 70% fits, the last 30% judges — never shuffled, as a deployment would meet it. Calibrated regularised
+logistic regression (scikit-learn) against the hand-set policy's risk score on the same held-out pairs: AUC,
+Brier score and a reliability table; the fitted weights are written (``fitted_policy.json``) **only when
+both AUC and Brier are better**. Loading a fitted policy in the gateway is not built yet (issue 17).
 """
 
 from __future__ import annotations

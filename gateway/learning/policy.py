@@ -7,6 +7,7 @@ are not GoEmotions labels, out-of-range weights, non-increasing cut points and a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -285,10 +286,11 @@ class Policy(_Strict):
             )
         return self
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
         """``v<version>-<12 hex>``: a digest of every value in the policy (two files that decide alike
-        share it; any change to a weight, cut point or mapping gives another)."""
+        share it; any change to a weight, cut point or mapping gives another). Computed once per policy
+        object: every analysis reports it."""
         payload = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
         return f"v{self.version}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
