@@ -251,13 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results"))
 
     p = sub.add_parser(
+        "learner-select",
+        help="candidate exports side by side on the dev splits (learner and GoEmotions): how the served "
+        "student is chosen without reading the test split",
+    )
+    p.add_argument("exports", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p = sub.add_parser(
         "fit-policy",
-        help="fit the intervention risk from outcome feedback (or a synthetic ground truth) and judge it "
-        "against the hand-set policy on a later period",
+        help="fit the learning-state policy (risk, readiness, cut points) from outcome feedback (or a "
+        "synthetic ground truth), judge it against the hand-set policy on a later period, write a new "
+        "policy version when it is better",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--audit-sqlite", type=Path, help="the gateway's SQLite audit trail")
-    source.add_argument("--synthetic", type=int, metavar="N", help="N pairs from a known process")
+    source.add_argument("--audit-dsn", help="the gateway's PostgreSQL audit trail (a postgresql:// URI)")
+    source.add_argument("--synthetic", type=int, metavar="N", help="N texts from a known process")
+    p.add_argument("--policy", type=Path, default=None, help="the base policy (default: the shipped one)")
+    p.add_argument("--regularisation", type=float, default=1.0, help="logistic regression C")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path("results"))
     return parser
@@ -452,30 +463,49 @@ def cmd_state_distribution(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learner_select(args: argparse.Namespace) -> int:
+    from export import learner_gap
+
+    report = learner_gap.select(args.exports)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python -m export learner-select " + " ".join(str(e) for e in args.exports)
+    (args.out / "learner_selection.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "learner_selection.md").write_text(learner_gap.selection_markdown(report, command))
+    log.info("wrote %s", args.out / "learner_selection.md")
+    return 0
+
+
 def cmd_fit_policy(args: argparse.Namespace) -> int:
     from export import policy_fit
 
-    truth = None
     if args.synthetic:
-        pairs, truth = policy_fit.synthetic_pairs(args.synthetic, args.seed)
+        records = policy_fit.synthetic_records(args.synthetic, args.seed)
+        source = f"--synthetic {args.synthetic} --seed {args.seed}"
+    elif args.audit_dsn:
+        records = policy_fit.records_from_postgres(args.audit_dsn)
+        source = "--audit-dsn <dsn>"
     else:
-        pairs = policy_fit.pairs_from_sqlite(args.audit_sqlite)
+        records = policy_fit.records_from_sqlite(args.audit_sqlite)
+        source = f"--audit-sqlite {args.audit_sqlite}"
     try:
-        result = policy_fit.fit(pairs, truth=truth)
+        result = policy_fit.fit_policy(
+            records, args.policy, args.regularisation, synthetic=bool(args.synthetic)
+        )
     except ValueError as exc:
         log.error("%s", exc)
         return 1
-    written = policy_fit.write(result, args.out)
-    source = (
-        f"--synthetic {args.synthetic} --seed {args.seed}"
-        if args.synthetic
-        else f"--audit-sqlite {args.audit_sqlite}"
-    )
+    written = policy_fit.write(result, args.out, args.policy)
+    truth = policy_fit.TRUE_WEIGHTS if args.synthetic else None
     md = args.out / "policy_fit.md"
     md.write_text(policy_fit.markdown(result, f"python -m export fit-policy {source}", truth))
     png = policy_fit.chart(result, args.out / "policy_fit.png")
     for path in [*written, md, png]:
         log.info("wrote %s", path)
+    if result.get("policy_version"):
+        log.info(
+            "new policy version %s: copy it into GATEWAY_POLICY_DIR, then PUT /v1/policy",
+            result["policy_version"],
+        )
     return 0 if result["better"] else 2
 
 
@@ -593,6 +623,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "learner-gap": cmd_learner_gap,
     "fit-policy": cmd_fit_policy,
+    "learner-select": cmd_learner_select,
     "state-distribution": cmd_state_distribution,
 }
 

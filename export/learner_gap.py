@@ -143,21 +143,25 @@ def confusions(gold: list[tuple[str, ...]], predicted: list[list[str]]) -> Count
     return pairs
 
 
-def evaluate(directory: Path) -> dict[str, Any]:
-    """One model on the learner test split and the GoEmotions test split."""
+def evaluate(directory: Path, split: str = "test", data_dir: Path = DATA_DIR) -> dict[str, Any]:
+    """One model on the learner ``split`` and the GoEmotions ``split`` (test for the report; dev only to
+    choose between candidate models)."""
     served = Served.load(directory)
     messages = load_learner_messages()
-    learner = learner_split("test", messages)
-    chosen = {m.id: m for m in messages if m.split == "test"}
-    goemotions = load_split("test")
+    learner = learner_split(split, messages)
+    chosen = {m.id: m for m in messages if m.split == split}
+    goemotions = load_split(split, data_dir)
     log.info(
-        "%s: learner test %d messages, GoEmotions test %d texts",
+        "%s: learner %s %d messages, GoEmotions %s %d texts",
         served.manifest.served_version(served.variant),
+        split,
         len(learner),
+        split,
         len(goemotions),
     )
     learner_probs = served.probabilities(learner.texts)
-    go_probs = served.probabilities(goemotions.texts)[:, :GO]
+    go_all = served.probabilities(goemotions.texts)
+    go_probs = go_all[:, :GO]
     go_thresholds = served.thresholds[:GO]
     all_predicted = predicted_labels(learner_probs, served.thresholds)  # GoEmotions labels, then signals
     predicted = [[n for n in row if n in GOEMOTIONS_LABELS] for row in all_predicted]
@@ -203,10 +207,15 @@ def evaluate(directory: Path) -> dict[str, Any]:
         if "giving_up" in chosen[i].learning
     ]
     if report["has_learning_signals"]:
-        _, targets = learner_targets("test", messages)
+        _, targets = learner_targets(split, messages)
         report["signals"] = bootstrap_per_label(
             learner_probs[:, GO:], targets[:, GO:], served.thresholds[GO:], list(LEARNING_SIGNALS)
         )
+        # out of domain: how often each signal fires on ordinary (Reddit) text
+        fires = go_all[:, GO:] >= served.thresholds[GO:]
+        report["signals_on_goemotions"] = {
+            name: round(float(fires[:, i].mean()), 4) for i, name in enumerate(LEARNING_SIGNALS)
+        }
     return report
 
 
@@ -499,3 +508,62 @@ def write_distribution(report: dict[str, Any], out: Path, command: str) -> list[
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return [js, md, png]
+
+
+def select(candidates: list[Path], data_dir: Path = DATA_DIR) -> dict[str, Any]:
+    """Candidate models side by side on the *dev* splits (learner and GoEmotions): what choosing between
+    them may read; the test split stays for the report of the one chosen."""
+    rows = []
+    for directory in candidates:
+        m = evaluate(directory, "dev", data_dir)
+        signals = m.get("signals") or {}
+        rows.append(
+            {
+                "export": str(directory),
+                "model": m["model"],
+                "learner_dev_texts": m["learner_test"]["n"],
+                "goemotions_dev_texts": m["goemotions_test"]["n"],
+                "goemotions_dev_macro_f1": round(m["goemotions_test"]["macro_f1"], 4),
+                "learner_dev_macro_f1_present": round(m["learner_test_present_labels"]["macro_f1"], 4),
+                "signal_f1": {n: round(float(s["f1"]), 3) for n, s in signals.items()},
+                "signal_precision": {n: round(float(s["precision"]), 3) for n, s in signals.items()},
+                "signal_recall": {n: round(float(s["recall"]), 3) for n, s in signals.items()},
+                "signals_on_goemotions_dev": m.get("signals_on_goemotions"),
+                "band_agreement": m["learning_state"]["band_agreement"],
+                "learning_emotions_micro_f1": m["learning_state"]["learning_emotions_micro_f1"],
+            }
+        )
+    return {"split": "dev", "candidates": rows}
+
+
+def selection_markdown(report: dict[str, Any], command: str) -> str:
+    rows = report["candidates"]
+    signals = list(LEARNING_SIGNALS)
+    lines = [
+        "# Choosing the learner-adapted student (dev splits only)",
+        "",
+        f"Command: `{command}`. Every number here is on the **dev** splits (GoEmotions dev, learner dev): "
+        "what a choice may read. Signal thresholds were fitted on learner dev, so its signal figures are "
+        "optimistic for every candidate alike. The chosen model's test-split report is "
+        "[learner_gap.md](learner_gap.md).",
+        "",
+        "| export | GoEmotions dev macro-F1 | learner dev macro-F1 (labels present) | "
+        + " | ".join(f"{s} F1 (P/R)" for s in signals)
+        + " | band agreement | "
+        + " | ".join(f"{s} fires on GoEmotions dev" for s in signals)
+        + " |",
+        "|---|" + "---:|" * (3 + 2 * len(signals)),
+    ]
+    for r in rows:
+        f1 = r["signal_f1"]
+        sig = " | ".join(
+            f"{f1[s]:.3f} ({r['signal_precision'][s]:.2f}/{r['signal_recall'][s]:.2f})" if s in f1 else "–"
+            for s in signals
+        )
+        ood = r["signals_on_goemotions_dev"] or {}
+        fires = " | ".join(f"{ood[s]:.1%}" if s in ood else "–" for s in signals)
+        lines.append(
+            f"| `{r['export']}` | {r['goemotions_dev_macro_f1']:.4f} "
+            f"| {r['learner_dev_macro_f1_present']:.4f} | {sig} | {r['band_agreement']:.3f} | {fires} |"
+        )
+    return "\n".join([*lines, ""])

@@ -51,6 +51,17 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.policy_active = Gauge(
+            "gateway_policy_active",
+            "1 for the learning-state policy version analyses use now",
+            ["version"],
+            registry=r,
+        )
+        self.policy_errors = Counter(
+            "gateway_policy_errors",
+            "Policy files or active pointers refused while running (the active policy stayed)",
+            registry=r,
+        )
         self.inflight = Gauge("gateway_inflight_requests", "Inference requests in flight", registry=r)
         self.rejected = Counter(
             "gateway_overload_rejections", "Requests rejected with 429 (concurrency)", registry=r
@@ -103,3 +114,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def note_policy(self, version: str) -> None:
+        """Only the active version reads 1."""
+        self.policy_active.clear()
+        self.policy_active.labels(version).set(1)

@@ -25,10 +25,11 @@ from gateway.backends.trajectory import (
 )
 from gateway.backends.triton import GuardedInference, Inference, TritonClient
 from gateway.core.pipeline import Limits, Pipeline
+from gateway.core.policies import PolicyBook
 from gateway.core.ratelimit import RateLimiter, parse_limit
 from gateway.core.tenants import Keyring, keyring_from
 from gateway.errors import GatewayError
-from gateway.learning.policy import Policy, load_policy
+from gateway.learning.policy import DEFAULT_POLICY_PATH, Policy, load_policy
 from gateway.metrics import Metrics
 from gateway.resilience import Breaker
 from gateway.settings import Settings
@@ -236,9 +237,17 @@ async def open_services(
     client (tests pass a fake); ``clock`` is the monotonic clock every breaker, TTL and rate window runs
     on (tests pass a fake one and move it instead of sleeping)."""
     # Fail at start-up, with the file's own error message, rather than on the first request.
-    policy = load_policy(settings.policy_file)
-    keyring = keyring_from(settings)
     metrics = Metrics()
+    policy = load_policy(settings.policy_file)
+    policies = PolicyBook(
+        policy,
+        str(settings.policy_file or DEFAULT_POLICY_PATH),
+        settings.policy_dir,
+        on_switch=metrics.note_policy,
+        on_error=metrics.policy_errors.inc,
+    )
+    policy = policies.current
+    keyring = keyring_from(settings)
     audit_trail = audit_trail_from(settings, metrics, clock)
     async with contextlib.AsyncExitStack() as stack:
         redis = _redis(settings)
@@ -268,7 +277,7 @@ async def open_services(
             triton=client,
             cache=cache,
             trajectories=trajectories,
-            policy=policy,
+            policy=policies,
             metrics=metrics,
             limits=Limits.from_settings(settings),
             audit_trail=audit_trail,
@@ -289,13 +298,19 @@ async def open_services(
                 pipeline.watch_version(settings.version_check_s), name="model-version-check"
             )
             stack.push_async_callback(_cancel, watcher)
+        if policies.switchable and settings.policy_check_s > 0:
+            policy_watcher = asyncio.create_task(
+                policies.watch(settings.policy_check_s), name="policy-folder-check"
+            )
+            stack.push_async_callback(_cancel, policy_watcher)
         log.info(
-            "gateway ready: model %s (%s), Triton %s, cache %s, auth %s",
+            "gateway ready: model %s (%s), Triton %s, cache %s, auth %s, policy %s",
             settings.triton_model,
             pipeline.served.version or "version not known yet",
             settings.triton_url,
             settings.cache_backend,
             "on" if services.api_keys else "off",
+            policies.active.version,
         )
         if limiter is not None:
             log.info(

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     learner_redis_url: str | None = None
 
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
+    # A folder of policy files, switchable while running: its `active` file names the version in use
+    # (PUT /v1/policy writes it); every replica re-reads the folder every policy_check_s (0: never).
+    policy_dir: Path | None = None
+    policy_check_s: float = Field(default=5.0, ge=0)
 
     # Audit trail (off by default): one row per analysed text, written off the request path
     # (gateway/backends/audit).

@@ -3,6 +3,10 @@ Triton, identical but for ``GATEWAY_AUDIT_BACKEND`` (off vs SQLite), fed the sam
 with a learner id, interleaved rounds. Reports the p50 difference at 1 client, the throughput ratio at
 16 clients, and what the audit writer wrote and dropped.
 
+A third path measures the outcome write path: the audit-on gateway again, while every analysed text's
+outcome is posted (``POST /v1/outcomes``, by 4 background posters, as a platform reports them after the
+fact); only the analyses are timed, against the same gateway without outcome traffic.
+
 The writer runs in the gateway's process (a background task and one database thread), so on 2 cores
 whatever it costs shows up here; the request itself only queues rows.
 """
@@ -10,7 +14,10 @@ whatever it costs shows up here; the request itself only queues rows.
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
+import threading
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,78 @@ from server.stack import Stack
 WORK = Path("build") / "bench"
 WARMUP = 50  # requests per gateway before timing
 AUDIT_KEY = "bench-audit-key-0123456789abcdef"
+POSTERS = 4
+
+
+def learner_of(text: str) -> str:
+    return f"bench-{hash(text) % 200}"
+
+
+class OutcomePosters:
+    """Background threads posting an outcome for each analysed result handed to them: ``client`` is an
+    analyse client that hands its results over (untimed work off the timed loop); ``drain`` waits until
+    every handed result is posted, so the next timed path runs without them."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.pending: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self.posted = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._post, daemon=True) for _ in range(POSTERS)]
+        for t in self._threads:
+            t.start()
+
+    def client(self) -> Callable[[], Callable[[str], object]]:
+        analyse = common.http_client(f"{self.base_url}/v1/emotions", _payload)
+
+        def make() -> Callable[[str], object]:
+            infer = analyse()
+
+            def infer_and_hand_over(text: str) -> object:
+                r = infer(text)
+                self.pending.put((r.json()["results"][0]["result_id"], learner_of(text)))
+                return r
+
+            return infer_and_hand_over
+
+        return make
+
+    def drain(self) -> None:
+        self.pending.join()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self.pending.put(None)
+        for t in self._threads:
+            t.join()
+
+    def _post(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as client:
+            while (item := self.pending.get()) is not None:
+                result_id, learner = item
+                body = {"result_id": result_id, "learner_id": learner, "outcome": "asked_for_help"}
+                try:
+                    ok = client.post(f"{self.base_url}/v1/outcomes", json=body).status_code == 201
+                except httpx.HTTPError:
+                    ok = False
+                with self._lock:
+                    self.posted += ok
+                    self.failed += not ok
+                self.pending.task_done()
+            self.pending.task_done()
+
+
+def _payload(text: str) -> dict[str, str]:
+    return {"text": text, "learner_id": learner_of(text)}
+
+
+def _then(run: Callable[[], common.PathResult], after: Callable[[], None]) -> common.PathResult:
+    result = run()
+    after()
+    return result
 
 
 def audit_counts(metrics_text: str) -> dict[str, float]:
@@ -68,24 +147,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         stack.wait_ready()
         clients = {
-            name: common.http_client(
-                f"{gw.url}/v1/emotions", lambda t: {"text": t, "learner_id": f"bench-{hash(t) % 200}"}
-            )
-            for name, gw in gateways.items()
+            name: common.http_client(f"{gw.url}/v1/emotions", _payload) for name, gw in gateways.items()
         }
-        for make in clients.values():  # warm-up: lazy loads, first database writes
+        posters = OutcomePosters(gateways["audit-sqlite"].url)
+        for make in (*clients.values(), posters.client()):  # warm-up: lazy loads, first database writes
             common.closed_loop(make, fresh(WARMUP), 4)
+        posters.drain()
         rounds = common.run_rounds(
             args.rounds,
             lambda _: {
-                f"{name}@{c}": partial(common.closed_loop, make, fresh(n), c)
-                for c, n in ((1, args.requests_1), (16, args.requests_16))
-                for name, make in clients.items()
+                **{
+                    f"{name}@{c}": partial(common.closed_loop, make, fresh(n), c)
+                    for c, n in ((1, args.requests_1), (16, args.requests_16))
+                    for name, make in clients.items()
+                },
+                **{
+                    f"audit-sqlite+outcomes@{c}": partial(
+                        _then, partial(common.closed_loop, posters.client(), fresh(n), c), posters.drain
+                    )
+                    for c, n in ((1, args.requests_1), (16, args.requests_16))
+                },
             },
         )
+        posters.close()
         # closed_loop sends one untimed "warm-up" request per client thread on top of its texts
-        sent = WARMUP + 4 + args.rounds * (args.requests_1 + 1 + args.requests_16 + 16)
-        counts = {**settled_counts(f"{gateways['audit-sqlite'].url}/metrics", sent), "sent": sent}
+        per_round = args.requests_1 + 1 + args.requests_16 + 16
+        sent = 2 * (WARMUP + 4) + 2 * args.rounds * per_round  # the audit-on gateway's two paths
+        counts = {
+            **settled_counts(f"{gateways['audit-sqlite'].url}/metrics", sent),
+            "sent": sent,
+            "outcomes_posted": posters.posted,
+            "outcomes_failed": posters.failed,
+        }
     return summarize(rounds, counts, manifest.version)
 
 
@@ -98,12 +191,17 @@ def summarize(
         rounds,
         p50_delta_ms_1_client=common.difference(rounds, "audit-sqlite@1", "audit-off@1"),
         throughput_ratio_16_clients=common.ratio(rounds, "audit-sqlite@16", "audit-off@16"),
+        outcomes_p50_delta_ms_1_client=common.difference(rounds, "audit-sqlite+outcomes@1", "audit-sqlite@1"),
+        outcomes_throughput_ratio_16_clients=common.ratio(
+            rounds, "audit-sqlite+outcomes@16", "audit-sqlite@16"
+        ),
         audit_rows=counts,
     )
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     d, q, c = report["p50_delta_ms_1_client"], report["throughput_ratio_16_clients"], report["audit_rows"]
+    od, oq = report["outcomes_p50_delta_ms_1_client"], report["outcomes_throughput_ratio_16_clients"]
     return common.write_bench_report(
         report,
         out,
@@ -116,6 +214,10 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
             f"- Throughput at 16 clients, audit on / off: {common.spread_text(q, unit='x')}",
             f"- Audit rows: {c.get('sent', 0):.0f} texts sent, {c['written']:.0f} written, "
             f"{c['dropped']:.0f} dropped",
+            "- Outcome write path (every analysed text's outcome posted meanwhile), analyses only: p50 at 1 "
+            f"client, with minus without: {common.spread_text(od, '+.2f', ' ms', ' to ')}; "
+            f"throughput at 16 clients, with / without: {common.spread_text(oq, unit='x')}; "
+            f"{c.get('outcomes_posted', 0):.0f} outcomes stored, {c.get('outcomes_failed', 0):.0f} failed",
         ],
     )
 

@@ -97,12 +97,14 @@ Analyst = Annotated[Principal, Depends(caller(Scope.ANALYSE))]
 LearnerReader = Annotated[Principal, Depends(caller(Scope.LEARNERS_READ))]
 LearnerEraser = Annotated[Principal, Depends(caller(Scope.LEARNERS_ERASE))]
 MetricsReader = Annotated[Principal, Depends(caller(Scope.METRICS))]
+PolicyAdmin = Annotated[Principal, Depends(caller(Scope.POLICY_ADMIN))]
 
 __all__ = [
     "Analyst",
     "LearnerEraser",
     "LearnerReader",
     "MetricsReader",
+    "PolicyAdmin",
     "Principal",
     "Scope",
     "ServicesDep",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -10,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime
 
 from gateway.api import responses
-from gateway.api.deps import Analyst, LearnerEraser, LearnerReader, MetricsReader, ServicesDep
+from gateway.api.deps import Analyst, LearnerEraser, LearnerReader, MetricsReader, PolicyAdmin, ServicesDep
 from gateway.api.responses import error_responses
 from gateway.api.schemas import (
     EmotionsRequest,
@@ -23,14 +25,20 @@ from gateway.api.schemas import (
     ModelInfo,
     OutcomeIn,
     OutcomeOut,
+    PolicyOut,
+    PolicySwitchIn,
+    PolicyVersionOut,
     ReadinessResponse,
     TrajectoryPointOut,
     TrajectoryResponse,
 )
 from gateway.core.history import read_history
 from gateway.core.outcomes import report_outcome
+from gateway.core.policies import PolicyBook, PolicyEntry, UnknownPolicy
 from gateway.core.readiness import TritonState, circuit_state, triton_state
+from gateway.errors import ErrorCode, GatewayError
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -133,6 +141,71 @@ async def outcomes(body: OutcomeIn, services: ServicesDep, caller: Analyst) -> O
         caller.key_id,
     )
     return OutcomeOut(id=stored, result_id=body.result_id, outcome=body.outcome)
+
+
+def _policy_view(book: PolicyBook) -> PolicyOut:
+    def version(entry: PolicyEntry) -> PolicyVersionOut:
+        risk_model = entry.policy.intervention.risk_model
+        return PolicyVersionOut(
+            version=entry.version,
+            source=entry.source,
+            risk="hand_set" if risk_model is None else "fitted",
+            readiness="hand_set" if entry.policy.readiness.model is None else "fitted",
+            fitted=dict(risk_model.fitted) if risk_model is not None else {},
+        )
+
+    return PolicyOut(
+        active=book.active.version,
+        switchable=book.switchable,
+        versions=[version(e) for e in book.versions()],
+        rejected=book.rejected(),
+    )
+
+
+@router.get(
+    "/v1/policy",
+    response_model=PolicyOut,
+    responses=error_responses(401, 403, 429, 500),
+    summary="The learning-state policy in use and the versions it can switch to",
+    description="Needs the `policy:admin` scope. Versions come from GATEWAY_POLICY_DIR (re-read every "
+    "GATEWAY_POLICY_CHECK_S seconds) plus the start-up policy; files that fail validation are listed under "
+    "`rejected` with the reason.",
+)
+async def policy(services: ServicesDep, caller: PolicyAdmin) -> PolicyOut:
+    book = services.pipeline.policies
+    await asyncio.to_thread(book.refresh)
+    return _policy_view(book)
+
+
+@router.put(
+    "/v1/policy",
+    response_model=PolicyOut,
+    responses=error_responses(401, 403, 404, 422, 429, 500, 503),
+    summary="Switch the learning-state policy, without a restart",
+    description="Needs the `policy:admin` scope. Every analysis after the answer uses the version (and "
+    "reports it as `policy_version`); with GATEWAY_POLICY_DIR the folder's `active` file is rewritten, so "
+    "the other replicas follow within GATEWAY_POLICY_CHECK_S seconds. 404 (`not_found`) for a version the "
+    "gateway does not have (GET /v1/policy lists them); 503 (with Retry-After) when the folder cannot be "
+    "written (nothing is switched then).",
+)
+async def switch_policy(body: PolicySwitchIn, services: ServicesDep, caller: PolicyAdmin) -> PolicyOut:
+    book = services.pipeline.policies
+    await asyncio.to_thread(book.refresh)
+    try:
+        await asyncio.to_thread(book.activate, body.version)
+    except UnknownPolicy:
+        raise GatewayError(
+            ErrorCode.NOT_FOUND, f"no valid policy of version {body.version!r} (GET /v1/policy lists them)"
+        ) from None
+    except OSError as exc:  # the shared folder: read-only or unreachable; nothing was switched
+        log.error("policy switch to %s failed: cannot write the active file: %s", body.version, exc)
+        raise GatewayError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            "cannot write the policy folder's active file (read-only or unavailable); nothing was switched",
+            {"Retry-After": "30"},
+        ) from None
+    log.info("policy switched to %s by key %s (tenant %s)", body.version, caller.key_id, caller.tenant)
+    return _policy_view(book)
 
 
 @router.delete(

@@ -48,6 +48,7 @@ def result(analysis: Analysis, index: int) -> EmotionResult:
             dominance=s.dominance,
             readiness={"state": s.readiness_state, "score": s.readiness_score},
             intervention_level=s.intervention_level,
+            risk_score=s.risk_score,
             reasons=s.reasons,
             deviation=s.deviation,
             policy_version=analysis.policy_version,

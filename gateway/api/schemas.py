@@ -98,6 +98,11 @@ class LearningStateOut(BaseModel):
     dominance: float
     readiness: dict[str, Any] = Field(description="{'state': ..., 'score': 0..1}")
     intervention_level: str
+    risk_score: float = Field(
+        default=0.0,
+        description="the intervention risk the level was cut from, 0..1: a hand-set weighted sum, or with a "
+        "fitted policy the calibrated probability that the learner needs help",
+    )
     reasons: list[str]
     policy_version: str = Field(
         default="", description="the learning-state policy that decided (`v<version>-<12 hex of its values>`)"
@@ -410,3 +415,32 @@ class StreamErrorFrame(BaseModel):
     code: ErrorCode
     message: str
     retry_after: int | None = Field(default=None, description="seconds, for status 429")
+
+
+class PolicyVersionOut(BaseModel):
+    version: str = Field(description="`v<format>-<12 hex of its values>`: one version, one set of numbers")
+    source: str = Field(description="the file it was read from")
+    risk: Literal["hand_set", "fitted"] = Field(
+        description="`fitted`: the intervention risk is a logistic model fitted from outcomes"
+    )
+    readiness: Literal["hand_set", "fitted"] = Field(description="the same for the readiness score")
+    fitted: dict[str, str | int | float] = Field(
+        default_factory=dict, description="for a fitted risk: what it was fitted on and how it scored"
+    )
+
+
+class PolicyOut(BaseModel):
+    active: str = Field(description="the version every analysis uses now (and reports as policy_version)")
+    switchable: bool = Field(description="false without GATEWAY_POLICY_DIR: only the start-up policy exists")
+    versions: list[PolicyVersionOut]
+    rejected: dict[str, str] = Field(
+        default_factory=dict, description="policy files in the folder that were left out, and why"
+    )
+
+
+class PolicySwitchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[str, StringConstraints(pattern=r"^v[0-9]+-[0-9a-f]{12}$")] = Field(
+        description="a version listed by GET /v1/policy"
+    )

@@ -28,6 +28,7 @@ from gateway.backends.triton import (
 from gateway.core import audit
 from gateway.core.analysis import AnalysedText, Analysis
 from gateway.core.history import unknown_learner
+from gateway.core.policies import PolicyBook
 from gateway.core.singleflight import SingleFlight
 from gateway.core.tenants import DEFAULT_TENANT, learner_key
 from gateway.core.versions import ServedVersion
@@ -125,7 +126,7 @@ class Pipeline:
         triton: Inference,
         cache: ResultCache,
         trajectories: TrajectoryStore,
-        policy: Policy,
+        policy: Policy | PolicyBook,
         metrics: Metrics,
         limits: Limits | None = None,
         audit_trail: AuditTrail | None = None,
@@ -134,7 +135,8 @@ class Pipeline:
         self.triton = triton
         self.cache = cache
         self.trajectories = trajectories
-        self.policy = policy
+        # the learning-state policies by version; each analysis reads the active one once
+        self.policies = policy if isinstance(policy, PolicyBook) else PolicyBook(policy, "given")
         self.metrics = metrics
         self.limits = limits or Limits()
         self.audit_trail = audit_trail
@@ -142,6 +144,11 @@ class Pipeline:
         self.inflight = 0
         self._wall_clock = wall_clock  # trajectory point timestamps
         self._flight: SingleFlight[Prediction] = SingleFlight()
+
+    @property
+    def policy(self) -> Policy:
+        """The active learning-state policy (it may change between two analyses, never within one)."""
+        return self.policies.current
 
     # --- the one entry point --------------------------------------------------------------------
 
@@ -170,12 +177,13 @@ class Pipeline:
         self.metrics.inflight.inc()
         try:
             key = learner_key(tenant, learner_id) if learner_id else None
-            analysis = await self._analyse(texts, key, learner_context(context))
+            policy = self.policies.current
+            analysis = await self._analyse(texts, key, learner_context(context), policy)
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()
         analysis.request_id = uuid.uuid4().hex
-        analysis.policy_version = self.policy.identity
+        analysis.policy_version = policy.identity
         analysis.context = {k: v for k, v in (context or {}).items() if v is not None} or None
         if self.audit_trail is not None:
             latency_s = time.perf_counter() - started
@@ -193,7 +201,7 @@ class Pipeline:
             raise _store_unavailable(exc) from None
         if not points:
             raise unknown_learner(learner_id)
-        return points, classify_trend(points, self.policy)
+        return points, classify_trend(points, self.policies.current)
 
     async def erase(self, tenant: str, learner_id: str, key_id: str | None) -> Erased:
         """Remove a tenant's learner from the learner store and the audit trail, and record the erasure
@@ -244,7 +252,7 @@ class Pipeline:
     # --- the steps ------------------------------------------------------------------------------
 
     async def _analyse(
-        self, texts: Sequence[str], learner_id: str | None, context: LearnerContext | None
+        self, texts: Sequence[str], learner_id: str | None, context: LearnerContext | None, policy: Policy
     ) -> Analysis:
         normalized = validate_texts(texts, self.limits)
         predictions, cached, inference_seconds = await self._predictions(normalized)
@@ -255,14 +263,12 @@ class Pipeline:
                 history = await self.trajectories.history(learner_id)
             except StoreUnavailable:  # costs the trend, never the answer
                 store_ok = False
-        trend = classify_trend(history, self.policy) if store_ok else None
+        trend = classify_trend(history, policy) if store_ok else None
         results = []
         for prediction, was_cached in zip(predictions, cached, strict=True):
             primary, confidence = primary_emotion(prediction)
-            baseline = learner_baseline(history, self.policy) if store_ok else None
-            state = assess(
-                prediction.by_label, self.policy, context, trend.label if trend else None, baseline
-            )
+            baseline = learner_baseline(history, policy) if store_ok else None
+            state = assess(prediction.by_label, policy, context, trend.label if trend else None, baseline)
             results.append(AnalysedText(prediction, was_cached, primary, confidence, state))
             if learner_id and store_ok:
                 point = TrajectoryPoint(
@@ -281,7 +287,7 @@ class Pipeline:
                     store_ok, trend = False, None
                     continue
                 history.append(point)
-                trend = classify_trend(history, self.policy)
+                trend = classify_trend(history, policy)
         version = predictions[0].model_version if predictions else self.served.version or ""
         return Analysis(results, inference_seconds, all(cached), version, trend)
 

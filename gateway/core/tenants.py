@@ -42,6 +42,7 @@ class Scope(StrEnum):
     LEARNERS_READ = "learners:read"  # a learner's trajectory and audit history
     LEARNERS_ERASE = "learners:erase"  # DELETE /v1/learners/{id}
     METRICS = "metrics"  # GET /metrics
+    POLICY_ADMIN = "policy:admin"  # GET/PUT /v1/policy: list versions, switch the active one
 
 
 ALL_SCOPES = frozenset(Scope)

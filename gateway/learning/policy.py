@@ -12,8 +12,9 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -130,10 +131,30 @@ class ReadinessState(Rule):
     description: Annotated[str, Field(min_length=1)]
 
 
+class LogisticModel(_Strict):
+    """A score fitted from outcomes (``python -m export fit-policy``): ``sigmoid(intercept + sum_k w_k x_k)``,
+    a calibrated probability, replacing the hand-set weighted sum it sits beside. ``fitted`` says from what
+    (pairs, held-out period, scores), so a policy file carries its own evidence."""
+
+    form: Literal["logistic"]
+    intercept: Annotated[float, Field(ge=-50.0, le=50.0)]
+    weights: dict[str, Annotated[float, Field(ge=-50.0, le=50.0)]]
+    fitted: dict[str, str | int | float] = Field(default_factory=dict)
+
+    def probability(self, inputs: Mapping[str, float]) -> float:
+        logit = self.intercept + sum(w * inputs[name] for name, w in self.weights.items())
+        if logit >= 0:  # the stable form on each side: exp never overflows
+            return 1.0 / (1.0 + math.exp(-logit))
+        return math.exp(logit) / (1.0 + math.exp(logit))
+
+
 class Readiness(_Strict):
     base: Unit
     weights: dict[str, Weight]
     states: Annotated[list[ReadinessState], Field(min_length=2)]
+    # when set, readiness_score is this model's probability of passing the next exercise (base and weights
+    # stay in the file, unused, so the hand-set reading remains visible next to the fitted one)
+    model: LogisticModel | None = None
 
     @field_validator("states")
     @classmethod
@@ -167,6 +188,8 @@ class Intervention(_Strict):
     weights: dict[str, Weight]
     trend_adjustment: dict[str, Weight]
     floors: list[Floor] = Field(default_factory=list)
+    # when set, risk is this model's probability that the learner needs help (weights stay, unused)
+    risk_model: LogisticModel | None = None
 
     @field_validator("levels")
     @classmethod
@@ -270,6 +293,16 @@ class Policy(_Strict):
         emotions = set(self.learning_emotions.map)
         _check_names("readiness.weights", self.readiness.weights, emotions | set(READINESS_INPUTS))
         _check_names("intervention.weights", self.intervention.weights, emotions | set(INTERVENTION_INPUTS))
+        if self.readiness.model is not None:
+            _check_names(
+                "readiness.model.weights", self.readiness.model.weights, emotions | set(READINESS_INPUTS)
+            )
+        if self.intervention.risk_model is not None:
+            _check_names(
+                "intervention.risk_model.weights",
+                self.intervention.risk_model.weights,
+                emotions | set(INTERVENTION_INPUTS),
+            )
         signals = emotions | set(CONDITION_SIGNALS)
         for state in self.readiness.states:
             _check_names(f"readiness.states[{state.name}]", [c.signal for c in state.conditions], signals)
@@ -291,7 +324,8 @@ class Policy(_Strict):
         """``v<version>-<12 hex>``: a digest of every value in the policy (two files that decide alike
         share it; any change to a weight, cut point or mapping gives another). Computed once per policy
         object: every analysis reports it."""
-        payload = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        # absent optional sections (None) are left out: a schema that grows one keeps old versions' names
+        payload = json.dumps(self.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":"))
         return f"v{self.version}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
     @property

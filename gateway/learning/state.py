@@ -213,20 +213,22 @@ def assess(
     if strain is not None:
         reasons.append(f"context_strain {strain:.2f} from {_context_summary(context)}")
 
-    # Readiness: base + weighted emotions, centred VAD and context strain.
-    inputs: dict[str, float] = {
-        **emotions,
-        "valence": valence - midpoint,
-        "arousal": arousal - midpoint,
-        "dominance": dominance - midpoint,
-        "context_strain": strain or 0.0,
-    }
-    contributions = {name: w * inputs[name] for name, w in policy.readiness.weights.items()}
-    readiness = _clip(policy.readiness.base + sum(contributions.values()))
-    reasons.append(
-        f"readiness_score {readiness:.2f} = base {policy.readiness.base:g} "
-        f"+ top inputs: {_top(contributions)}"
-    )
+    # Readiness: base + weighted emotions, centred VAD and context strain (or the fitted model of them).
+    inputs = readiness_inputs(emotions, (valence, arousal, dominance), strain, midpoint)
+    model = policy.readiness.model
+    if model is None:
+        contributions = {name: w * inputs[name] for name, w in policy.readiness.weights.items()}
+        readiness = _clip(policy.readiness.base + sum(contributions.values()))
+        reasons.append(
+            f"readiness_score {readiness:.2f} = base {policy.readiness.base:g} "
+            f"+ top inputs: {_top(contributions)}"
+        )
+    else:
+        contributions = {name: w * inputs[name] for name, w in model.weights.items()}
+        readiness = _clip(model.probability(inputs))
+        reasons.append(
+            f"readiness_score {readiness:.2f} from the fitted model; top logit inputs: {_top(contributions)}"
+        )
 
     signals: dict[str, float] = {
         **emotions,
@@ -247,33 +249,35 @@ def assess(
         break
 
     # Intervention: weighted risk, cut into levels, then floors may raise the level.
-    negative_valence = _clip((midpoint - valence) / midpoint)
-    risk_inputs: dict[str, float] = {
-        **emotions,
-        "negative_valence": negative_valence,
-        "low_readiness": 1.0 - readiness,
-        "context_strain": strain or 0.0,
-    }
+    risk_in = risk_inputs(emotions, valence, readiness, strain, midpoint)
     if baseline is not None and policy.baseline.risk_from == "deviation":
         # only what exceeds this learner's own usual counts (floors below still read absolute values)
-        usual = {
-            **baseline.learning_emotions,
-            "negative_valence": _clip((midpoint - baseline.valence) / midpoint),
-            "low_readiness": 1.0 - baseline.readiness_score,
-        }
-        risk_inputs = {k: max(0.0, v - usual[k]) if k in usual else v for k, v in risk_inputs.items()}
+        usual = risk_inputs(
+            baseline.learning_emotions, baseline.valence, baseline.readiness_score, None, midpoint
+        )
+        del usual["context_strain"]
+        risk_in = {k: max(0.0, v - usual[k]) if k in usual else v for k, v in risk_in.items()}
         reasons.append(f"risk inputs over the learner's baseline of {baseline.points} messages")
-    risk_parts = {name: w * risk_inputs[name] for name, w in policy.intervention.weights.items()}
-    if trend is not None:
-        risk_parts[f"trend {trend}"] = policy.intervention.trend_adjustment.get(trend, 0.0)
-    risk = _clip(sum(risk_parts.values()))
     intervention = policy.intervention
+    trend_part = intervention.trend_adjustment.get(trend, 0.0) if trend is not None else None
+    if intervention.risk_model is None:
+        risk_parts = {name: w * risk_in[name] for name, w in intervention.weights.items()}
+        if trend is not None:
+            risk_parts[f"trend {trend}"] = trend_part or 0.0
+        risk = _clip(sum(risk_parts.values()))
+    else:
+        # a calibrated probability of needing help; the trend adjustment (if the policy keeps one) adds on
+        risk_parts = {name: w * risk_in[name] for name, w in intervention.risk_model.weights.items()}
+        risk = _clip(intervention.risk_model.probability(risk_in) + (trend_part or 0.0))
+        if trend_part:
+            risk_parts[f"trend {trend}"] = trend_part
     level = intervention.level_for(risk)
     index = intervention.levels.index(level)
     low = intervention.cut_points[index - 1] if index > 0 else 0.0
     high = intervention.cut_points[index] if index < len(intervention.cut_points) else None
     band = f"[{low:g}, {high:g})" if high is not None else f">= {low:g}"
-    reasons.append(f"intervention {level}: risk {risk:.2f} in {band}; top inputs: {_top(risk_parts)}")
+    fitted = " from the fitted model" if intervention.risk_model is not None else ""
+    reasons.append(f"intervention {level}: risk {risk:.2f}{fitted} in {band}; top inputs: {_top(risk_parts)}")
     for floor in intervention.floors:
         decisive = _match(floor, signals)
         if decisive is not None and intervention.levels.index(floor.level) > intervention.levels.index(level):
@@ -296,6 +300,33 @@ def assess(
         primary_emotion=primary,
         deviation=baseline.deviation(readiness, valence, arousal, emotions) if baseline else None,
     )
+
+
+def readiness_inputs(
+    emotions: Mapping[str, float], vad: tuple[float, float, float], strain: float | None, midpoint: float
+) -> dict[str, float]:
+    """What readiness reads: the learning emotions, VAD centred on the scale midpoint, context strain."""
+    valence, arousal, dominance = vad
+    return {
+        **emotions,
+        "valence": valence - midpoint,
+        "arousal": arousal - midpoint,
+        "dominance": dominance - midpoint,
+        "context_strain": strain or 0.0,
+    }
+
+
+def risk_inputs(
+    emotions: Mapping[str, float], valence: float, readiness: float, strain: float | None, midpoint: float
+) -> dict[str, float]:
+    """What the intervention risk reads: the learning emotions, negative valence, low readiness, context
+    strain (each in [0, 1]); the outcome fit (export.policy_fit) reads the same."""
+    return {
+        **emotions,
+        "negative_valence": _clip((midpoint - valence) / midpoint),
+        "low_readiness": 1.0 - readiness,
+        "context_strain": strain or 0.0,
+    }
 
 
 def _context_summary(context: LearnerContext | None) -> str:

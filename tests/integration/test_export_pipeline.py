@@ -350,3 +350,18 @@ def test_the_state_distribution_report_covers_every_text(signal_export, tiny_dat
         "state_distribution.md",
         "state_distribution.png",
     ]
+
+
+def test_candidates_are_compared_on_the_dev_splits_only(signal_export, tiny_data):
+    from export.learner_gap import select, selection_markdown
+    from export.training.learner_data import load_learner_messages
+
+    out, manifest = signal_export
+    report = select([out], tiny_data)
+    (row,) = report["candidates"]
+    dev = [m for m in load_learner_messages() if m.split == "dev"]
+    assert report["split"] == "dev" and row["learner_dev_texts"] == len(dev)
+    assert row["goemotions_dev_texts"] == 120 and row["model"] == manifest.served_version("int8")
+    assert set(row["signal_f1"]) == set(row["signals_on_goemotions_dev"]) == {"giving_up", "boredom", "stuck"}
+    assert all(0.0 <= rate <= 1.0 for rate in row["signals_on_goemotions_dev"].values())
+    assert f"`{out}`" in selection_markdown(report, "cmd")

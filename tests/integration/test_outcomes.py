@@ -86,11 +86,12 @@ async def test_an_outcome_links_to_the_stored_result_and_its_features(tmp_path, 
     assert features["learning_emotions"] == result["learning_state"]["learning_emotions"]
     assert features["risk_score"] >= 0 and features["valence"] == result["learning_state"]["valence"]
     # and the fitter reads the pair back: the stored features, the outcome as "needed help"
-    from export.policy_fit import pairs_from_sqlite
+    from export.policy_fit import records_from_sqlite, risk_pairs
 
-    pairs = pairs_from_sqlite(db)
-    assert list(pairs.y) == [1.0] and pairs.handset_risk[0] == features["risk_score"]
-    assert "recent_error_rate" in pairs.inputs
+    pairs = risk_pairs(records_from_sqlite(db), load_policy())
+    assert list(pairs.y) == [1.0] and pairs.handset[0] == features["risk_score"]
+    # the fit's inputs are the gateway's own: the policy's context strain of the stored context
+    assert pairs.x[0][pairs.inputs.index("context_strain")] == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize(

@@ -105,10 +105,18 @@ def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
             "audit-sqlite@1": PathResult(95.0, 10.0 + extra, 13.0, 15.0, 200),
             "audit-off@16": PathResult(400.0, 40.0, 60.0, 70.0, 800),
             "audit-sqlite@16": PathResult(400.0 * ratio, 41.0, 61.0, 72.0, 800),
+            "audit-sqlite+outcomes@1": PathResult(95.0, 10.0 + extra + 0.05, 13.0, 15.0, 200),
+            "audit-sqlite+outcomes@16": PathResult(400.0 * ratio * 0.99, 41.0, 61.0, 72.0, 800),
         }
         for extra, ratio in ((0.2, 0.98), (0.4, 0.95), (0.1, 1.0))
     ]
-    counts = {"written": 1234.0, "dropped": 5.0, "sent": 1239.0}
+    counts = {
+        "written": 1234.0,
+        "dropped": 5.0,
+        "sent": 1239.0,
+        "outcomes_posted": 1200,
+        "outcomes_failed": 0,
+    }
     report = summarize(rounds, counts, "v1")
     assert report["rounds"] == 3 and report["model_version"] == "v1"
     assert report["p50_delta_ms_1_client"]["median"] == pytest.approx(0.2)
@@ -118,4 +126,8 @@ def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
     text = written[1].read_text()
     assert "| audit-sqlite | 16 | 392 |" in text  # the shared paths table: median texts/s per path
     assert "**+0.20 ms** [+0.10 to +0.40]" in text and "**0.98x** [0.95-1.00]" in text
+    # the outcome write path: the same gateway with and without outcomes posted meanwhile
+    assert report["outcomes_p50_delta_ms_1_client"]["median"] == pytest.approx(0.05)
+    assert "with minus without: **+0.05 ms**" in text and "with / without: **0.99x**" in text
+    assert "1200 outcomes stored, 0 failed" in text
     assert "1239 texts sent, 1234 written, 5 dropped" in text
