@@ -3,9 +3,10 @@ Triton, identical but for ``GATEWAY_AUDIT_BACKEND`` (off vs SQLite), fed the sam
 with a learner id, interleaved rounds. Reports the p50 difference at 1 client, the throughput ratio at
 16 clients, and what the audit writer wrote and dropped.
 
-A third path measures the outcome write path: the audit-on gateway again, while every analysed text's
+Two more paths measure the outcome write path: the audit-on gateway again, while every analysed text's
 outcome is posted (``POST /v1/outcomes``, by 4 background posters, as a platform reports them after the
-fact); only the analyses are timed, against the same gateway without outcome traffic.
+fact), or, as the control, while the same posters send one ``GET /healthz`` per analysed text instead
+(the cost of any extra request on the same cores); only the analyses are timed.
 
 The writer runs in the gateway's process (a background task and one database thread), so on 2 cores
 whatever it costs shows up here; the request itself only queues rows.
@@ -39,12 +40,14 @@ def learner_of(text: str) -> str:
 
 
 class OutcomePosters:
-    """Background threads posting an outcome for each analysed result handed to them: ``client`` is an
-    analyse client that hands its results over (untimed work off the timed loop); ``drain`` waits until
-    every handed result is posted, so the next timed path runs without them."""
+    """Background threads posting an outcome for each analysed result handed to them (or, ``control``, a
+    ``GET /healthz`` instead): ``client`` is an analyse client that hands its results over (untimed work
+    off the timed loop); ``drain`` waits until every handed result is posted, so the next timed path runs
+    without them."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, control: bool = False) -> None:
         self.base_url = base_url
+        self.control = control
         self.pending: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self.posted = 0
         self.failed = 0
@@ -85,7 +88,10 @@ class OutcomePosters:
                 result_id, learner = item
                 body = {"result_id": result_id, "learner_id": learner, "outcome": "asked_for_help"}
                 try:
-                    ok = client.post(f"{self.base_url}/v1/outcomes", json=body).status_code == 201
+                    if self.control:
+                        ok = client.get(f"{self.base_url}/healthz").status_code == 200
+                    else:
+                        ok = client.post(f"{self.base_url}/v1/outcomes", json=body).status_code == 201
                 except httpx.HTTPError:
                     ok = False
                 with self._lock:
@@ -150,6 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: common.http_client(f"{gw.url}/v1/emotions", _payload) for name, gw in gateways.items()
         }
         posters = OutcomePosters(gateways["audit-sqlite"].url)
+        control = OutcomePosters(gateways["audit-sqlite"].url, control=True)
+        followers = {"audit-sqlite+outcomes": posters, "audit-sqlite+healthz": control}
         for make in (*clients.values(), posters.client()):  # warm-up: lazy loads, first database writes
             common.closed_loop(make, fresh(WARMUP), 4)
         posters.drain()
@@ -162,17 +170,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for name, make in clients.items()
                 },
                 **{
-                    f"audit-sqlite+outcomes@{c}": partial(
-                        _then, partial(common.closed_loop, posters.client(), fresh(n), c), posters.drain
+                    f"{name}@{c}": partial(
+                        _then, partial(common.closed_loop, follower.client(), fresh(n), c), follower.drain
                     )
                     for c, n in ((1, args.requests_1), (16, args.requests_16))
+                    for name, follower in followers.items()
                 },
             },
         )
         posters.close()
+        control.close()
         # closed_loop sends one untimed "warm-up" request per client thread on top of its texts
         per_round = args.requests_1 + 1 + args.requests_16 + 16
-        sent = 2 * (WARMUP + 4) + 2 * args.rounds * per_round  # the audit-on gateway's two paths
+        sent = 2 * (WARMUP + 4) + 3 * args.rounds * per_round  # the audit-on gateway's three paths
         counts = {
             **settled_counts(f"{gateways['audit-sqlite'].url}/metrics", sent),
             "sent": sent,
@@ -195,6 +205,13 @@ def summarize(
         outcomes_throughput_ratio_16_clients=common.ratio(
             rounds, "audit-sqlite+outcomes@16", "audit-sqlite@16"
         ),
+        # the outcome write itself: against the same number of extra (health) requests
+        outcomes_vs_control_p50_delta_ms_1_client=common.difference(
+            rounds, "audit-sqlite+outcomes@1", "audit-sqlite+healthz@1"
+        ),
+        outcomes_vs_control_throughput_ratio_16_clients=common.ratio(
+            rounds, "audit-sqlite+outcomes@16", "audit-sqlite+healthz@16"
+        ),
         audit_rows=counts,
     )
 
@@ -202,6 +219,8 @@ def summarize(
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     d, q, c = report["p50_delta_ms_1_client"], report["throughput_ratio_16_clients"], report["audit_rows"]
     od, oq = report["outcomes_p50_delta_ms_1_client"], report["outcomes_throughput_ratio_16_clients"]
+    cd = report["outcomes_vs_control_p50_delta_ms_1_client"]
+    cq = report["outcomes_vs_control_throughput_ratio_16_clients"]
     return common.write_bench_report(
         report,
         out,
@@ -218,6 +237,9 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
             f"client, with minus without: {common.spread_text(od, '+.2f', ' ms', ' to ')}; "
             f"throughput at 16 clients, with / without: {common.spread_text(oq, unit='x')}; "
             f"{c.get('outcomes_posted', 0):.0f} outcomes stored, {c.get('outcomes_failed', 0):.0f} failed",
+            "- The outcome write itself, against the control (one `GET /healthz` per analysed text instead): "
+            f"p50 at 1 client {common.spread_text(cd, '+.2f', ' ms', ' to ')}; throughput at 16 clients "
+            f"{common.spread_text(cq, unit='x')}",
         ],
     )
 

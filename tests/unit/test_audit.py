@@ -383,3 +383,28 @@ def test_erasing_a_learner_with_10000_rows_leaves_none(db: Path):
     )  # its time is measured by tests.support.erasure_timing (docs/audit.md)
     assert rows_of(db, "SELECT count(*) FROM audit_log WHERE learner_id = 'learner-1'") == [(0,)]
     assert rows_of(db, "SELECT count(*) FROM audit_log") == [(10,)]
+
+
+async def test_an_outcome_flushes_the_queue_only_for_its_own_queued_row(make_trail, db: Path):
+    from gateway.backends.audit.store import Outcome
+
+    def outcome(request: str) -> Outcome:
+        return Outcome(NOW, "default", "learner-1", request, 0, "asked_for_help", None, None)
+
+    trail = make_trail(flush_interval_s=3600)  # no background writer: only what the test calls writes
+    trail.submit([row(NOW, request="written")])
+    assert await trail.flush() == 1
+    trail.submit([row(NOW, request="queued"), row(NOW, request="other")])
+    # its row is in the database already: the queue stays as it is (the writer batches it later)
+    assert await trail.record_outcome(outcome("written")) is not None
+    assert trail.queue.qsize() == 2 and count_rows(db) == 1
+    # its row is still queued (answered a moment ago): the queue is written first, so it links
+    assert await trail.record_outcome(outcome("queued")) is not None
+    assert trail.queue.qsize() == 0 and count_rows(db) == 3
+    assert await trail.record_outcome(outcome("never-analysed")) is None
+    # erasure re-queues the rows it keeps: they are still known as queued
+    trail.submit([row(NOW, request="kept", learner_id="other")])
+    await trail.erase("default", "learner-1", None, 0)
+    assert trail.queue.qsize() == 1
+    other = Outcome(NOW, "default", "other", "kept", 0, "asked_for_help", None, None)
+    assert await trail.record_outcome(other) is not None and trail.queue.qsize() == 0

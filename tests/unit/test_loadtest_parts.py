@@ -107,6 +107,8 @@ def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
             "audit-sqlite@16": PathResult(400.0 * ratio, 41.0, 61.0, 72.0, 800),
             "audit-sqlite+outcomes@1": PathResult(95.0, 10.0 + extra + 0.05, 13.0, 15.0, 200),
             "audit-sqlite+outcomes@16": PathResult(400.0 * ratio * 0.99, 41.0, 61.0, 72.0, 800),
+            "audit-sqlite+healthz@1": PathResult(95.0, 10.0 + extra + 0.04, 13.0, 15.0, 200),
+            "audit-sqlite+healthz@16": PathResult(400.0 * ratio * 0.99, 41.0, 61.0, 72.0, 800),
         }
         for extra, ratio in ((0.2, 0.98), (0.4, 0.95), (0.1, 1.0))
     ]
@@ -130,4 +132,6 @@ def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
     assert report["outcomes_p50_delta_ms_1_client"]["median"] == pytest.approx(0.05)
     assert "with minus without: **+0.05 ms**" in text and "with / without: **0.99x**" in text
     assert "1200 outcomes stored, 0 failed" in text
+    assert report["outcomes_vs_control_p50_delta_ms_1_client"]["median"] == pytest.approx(0.01)
+    assert "against the control" in text and "**1.00x**" in text
     assert "1239 texts sent, 1234 written, 5 dropped" in text

@@ -17,6 +17,7 @@ import hmac
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,8 @@ class AuditTrail:
         self.store = store
         self.metrics = metrics
         self.queue: asyncio.Queue[AuditRow] = asyncio.Queue(maxsize=queue_size)
+        # (tenant, request id, text index) of the rows in the queue: an outcome flushes only for its own row
+        self._queued: Counter[tuple[str, str, int]] = Counter()
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.retention_days = retention_days
@@ -106,7 +109,7 @@ class AuditTrail:
         """Queue rows for writing; never waits. Whatever does not fit is dropped and counted."""
         for i, row in enumerate(rows):
             try:
-                self.queue.put_nowait(row)
+                self._put(row)
             except asyncio.QueueFull:
                 self.metrics.audit_dropped.labels("queue_full").inc(len(rows) - i)
                 break
@@ -179,10 +182,19 @@ class AuditTrail:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
 
+    def _put(self, row: AuditRow) -> None:
+        self.queue.put_nowait(row)
+        self._queued[_link(row)] += 1
+
     def _take(self, n: int) -> list[AuditRow]:
         rows: list[AuditRow] = []
         while len(rows) < n and not self.queue.empty():
-            rows.append(self.queue.get_nowait())
+            row = self.queue.get_nowait()
+            rows.append(row)
+            key = _link(row)
+            self._queued[key] -= 1
+            if self._queued[key] <= 0:
+                del self._queued[key]
         return rows
 
     async def _write(self, rows: list[AuditRow]) -> bool:
@@ -262,8 +274,11 @@ class AuditTrail:
 
     async def record_outcome(self, outcome: Outcome) -> int | None:
         """Store an outcome linked to its audit row: its id, or None when the tenant's learner has no such
-        row. Queued rows are written first, so a result answered a moment ago can be linked."""
-        await self.flush()
+        row. When its row is still queued (a result answered a moment ago), the queue is written first;
+        otherwise the outcome does not disturb the batching. Rows already handed to the database thread
+        are written before this lookup runs there (one thread, in order)."""
+        if (outcome.tenant, outcome.request_id, outcome.text_index) in self._queued:
+            await self.flush()
         try:
             return await self._call(self.store.record_outcome, outcome)
         except DB_ERRORS as exc:
@@ -301,7 +316,7 @@ class AuditTrail:
         queued = self._take(self.queue.qsize())
         kept = [r for r in queued if (r.tenant, r.learner_id) != (tenant, learner_id)]
         for r in kept:
-            self.queue.put_nowait(r)
+            self._put(r)
         return len(queued) - len(kept)
 
     def _unavailable(self) -> GatewayError:
@@ -313,3 +328,7 @@ class AuditTrail:
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+
+def _link(row: AuditRow) -> tuple[str, str, int]:
+    return row.tenant, row.request_id, row.text_index
