@@ -317,7 +317,13 @@ def _model_section(title: str, m: dict[str, Any]) -> list[str]:
                 for k in ("precision", "recall", "f1")
             ]
             lines.append(f"| {name} | {r['support']} | {' | '.join(cells)} |")
-        lines.append("")
+        ood = m.get("signals_on_goemotions") or {}
+        lines += [
+            "",
+            "Out of domain, share of GoEmotions test comments each signal fires on (at its threshold): "
+            + ", ".join(f"{name} {share:.2%}" for name, share in ood.items()),
+            "",
+        ]
     else:
         lines += ["No learning-signal outputs (giving_up, boredom, stuck read as 0 by the policy).", ""]
     lines += [
@@ -345,7 +351,8 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "language, not as a platform's measured accuracy. '28 labels' is the mean over all 28 labels (a "
         "label absent from the learner test gold and never predicted counts as 0); 'labels present' is "
         "the mean over the labels the learner test split has, the issue's measure. The learner test split "
-        "is small (119 messages, 7 of them giving up): mind the intervals.",
+        f"is small ({model['learner_test']['n']} messages, {len(model['giving_up'])} of them giving up): "
+        "mind the intervals.",
         "",
         "## Targets",
         "",

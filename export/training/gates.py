@@ -29,8 +29,11 @@ DEFAULT_PARITY_TOLERANCE = {
     "fp32": 1e-3,
     "fp16": 5e-2,
     "torch_fp16": 5e-2,
-    "int8": 1.5,
-    "int8_dynamic": 1.5,
+    # Catches a broken quantization (garbage logits); accuracy is the accuracy gates' job. Healthy static
+    # INT8 students measured 0.96-1.50, the largest on a saturated logit (giving_up at p < 0.01 on a Reddit
+    # comment) of the export with the smallest probability change (docs/model-and-export.md#gates).
+    "int8": 2.0,
+    "int8_dynamic": 2.0,
 }
 DEFAULT_MAX_MACRO_F1_DROP = 0.01
 # Temperature scaling is monotone per label, so with thresholds re-tuned on the calibrated dev

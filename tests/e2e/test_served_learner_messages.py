@@ -41,12 +41,12 @@ CASES = [
     (first(lambda m: "stuck" in m.learning), "stuck"),
     (first(lambda m: m.band == "none" and not m.learning), None),
 ]
-# What the served student (student-ab6d8d9e9efd, 2026-12-01) gets wrong among the picks, kept visible
+# What the served student (student-81c0c7ce7542, 2026-12-01) gets wrong among the picks, kept visible
 # as strict xfails: when a better model reads them right, these fail and the list must shrink.
 KNOWN_MISSES = {
-    "a-015": "giving_up 0.17 under its threshold 0.28 (read as frustration + discouragement; level significant)",
-    "a-071": "stuck 0.09: read as anxiety only (the set reads the blank-out as being stuck)",
-    "a-101": "a plain request for a check gets stuck 0.51 over its threshold 0.31 (a false alarm)",
+    "a-015": "giving_up 0.28 under its threshold 0.33 (read as sadness + annoyance; level significant)",
+    "a-071": "stuck 0.13: read as fear + nervousness (the set reads the blank-out as being stuck)",
+    "a-101": "a plain request for a check gets stuck 0.59 over its threshold 0.49 (a false alarm)",
 }
 
 

@@ -105,11 +105,11 @@ def test_learning_signals_are_extra_outputs_learned_from_the_learner_train_split
     ]
 
 
-def test_goemotions_rows_never_teach_the_signals(tiny_data):
+def test_at_weight_0_goemotions_rows_never_teach_the_signals(tiny_data):
     from export.training.data import load_split
 
     split = load_split("train", tiny_data)
-    rows = training_rows(split, TrainConfig(learner_repeat=2))
+    rows = training_rows(split, TrainConfig(learner_repeat=2, signal_negative_weight=0.0))
     n, k = len(split), len(LEARNING_SIGNALS)
     assert rows.targets.shape == rows.mask.shape == (len(rows.texts), 28 + k)
     assert (rows.mask[:n, 28:] == 0).all() and (rows.mask[:n, :28] == 1).all()
