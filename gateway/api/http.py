@@ -143,7 +143,7 @@ async def outcomes(body: OutcomeIn, services: ServicesDep, caller: Analyst) -> O
     return OutcomeOut(id=stored, result_id=body.result_id, outcome=body.outcome)
 
 
-def _policy_view(book: PolicyBook) -> PolicyOut:
+def _policy_view(book: PolicyBook, tenant: str) -> PolicyOut:
     def version(entry: PolicyEntry) -> PolicyVersionOut:
         risk_model = entry.policy.intervention.risk_model
         return PolicyVersionOut(
@@ -155,7 +155,9 @@ def _policy_view(book: PolicyBook) -> PolicyOut:
         )
 
     return PolicyOut(
-        active=book.active.version,
+        active=book.active_for(tenant).version,
+        default=book.active.version,
+        chosen_by_tenant=book.chosen_by(tenant),
         switchable=book.switchable,
         versions=[version(e) for e in book.versions()],
         rejected=book.rejected(),
@@ -166,7 +168,7 @@ def _policy_view(book: PolicyBook) -> PolicyOut:
     "/v1/policy",
     response_model=PolicyOut,
     responses=error_responses(401, 403, 429, 500),
-    summary="The learning-state policy in use and the versions it can switch to",
+    summary="The learning-state policy the caller's tenant uses and the versions it can switch to",
     description="Needs the `policy:admin` scope. Versions come from GATEWAY_POLICY_DIR (re-read every "
     "GATEWAY_POLICY_CHECK_S seconds) plus the start-up policy; files that fail validation are listed under "
     "`rejected` with the reason.",
@@ -174,25 +176,29 @@ def _policy_view(book: PolicyBook) -> PolicyOut:
 async def policy(services: ServicesDep, caller: PolicyAdmin) -> PolicyOut:
     book = services.pipeline.policies
     await asyncio.to_thread(book.refresh)
-    return _policy_view(book)
+    return _policy_view(book, caller.tenant)
 
 
 @router.put(
     "/v1/policy",
     response_model=PolicyOut,
     responses=error_responses(401, 403, 404, 422, 429, 500, 503),
-    summary="Switch the learning-state policy, without a restart",
-    description="Needs the `policy:admin` scope. Every analysis after the answer uses the version (and "
-    "reports it as `policy_version`); with GATEWAY_POLICY_DIR the folder's `active` file is rewritten, so "
-    "the other replicas follow within GATEWAY_POLICY_CHECK_S seconds. 404 (`not_found`) for a version the "
-    "gateway does not have (GET /v1/policy lists them); 503 (with Retry-After) when the folder cannot be "
-    "written (nothing is switched then).",
+    summary="Switch the caller's tenant's learning-state policy, without a restart",
+    description=(
+        "Needs the `policy:admin` scope. Every later analysis of the caller's tenant uses the version (and "
+        "reports it as `policy_version`); a key of the `default` tenant (the operator's; every request "
+        "when auth is off) switches the deployment's version, which tenants without their own choice "
+        "follow. With GATEWAY_POLICY_DIR the choice is written to the folder, so the other replicas "
+        "follow within GATEWAY_POLICY_CHECK_S seconds. 404 (`not_found`) for a version the gateway does "
+        "not have (GET /v1/policy lists them); 503 (with Retry-After) when the folder cannot be written "
+        "(nothing is switched then)."
+    ),
 )
 async def switch_policy(body: PolicySwitchIn, services: ServicesDep, caller: PolicyAdmin) -> PolicyOut:
     book = services.pipeline.policies
     await asyncio.to_thread(book.refresh)
     try:
-        await asyncio.to_thread(book.activate, body.version)
+        await asyncio.to_thread(book.activate, body.version, caller.tenant)
     except UnknownPolicy:
         raise GatewayError(
             ErrorCode.NOT_FOUND, f"no valid policy of version {body.version!r} (GET /v1/policy lists them)"
@@ -205,7 +211,29 @@ async def switch_policy(body: PolicySwitchIn, services: ServicesDep, caller: Pol
             {"Retry-After": "30"},
         ) from None
     log.info("policy switched to %s by key %s (tenant %s)", body.version, caller.key_id, caller.tenant)
-    return _policy_view(book)
+    return _policy_view(book, caller.tenant)
+
+
+@router.delete(
+    "/v1/policy",
+    response_model=PolicyOut,
+    responses=error_responses(401, 403, 429, 500, 503),
+    summary="The caller's tenant follows the deployment's learning-state policy again",
+    description="Needs the `policy:admin` scope. Idempotent (nothing to undo for the `default` tenant, whose "
+    "choice is the deployment's). 503 (with Retry-After) when the policy folder cannot be written.",
+)
+async def forget_policy(services: ServicesDep, caller: PolicyAdmin) -> PolicyOut:
+    book = services.pipeline.policies
+    try:
+        await asyncio.to_thread(book.forget, caller.tenant)
+    except OSError as exc:
+        log.error("policy reset of tenant %s failed: %s", caller.tenant, exc)
+        raise GatewayError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            "cannot write the policy folder (read-only or unavailable); nothing was changed",
+            {"Retry-After": "30"},
+        ) from None
+    return _policy_view(book, caller.tenant)
 
 
 @router.delete(

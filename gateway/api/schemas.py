@@ -430,7 +430,11 @@ class PolicyVersionOut(BaseModel):
 
 
 class PolicyOut(BaseModel):
-    active: str = Field(description="the version every analysis uses now (and reports as policy_version)")
+    active: str = Field(
+        description="the version the caller's tenant's analyses use now (and report as policy_version)"
+    )
+    default: str = Field(description="the deployment's version: what a tenant without its own choice uses")
+    chosen_by_tenant: bool = Field(description="the caller's tenant chose its own version (DELETE undoes it)")
     switchable: bool = Field(description="false without GATEWAY_POLICY_DIR: only the start-up policy exists")
     versions: list[PolicyVersionOut]
     rejected: dict[str, str] = Field(

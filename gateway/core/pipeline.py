@@ -177,7 +177,7 @@ class Pipeline:
         self.metrics.inflight.inc()
         try:
             key = learner_key(tenant, learner_id) if learner_id else None
-            policy = self.policies.current
+            policy = self.policies.current_for(tenant)
             analysis = await self._analyse(texts, key, learner_context(context), policy)
         finally:
             self.inflight -= 1
@@ -201,7 +201,7 @@ class Pipeline:
             raise _store_unavailable(exc) from None
         if not points:
             raise unknown_learner(learner_id)
-        return points, classify_trend(points, self.policies.current)
+        return points, classify_trend(points, self.policies.current_for(tenant))
 
     async def erase(self, tenant: str, learner_id: str, key_id: str | None) -> Erased:
         """Remove a tenant's learner from the learner store and the audit trail, and record the erasure

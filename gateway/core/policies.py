@@ -2,9 +2,10 @@
 
 The book holds the policy the gateway started with and, with ``GATEWAY_POLICY_DIR``, every valid policy file
 in that folder, each under its version (``Policy.identity``: a digest of its values, so a version names
-exactly one set of numbers). The folder's ``active`` file names the version in use; ``PUT /v1/policy`` writes
-it, and every replica re-reads the folder every ``GATEWAY_POLICY_CHECK_S`` seconds, so one switch reaches
-them all without a restart. Each analysis reads the active policy once and reports its version.
+exactly one set of numbers). The folder's ``active`` file names the deployment's version; a tenant may
+choose its own (``tenants/<tenant>``), which applies to its analyses only. ``PUT /v1/policy`` writes these
+files, and every replica re-reads the folder every ``GATEWAY_POLICY_CHECK_S`` seconds, so one switch
+reaches them all without a restart. Each analysis reads its tenant's policy once and reports its version.
 
 A policy whose trajectory storage limits (``ttl_seconds``, ``max_history``) differ from the start-up
 policy's is refused: the learner store was sized at start-up, and changing them needs a restart.
@@ -19,11 +20,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.core.tenants import DEFAULT_TENANT, TENANT_PATTERN
 from gateway.learning.policy import Policy, PolicyError, load_policy
 
 log = logging.getLogger(__name__)
 
 ACTIVE_FILE = "active"
+TENANTS_DIR = "tenants"  # tenants/<tenant>: that tenant's own choice of version
 
 
 class UnknownPolicy(LookupError):
@@ -57,6 +60,7 @@ class PolicyBook:
         self._entries: dict[str, PolicyEntry] = {initial.identity: self._builtin}
         self._rejected: dict[str, str] = {}  # file name -> why it is not in the book
         self._active = self._builtin
+        self._tenants: dict[str, PolicyEntry] = {}  # tenants' own choices (the rest use the default)
         self._directory = directory
         self._signature: _Signature | None = None
         self._on_switch = on_switch or (lambda version: None)
@@ -69,7 +73,18 @@ class PolicyBook:
 
     @property
     def current(self) -> Policy:
+        """The deployment's policy (what a tenant without its own choice gets)."""
         return self._active.policy
+
+    def current_for(self, tenant: str) -> Policy:
+        return self.active_for(tenant).policy
+
+    def active_for(self, tenant: str) -> PolicyEntry:
+        return self._tenants.get(tenant, self._active)
+
+    def chosen_by(self, tenant: str) -> bool:
+        """Whether ``tenant`` chose its own version (else it follows the deployment's)."""
+        return tenant in self._tenants
 
     @property
     def active(self) -> PolicyEntry:
@@ -85,18 +100,34 @@ class PolicyBook:
     def rejected(self) -> dict[str, str]:
         return dict(self._rejected)
 
-    def activate(self, version: str) -> PolicyEntry:
-        """Make ``version`` the active policy here and (with a folder) for every replica reading it."""
+    def activate(self, version: str, tenant: str = DEFAULT_TENANT) -> PolicyEntry:
+        """Make ``version`` the deployment's policy (``tenant`` is the default tenant: the operator) or
+        ``tenant``'s own, here and (with a folder) for every replica reading it."""
         entry = self._entries.get(version)
         if entry is None:
             raise UnknownPolicy(version)
         if self._directory is not None:
-            pointer = self._directory / ACTIVE_FILE
-            partial = pointer.with_name(f".{ACTIVE_FILE}.{os.getpid()}.tmp")
+            pointer = self._pointer_path(tenant)
+            pointer.parent.mkdir(exist_ok=True)
+            partial = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
             partial.write_text(version + "\n")
             os.replace(partial, pointer)  # atomic: a replica never reads half a version
-        self._switch(entry, "activated")
+        if tenant == DEFAULT_TENANT:
+            self._switch(entry, "activated")
+        else:
+            self._tenants[tenant] = entry
+            log.info("learning-state policy of tenant %s -> %s", tenant, entry.version)
         return entry
+
+    def forget(self, tenant: str) -> None:
+        """``tenant`` follows the deployment's policy again (idempotent; the default tenant has no choice
+        of its own to forget)."""
+        if tenant == DEFAULT_TENANT:
+            return
+        if self._directory is not None:
+            self._pointer_path(tenant).unlink(missing_ok=True)
+        if self._tenants.pop(tenant, None) is not None:
+            log.info("learning-state policy of tenant %s -> the deployment's", tenant)
 
     def refresh(self, strict: bool = False) -> bool:
         """Re-read the folder when anything in it changed; True when the active version changed. Not
@@ -124,7 +155,8 @@ class PolicyBook:
                 log.error("policy file %s left out: %s", name, why)
                 self._on_error()
         self._entries, self._rejected = entries, rejected
-        wanted = self._pointer()
+        self._refresh_tenants(strict)
+        wanted = self._pointer(self._directory / ACTIVE_FILE)
         if wanted is None or wanted == self._active.version:
             return False
         entry = entries.get(wanted)
@@ -137,6 +169,27 @@ class PolicyBook:
             return False
         self._switch(entry, "read from the folder")
         return True
+
+    def _refresh_tenants(self, strict: bool) -> None:
+        assert self._directory is not None
+        chosen: dict[str, PolicyEntry] = {}
+        folder = self._directory / TENANTS_DIR
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.name.startswith("."):
+                continue
+            wanted = self._pointer(path)
+            entry = self._entries.get(wanted or "")
+            if entry is None:
+                message = f"{path} names {wanted!r}, which no valid policy file has"
+                if strict:
+                    raise PolicyError(message)
+                log.error("%s; tenant %s stays on its previous choice", message, path.name)
+                self._on_error()
+                if path.name in self._tenants:
+                    chosen[path.name] = self._tenants[path.name]
+                continue
+            chosen[path.name] = entry
+        self._tenants = chosen
 
     async def watch(
         self, interval_s: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -162,18 +215,30 @@ class PolicyBook:
         self._active = entry
         self._on_switch(entry.version)
 
-    def _pointer(self) -> str | None:
+    def _pointer_path(self, tenant: str) -> Path:
         assert self._directory is not None
+        if tenant == DEFAULT_TENANT:
+            return self._directory / ACTIVE_FILE
+        if not TENANT_PATTERN.fullmatch(tenant):  # a file name under our folder, never a path
+            raise ValueError(f"not a tenant name: {tenant!r}")
+        return self._directory / TENANTS_DIR / tenant
+
+    @staticmethod
+    def _pointer(path: Path) -> str | None:
         try:
-            return (self._directory / ACTIVE_FILE).read_text().strip() or None
+            return path.read_text().strip() or None
         except FileNotFoundError:
             return None
 
     def _scan_signature(self) -> _Signature:
         assert self._directory is not None
         seen = []
-        for path in sorted(self._directory.iterdir()):
-            if path.name == ACTIVE_FILE or path.suffix == ".toml":
+        tenants = self._directory / TENANTS_DIR
+        for path in [
+            *sorted(self._directory.iterdir()),
+            *(sorted(tenants.iterdir()) if tenants.is_dir() else []),
+        ]:
+            if path.name == ACTIVE_FILE or path.suffix == ".toml" or path.parent == tenants:
                 try:
                     stat = path.stat()
                 except FileNotFoundError:  # removed while we looked

@@ -1,7 +1,8 @@
 """Switching the learning-state policy without a restart, through the in-process gateway: GET /v1/policy
-lists the versions in GATEWAY_POLICY_DIR, PUT switches the one every later analysis uses (and reports, in
-the result, the audit row and the metrics), another replica on the same folder follows, bad requests are
-4xx, and both routes need the policy:admin scope."""
+lists the versions in GATEWAY_POLICY_DIR, PUT switches the one the caller's tenant's later analyses use
+(and report, in the result and the audit row) and no other tenant's, the operator's (default tenant's)
+switch moves the deployment's version (and the metric), DELETE returns a tenant to it, another replica on
+the same folder follows, bad requests are 4xx, and the routes need the policy:admin scope."""
 
 from __future__ import annotations
 
@@ -53,7 +54,14 @@ def keys(tmp_path: Path) -> dict[str, dict[str, str]]:
     path = tmp_path / "keys.json"
     _, admin = create_key(path, "acme", [s.value for s in Scope], key_id="admin")
     _, analyst = create_key(path, "acme", [Scope.ANALYSE.value], key_id="analyst")
-    return {"admin": {"X-API-Key": admin}, "analyst": {"X-API-Key": analyst}}
+    _, operator = create_key(path, "default", [s.value for s in Scope], key_id="operator")
+    _, beta = create_key(path, "beta", [Scope.ANALYSE.value], key_id="beta")
+    return {
+        "admin": {"X-API-Key": admin},
+        "analyst": {"X-API-Key": analyst},
+        "operator": {"X-API-Key": operator},
+        "beta": {"X-API-Key": beta},
+    }
 
 
 def settings(tmp_path: Path, folder: Path, **kwargs: Any):
@@ -82,7 +90,7 @@ def active_metric(app) -> dict[str, float]:
     }
 
 
-async def test_a_switch_reaches_the_next_analysis_its_audit_row_and_the_metrics(
+async def test_a_tenants_switch_reaches_its_next_analysis_and_audit_row_and_no_other_tenant(
     tmp_path, folder, keys, label_names
 ):
     shipped, lenient = load_policy(), load_policy(folder / "lenient.toml")
@@ -90,25 +98,58 @@ async def test_a_switch_reaches_the_next_analysis_its_audit_row_and_the_metrics(
     shipped_v, lenient_v = shipped.identity, lenient.identity
     async with running(settings(tmp_path, folder), FakeTriton(label_names)) as (client, app):
         listed = (await client.get("/v1/policy", headers=keys["admin"])).json()
-        assert listed["active"] == shipped_v and listed["switchable"] is True
+        assert listed["active"] == listed["default"] == shipped_v and not listed["chosen_by_tenant"]
+        assert listed["switchable"] is True
         eager_v = load_policy(folder / "eager.toml").identity
         assert {v["version"] for v in listed["versions"]} == {shipped_v, eager_v, lenient_v}
         assert all(v["risk"] == "hand_set" for v in listed["versions"])
         before = await analyse(client, keys["analyst"], text)
-        assert active_metric(app) == {shipped_v: 1.0}
 
         r = await client.put("/v1/policy", json={"version": lenient_v}, headers=keys["admin"])
-        assert r.status_code == 200 and r.json()["active"] == lenient_v, r.text
+        assert r.status_code == 200, r.text
+        assert (r.json()["active"], r.json()["default"], r.json()["chosen_by_tenant"]) == (
+            lenient_v,
+            shipped_v,
+            True,
+        )
         after = await analyse(client, keys["analyst"], text)
-        assert active_metric(app) == {lenient_v: 1.0}
-    assert (folder / ACTIVE_FILE).read_text().strip() == lenient_v  # what the other replicas read
+        other = await analyse(client, keys["beta"], text)
+        assert active_metric(app) == {shipped_v: 1.0}  # the deployment's version did not move
+    assert (folder / "tenants" / "acme").read_text().strip() == lenient_v  # what the other replicas read
+    assert not (folder / ACTIVE_FILE).exists()
     assert before["policy_version"] == shipped_v and after["policy_version"] == lenient_v
+    assert other["policy_version"] == shipped_v and other["intervention_level"] == level_before
     # the same text, the same probabilities: only the policy's cut points differ
     assert before["risk_score"] == after["risk_score"]
     assert (before["intervention_level"], after["intervention_level"]) == (level_before, level_after)
     with sqlite3.connect(tmp_path / "audit.sqlite3") as conn:
-        versions = [v for (v,) in conn.execute("SELECT policy_version FROM audit_log ORDER BY id")]
-    assert versions == [shipped_v, lenient_v]
+        versions = [
+            tuple(r) for r in conn.execute("SELECT tenant, policy_version FROM audit_log ORDER BY id")
+        ]
+    assert versions == [("acme", shipped_v), ("acme", lenient_v), ("beta", shipped_v)]
+
+
+async def test_the_operator_moves_the_deployment_and_a_tenant_can_follow_it_again(
+    tmp_path, folder, keys, label_names
+):
+    shipped_v = load_policy().identity
+    eager_v, lenient_v = (load_policy(folder / f"{n}.toml").identity for n in ("eager", "lenient"))
+    async with running(settings(tmp_path, folder), FakeTriton(label_names)) as (client, app):
+        assert (await client_put(client, lenient_v, keys)).status_code == 200  # acme's own choice
+        r = await client.put("/v1/policy", json={"version": eager_v}, headers=keys["operator"])
+        assert r.status_code == 200 and r.json()["default"] == eager_v, r.text
+        assert active_metric(app) == {eager_v: 1.0}
+        assert (await analyse(client, keys["beta"]))["policy_version"] == eager_v  # follows the deployment
+        assert (await analyse(client, keys["analyst"]))["policy_version"] == lenient_v  # keeps its own
+        r = await client.delete("/v1/policy", headers=keys["admin"])
+        assert r.status_code == 200 and r.json()["active"] == eager_v and not r.json()["chosen_by_tenant"]
+        assert (await analyse(client, keys["analyst"]))["policy_version"] == eager_v
+        # idempotent, and the operator has no choice of its own to forget
+        assert (await client.delete("/v1/policy", headers=keys["admin"])).status_code == 200
+        assert (await client.delete("/v1/policy", headers=keys["operator"])).json()["default"] == eager_v
+    assert (folder / ACTIVE_FILE).read_text().strip() == eager_v
+    assert not (folder / "tenants" / "acme").exists()
+    assert shipped_v not in (eager_v, lenient_v)
 
 
 async def test_another_replica_on_the_folder_follows_the_switch(tmp_path, folder, keys, label_names):
@@ -122,6 +163,7 @@ async def test_another_replica_on_the_folder_follows_the_switch(tmp_path, folder
         # a restart is not needed: the next re-read of the folder (here the route's own) switches it
         assert (await two.get("/v1/policy", headers=keys["admin"])).json()["active"] == eager
         assert (await analyse(two, keys["analyst"]))["policy_version"] == eager
+        assert (await analyse(two, keys["beta"]))["policy_version"] == load_policy().identity
     # and a gateway started later starts on the active version
     async with gateway(settings(tmp_path, folder), fake) as three:
         assert (await analyse(three, keys["analyst"]))["policy_version"] == eager
@@ -162,6 +204,8 @@ async def test_without_a_folder_only_the_start_up_policy_is_listed(tmp_path, key
         listed = (await client.get("/v1/policy", headers=keys["admin"])).json()
         assert listed == {
             "active": shipped,
+            "default": shipped,
+            "chosen_by_tenant": False,
             "switchable": False,
             "versions": [
                 {

@@ -215,3 +215,27 @@ weights = { frustration = -50.0, anxiety = -50.0, discouragement = -50.0, negati
         probabilities(annoyance=1.0, sadness=1.0, nervousness=1.0, giving_up=1.0, stuck=1.0), flipped
     )
     assert high.risk_score == 1.0 and high.intervention_level == "critical"
+
+
+def test_a_tenants_own_choice_applies_to_it_alone_and_replicas_follow_it(tmp_path):
+    eager = load_policy(variant(tmp_path, "eager.toml", (HAND_SET_CUTS, EAGER_CUTS)))
+    shipped = load_policy().identity
+    errors = []
+    here, there = book(tmp_path), book(tmp_path, on_error=lambda: errors.append(1))
+    here.activate(eager.identity, "acme")
+    assert here.current_for("acme").identity == eager.identity and here.chosen_by("acme")
+    assert here.current_for("beta").identity == here.current.identity == shipped
+    assert there.refresh() is False  # the deployment's version did not change ...
+    assert there.current_for("acme").identity == eager.identity  # ... but acme's choice is followed
+    # a tenant file naming an unknown version: refused and counted, the tenant keeps its choice
+    (tmp_path / "tenants" / "acme").write_text("v1-0123456789ab")
+    there.refresh()
+    assert there.current_for("acme").identity == eager.identity and errors == [1]
+    with pytest.raises(PolicyError, match="tenants/acme"):
+        book(tmp_path)  # at start-up the same is fatal
+    here.forget("acme")
+    assert not (tmp_path / "tenants" / "acme").exists() and not here.chosen_by("acme")
+    there.refresh()
+    assert there.current_for("acme").identity == shipped
+    with pytest.raises(ValueError, match="not a tenant name"):
+        here.activate(eager.identity, "../escape")
