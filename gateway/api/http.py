@@ -203,13 +203,8 @@ async def switch_policy(body: PolicySwitchIn, services: ServicesDep, caller: Pol
         raise GatewayError(
             ErrorCode.NOT_FOUND, f"no valid policy of version {body.version!r} (GET /v1/policy lists them)"
         ) from None
-    except OSError as exc:  # the shared folder: read-only or unreachable; nothing was switched
-        log.error("policy switch to %s failed: cannot write the active file: %s", body.version, exc)
-        raise GatewayError(
-            ErrorCode.BACKEND_UNAVAILABLE,
-            "cannot write the policy folder's active file (read-only or unavailable); nothing was switched",
-            {"Retry-After": "30"},
-        ) from None
+    except OSError as exc:
+        raise _folder_unwritable(f"switch of tenant {caller.tenant} to {body.version}", exc) from None
     log.info("policy switched to %s by key %s (tenant %s)", body.version, caller.key_id, caller.tenant)
     return _policy_view(book, caller.tenant)
 
@@ -227,13 +222,18 @@ async def forget_policy(services: ServicesDep, caller: PolicyAdmin) -> PolicyOut
     try:
         await asyncio.to_thread(book.forget, caller.tenant)
     except OSError as exc:
-        log.error("policy reset of tenant %s failed: %s", caller.tenant, exc)
-        raise GatewayError(
-            ErrorCode.BACKEND_UNAVAILABLE,
-            "cannot write the policy folder (read-only or unavailable); nothing was changed",
-            {"Retry-After": "30"},
-        ) from None
+        raise _folder_unwritable(f"reset of tenant {caller.tenant}", exc) from None
     return _policy_view(book, caller.tenant)
+
+
+def _folder_unwritable(what: str, exc: OSError) -> GatewayError:
+    """The shared policy folder is read-only or unreachable: a 503, and nothing was switched."""
+    log.error("policy %s failed: cannot write the policy folder: %s", what, exc)
+    return GatewayError(
+        ErrorCode.BACKEND_UNAVAILABLE,
+        "cannot write the policy folder (read-only or unavailable); nothing was switched",
+        {"Retry-After": "30"},
+    )
 
 
 @router.delete(

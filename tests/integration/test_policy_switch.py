@@ -234,3 +234,10 @@ async def test_a_folder_that_cannot_be_written_is_a_503_and_switches_nothing(
         assert r.status_code == 503 and r.headers["Retry-After"] == "30", r.text
         assert "nothing was switched" in error(r)["message"]
         assert (await analyse(client, keys["analyst"]))["policy_version"] == load_policy().identity
+        monkeypatch.undo()
+        assert (await client_put(client, eager, keys)).status_code == 200
+        monkeypatch.setattr(policies.Path, "unlink", lambda self, missing_ok=False: read_only(self, None))
+        r = await client.delete("/v1/policy", headers=keys["admin"])
+        assert r.status_code == 503 and r.headers["Retry-After"] == "30", r.text
+        monkeypatch.undo()
+        assert (await analyse(client, keys["analyst"]))["policy_version"] == eager  # still its own choice
