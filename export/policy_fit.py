@@ -32,7 +32,7 @@ import logging
 import math
 import sqlite3
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,15 +199,7 @@ def synthetic_records(n: int, seed: int) -> list[Record]:
         probs = {label: float(rng.beta(0.6, 6.0)) for label in (*GOEMOTIONS_LABELS, *LEARNING_SIGNALS)}
         errors = float(rng.beta(1.5, 3.0))
         state = assess(probs, policy, LearnerContext(recent_error_rate=errors))
-        features = {
-            "learning_emotions": state.learning_emotions,
-            "valence": state.valence,
-            "arousal": state.arousal,
-            "dominance": state.dominance,
-            "readiness_score": state.readiness_score,
-            "risk_score": state.risk_score,
-            "context": {"recent_error_rate": errors},
-        }
+        features = state.features({"recent_error_rate": errors}, None)
         inputs = {**state.learning_emotions, "context_strain": errors}
         logit = TRUE_INTERCEPT + sum(w * inputs.get(k, 0.0) for k, w in TRUE_WEIGHTS.items())
         needed = rng.random() < 1.0 / (1.0 + math.exp(-logit))
@@ -299,14 +291,12 @@ def fit(
     return result
 
 
-def probability(result: dict[str, Any]) -> Callable[[dict[str, float]], float]:
-    """The fitted model as a function of a row of named inputs (as the gateway's LogisticModel does)."""
-    weights, intercept = result["weights"], result["intercept"]
+def probability(result: dict[str, Any]) -> Callable[[Mapping[str, float]], float]:
+    """The fitted model as a function of a row of named inputs: the gateway's own LogisticModel."""
+    from gateway.learning.policy import LogisticModel
 
-    def p(row: dict[str, float]) -> float:
-        return 1.0 / (1.0 + math.exp(-(intercept + sum(w * row.get(k, 0.0) for k, w in weights.items()))))
-
-    return p
+    model = LogisticModel(form="logistic", intercept=result["intercept"], weights=result["weights"])
+    return model.probability
 
 
 def flagged_metrics(scores: Array, y: Array, cut: float) -> dict[str, float]:
@@ -431,7 +421,7 @@ def write(result: dict[str, Any], out: Path, base_path: Path | None = None) -> l
     (validated by the gateway's loader; its version goes into the report)."""
     import tomli_w
 
-    from gateway.learning.policy import load_policy
+    from gateway.learning.policy import PolicyError, load_policy
 
     out.mkdir(parents=True, exist_ok=True)
     policy_file = out / FITTED_FILE
@@ -446,7 +436,11 @@ def write(result: dict[str, Any], out: Path, base_path: Path | None = None) -> l
             "# GATEWAY_POLICY_DIR, then PUT /v1/policy with its version.\n"
         )
         policy_file.write_text(header + tomli_w.dumps(policy_data(result, base_path)))
-        result["policy_version"] = load_policy(policy_file).identity
+        try:
+            result["policy_version"] = load_policy(policy_file).identity
+        except PolicyError:
+            policy_file.unlink()  # never leave a policy the gateway would refuse
+            raise
         written.append(policy_file)
     else:
         log.warning("the fit does not beat the hand-set policy on the held-out period: no policy written")

@@ -58,17 +58,7 @@ def record(
                     text_hash=text_hash,
                     text=stored_text,
                     tenant=tenant,
-                    features={
-                        "learning_emotions": state.learning_emotions,
-                        "valence": state.valence,
-                        "arousal": state.arousal,
-                        "dominance": state.dominance,
-                        "readiness_score": state.readiness_score,
-                        "risk_score": state.risk_score,
-                        "context": analysis.context,
-                        "deviation": state.deviation,
-                        "trend": trend,
-                    },
+                    features=state.features(analysis.context, trend),
                     policy_version=analysis.policy_version or None,
                 )
             )

@@ -61,6 +61,21 @@ class LearningState:
     # now minus the learner's own baseline (gateway.learning.baseline); None without one
     deviation: dict[str, object] | None = None
 
+    def features(self, context: Mapping[str, object] | None, trend: str | None) -> dict[str, object]:
+        """What the audit trail keeps of this state for fitting a policy from outcomes (the one format
+        export.policy_fit reads back)."""
+        return {
+            "learning_emotions": self.learning_emotions,
+            "valence": self.valence,
+            "arousal": self.arousal,
+            "dominance": self.dominance,
+            "readiness_score": self.readiness_score,
+            "risk_score": self.risk_score,
+            "context": context,
+            "deviation": self.deviation,
+            "trend": trend,
+        }
+
 
 def _check_number(name: str, value: object, low: float, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):

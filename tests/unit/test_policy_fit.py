@@ -172,3 +172,19 @@ def test_each_fit_reads_its_own_outcomes():
     # context strain as the gateway computes it: (0.5 * 0.5 + 0.3 * 1.0) / 0.8
     assert ready.x[0][ready.inputs.index("context_strain")] == pytest.approx(0.6875)
     assert ready.x[0][ready.inputs.index("valence")] == pytest.approx(-0.1)
+
+
+def test_a_written_policy_the_gateway_would_refuse_is_not_left_behind(result, tmp_path, monkeypatch):
+    from gateway.learning.policy import PolicyError
+
+    original = policy_fit.policy_data
+
+    def out_of_order(result: dict, base_path=None) -> dict:
+        data = original(result, base_path)
+        data["intervention"]["cut_points"] = [0.9, 0.1, 0.2, 0.3, 0.4]
+        return data
+
+    monkeypatch.setattr(policy_fit, "policy_data", out_of_order)
+    with pytest.raises(PolicyError, match="strictly increasing"):
+        write(dict(result), tmp_path)
+    assert not (tmp_path / FITTED_FILE).exists()
