@@ -4,9 +4,10 @@ with a learner id, interleaved rounds. Reports the p50 difference at 1 client, t
 16 clients, and what the audit writer wrote and dropped.
 
 Two more paths measure the outcome write path: the audit-on gateway again, while every analysed text's
-outcome is posted (``POST /v1/outcomes``, by 4 background posters, as a platform reports them after the
-fact), or, as the control, while the same posters send one ``GET /healthz`` per analysed text instead
-(the cost of any extra request on the same cores); only the analyses are timed.
+outcome is posted (``POST /v1/outcomes``, by 4 background posters, ``OUTCOME_AFTER_S`` after its answer:
+what happened next is known only later), or, as the control, while the same posters send one
+``GET /healthz`` per analysed text instead (the cost of any extra request on the same cores); only the
+analyses are timed.
 
 The writer runs in the gateway's process (a background task and one database thread), so on 2 cores
 whatever it costs shows up here; the request itself only queues rows.
@@ -18,6 +19,7 @@ import argparse
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,6 +35,9 @@ WORK = Path("build") / "bench"
 WARMUP = 50  # requests per gateway before timing
 AUDIT_KEY = "bench-audit-key-0123456789abcdef"
 POSTERS = 4
+# An outcome is what happened after the answer (the next exercise, the end of the session), so it comes
+# later; 2 s is far sooner than real outcomes and longer than the writer's default 1 s batch interval.
+OUTCOME_AFTER_S = 2.0
 
 
 def learner_of(text: str) -> str:
@@ -48,7 +53,7 @@ class OutcomePosters:
     def __init__(self, base_url: str, control: bool = False) -> None:
         self.base_url = base_url
         self.control = control
-        self.pending: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self.pending: queue.Queue[tuple[float, str, str] | None] = queue.Queue()
         self.posted = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -64,7 +69,8 @@ class OutcomePosters:
 
             def infer_and_hand_over(text: str) -> object:
                 r = infer(text)
-                self.pending.put((r.json()["results"][0]["result_id"], learner_of(text)))
+                due = time.monotonic() + OUTCOME_AFTER_S
+                self.pending.put((due, r.json()["results"][0]["result_id"], learner_of(text)))
                 return r
 
             return infer_and_hand_over
@@ -85,7 +91,8 @@ class OutcomePosters:
 
         with httpx.Client(timeout=30) as client:
             while (item := self.pending.get()) is not None:
-                result_id, learner = item
+                due, result_id, learner = item
+                time.sleep(max(0.0, due - time.monotonic()))
                 body = {"result_id": result_id, "learner_id": learner, "outcome": "asked_for_help"}
                 try:
                     if self.control:

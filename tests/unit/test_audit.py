@@ -385,6 +385,49 @@ def test_erasing_a_learner_with_10000_rows_leaves_none(db: Path):
     assert rows_of(db, "SELECT count(*) FROM audit_log") == [(10,)]
 
 
+async def test_outcomes_for_queued_rows_wait_for_the_writers_batch_instead_of_forcing_one(
+    make_trail, db: Path
+):
+    """A platform posting each outcome right after its answer: the rows still go in one batch."""
+    import asyncio
+
+    from gateway.backends.audit.store import Outcome
+
+    trail = make_trail(flush_interval_s=0.3)
+    batches: list[int] = []
+    insert = trail.store.insert
+
+    def counted(rows):
+        batches.append(len(rows))
+        return insert(rows)
+
+    trail.store.insert = counted  # type: ignore[method-assign]
+    await trail.start()
+    pending = []
+    for i in range(4):
+        trail.submit([row(NOW, request=f"r{i}")])
+        outcome = Outcome(NOW, "default", "learner-1", f"r{i}", 0, "asked_for_help", None, None)
+        pending.append(asyncio.create_task(trail.record_outcome(outcome)))
+        await asyncio.sleep(0)  # let the outcome run up to its wait before the next answer arrives
+    ids = await asyncio.gather(*pending)
+    assert all(i is not None for i in ids)  # every outcome linked to its row
+    assert batches == [4]  # forcing a write per outcome would have made four batches
+
+
+async def test_an_outcome_whose_row_cannot_be_written_is_a_503_not_a_404(make_trail, db: Path):
+    from gateway.backends.audit.store import Outcome
+
+    trail = make_trail(flush_interval_s=3600, clock=FakeClock())
+    trail.submit([row(NOW, request="queued")])
+    trail.breaker.failure()  # the database just failed: the writer may not try again yet
+    with pytest.raises(GatewayError) as raised:
+        await trail.record_outcome(
+            Outcome(NOW, "default", "learner-1", "queued", 0, "asked_for_help", None, None)
+        )
+    assert raised.value.status == 503 and "Retry-After" in raised.value.headers
+    assert trail.queue.qsize() == 1  # the row is kept for the writer's next try
+
+
 async def test_an_outcome_flushes_the_queue_only_for_its_own_queued_row(make_trail, db: Path):
     from gateway.backends.audit.store import Outcome
 

@@ -78,6 +78,7 @@ class AuditTrail:
         self._hash_key = hash_key
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
         self._wake = asyncio.Event()  # a first row arrived (while idle) or a full batch is queued
+        self._taken = asyncio.Event()  # set (and replaced) each time rows are taken for a batch
         self._stop = asyncio.Event()
         self._idle = True
         self._writer: asyncio.Task[None] | None = None
@@ -195,7 +196,20 @@ class AuditTrail:
             self._queued[key] -= 1
             if self._queued[key] <= 0:
                 del self._queued[key]
+        if rows:
+            taken, self._taken = self._taken, asyncio.Event()
+            taken.set()
         return rows
+
+    async def _until_taken(self, key: tuple[str, str, int]) -> None:
+        """Wait until the running writer takes ``key``'s row for a batch (its interval, plus a margin)."""
+        if self._writer is None or self._writer.done():
+            return
+        loop = asyncio.get_running_loop()  # real time: the writer's interval is real time too
+        deadline = loop.time() + 2 * self.flush_interval_s
+        while key in self._queued and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._taken.wait(), left)
 
     async def _write(self, rows: list[AuditRow]) -> bool:
         try:
@@ -274,11 +288,18 @@ class AuditTrail:
 
     async def record_outcome(self, outcome: Outcome) -> int | None:
         """Store an outcome linked to its audit row: its id, or None when the tenant's learner has no such
-        row. When its row is still queued (a result answered a moment ago), the queue is written first;
-        otherwise the outcome does not disturb the batching. Rows already handed to the database thread
-        are written before this lookup runs there (one thread, in order)."""
-        if (outcome.tenant, outcome.request_id, outcome.text_index) in self._queued:
-            await self.flush()
+        row. When its row is still queued (a result answered a moment ago), the outcome waits for the
+        writer's next batch (at most ``flush_interval_s``) rather than forcing one: a platform posting
+        outcomes right after each answer must not turn batching into one transaction a text. Rows already
+        handed to the database thread are written before this lookup runs there (one thread, in order).
+        A 503 when the row cannot be written now (the database is down)."""
+        key = (outcome.tenant, outcome.request_id, outcome.text_index)
+        if key in self._queued:
+            await self._until_taken(key)
+        if key in self._queued:
+            await self.flush()  # no writer running (or it is late): write the queue now
+        if key in self._queued:
+            raise self._unavailable()  # the breaker refused the write: the row is not in the database
         try:
             return await self._call(self.store.record_outcome, outcome)
         except DB_ERRORS as exc:
