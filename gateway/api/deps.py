@@ -15,10 +15,16 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.services import Services
 
 
-def get_services(connection: HTTPConnection) -> Services:
+def services_of(connection: HTTPConnection) -> Services:
     """The services ``open_services`` built for this app (HTTP requests and WebSockets alike)."""
     services: Services = connection.app.state.services
     return services
+
+
+async def get_services(connection: HTTPConnection) -> Services:
+    """``services_of`` as a dependency. Async although it never waits: FastAPI runs a plain ``def``
+    dependency in its thread pool, a thread hop on every request."""
+    return services_of(connection)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -34,8 +34,8 @@ from gateway.api.deps import (
     authenticate,
     check_rate,
     client_key,
-    get_services,
     require_scope,
+    services_of,
 )
 from gateway.api.schemas import (
     MessageId,
@@ -359,7 +359,7 @@ router = APIRouter()
 
 @router.websocket(PATH, name="emotions_stream")
 async def emotions_stream(websocket: WebSocket) -> None:
-    services = get_services(websocket)
+    services = services_of(websocket)
     metrics = services.metrics
     await websocket.accept()
     metrics.stream_connections.inc()
