@@ -258,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exports", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("results"))
     p = sub.add_parser(
+        "fit-bands",
+        help="fit the policy's none|preventive and mild|moderate cut points to the learner dev split's "
+        "intervention bands for the installed model; report dev and test beside the base policy",
+    )
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument("--policy", type=Path, default=None, help="the base policy (default: the shipped one)")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p = sub.add_parser(
         "fit-policy",
         help="fit the learning-state policy (risk, readiness, cut points) from outcome feedback (or a "
         "synthetic ground truth), judge it against the hand-set policy on a later period, write a new "
@@ -475,6 +483,21 @@ def cmd_learner_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_bands(args: argparse.Namespace) -> int:
+    from export import band_fit
+
+    if read_installed(args.repository) is None:
+        log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
+        return 1
+    result = band_fit.fit_bands(args.repository, args.policy)
+    written = band_fit.write(result, args.out, args.policy)
+    md = args.out / "band_fit.md"
+    md.write_text(band_fit.markdown(result, "python -m export fit-bands"))
+    for path in [*written, md]:
+        log.info("wrote %s", path)
+    return 0
+
+
 def cmd_fit_policy(args: argparse.Namespace) -> int:
     from export import policy_fit
 
@@ -623,6 +646,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "learner-gap": cmd_learner_gap,
     "fit-policy": cmd_fit_policy,
+    "fit-bands": cmd_fit_bands,
     "learner-select": cmd_learner_select,
     "state-distribution": cmd_state_distribution,
 }

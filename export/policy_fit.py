@@ -416,13 +416,24 @@ def _model(fitted: dict[str, Any], records: int) -> dict[str, Any]:
     }
 
 
-def write(result: dict[str, Any], out: Path, base_path: Path | None = None) -> list[Path]:
-    """The report always; the new policy only when its risk beats the hand-set one on the held-out part
-    (validated by the gateway's loader; its version goes into the report)."""
+def write_policy(path: Path, header: str, data: dict[str, Any]) -> str:
+    """Write a policy file (``header`` comments, then ``data`` as TOML) and validate it with the
+    gateway's loader; its version. A policy the gateway would refuse is removed, then the error raised."""
     import tomli_w
 
     from gateway.learning.policy import PolicyError, load_policy
 
+    path.write_text(header + tomli_w.dumps(data))
+    try:
+        return load_policy(path).identity
+    except PolicyError:
+        path.unlink()  # never leave a policy the gateway would refuse
+        raise
+
+
+def write(result: dict[str, Any], out: Path, base_path: Path | None = None) -> list[Path]:
+    """The report always; the new policy only when its risk beats the hand-set one on the held-out part
+    (validated by the gateway's loader; its version goes into the report)."""
     out.mkdir(parents=True, exist_ok=True)
     policy_file = out / FITTED_FILE
     policy_file.unlink(missing_ok=True)
@@ -435,12 +446,7 @@ def write(result: dict[str, Any], out: Path, base_path: Path | None = None) -> l
             "# targets and, when it won too, a fitted readiness model. Deploy: copy it into\n"
             "# GATEWAY_POLICY_DIR, then PUT /v1/policy with its version.\n"
         )
-        policy_file.write_text(header + tomli_w.dumps(policy_data(result, base_path)))
-        try:
-            result["policy_version"] = load_policy(policy_file).identity
-        except PolicyError:
-            policy_file.unlink()  # never leave a policy the gateway would refuse
-            raise
+        result["policy_version"] = write_policy(policy_file, header, policy_data(result, base_path))
         written.append(policy_file)
     else:
         log.warning("the fit does not beat the hand-set policy on the held-out period: no policy written")

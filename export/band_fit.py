@@ -1,0 +1,219 @@
+"""Cut points fitted to the learner set's intervention bands (``python -m export fit-bands``).
+
+Each learner message carries the band a tutor would want (``none``, ``low``: a hint or check-in, ``high``:
+a person should step in soon), which is a tutor's rating of the intervention, the kind of outcome
+``POST /v1/outcomes`` collects. The hand-set cut points read many ``low`` messages as ``moderate`` or above
+(results/learner_gap.md). The bands decide two of the policy's five cut points: ``none|preventive`` and
+``mild|moderate`` (preventive and mild are both ``low``; moderate, significant and critical all ``high``).
+Those two are fitted for one model's probabilities on the learner **dev** split, keeping the share of
+``high`` messages read as moderate or above at least the base policy's, and the fit is reported on the
+learner **test** split beside the base policy. The other cut points, weights and floors stay the base
+policy's. The set is synthetic, written and annotated by AI assistants (data/learner/README.md): the
+fitted version is offered, not made the default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.names import output_labels
+from export.arrays import Array
+from export.learner_gap import BAND_OF_LEVEL, Served
+from export.training.learner_data import BANDS, LearnerMessage, load_learner_messages
+
+log = logging.getLogger(__name__)
+
+BAND_FILE = "band_policy.toml"
+GRID = np.round(np.arange(0.01, 0.96, 0.01), 2)  # candidate cut points
+
+
+def band_inputs(probs: Array, policy: Any) -> tuple[Array, Array]:
+    """Per message: the policy's risk score and the level index its floors alone set (0 when none)."""
+    from gateway.learning.state import assess
+
+    levels = policy.intervention.levels
+    # cut points above any risk: the level is then what the floors set
+    top = [0.9995 + 0.0001 * i for i in range(len(policy.intervention.cut_points))]
+    floors_only = policy.model_copy(
+        update={"intervention": policy.intervention.model_copy(update={"cut_points": top})}
+    )
+    risk, floor = [], []
+    for row in probs:
+        scores = dict(zip(output_labels(len(row)), map(float, row), strict=True))
+        risk.append(assess(scores, policy).risk_score)
+        floor.append(levels.index(assess(scores, floors_only).intervention_level))
+    return np.asarray(risk), np.asarray(floor)
+
+
+def level_indices(risk: Array, floor: Array, cuts: list[float]) -> Array:
+    """The policy's level (index) for each risk score and floor: the cut points' level, raised by a floor."""
+    return np.maximum(np.searchsorted(np.asarray(cuts), risk, side="right"), floor)
+
+
+def band_scores(levels: Array, gold: list[str], names: list[str]) -> dict[str, Any]:
+    """Agreement with the gold bands, the share of ``high`` read as ``high``, and the band confusion."""
+    predicted = np.array([BANDS.index(BAND_OF_LEVEL[n]) for n in names])[levels]
+    truth = np.array([BANDS.index(g) for g in gold], dtype=int)
+    high, none = BANDS.index("high"), BANDS.index("none")
+    is_high = truth == high
+    return {
+        "agreement": round(float((predicted == truth).mean()) if len(truth) else 0.0, 3),
+        "high_recall": round(float((predicted[is_high] == high).mean()) if is_high.any() else 0.0, 3),
+        "high_read_as_none": int((predicted[is_high] == none).sum()),
+        "confusion": {
+            f"{g}->{p}": int(((truth == i) & (predicted == j)).sum())
+            for i, g in enumerate(BANDS)
+            for j, p in enumerate(BANDS)
+        },
+    }
+
+
+def with_cuts(base: list[float], none_cut: float, moderate_cut: float) -> list[float]:
+    """The base cut points with ``none|preventive`` and ``mild|moderate`` replaced; the others kept where
+    they still fall in order, else spread evenly in their new interval."""
+    c4, c5 = base[3], base[4]
+    c2 = base[1] if none_cut < base[1] < moderate_cut else round((none_cut + moderate_cut) / 2, 4)
+    if not moderate_cut < c4 < c5 < 1:
+        c4, c5 = (round(moderate_cut + (1 - moderate_cut) * k / 3, 4) for k in (1, 2))
+    return [none_cut, c2, moderate_cut, c4, c5]
+
+
+def fit_cuts(risk: Array, floor: Array, gold: list[str], names: list[str], base: list[float]) -> list[float]:
+    """The two band cut points that agree best with ``gold`` without reading fewer ``high`` messages as
+    high than ``base`` does; ties go to the pair closest to the base."""
+    band_of = np.array([BANDS.index(BAND_OF_LEVEL[n]) for n in names])
+    truth = np.array([BANDS.index(g) for g in gold], dtype=int)
+    is_high = truth == BANDS.index("high")
+
+    def scores(cuts: list[float]) -> tuple[float, float]:
+        predicted = band_of[level_indices(risk, floor, cuts)]
+        return float((predicted == truth).mean()), float((predicted[is_high] == truth[is_high]).mean())
+
+    _, base_high = scores(base)
+    best: tuple[float, float, list[float]] | None = None
+    for c1 in GRID:
+        for c3 in GRID[c1 < GRID]:
+            cuts = with_cuts(base, float(c1), float(c3))
+            agreement, high = scores(cuts)
+            if is_high.any() and high < base_high:
+                continue
+            key = (agreement, -(abs(c1 - base[0]) + abs(c3 - base[2])))
+            if best is None or key > best[:2]:
+                best = (key[0], key[1], cuts)
+    return base if best is None else best[2]
+
+
+def evaluate(probs: Array, messages: list[LearnerMessage], policy: Any, cuts: list[float]) -> dict[str, Any]:
+    risk, floor = band_inputs(probs, policy)
+    names = list(policy.intervention.levels)
+    levels = level_indices(risk, floor, cuts)
+    report = band_scores(levels, [m.band for m in messages], names)
+    giving_up = [i for i, m in enumerate(messages) if "giving_up" in m.learning]
+    moderate = names.index("moderate")
+    report["giving_up_at_least_moderate"] = int(sum(levels[i] >= moderate for i in giving_up))
+    report["giving_up_messages"] = len(giving_up)
+    report["messages"] = len(messages)
+    return report
+
+
+def fit_bands(repository: Path, policy_path: Path | None = None) -> dict[str, Any]:
+    """Fit on the learner dev split, report dev and test for the base and the fitted cut points."""
+    from gateway.learning.policy import load_policy
+
+    policy = load_policy(policy_path)
+    served = Served.load(repository)
+    messages = load_learner_messages()
+    split = {name: [m for m in messages if m.split == name] for name in ("dev", "test")}
+    probs = {name: served.probabilities([m.text for m in chosen]) for name, chosen in split.items()}
+    base = list(policy.intervention.cut_points)
+    risk, floor = band_inputs(probs["dev"], policy)
+    cuts = fit_cuts(risk, floor, [m.band for m in split["dev"]], list(policy.intervention.levels), base)
+    result: dict[str, Any] = {
+        "model": served.manifest.served_version(served.variant),
+        "base_policy": policy.identity,
+        "base_cut_points": base,
+        "cut_points": cuts,
+    }
+    for name, chosen in split.items():
+        result[name] = {
+            "base": evaluate(probs[name], chosen, policy, base),
+            "fitted": evaluate(probs[name], chosen, policy, cuts),
+        }
+    dev = result["dev"]
+    result["better_on_dev"] = dev["fitted"]["agreement"] > dev["base"]["agreement"]
+    return result
+
+
+def write(result: dict[str, Any], out: Path, policy_path: Path | None = None) -> list[Path]:
+    """The report always; the policy version only when it agrees better on dev (the fit's own split)."""
+    from export.policy_fit import write_policy
+    from gateway.learning.policy import DEFAULT_POLICY_PATH
+
+    out.mkdir(parents=True, exist_ok=True)
+    policy_file = out / BAND_FILE
+    policy_file.unlink(missing_ok=True)
+    written = []
+    result.pop("policy_version", None)
+    if result["better_on_dev"]:
+        data = tomllib.loads((policy_path or DEFAULT_POLICY_PATH).read_text())
+        data["intervention"]["cut_points"] = result["cut_points"]
+        header = (
+            "# Written by `python -m export fit-bands` (see band_fit.md): the base policy "
+            f"{result['base_policy']} with the\n# none|preventive and mild|moderate cut points fitted to the "
+            f"learner dev split's bands for model\n# {result['model']}. Deploy: copy it into "
+            "GATEWAY_POLICY_DIR, then PUT /v1/policy with its version.\n"
+        )
+        result["policy_version"] = write_policy(policy_file, header, data)
+        written.append(policy_file)
+    report = out / "band_fit.json"
+    report.write_text(json.dumps(result, indent=2) + "\n")
+    return [report, *written]
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    def row(split: str, which: str) -> str:
+        r = result[split][which]
+        return (
+            f"| {split} ({r['messages']}) | {which} | **{r['agreement']:.3f}** | {r['high_recall']:.3f} | "
+            f"{r['high_read_as_none']} | {r['giving_up_at_least_moderate']} of {r['giving_up_messages']} |"
+        )
+
+    written = result.get("policy_version")
+    lines = [
+        "# Intervention cut points fitted to the learner bands",
+        "",
+        f"Model `{result['model']}`, base policy `{result['base_policy']}`. Command: `{command}`.",
+        "",
+        "The learner set's bands (none / low / high, what a tutor would want) read as a tutor's rating of "
+        "each message. Fitted on the learner **dev** split: the `none|preventive` and `mild|moderate` cut "
+        "points, keeping the share of `high` messages read as moderate or above at least the base "
+        "policy's; weights, floors and the other cut points are the base policy's. The **test** split is "
+        "held out. The set is synthetic (AI-written and AI-annotated, data/learner/README.md).",
+        "",
+        f"- cut points: base {result['base_cut_points']} -> fitted **{result['cut_points']}**",
+        f"- policy version written: `{written}` ({BAND_FILE})"
+        if written
+        else "- no policy written: the fit does not agree better than the base on dev",
+        "",
+        "| split | cut points | band agreement | `high` read as high | `high` read as none | giving-up "
+        "messages at moderate+ |",
+        "|---|---|---:|---:|---:|---:|",
+        *(row(split, which) for split in ("dev", "test") for which in ("base", "fitted")),
+        "",
+        "Band confusion on test (gold -> policy):",
+        "",
+        "| cut points | " + " | ".join(f"{g}->{p}" for g in BANDS for p in BANDS) + " |",
+        "|---|" + "---:|" * len(BANDS) ** 2,
+    ]
+    for which in ("base", "fitted"):
+        confusion = result["test"][which]["confusion"]
+        lines.append(
+            f"| {which} | " + " | ".join(str(confusion[f"{g}->{p}"]) for g in BANDS for p in BANDS) + " |"
+        )
+    return "\n".join(lines) + "\n"
