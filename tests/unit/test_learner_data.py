@@ -152,6 +152,33 @@ def test_learning_agreement_counts_giving_up_messages_that_reach_moderate():
     assert learning_agreement(probs[:, :28], gold)["giving_up_at_least_moderate"] == 0
 
 
+def test_signals_are_reported_per_part_of_the_set():
+    import numpy as np
+
+    from export.learner_gap import signals_by_part
+
+    ids = ["a-001", "d-002", "e1-001", "e3-004"]
+    probs = np.array([[0.9, 0, 0], [0.1, 0, 0], [0.9, 0, 0], [0.9, 0, 0]], dtype=np.float32)
+    targets = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
+    report = signals_by_part(ids, probs, targets, np.full(3, 0.5, dtype=np.float32))
+    assert report["a-d"]["giving_up"] == {
+        "messages": 2,
+        "support": 2,
+        "fired": 1,
+        "precision": 1.0,
+        "recall": 0.5,
+    }
+    assert report["e"]["giving_up"] == {
+        "messages": 2,
+        "support": 1,
+        "fired": 2,
+        "precision": 0.5,
+        "recall": 1.0,
+    }
+    assert report["e"]["stuck"]["recall"] == 0.0  # no support: reported as 0, not a division error
+    assert set(signals_by_part(ids[:2], probs[:2], targets[:2], np.full(3, 0.5))) == {"a-d"}
+
+
 def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
     from export.learner_gap import targets
 
