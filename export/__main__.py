@@ -25,7 +25,12 @@ from export.pipeline import ExportOptions, export_model, model_slug
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
 from export.training.calibration import CALIBRATION_METHODS, PER_LABEL
 from export.training.data import DATA_DIR, DataError
-from export.training.gates import DEFAULT_MAX_CALIBRATION_F1_DROP, DEFAULT_MAX_MACRO_F1_DROP, GateFailed
+from export.training.gates import (
+    DEFAULT_MAX_CALIBRATION_F1_DROP,
+    DEFAULT_MAX_MACRO_F1_DROP,
+    DEFAULT_MAX_SIGNAL_F1_DROP,
+    GateFailed,
+)
 from export.training.train import REPORT_FILE, Snapshot, TrainConfig, is_trained, train
 
 log = logging.getLogger("export")
@@ -66,6 +71,13 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_MAX_MACRO_F1_DROP,
         help="accuracy gate: allowed macro-F1 drop of any variant vs FP32 (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-signal-f1-drop",
+        type=float,
+        default=DEFAULT_MAX_SIGNAL_F1_DROP,
+        help="signal gate: allowed learning-signal macro-F1 drop of any variant vs FP32 on the learner dev "
+        "split, at least --max-macro-f1-drop (default %(default)s: that split is small)",
     )
     p.add_argument(
         "--min-macro-f1",
@@ -117,6 +129,7 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
         int8_per_channel=args.int8_per_channel,
         parity_tolerance=tolerance,
         max_macro_f1_drop=args.max_macro_f1_drop,
+        max_signal_f1_drop=args.max_signal_f1_drop,
         min_macro_f1=args.min_macro_f1,
         eval_limit=args.eval_limit,
         calibration=args.calibration,

@@ -6,10 +6,10 @@ a person should step in soon), which is a tutor's rating of the intervention, th
 (results/learner_gap.md). The bands decide two of the policy's five cut points: ``none|preventive`` and
 ``mild|moderate`` (preventive and mild are both ``low``; moderate, significant and critical all ``high``).
 Those two are fitted for one model's probabilities on the learner **dev** split, keeping the share of
-``high`` messages read as moderate or above at least the base policy's, and the fit is reported on the
-learner **test** split beside the base policy. The other cut points, weights and floors stay the base
-policy's. The set is synthetic, written and annotated by AI assistants (data/learner/README.md): the
-fitted version is offered, not made the default.
+``high`` messages read as moderate or above at least the base policy's and those read as ``none`` at most
+the base's; the fit is reported on the learner **test** split beside the base policy. The other cut
+points, weights and floors stay the base policy's. The set is synthetic, written and annotated by AI
+assistants (data/learner/README.md): the fitted version is offered, not made the default.
 """
 
 from __future__ import annotations
@@ -86,22 +86,25 @@ def with_cuts(base: list[float], none_cut: float, moderate_cut: float) -> list[f
 
 def fit_cuts(risk: Array, floor: Array, gold: list[str], names: list[str], base: list[float]) -> list[float]:
     """The two band cut points that agree best with ``gold`` without reading fewer ``high`` messages as
-    high than ``base`` does; ties go to the pair closest to the base."""
+    high, or more of them as ``none``, than ``base`` does; ties go to the pair closest to the base."""
     band_of = np.array([BANDS.index(BAND_OF_LEVEL[n]) for n in names])
     truth = np.array([BANDS.index(g) for g in gold], dtype=int)
     is_high = truth == BANDS.index("high")
 
-    def scores(cuts: list[float]) -> tuple[float, float]:
-        predicted = band_of[level_indices(risk, floor, cuts)]
-        return float((predicted == truth).mean()), float((predicted[is_high] == truth[is_high]).mean())
+    none = BANDS.index("none")
 
-    _, base_high = scores(base)
+    def scores(cuts: list[float]) -> tuple[float, float, int]:
+        predicted = band_of[level_indices(risk, floor, cuts)]
+        high = float((predicted[is_high] == truth[is_high]).mean()) if is_high.any() else 1.0
+        return float((predicted == truth).mean()), high, int((predicted[is_high] == none).sum())
+
+    _, base_high, base_ignored = scores(base)
     best: tuple[float, float, list[float]] | None = None
     for c1 in GRID:
         for c3 in GRID[c1 < GRID]:
             cuts = with_cuts(base, float(c1), float(c3))
-            agreement, high = scores(cuts)
-            if is_high.any() and high < base_high:
+            agreement, high, ignored = scores(cuts)
+            if high < base_high or ignored > base_ignored:
                 continue
             key = (agreement, -(abs(c1 - base[0]) + abs(c3 - base[2])))
             if best is None or key > best[:2]:
@@ -193,8 +196,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "The learner set's bands (none / low / high, what a tutor would want) read as a tutor's rating of "
         "each message. Fitted on the learner **dev** split: the `none|preventive` and `mild|moderate` cut "
         "points, keeping the share of `high` messages read as moderate or above at least the base "
-        "policy's; weights, floors and the other cut points are the base policy's. The **test** split is "
-        "held out. The set is synthetic (AI-written and AI-annotated, data/learner/README.md).",
+        "policy's and those read as `none` at most the base's; weights, floors and the other cut points "
+        "are the base policy's. The **test** split is held out. The set is synthetic (AI-written and "
+        "AI-annotated, data/learner/README.md).",
         "",
         f"- cut points: base {result['base_cut_points']} -> fitted **{result['cut_points']}**",
         f"- policy version written: `{written}` ({BAND_FILE})"

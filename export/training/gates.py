@@ -36,6 +36,10 @@ DEFAULT_PARITY_TOLERANCE = {
     "int8_dynamic": 2.0,
 }
 DEFAULT_MAX_MACRO_F1_DROP = 0.01
+# The learning signals are judged on the learner dev split: ~240 messages, ~120 positives over three
+# signals, where one message moves a signal's F1 by 0.01-0.02, so 0.01 macro-F1 is one or two messages
+# and each variant's own threshold fit amplifies it (the 5,426-text GoEmotions dev resolves 0.01).
+DEFAULT_MAX_SIGNAL_F1_DROP = 0.02
 # Temperature scaling is monotone per label, so with thresholds re-tuned on the calibrated dev
 # probabilities the labels could be exactly the same as before; any macro-F1 difference comes only
 # from where the fixed 0.05..0.95 threshold grid falls on each label's new probability scale.

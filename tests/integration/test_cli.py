@@ -54,6 +54,18 @@ def test_subcommand_help(command, capsys):
     assert "usage: python -m export" in capsys.readouterr().out
 
 
+def test_the_signal_gate_has_its_own_tolerance_never_tighter_than_the_accuracy_gates():
+    from export.__main__ import _export_options, build_parser
+    from export.pipeline import signal_gate_drop
+
+    default = _export_options(build_parser().parse_args(["build", "model"]))
+    assert default.max_macro_f1_drop == 0.01 and signal_gate_drop(default) == 0.02
+    loose = _export_options(build_parser().parse_args(["build", "model", "--max-macro-f1-drop", "1"]))
+    assert signal_gate_drop(loose) == 1.0  # tiny random models: both gates loose
+    strict = build_parser().parse_args(["build", "model", "--max-signal-f1-drop", "0.005"])
+    assert signal_gate_drop(_export_options(strict)) == 0.01
+
+
 def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) -> Path:
     out, repo = tmp_path / "export", tmp_path / "repo"
     args = ["build", str(model), "--out", str(out), "--data-dir", str(data), "--variants", *variants, *LOOSE]

@@ -59,6 +59,17 @@ def test_the_fit_never_reads_fewer_high_messages_as_high_than_the_base():
     assert cuts[2] <= 0.62  # the high message stays moderate or above
 
 
+def test_the_fit_never_reads_more_high_messages_as_none_than_the_base():
+    # a "high" message among "none" ones at the bottom: raising none|preventive past it would agree
+    # better, but a tutor would rather see it as low than not at all
+    risk = np.array([0.16, 0.17, 0.18, 0.19, 0.2, 0.35, 0.7])
+    gold = ["none", "none", "high", "none", "none", "low", "high"]
+    floor = np.zeros(len(risk), dtype=int)
+    cuts = band_fit.fit_cuts(risk, floor, gold, LEVELS, BASE)
+    fitted = band_fit.band_scores(band_fit.level_indices(risk, floor, cuts), gold, LEVELS)
+    assert fitted["high_read_as_none"] == 0 and cuts[0] <= 0.18
+
+
 def test_a_floor_keeps_its_level_whatever_the_cut_points():
     levels = band_fit.level_indices(np.array([0.01, 0.01]), np.array([0, 3]), [0.5, 0.6, 0.7, 0.8, 0.9])
     assert levels.tolist() == [0, 3]

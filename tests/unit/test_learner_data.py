@@ -199,3 +199,15 @@ def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
     met = [t["met"] for t in targets(model(0.39, 0.515, 0.71, 6), baseline)]
     assert met == [False, False, False, False, False]
     assert [t["met"] for t in targets(baseline, None)] == [False, False, False]
+
+
+def test_int8_calibration_adds_learner_train_messages_only_for_a_model_with_signals():
+    from export.pipeline import LEARNER_CALIBRATION_TEXTS, int8_calibration_texts
+
+    reddit = [f"reddit comment {i}" for i in range(100)]
+    plain = int8_calibration_texts(reddit, 50, learner=False)
+    assert len(plain) == 50 and set(plain) <= set(reddit)
+    mixed = int8_calibration_texts(reddit, 50, learner=True)
+    train = {m.text for m in load_learner_messages() if m.split == "train"}
+    assert mixed[:50] == plain
+    assert len(mixed[50:]) == LEARNER_CALIBRATION_TEXTS and set(mixed[50:]) <= train  # never dev or test
