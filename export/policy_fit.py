@@ -128,11 +128,16 @@ def readiness_row(features: dict[str, Any], policy: Any) -> dict[str, float]:
 
 
 def risk_row(features: dict[str, Any], policy: Any, readiness: float) -> dict[str, float]:
+    """The gateway's risk inputs, its trend inputs included (all 0 when the row recorded no trend: no
+    learner, or written before migration 0003), exactly as ``assess`` builds them for the risk model."""
+    from gateway.learning.policy import trend_inputs
     from gateway.learning.state import risk_inputs
 
     emotions = {k: float(v) for k, v in (features.get("learning_emotions") or {}).items()}
     midpoint = policy.vad_scoring.scale_midpoint
-    return risk_inputs(emotions, float(features["valence"]), readiness, _strain(features, policy), midpoint)
+    row = risk_inputs(emotions, float(features["valence"]), readiness, _strain(features, policy), midpoint)
+    trend = features.get("trend")
+    return {**row, **trend_inputs(None if trend is None else str(trend))}
 
 
 def _pairs(rows: list[dict[str, float]], y: list[float], handset: list[float]) -> Pairs:
@@ -183,6 +188,17 @@ TRUE_WEIGHTS = {
     "confusion": -0.5,  # productive struggle: confused learners who go on do better
 }
 TRUE_INTERCEPT = -2.5
+# The learner's trend matters too (risk only: readiness is about the next exercise, from this message):
+# a declining learner needs help more often, a recovering one less, beyond what this message shows.
+TRUE_TREND_WEIGHTS = {"trend_declining": 1.2, "trend_recovering": -0.8}
+TREND_SHARES = {
+    "insufficient_data": 0.2,
+    "stable": 0.3,
+    "improving": 0.15,
+    "declining": 0.15,
+    "volatile": 0.1,
+    "recovering": 0.1,
+}
 
 
 def synthetic_records(n: int, seed: int) -> list[Record]:
@@ -194,14 +210,17 @@ def synthetic_records(n: int, seed: int) -> list[Record]:
 
     rng = np.random.default_rng(seed)
     policy = load_policy()
+    trends, shares = list(TREND_SHARES), list(TREND_SHARES.values())
     records = []
     for t in range(n):
         probs = {label: float(rng.beta(0.6, 6.0)) for label in (*GOEMOTIONS_LABELS, *LEARNING_SIGNALS)}
         errors = float(rng.beta(1.5, 3.0))
-        state = assess(probs, policy, LearnerContext(recent_error_rate=errors))
-        features = state.features({"recent_error_rate": errors}, None)
-        inputs = {**state.learning_emotions, "context_strain": errors}
-        logit = TRUE_INTERCEPT + sum(w * inputs.get(k, 0.0) for k, w in TRUE_WEIGHTS.items())
+        trend = str(rng.choice(trends, p=shares))
+        state = assess(probs, policy, LearnerContext(recent_error_rate=errors), trend)
+        features = state.features({"recent_error_rate": errors}, trend)
+        inputs = {**state.learning_emotions, "context_strain": errors, f"trend_{trend}": 1.0}
+        truth = {**TRUE_WEIGHTS, **TRUE_TREND_WEIGHTS}
+        logit = TRUE_INTERCEPT + sum(w * inputs.get(k, 0.0) for k, w in truth.items())
         needed = rng.random() < 1.0 / (1.0 + math.exp(-logit))
         if rng.random() < 0.5:
             outcome = "asked_for_help" if needed else "intervention_not_needed"
@@ -356,6 +375,7 @@ def fit_policy(
 
     policy = load_policy(base_path)
     truth = TRUE_WEIGHTS if synthetic else None
+    risk_truth = {**TRUE_WEIGHTS, **TRUE_TREND_WEIGHTS} if synthetic else None
     out: dict[str, Any] = {"base_policy": policy.identity, "records": len(records)}
     readiness_model: Callable[[dict[str, float]], float] | None = None
     try:
@@ -366,7 +386,7 @@ def fit_policy(
     if ready["better"]:
         readiness_model = probability(ready)
     pairs = risk_pairs(records, policy, readiness_model)
-    risk = fit(pairs, c, truth)
+    risk = fit(pairs, c, risk_truth)
     out["risk"] = risk
     cut = _split(len(pairs.y))
     fit_scores = np.array([probability(risk)(dict(zip(pairs.inputs, row, strict=True))) for row in pairs.x])
@@ -391,7 +411,8 @@ def policy_data(result: dict[str, Any], base_path: Path | None = None) -> dict[s
     data = tomllib.loads((base_path or DEFAULT_POLICY_PATH).read_text())
     risk = result["risk"]
     data["intervention"]["cut_points"] = result["cut_points"]
-    # the trend was not an input of the fit: no hand-set adjustment on top of a calibrated probability
+    # the trend is among the fitted model's inputs (when the outcomes' rows recorded one): no hand-set
+    # adjustment on top of a calibrated probability
     data["intervention"]["trend_adjustment"] = {}
     data["intervention"]["risk_model"] = _model(risk, result["records"])
     if result["readiness"].get("better"):
@@ -504,7 +525,7 @@ def markdown(result: dict[str, Any], command: str, truth: dict[str, float] | Non
         "## Risk: the learner needs help",
         "",
         *_scores("risk", result["risk"]),
-        *_weights(result["risk"], truth, 1.0),
+        *_weights(result["risk"], {**truth, **TRUE_TREND_WEIGHTS} if truth else None, 1.0),
         "## Readiness: the learner passes the next exercise",
         "",
         *_scores("readiness", result["readiness"]),

@@ -43,6 +43,17 @@ VAD_DIMENSIONS: tuple[str, ...] = ("valence", "arousal", "dominance")
 READINESS_INPUTS: tuple[str, ...] = (*VAD_DIMENSIONS, "context_strain")
 CONDITION_SIGNALS: tuple[str, ...] = (*VAD_DIMENSIONS, "readiness_score", "context_strain")
 INTERVENTION_INPUTS: tuple[str, ...] = ("negative_valence", "low_readiness", "context_strain")
+# A fitted risk model may weigh the learner's trend: one 0/1 input per trend label, against the reference
+# trends stable and insufficient_data (and no trend at all), all 0.
+TREND_INPUTS: tuple[str, ...] = tuple(
+    f"trend_{t}" for t in TREND_LABELS if t not in ("stable", "insufficient_data")
+)
+
+
+def trend_inputs(trend: str | None) -> dict[str, float]:
+    """The risk model's trend inputs for one analysis (``trend`` None without a learner history)."""
+    return {name: float(name == f"trend_{trend}") for name in TREND_INPUTS}
+
 
 _NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
@@ -301,7 +312,7 @@ class Policy(_Strict):
             _check_names(
                 "intervention.risk_model.weights",
                 self.intervention.risk_model.weights,
-                emotions | set(INTERVENTION_INPUTS),
+                emotions | set(INTERVENTION_INPUTS) | set(TREND_INPUTS),
             )
         signals = emotions | set(CONDITION_SIGNALS)
         for state in self.readiness.states:

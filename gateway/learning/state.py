@@ -19,6 +19,7 @@ from gateway.learning.policy import (
     Condition,
     Policy,
     Rule,
+    trend_inputs,
 )
 
 # How many of the largest contributions a score's reason lists.
@@ -281,9 +282,11 @@ def assess(
             risk_parts[f"trend {trend}"] = trend_part or 0.0
         risk = _clip(sum(risk_parts.values()))
     else:
-        # a calibrated probability of needing help; the trend adjustment (if the policy keeps one) adds on
-        risk_parts = {name: w * risk_in[name] for name, w in intervention.risk_model.weights.items()}
-        risk = _clip(intervention.risk_model.probability(risk_in) + (trend_part or 0.0))
+        # a calibrated probability of needing help, the trend among its inputs when it was fitted with
+        # one; a hand-set trend adjustment (if the policy keeps one) adds on
+        model_in = {**risk_in, **trend_inputs(trend)}
+        risk_parts = {name: w * model_in[name] for name, w in intervention.risk_model.weights.items()}
+        risk = _clip(intervention.risk_model.probability(model_in) + (trend_part or 0.0))
         if trend_part:
             risk_parts[f"trend {trend}"] = trend_part
     level = intervention.level_for(risk)

@@ -188,3 +188,19 @@ def test_a_written_policy_the_gateway_would_refuse_is_not_left_behind(result, tm
     with pytest.raises(PolicyError, match="strictly increasing"):
         write(dict(result), tmp_path)
     assert not (tmp_path / FITTED_FILE).exists()
+
+
+def test_the_risk_fit_recovers_the_trend_and_the_written_policy_serves_it(result, tmp_path):
+    weights = result["risk"]["weights"]
+    assert weights["trend_declining"] > 0.5 and weights["trend_recovering"] < -0.3  # truth +1.2, -0.8
+    assert abs(weights["trend_improving"]) < 0.3 and abs(weights["trend_volatile"]) < 0.3  # truth 0
+    write(dict(result), tmp_path)
+    policy = load_policy(tmp_path / FITTED_FILE)
+    assert policy.intervention.trend_adjustment == {}  # the model weighs the trend; nothing on top
+    probs = dict.fromkeys([*load_policy().vad, "giving_up", "boredom", "stuck"], 0.05)
+    none, declining, recovering = (assess(probs, policy, trend=t) for t in (None, "declining", "recovering"))
+    assert recovering.risk_score < none.risk_score < declining.risk_score
+    risk_in = policy_fit.risk_row(
+        {**_features(declining), "trend": "declining"}, load_policy(), declining.readiness_score
+    )
+    assert declining.risk_score == pytest.approx(policy_fit.probability(result["risk"])(risk_in))
