@@ -158,25 +158,23 @@ def write(result: dict[str, Any], out: Path, policy_path: Path | None = None) ->
     from export.policy_fit import write_policy
     from gateway.learning.policy import DEFAULT_POLICY_PATH
 
-    out.mkdir(parents=True, exist_ok=True)
-    policy_file = out / BAND_FILE
-    policy_file.unlink(missing_ok=True)
-    written = []
-    result.pop("policy_version", None)
+    data = None
     if result["better_on_dev"]:
         data = tomllib.loads((policy_path or DEFAULT_POLICY_PATH).read_text())
         data["intervention"]["cut_points"] = result["cut_points"]
-        header = (
-            "# Written by `python -m export fit-bands` (see band_fit.md): the base policy "
-            f"{result['base_policy']} with the\n# none|preventive and mild|moderate cut points fitted to the "
-            f"learner dev split's bands for model\n# {result['model']}. Deploy: copy it into "
-            "GATEWAY_POLICY_DIR, then PUT /v1/policy with its version.\n"
-        )
-        result["policy_version"] = write_policy(policy_file, header, data)
-        written.append(policy_file)
+    header = (
+        "# Written by `python -m export fit-bands` (see band_fit.md): the base policy "
+        f"{result['base_policy']} with the\n# none|preventive and mild|moderate cut points fitted to the "
+        f"learner dev split's bands for model\n# {result['model']}. Deploy: copy it into "
+        "GATEWAY_POLICY_DIR, then PUT /v1/policy with its version.\n"
+    )
+    result.pop("policy_version", None)
+    version = write_policy(out / BAND_FILE, header, data)
+    if version is not None:
+        result["policy_version"] = version
     report = out / "band_fit.json"
     report.write_text(json.dumps(result, indent=2) + "\n")
-    return [report, *written]
+    return [report] if version is None else [report, out / BAND_FILE]
 
 
 def markdown(result: dict[str, Any], command: str) -> str:

@@ -437,13 +437,18 @@ def _model(fitted: dict[str, Any], records: int) -> dict[str, Any]:
     }
 
 
-def write_policy(path: Path, header: str, data: dict[str, Any]) -> str:
-    """Write a policy file (``header`` comments, then ``data`` as TOML) and validate it with the
-    gateway's loader; its version. A policy the gateway would refuse is removed, then the error raised."""
+def write_policy(path: Path, header: str, data: dict[str, Any] | None) -> str | None:
+    """Replace the policy file at ``path``: the stale one is removed; with ``data``, the new one is written
+    (``header`` comments, then TOML) and validated by the gateway's loader, and its version returned. A
+    policy the gateway would refuse is removed, then the error raised."""
     import tomli_w
 
     from gateway.learning.policy import PolicyError, load_policy
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    if data is None:
+        return None
     path.write_text(header + tomli_w.dumps(data))
     try:
         return load_policy(path).identity
@@ -455,25 +460,22 @@ def write_policy(path: Path, header: str, data: dict[str, Any]) -> str:
 def write(result: dict[str, Any], out: Path, base_path: Path | None = None) -> list[Path]:
     """The report always; the new policy only when its risk beats the hand-set one on the held-out part
     (validated by the gateway's loader; its version goes into the report)."""
-    out.mkdir(parents=True, exist_ok=True)
-    policy_file = out / FITTED_FILE
-    policy_file.unlink(missing_ok=True)
-    written = []
+    header = (
+        "# Written by `python -m export fit-policy` from outcome feedback (see policy_fit.md): the base\n"
+        f"# policy {result['base_policy']} plus a fitted risk model, cut points chosen for the level\n"
+        "# targets and, when it won too, a fitted readiness model. Deploy: copy it into\n"
+        "# GATEWAY_POLICY_DIR, then PUT /v1/policy with its version.\n"
+    )
     result.pop("policy_version", None)
-    if result["better"]:
-        header = (
-            "# Written by `python -m export fit-policy` from outcome feedback (see policy_fit.md): the base\n"
-            f"# policy {result['base_policy']} plus a fitted risk model, cut points chosen for the level\n"
-            "# targets and, when it won too, a fitted readiness model. Deploy: copy it into\n"
-            "# GATEWAY_POLICY_DIR, then PUT /v1/policy with its version.\n"
-        )
-        result["policy_version"] = write_policy(policy_file, header, policy_data(result, base_path))
-        written.append(policy_file)
-    else:
+    data = policy_data(result, base_path) if result["better"] else None
+    version = write_policy(out / FITTED_FILE, header, data)
+    if version is None:
         log.warning("the fit does not beat the hand-set policy on the held-out period: no policy written")
+    else:
+        result["policy_version"] = version
     report = out / "policy_fit.json"
     report.write_text(json.dumps(result, indent=2) + "\n")
-    return [report, *written]
+    return [report] if version is None else [report, out / FITTED_FILE]
 
 
 def _scores(name: str, part: dict[str, Any]) -> list[str]:
