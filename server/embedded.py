@@ -234,6 +234,12 @@ def is_ready(config: ServerConfig, timeout: float = 1.0) -> bool:
     return answers(f"http://{config.connect_host}:{config.http_port}/v2/health/ready", timeout_s=timeout)
 
 
+def serves_metrics(config: ServerConfig, timeout: float = 1.0) -> bool:
+    # Triton opens its metrics endpoint after HTTP and gRPC, so HTTP can say ready a moment before it
+    # listens (a scrape right after start was refused once in CI).
+    return answers(f"http://{config.connect_host}:{config.metrics_port}/metrics", timeout_s=timeout)
+
+
 class EmbeddedTriton:
     """Start, health-poll and stop one tritonserver process group."""
 
@@ -288,7 +294,7 @@ class EmbeddedTriton:
         process = self.process
         assert process is not None
         ready = wait_for(
-            lambda: is_ready(self.config, timeout=0.5),
+            lambda: is_ready(self.config, timeout=0.5) and serves_metrics(self.config, timeout=0.5),
             self.config.ready_timeout_s,
             abort=lambda: process.poll() is not None,
         )

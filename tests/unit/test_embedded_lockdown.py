@@ -71,3 +71,29 @@ def test_clients_on_this_machine_reach_a_wildcard_bind_on_loopback():
     assert ServerConfig(host="0.0.0.0").connect_host == "127.0.0.1"
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+
+
+def test_start_up_waits_for_the_metrics_endpoint_as_well_as_http_readiness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import time
+
+    from server import embedded
+
+    class Running:
+        def poll(self) -> None:
+            return None
+
+    metrics_answers = iter([False, False, True])
+    checks: list[str] = []
+    monkeypatch.setattr(embedded, "is_ready", lambda config, timeout=1.0: checks.append("http") or True)
+    monkeypatch.setattr(
+        embedded,
+        "serves_metrics",
+        lambda config, timeout=1.0: checks.append("metrics") or next(metrics_answers),
+    )
+    triton = embedded.EmbeddedTriton(ServerConfig(work_dir=tmp_path, ready_timeout_s=30))
+    triton.process = Running()  # type: ignore[assignment]
+    triton._wait_ready(time.monotonic())
+    assert checks.count("metrics") == 3  # HTTP said ready from the first poll; metrics only on the third
+    assert triton.startup_seconds is not None
