@@ -462,11 +462,18 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _installed(repository: Path) -> Manifest | None:
+    """The model installed in ``repository``; None (and why, in the log) when there is none."""
+    installed = read_installed(repository)
+    if installed is None:
+        log.error("no model installed in %s; run `python -m export prepare` first", repository)
+    return installed
+
+
 def cmd_learner_gap(args: argparse.Namespace) -> int:
     from export import learner_gap
 
-    if read_installed(args.repository) is None:
-        log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
+    if _installed(args.repository) is None:
         return 1
     report = learner_gap.run(args.repository, args.baseline)
     command = "python -m export learner-gap" + (f" --baseline {args.baseline}" if args.baseline else "")
@@ -499,8 +506,7 @@ def cmd_learner_select(args: argparse.Namespace) -> int:
 def cmd_fit_bands(args: argparse.Namespace) -> int:
     from export import band_fit
 
-    if read_installed(args.repository) is None:
-        log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
+    if _installed(args.repository) is None:
         return 1
     result = band_fit.fit_bands(args.repository, args.policy)
     written = band_fit.write(result, args.out, args.policy)
@@ -561,9 +567,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from export.training.data import load_split
 
     if args.export_dir is None:
-        installed = read_installed(args.repository)
-        if not installed:
-            log.error("no model installed in %s; run `python -m export prepare` first", args.repository)
+        installed = _installed(args.repository)
+        if installed is None:
             return 1
         ref = installed.source
         export_dir = EXPORTS_DIR / model_slug("student" if Path(ref).resolve() == STUDENT_DIR else ref)

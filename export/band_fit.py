@@ -112,9 +112,10 @@ def fit_cuts(risk: Array, floor: Array, gold: list[str], names: list[str], base:
     return base if best is None else best[2]
 
 
-def evaluate(probs: Array, messages: list[LearnerMessage], policy: Any, cuts: list[float]) -> dict[str, Any]:
-    risk, floor = band_inputs(probs, policy)
-    names = list(policy.intervention.levels)
+def evaluate(
+    risk: Array, floor: Array, messages: list[LearnerMessage], names: list[str], cuts: list[float]
+) -> dict[str, Any]:
+    """Band scores of ``cuts`` on one split's ``band_inputs``, and its giving-up messages at moderate+."""
     levels = level_indices(risk, floor, cuts)
     report = band_scores(levels, [m.band for m in messages], names)
     giving_up = [i for i, m in enumerate(messages) if "giving_up" in m.learning]
@@ -133,10 +134,13 @@ def fit_bands(repository: Path, policy_path: Path | None = None) -> dict[str, An
     served = Served.load(repository)
     messages = load_learner_messages()
     split = {name: [m for m in messages if m.split == name] for name in ("dev", "test")}
-    probs = {name: served.probabilities([m.text for m in chosen]) for name, chosen in split.items()}
+    inputs = {
+        name: band_inputs(served.probabilities([m.text for m in chosen]), policy)
+        for name, chosen in split.items()
+    }
+    names = list(policy.intervention.levels)
     base = list(policy.intervention.cut_points)
-    risk, floor = band_inputs(probs["dev"], policy)
-    cuts = fit_cuts(risk, floor, [m.band for m in split["dev"]], list(policy.intervention.levels), base)
+    cuts = fit_cuts(*inputs["dev"], [m.band for m in split["dev"]], names, base)
     result: dict[str, Any] = {
         "model": served.manifest.served_version(served.variant),
         "base_policy": policy.identity,
@@ -145,8 +149,8 @@ def fit_bands(repository: Path, policy_path: Path | None = None) -> dict[str, An
     }
     for name, chosen in split.items():
         result[name] = {
-            "base": evaluate(probs[name], chosen, policy, base),
-            "fitted": evaluate(probs[name], chosen, policy, cuts),
+            "base": evaluate(*inputs[name], chosen, names, base),
+            "fitted": evaluate(*inputs[name], chosen, names, cuts),
         }
     dev = result["dev"]
     result["better_on_dev"] = dev["fitted"]["agreement"] > dev["base"]["agreement"]
