@@ -21,7 +21,7 @@ from export.packaging.install import MODEL_REPOSITORY, install
 from export.packaging.repository import stale_configs, write_configs
 from export.packaging.torch_variant import TORCH_FP16
 from export.packaging.variants import INT8_CONFIGS, ONNX_VARIANTS
-from export.pipeline import ExportOptions, export_model, model_slug
+from export.pipeline import SIGNAL_MIN_PRECISION, ExportOptions, export_model, model_slug
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
 from export.training.calibration import CALIBRATION_METHODS, PER_LABEL
 from export.training.data import DATA_DIR, DataError
@@ -106,6 +106,15 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         help="calibration gate: allowed dev macro-F1 drop (cross-fitted, thresholds re-tuned) "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--signal-min-precision",
+        action="append",
+        default=[],
+        metavar="SIGNAL=P",
+        help="cut a learning signal for the most learner-dev recall at precision >= P (repeatable; "
+        "SIGNAL=none for the best F1 instead); default: "
+        + ", ".join(f"{k}={v:g}" for k, v in SIGNAL_MIN_PRECISION.items()),
+    )
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N dev/test texts only")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="GoEmotions data directory")
 
@@ -121,20 +130,36 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
                 f"got {item!r}"
             )
         tolerance[name] = float(value)
-    return ExportOptions(
-        variants=tuple(args.variants),
-        max_length=args.max_length,
-        opset=args.opset,
-        int8_config=args.int8_config,
-        int8_per_channel=args.int8_per_channel,
-        parity_tolerance=tolerance,
-        max_macro_f1_drop=args.max_macro_f1_drop,
-        max_signal_f1_drop=args.max_signal_f1_drop,
-        min_macro_f1=args.min_macro_f1,
-        eval_limit=args.eval_limit,
-        calibration=args.calibration,
-        max_calibration_f1_drop=args.max_calibration_f1_drop,
-    )
+    floors = dict(SIGNAL_MIN_PRECISION)
+    for item in args.signal_min_precision:
+        name, _, value = item.partition("=")
+        if value == "none":
+            floors.pop(name, None)
+            continue
+        try:
+            floors[name] = float(value)
+        except ValueError:
+            raise SystemExit(
+                f"--signal-min-precision expects SIGNAL=P or SIGNAL=none, got {item!r}"
+            ) from None
+    try:
+        return ExportOptions(
+            variants=tuple(args.variants),
+            max_length=args.max_length,
+            opset=args.opset,
+            int8_config=args.int8_config,
+            int8_per_channel=args.int8_per_channel,
+            parity_tolerance=tolerance,
+            max_macro_f1_drop=args.max_macro_f1_drop,
+            max_signal_f1_drop=args.max_signal_f1_drop,
+            min_macro_f1=args.min_macro_f1,
+            eval_limit=args.eval_limit,
+            calibration=args.calibration,
+            max_calibration_f1_drop=args.max_calibration_f1_drop,
+            signal_min_precision=floors,
+        )
+    except ValueError as e:  # an option the export would reject after minutes of work
+        raise SystemExit(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ import numpy as np
 
 from contract.names import output_labels
 from export.arrays import Array
-from export.learner_gap import BAND_OF_LEVEL, Served
+from export.learner_gap import BAND_OF_LEVEL, Served, predicted_labels
 from export.training.learner_data import BANDS, LearnerMessage, load_learner_messages
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,9 @@ BAND_FILE = "band_policy.toml"
 GRID = np.round(np.arange(0.01, 0.96, 0.01), 2)  # candidate cut points
 
 
-def band_inputs(probs: Array, policy: Any) -> tuple[Array, Array]:
-    """Per message: the policy's risk score and the level index its floors alone set (0 when none)."""
+def band_inputs(probs: Array, policy: Any, thresholds: Array | None = None) -> tuple[Array, Array]:
+    """Per message: the policy's risk score and the level index its floors alone set (0 when none); the
+    labels at the model's ``thresholds`` are what it detected."""
     from gateway.learning.state import assess
 
     levels = policy.intervention.levels
@@ -44,10 +45,11 @@ def band_inputs(probs: Array, policy: Any) -> tuple[Array, Array]:
         update={"intervention": policy.intervention.model_copy(update={"cut_points": top})}
     )
     risk, floor = [], []
-    for row in probs:
+    detected = predicted_labels(probs, thresholds) if thresholds is not None else [None] * len(probs)
+    for row, found in zip(probs, detected, strict=True):
         scores = dict(zip(output_labels(len(row)), map(float, row), strict=True))
-        risk.append(assess(scores, policy).risk_score)
-        floor.append(levels.index(assess(scores, floors_only).intervention_level))
+        risk.append(assess(scores, policy, detected=found).risk_score)
+        floor.append(levels.index(assess(scores, floors_only, detected=found).intervention_level))
     return np.asarray(risk), np.asarray(floor)
 
 
@@ -135,7 +137,7 @@ def fit_bands(repository: Path, policy_path: Path | None = None) -> dict[str, An
     messages = load_learner_messages()
     split = {name: [m for m in messages if m.split == name] for name in ("dev", "test")}
     inputs = {
-        name: band_inputs(served.probabilities([m.text for m in chosen]), policy)
+        name: band_inputs(served.probabilities([m.text for m in chosen]), policy, served.thresholds)
         for name, chosen in split.items()
     }
     names = list(policy.intervention.levels)

@@ -33,7 +33,7 @@ from export.training.learner_data import (
     learner_targets,
     load_learner_messages,
 )
-from export.training.metrics import bootstrap_f1, bootstrap_per_label, f1_scores
+from export.training.metrics import bootstrap_f1, bootstrap_macro_difference, bootstrap_per_label, f1_scores
 
 log = logging.getLogger(__name__)
 CONFUSIONS_SHOWN = 12
@@ -120,12 +120,13 @@ def signals_by_part(
 
 
 def learning_agreement(
-    probs: Array, gold: list[LearnerMessage], policy_path: Path | None = None
+    probs: Array, gold: list[LearnerMessage], thresholds: Array | None = None, policy_path: Path | None = None
 ) -> dict[str, Any]:
     """The learning-state policy on the model's probabilities against the set's learning reading: the
     policy's learning emotions (present at its ``primary_min_score``; the learning signals included, read
     as 0 by a model without them) and the band of its intervention level, message by message (no
-    context, no trend: one message alone)."""
+    context, no trend: one message alone; the labels at the model's ``thresholds`` are what it detected,
+    as the gateway passes them)."""
     from gateway.learning.policy import load_policy
     from gateway.learning.state import assess
 
@@ -134,9 +135,10 @@ def learning_agreement(
     tp = fp = fn = 0
     bands: Counter[tuple[str, str]] = Counter()
     giving_up = reached = 0
-    for row, message in zip(probs, gold, strict=True):
+    detected = predicted_labels(probs, thresholds) if thresholds is not None else [None] * len(probs)
+    for row, message, found in zip(probs, gold, detected, strict=True):
         labels = output_labels(len(row))
-        state = assess(dict(zip(labels, map(float, row), strict=True)), policy)
+        state = assess(dict(zip(labels, map(float, row), strict=True)), policy, detected=found)
         got = {e for e, score in state.learning_emotions.items() if score >= cut}
         want = {e for e in message.learning if e in LEARNING_VOCABULARY}
         tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
@@ -174,6 +176,12 @@ def confusions(gold: list[tuple[str, ...]], predicted: list[list[str]]) -> Count
 def evaluate(directory: Path, split: str = "test", data_dir: Path = DATA_DIR) -> dict[str, Any]:
     """One model on the learner ``split`` and the GoEmotions ``split`` (test for the report; dev only to
     choose between candidate models)."""
+    return _evaluate(directory, split, data_dir)[0]
+
+
+def _evaluate(directory: Path, split: str, data_dir: Path) -> tuple[dict[str, Any], Array, Array]:
+    """``evaluate``'s report, and the model's GoEmotions predictions with their gold labels (to compare two
+    models on the same texts)."""
     served = Served.load(directory)
     messages = load_learner_messages()
     learner = learner_split(split, messages)
@@ -221,7 +229,9 @@ def evaluate(directory: Path, split: str = "test", data_dir: Path = DATA_DIR) ->
             {"gold": g, "predicted": p, "count": n} for (g, p), n in confusions(gold, predicted).most_common()
         ][:CONFUSIONS_SHOWN],
         "exact_label_sets": sum(set(g) == set(p) for g, p in zip(gold, predicted, strict=True)),
-        "learning_state": learning_agreement(learner_probs, [chosen[i] for i in learner.ids]),
+        "learning_state": learning_agreement(
+            learner_probs, [chosen[i] for i in learner.ids], served.thresholds
+        ),
         "signals": None,
     }
     report["giving_up"] = [
@@ -247,7 +257,7 @@ def evaluate(directory: Path, split: str = "test", data_dir: Path = DATA_DIR) ->
         report["signals_on_goemotions"] = {
             name: round(float(fires[:, i].mean()), 4) for i, name in enumerate(LEARNING_SIGNALS)
         }
-    return report
+    return report, go_probs >= go_thresholds, goemotions.labels
 
 
 def targets(model: dict[str, Any], baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -274,7 +284,7 @@ def targets(model: dict[str, Any], baseline: dict[str, Any] | None) -> list[dict
         rows.append(
             {
                 "target": f"GoEmotions test macro-F1 drop <= {TARGET_GOEMOTIONS_DROP}",
-                "measured": f"{go:.3f} vs {go_before:.3f} (drop {go_before - go:+.3f})",
+                "measured": f"{go:.3f} vs {go_before:.3f} (drop {go_before - go:+.3f}{_paired(model)})",
                 "met": go_before - go <= TARGET_GOEMOTIONS_DROP,
             }
         )
@@ -303,9 +313,20 @@ def targets(model: dict[str, Any], baseline: dict[str, Any] | None) -> list[dict
     return rows
 
 
+def _paired(model: dict[str, Any]) -> str:
+    drop = model.get("goemotions_drop")
+    if drop is None:
+        return ""
+    lo, hi = drop["difference_ci95"]
+    return f", paired 95% CI [{lo:+.3f}, {hi:+.3f}]"
+
+
 def run(repository: Path, baseline: Path | None = None) -> dict[str, Any]:
-    model = evaluate(repository)
-    before = evaluate(baseline) if baseline is not None else None
+    model, pred, gold = _evaluate(repository, "test", DATA_DIR)
+    before = None
+    if baseline is not None:
+        before, pred_before, _ = _evaluate(baseline, "test", DATA_DIR)
+        model["goemotions_drop"] = bootstrap_macro_difference(pred_before, pred, gold)
     return {"model": model, "baseline": before, "targets": targets(model, before)}
 
 
@@ -503,8 +524,11 @@ def state_distribution(directory: Path, split: str = "test", data_dir: Path = DA
     levels: Counter[str] = Counter()
     states: Counter[str] = Counter()
     primary: Counter[str] = Counter()
-    for row in served.probabilities(texts):
-        state = assess(dict(zip(output_labels(len(row)), map(float, row), strict=True)), policy)
+    probs = served.probabilities(texts)
+    for row, found in zip(probs, predicted_labels(probs, served.thresholds), strict=True):
+        state = assess(
+            dict(zip(output_labels(len(row)), map(float, row), strict=True)), policy, detected=found
+        )
         levels[state.intervention_level] += 1
         states[state.readiness_state] += 1
         primary[state.primary_emotion] += 1

@@ -12,9 +12,11 @@ import logging
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from contract.manifest import (
     MANIFEST_FILE,
@@ -25,6 +27,7 @@ from contract.manifest import (
 )
 from contract.names import DEFAULT_MAX_LENGTH, LEARNING_SIGNALS
 from contract.spec import SPEC_FILE, ServingSpec, TensorRTProfile
+from export.arrays import Array
 from export.packaging.install import MODEL_REPOSITORY, TOKENIZER_FILES, install
 from export.packaging.runtime import load_tokenizer, onnx_classifier, torch_classifier
 from export.packaging.torch_variant import TORCH_FP16, build_torch_fp16, torch_runtime_classifier
@@ -41,6 +44,7 @@ from export.packaging.variants import (
 from export.training.calibration import (
     CALIBRATION_METHODS,
     PER_LABEL,
+    Mapping,
     calibrated_probabilities,
     fit_mapping,
     reliability,
@@ -58,17 +62,37 @@ from export.training.gates import (
     parity_gate,
 )
 from export.training.learner_data import learner_targets, load_learner_messages
-from export.training.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_f1, bootstrap_per_label
+from export.training.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_f1,
+    bootstrap_per_label,
+    recall_first_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
 # Callers that orchestrate a whole run (CLI, e2e fixtures, load tests) find install here too.
-__all__ = ["MODEL_REPOSITORY", "ExportOptions", "export_model", "install", "model_slug", "parity_sample"]
+__all__ = [
+    "MODEL_REPOSITORY",
+    "SIGNAL_MIN_PRECISION",
+    "ExportOptions",
+    "export_model",
+    "install",
+    "model_slug",
+    "parity_sample",
+]
 
 REPORTS_DIR = "reports"
 RELIABILITY_PNG = "reliability.png"
 PARITY_SAMPLE = 256
 PARITY_SEED = 2020
+
+
+# A learner about to quit is the one message a platform must not miss, and a false alarm costs a
+# check-in: giving_up is cut for the most dev recall whose precision stays at least 0.7 (issue 15's
+# operating point) rather than for the best F1, which gave up recall for precision.
+SIGNAL_MIN_PRECISION = {"giving_up": 0.7}
 
 
 @dataclass(frozen=True)
@@ -88,12 +112,21 @@ class ExportOptions:
     calibration: str = PER_LABEL  # temperature scaling: per-label, global or none
     max_calibration_f1_drop: float = DEFAULT_MAX_CALIBRATION_F1_DROP
     calibration_texts: int = CALIBRATION_TEXTS  # static INT8 ranges: a seeded sample of train
+    # learning signals cut for recall at a precision floor on learner dev (the others: best dev F1)
+    signal_min_precision: dict[str, float] = field(default_factory=lambda: dict(SIGNAL_MIN_PRECISION))
 
     def __post_init__(self) -> None:
-        if self.calibration not in CALIBRATION_METHODS:  # before minutes of ONNX export, not after
+        # before minutes of ONNX export, not after
+        if self.calibration not in CALIBRATION_METHODS:
             raise ValueError(
                 f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibration!r}"
             )
+        for signal, floor in self.signal_min_precision.items():
+            if signal not in LEARNING_SIGNALS or not 0.0 < floor <= 1.0:
+                raise ValueError(
+                    f"signal_min_precision: expected a learning signal ({', '.join(LEARNING_SIGNALS)}) "
+                    f"and a precision in (0, 1], got {signal}={floor}"
+                )
 
 
 # Learner train messages added to the static INT8 calibration sample of a model with learning signals.
@@ -279,6 +312,7 @@ def export_model(
     }
     if signal_report is not None:
         summary["learning_signals_dev"] = signal_report.gate.results
+        summary["signal_min_precision"] = dict(options.signal_min_precision)
     failures = [f for g in gates for f in g.failures]
     if failures:  # no manifest or spec: nothing downstream can pick up a failed export
         (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -364,7 +398,13 @@ def _learning_signals(
     runners = {"torch": reference, **classifiers}
     log.info("learning signals %s: fitted on the learner dev split (%d texts)", signals, len(dev_texts))
     dev_logits = {k: c.predict(dev_texts, options.batch_size)[:, columns] for k, c in runners.items()}
-    fits = {k: fit_mapping(v, dev_targets[:, columns], options.calibration) for k, v in dev_logits.items()}
+    floors = np.array([options.signal_min_precision.get(s, np.nan) for s in signals])
+    fits = {
+        k: _operating_point(
+            fit_mapping(v, dev_targets[:, columns], options.calibration), v, dev_targets[:, columns], floors
+        )
+        for k, v in dev_logits.items()
+    }
     gate = accuracy_gate(
         dev_targets[:, columns],
         {k: calibrated_probabilities(v, fits[k].temperatures) for k, v in dev_logits.items()},
@@ -382,6 +422,12 @@ def _learning_signals(
         )
     test_report["_about"]["learning_signals"] = f"learner test split, {len(test_texts)} texts"
     return SignalReport(fits, gate)
+
+
+def _operating_point(mapping: Mapping, logits: Array, targets: Array, floors: Array) -> Mapping:
+    """``mapping`` with the cuts of the signals that have a precision floor moved to their most recall."""
+    probs = calibrated_probabilities(logits, mapping.temperatures)
+    return replace(mapping, thresholds=recall_first_thresholds(probs, targets, floors, mapping.thresholds))
 
 
 def _joined(fits: dict[str, Any], signals: SignalReport | None, name: str, field_name: str) -> list[float]:
@@ -428,7 +474,7 @@ def summary_markdown(summary: dict[str, Any], manifest: Manifest) -> str:
     if "learning_signals" in test["_about"]:
         lines += [
             f"Learning signals on the {test['_about']['learning_signals']} (thresholds and temperatures "
-            "fitted on the learner dev split; precision / recall / F1):",
+            f"fitted on the learner dev split{_operating_points(summary)}; precision / recall / F1):",
             "",
             "| variant | " + " | ".join(signal_names) + " |",
             "|---|" + "---:|" * len(signal_names),
@@ -442,6 +488,12 @@ def summary_markdown(summary: dict[str, Any], manifest: Manifest) -> str:
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _operating_points(summary: dict[str, Any]) -> str:
+    floors = summary.get("signal_min_precision") or {}
+    cuts = ", ".join(f"{s} for the most recall at precision >= {p:g}" for s, p in sorted(floors.items()))
+    return f"; {cuts}, the others for the best F1" if cuts else ", each for the best F1"
 
 
 def _calibration_summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,27 @@ def tune_thresholds(probs: Array, labels: Array, grid: Array = THRESHOLD_GRID) -
     return best.astype(np.float32)
 
 
+def recall_first_thresholds(
+    probs: Array, labels: Array, min_precision: Array, fallback: Array, grid: Array = THRESHOLD_GRID
+) -> Array:
+    """Per label with a precision floor (a finite ``min_precision``): the cut with the highest recall
+    whose precision on this (dev) split is at least the floor; of equal recalls, the higher cut. A label
+    without a floor, or whose floor no cut reaches, keeps its ``fallback`` cut."""
+    gold = labels > 0.5
+    chosen = np.asarray(fallback, dtype=np.float32).copy()
+    for j in np.flatnonzero(np.isfinite(min_precision)):
+        positives = int(gold[:, j].sum())
+        best: tuple[int, float] | None = None  # (true positives, cut)
+        for t in grid:
+            pred = probs[:, j] >= t
+            tp = int((pred & gold[:, j]).sum())
+            if positives and tp and tp / int(pred.sum()) >= min_precision[j]:
+                best = max(best or (tp, float(t)), (tp, float(t)))
+        if best is not None:
+            chosen[j] = best[1]
+    return chosen
+
+
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 2024
 
@@ -100,6 +121,36 @@ def bootstrap_f1(
         "macro_f1_ci95": interval(macro),
         "micro_f1": round(point.micro, 4),
         "micro_f1_ci95": interval(micro),
+    }
+
+
+def bootstrap_macro_difference(
+    pred_a: Array,
+    pred_b: Array,
+    labels: Array,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, object]:
+    """Macro-F1 of predictions ``a`` minus that of ``b`` on the same texts, with a paired 95% percentile
+    interval: each resample draws the same texts for both, so what the two share cancels out."""
+    gold = (labels > 0.5).astype(np.float64)
+    n = gold.shape[0]
+    weights = np.vstack(
+        [np.ones(n), np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), resamples)]
+    )
+
+    def macro(pred: Array) -> Array:
+        p = np.asarray(pred, dtype=np.float64)
+        f1 = _f1(weights @ (p * gold), weights @ (p * (1 - gold)), weights @ ((1 - p) * gold))
+        return np.asarray(f1.mean(axis=1))
+
+    diff = macro(pred_a) - macro(pred_b)
+    return {
+        "difference": round(float(diff[0]), 4),
+        "difference_ci95": [
+            round(float(np.percentile(diff[1:], 2.5)), 4),
+            round(float(np.percentile(diff[1:], 97.5)), 4),
+        ],
     }
 
 

@@ -268,7 +268,14 @@ class Pipeline:
         for prediction, was_cached in zip(predictions, cached, strict=True):
             primary, confidence = primary_emotion(prediction)
             baseline = learner_baseline(history, policy) if store_ok else None
-            state = assess(prediction.by_label, policy, context, trend.label if trend else None, baseline)
+            state = assess(
+                prediction.by_label,
+                policy,
+                context,
+                trend.label if trend else None,
+                baseline,
+                detected=prediction.labels,
+            )
             results.append(AnalysedText(prediction, was_cached, primary, confidence, state))
             if learner_id and store_ok:
                 point = TrajectoryPoint(

@@ -123,9 +123,23 @@ class ContextPolicy(_Strict):
 
 
 class Condition(_Strict):
+    """``signal op value``; or ``op = "detected"`` (no value): the model put that output label (a learning
+    signal or GoEmotions label) at or over its own tuned threshold, as the response's labels show it."""
+
     signal: Name
-    op: Literal[">=", ">", "<=", "<"]
-    value: float
+    op: Literal[">=", ">", "<=", "<", "detected"]
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _value_with_a_comparison(self) -> Condition:
+        if self.op == "detected":
+            if self.value is not None:
+                raise ValueError(f"{self.signal} detected: takes no value")
+            if self.signal not in (*GOEMOTIONS_LABELS, *LEARNING_SIGNALS):
+                raise ValueError(f"{self.signal} detected: only a model output label can be detected")
+        elif self.value is None:
+            raise ValueError(f"{self.signal} {self.op}: needs a value")
+        return self
 
 
 class Rule(_Strict):
@@ -315,10 +329,11 @@ class Policy(_Strict):
                 emotions | set(INTERVENTION_INPUTS) | set(TREND_INPUTS),
             )
         signals = emotions | set(CONDITION_SIGNALS)
-        for state in self.readiness.states:
-            _check_names(f"readiness.states[{state.name}]", [c.signal for c in state.conditions], signals)
-        for floor in self.intervention.floors:
-            _check_names(f"intervention.floors[{floor.level}]", [c.signal for c in floor.conditions], signals)
+        for where, rule in [
+            *((f"readiness.states[{state.name}]", state) for state in self.readiness.states),
+            *((f"intervention.floors[{floor.level}]", floor) for floor in self.intervention.floors),
+        ]:
+            _check_names(where, [c.signal for c in rule.conditions if c.op != "detected"], signals)
         return self
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ policy (formulas documented in policy.toml), and every decision carries human-re
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from gateway.learning.baseline import Baseline
@@ -24,6 +24,9 @@ from gateway.learning.policy import (
 
 # How many of the largest contributions a score's reason lists.
 _TOP_CONTRIBUTIONS = 3
+# A caller without the model's tuned thresholds (a fit on synthetic probabilities) counts an output label
+# as detected from this probability on.
+UNTUNED_CUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,10 @@ def context_strain(context: LearnerContext | None, policy: Policy) -> float | No
     return _clip(sum(w * s for w, s in parts) / total_weight)
 
 
-def _holds(condition: Condition, signals: Mapping[str, float]) -> bool:
+def _holds(condition: Condition, signals: Mapping[str, float], found: Mapping[str, float]) -> bool:
+    if condition.op == "detected":
+        return condition.signal in found
+    assert condition.value is not None  # the policy's validator: every comparison has one
     value = signals[condition.signal]
     if condition.op == ">=":
         return value >= condition.value
@@ -184,18 +190,35 @@ def _holds(condition: Condition, signals: Mapping[str, float]) -> bool:
     return value < condition.value
 
 
-def _describe(condition: Condition, signals: Mapping[str, float]) -> str:
+def _describe(condition: Condition, signals: Mapping[str, float], found: Mapping[str, float]) -> str:
+    if condition.op == "detected":
+        if condition.signal in found:
+            return f"{condition.signal} detected ({found[condition.signal]:.2f}, at or over its threshold)"
+        return f"{condition.signal} not detected"
     return f"{condition.signal} {signals[condition.signal]:.2f} {condition.op} {condition.value:g}"
 
 
-def _match(rule: Rule, signals: Mapping[str, float]) -> list[str] | None:
+def _match(rule: Rule, signals: Mapping[str, float], found: Mapping[str, float]) -> list[str] | None:
     """The conditions that decided a match (all of all_of, the holding any_of ones), or None if no match."""
-    if not all(_holds(c, signals) for c in rule.all_of):
+    if not all(_holds(c, signals, found) for c in rule.all_of):
         return None
-    held = [c for c in rule.any_of if _holds(c, signals)]
+    held = [c for c in rule.any_of if _holds(c, signals, found)]
     if rule.any_of and not held:
         return None
-    return [_describe(c, signals) for c in (*rule.all_of, *held)]
+    return [_describe(c, signals, found) for c in (*rule.all_of, *held)]
+
+
+def detected_outputs(
+    probabilities: Mapping[str, float], detected: Collection[str] | None
+) -> dict[str, float]:
+    """The output labels the model detected, with their probabilities: ``detected`` as the model server
+    thresholded them, or (None: no tuned thresholds at hand) those at or over ``UNTUNED_CUT``."""
+    if detected is None:
+        return {label: p for label, p in probabilities.items() if p >= UNTUNED_CUT}
+    unknown = sorted(set(detected) - set(probabilities))
+    if unknown:
+        raise ValueError(f"detected: label(s) {unknown} without a probability")
+    return {label: probabilities[label] for label in detected}
 
 
 def _top(contributions: Mapping[str, float]) -> str:
@@ -211,12 +234,15 @@ def assess(
     context: LearnerContext | None = None,
     trend: str | None = None,
     baseline: Baseline | None = None,
+    detected: Collection[str] | None = None,
 ) -> LearningState:
     """The learning-state view of one text's label probabilities: the 28 GoEmotions labels, plus the learning
-    signals when the model has them (see policy.toml for every formula)."""
+    signals when the model has them (see policy.toml for every formula). ``detected``: the output labels at
+    or over the model's tuned thresholds (what a ``detected`` condition reads; see ``detected_outputs``)."""
     if trend is not None and trend not in TREND_LABELS:
         raise ValueError(f"trend must be one of {list(TREND_LABELS)} or None, got {trend!r}")
     emotions = learning_emotion_scores(probabilities, policy)
+    found = detected_outputs(validate_probabilities(probabilities), detected)
     valence, arousal, dominance = text_vad(probabilities, policy)
     strain = context_strain(context, policy)
     midpoint = policy.vad_scoring.scale_midpoint
@@ -256,7 +282,7 @@ def assess(
     }
     state_name = policy.readiness.states[-1].name
     for state in policy.readiness.states:
-        decisive = _match(state, signals)
+        decisive = _match(state, signals, found)
         if decisive is None:
             continue
         state_name = state.name
@@ -297,7 +323,7 @@ def assess(
     fitted = " from the fitted model" if intervention.risk_model is not None else ""
     reasons.append(f"intervention {level}: risk {risk:.2f}{fitted} in {band}; top inputs: {_top(risk_parts)}")
     for floor in intervention.floors:
-        decisive = _match(floor, signals)
+        decisive = _match(floor, signals, found)
         if decisive is not None and intervention.levels.index(floor.level) > intervention.levels.index(level):
             level = floor.level
             reasons.append(f"intervention raised to {level} by floor: {'; '.join(decisive)}")

@@ -66,6 +66,25 @@ def test_the_signal_gate_has_its_own_tolerance_never_tighter_than_the_accuracy_g
     assert signal_gate_drop(_export_options(strict)) == 0.01
 
 
+def test_giving_up_is_cut_for_recall_at_a_precision_floor_unless_told_otherwise():
+    from export.__main__ import _export_options, build_parser
+
+    def floors(*extra: str) -> dict[str, float]:
+        return _export_options(build_parser().parse_args(["build", "model", *extra])).signal_min_precision
+
+    assert floors() == {"giving_up": 0.7}
+    assert floors("--signal-min-precision", "giving_up=none", "--signal-min-precision", "stuck=0.8") == {
+        "stuck": 0.8
+    }
+    for bad, message in [
+        ("bordem=0.7", "expected a learning signal"),
+        ("stuck=1.5", "in \\(0, 1\\]"),
+        ("stuck=high", "expects SIGNAL=P"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            floors("--signal-min-precision", bad)
+
+
 def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) -> Path:
     out, repo = tmp_path / "export", tmp_path / "repo"
     args = ["build", str(model), "--out", str(out), "--data-dir", str(data), "--variants", *variants, *LOOSE]

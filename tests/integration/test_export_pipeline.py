@@ -265,18 +265,23 @@ def test_install_writes_a_runnable_tensorrt_build_script(exported, tmp_path):
 @pytest.fixture(scope="module")
 def signal_export(tmp_path_factory, tiny_signal_model: Path, tiny_data: Path) -> tuple[Path, Manifest]:
     out = tmp_path_factory.mktemp("signal-export")
-    opts = dataclasses.replace(LOOSE, variants=("fp32", "fp16", "int8"))
+    # a precision floor on two signals (a random model reaches 0.25 where the signals' base rate is lower)
+    opts = dataclasses.replace(
+        LOOSE, variants=("fp32", "fp16", "int8"), signal_min_precision={"giving_up": 0.25, "stuck": 0.25}
+    )
     return out, export_model(str(tiny_signal_model), out, opts, tiny_data)
 
 
 def test_signal_columns_are_fitted_on_the_learner_dev_split(signal_export):
     from contract.names import WITH_LEARNING_SIGNALS
-    from export.training.calibration import fit_mapping
+    from export.training.calibration import calibrated_probabilities, fit_mapping
     from export.training.learner_data import learner_targets, load_learner_messages
+    from export.training.metrics import recall_first_thresholds
 
     out, manifest = signal_export
     assert manifest.labels == list(WITH_LEARNING_SIGNALS)
     texts, targets = learner_targets("dev", load_learner_messages())
+    floors = np.array([0.25, np.nan, 0.25])  # giving_up, boredom, stuck: as the fixture asked
     for name in ("fp32", "int8"):
         entry = manifest.variants[name]
         assert len(entry.thresholds) == len(entry.temperatures) == 31
@@ -284,8 +289,16 @@ def test_signal_columns_are_fitted_on_the_learner_dev_split(signal_export):
             texts
         )
         fit = fit_mapping(logits[:, 28:], targets[:, 28:])
-        assert entry.thresholds[28:] == [round(float(t), 4) for t in fit.thresholds], name
+        probs = calibrated_probabilities(logits[:, 28:], fit.temperatures)
+        cuts = recall_first_thresholds(probs, targets[:, 28:], floors, fit.thresholds)
+        assert entry.thresholds[28:] == [round(float(t), 4) for t in cuts], name
         assert entry.temperatures[28:] == [round(float(t), 4) for t in fit.temperatures], name
+        assert entry.thresholds[29] == round(float(fit.thresholds[1]), 4)  # boredom: no floor, best F1
+    summary = json.loads((out / "reports" / "summary.json").read_text())
+    assert summary["signal_min_precision"] == {"giving_up": 0.25, "stuck": 0.25}
+    assert (
+        "giving_up for the most recall at precision >= 0.25" in (out / "reports" / "summary.md").read_text()
+    )
     gate = json.loads((out / "reports" / "signal_accuracy.json").read_text())
     assert gate["passed"] and gate["results"]["_criteria"]["split"] == "learner dev"
     test = json.loads((out / "reports" / "test.json").read_text())
@@ -294,6 +307,28 @@ def test_signal_columns_are_fitted_on_the_learner_dev_split(signal_export):
         assert giving_up["support"] > 0 and {"precision", "recall", "f1", "recall_ci95"} <= set(giving_up)
     spec = ServingSpec.read(out / "spec.json")
     assert spec.labels == list(WITH_LEARNING_SIGNALS)
+
+
+def test_the_precision_floors_decide_the_served_signal_cuts(
+    tmp_path, tiny_signal_model, tiny_data, monkeypatch
+):
+    # a random model's signals are flat, so every rule lands on the same cut: a stand-in rule shows that
+    # the floors reach it, per variant, and that what it returns is what the manifest serves
+    import export.pipeline as pipeline
+
+    calls = []
+
+    def stand_in(probs, labels, min_precision, fallback):
+        calls.append(np.asarray(min_precision).tolist())
+        return np.where(np.isfinite(min_precision), 0.123, fallback).astype(np.float32)
+
+    monkeypatch.setattr(pipeline, "recall_first_thresholds", stand_in)
+    opts = dataclasses.replace(LOOSE, variants=("fp32", "int8"), signal_min_precision={"stuck": 0.6})
+    manifest = export_model(str(tiny_signal_model), tmp_path / "out", opts, tiny_data)
+    # one fit per runner: torch, the raw ONNX export, fp32, int8
+    assert len(calls) == 4 and all(c[2] == 0.6 and np.isnan(c[:2]).all() for c in calls)
+    for entry in manifest.variants.values():
+        assert entry.thresholds[30] == 0.123 and 0.123 not in entry.thresholds[:30]
 
 
 def test_signal_model_installs_with_31_wide_configs(signal_export, tmp_path):
@@ -365,3 +400,17 @@ def test_candidates_are_compared_on_the_dev_splits_only(signal_export, tiny_data
     assert set(row["signal_f1"]) == set(row["signals_on_goemotions_dev"]) == {"giving_up", "boredom", "stuck"}
     assert all(0.0 <= rate <= 1.0 for rate in row["signals_on_goemotions_dev"].values())
     assert f"`{out}`" in selection_markdown(report, "cmd")
+
+
+def test_the_domain_gap_report_pairs_the_goemotions_drop_against_its_baseline(signal_export, exported):
+    from export import learner_gap
+
+    report = learner_gap.run(signal_export[0], baseline=exported[0])
+    model, baseline = report["model"], report["baseline"]
+    drop = model["goemotions_drop"]  # baseline minus model, on the same resampled texts
+    expected = baseline["goemotions_test"]["macro_f1"] - model["goemotions_test"]["macro_f1"]
+    assert drop["difference"] == pytest.approx(expected, abs=2e-4)
+    lo, hi = drop["difference_ci95"]
+    assert lo <= drop["difference"] <= hi and lo < hi
+    row = next(t for t in report["targets"] if t["target"].startswith("GoEmotions test macro-F1 drop"))
+    assert f"paired 95% CI [{lo:+.3f}, {hi:+.3f}]" in row["measured"]

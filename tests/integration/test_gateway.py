@@ -387,6 +387,26 @@ async def test_learning_signals_are_reported_apart_from_the_emotions(settings, l
     assert set(other["learning_signals"]) == set(LEARNING_SIGNALS)
 
 
+async def test_the_policy_acts_on_the_signals_the_answer_reports(settings):
+    # giving_up's threshold is fitted for recall, well under 0.5: what Triton labelled giving_up is what the
+    # floor and readiness act on, not a fixed probability
+    from contract.names import WITH_LEARNING_SIGNALS
+
+    fake = FakeTriton(list(WITH_LEARNING_SIGNALS))
+    probs = [0.01] * len(WITH_LEARNING_SIGNALS)
+    probs[WITH_LEARNING_SIGNALS.index("giving_up")] = 0.41
+    fake.answers["i'm too stupid for this"] = (probs, ["giving_up"])
+    fake.answers["not labelled"] = (probs, [])
+    async with gateway(settings, fake) as client:
+        r = await client.post("/v1/emotions", json={"texts": ["i'm too stupid for this", "not labelled"]})
+    assert r.status_code == 200, r.text
+    labelled, unlabelled = (x["learning_state"] for x in r.json()["results"])
+    assert labelled["intervention_level"] == "moderate" and labelled["readiness"]["state"] == "needs_support"
+    assert any("giving_up detected (0.41" in reason for reason in labelled["reasons"])
+    assert unlabelled["intervention_level"] not in ("moderate", "significant", "critical")
+    assert unlabelled["readiness"]["state"] != "needs_support"
+
+
 async def test_a_model_without_signals_answers_null_signals_and_says_why(client):
     [result] = (await client.post("/v1/emotions", json={"text": "I want to give up."})).json()["results"]
     assert result["learning_signals"] is None and result["signal_labels"] == []

@@ -20,16 +20,25 @@ def test_the_vectorised_levels_are_the_gateways_levels():
     policy = load_policy()
     rng = np.random.default_rng(3)
     probs = rng.beta(0.3, 2.0, size=(300, len(WITH_LEARNING_SIGNALS)))  # sparse, some high
-    risk, floor = band_fit.band_inputs(probs, policy)
+    # the model's thresholds: what it detected is what the gateway passes (giving_up's cut for recall)
+    cuts = np.full(len(WITH_LEARNING_SIGNALS), 0.5)
+    cuts[WITH_LEARNING_SIGNALS.index("giving_up")] = 0.2
+    risk, floor = band_fit.band_inputs(probs, policy, cuts)
     got = band_fit.level_indices(risk, floor, list(policy.intervention.cut_points))
     want = [
         LEVELS.index(
-            assess(dict(zip(WITH_LEARNING_SIGNALS, map(float, row), strict=True)), policy).intervention_level
+            assess(
+                dict(zip(WITH_LEARNING_SIGNALS, map(float, row), strict=True)),
+                policy,
+                detected=[n for n, p, t in zip(WITH_LEARNING_SIGNALS, row, cuts, strict=True) if p >= t],
+            ).intervention_level
         )
         for row in probs
     ]
     assert got.tolist() == want
     assert (floor > 0).any() and len(set(want)) >= 4  # floors and several levels were exercised
+    # a giving_up between its cut and 0.5 is what the floor read: without the cuts those rows differ
+    assert band_fit.band_inputs(probs, policy)[1].tolist() != floor.tolist()
 
 
 def bands_from(risk: np.ndarray, none_below: float, high_from: float) -> list[str]:

@@ -150,6 +150,13 @@ def test_learning_agreement_counts_giving_up_messages_that_reach_moderate():
     assert report["bands"] == {"high->high": 1, "high->none": 1}
     # the same rows from a model without the signal: the policy cannot see it
     assert learning_agreement(probs[:, :28], gold)["giving_up_at_least_moderate"] == 0
+    # at the model's own thresholds (giving_up cut for recall at 0.3) a 0.4 is detected, as the gateway
+    # passes the answer's labels, and reaches moderate; without them 0.5 stands in and it does not
+    probs[1, WITH_LEARNING_SIGNALS.index("giving_up")] = 0.4
+    cuts = np.full(len(WITH_LEARNING_SIGNALS), 0.5, dtype=np.float32)
+    cuts[WITH_LEARNING_SIGNALS.index("giving_up")] = 0.3
+    assert learning_agreement(probs, gold, cuts)["giving_up_at_least_moderate"] == 2
+    assert learning_agreement(probs, gold)["giving_up_at_least_moderate"] == 1
 
 
 def test_signals_are_reported_per_part_of_the_set():
@@ -199,6 +206,10 @@ def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
     met = [t["met"] for t in targets(model(0.39, 0.515, 0.71, 6), baseline)]
     assert met == [False, False, False, False, False]
     assert [t["met"] for t in targets(baseline, None)] == [False, False, False]
+    # with the paired interval of the drop (learner_gap.run adds it when there is a baseline)
+    drop = {"difference": 0.018, "difference_ci95": [0.004, 0.031]}
+    rows = targets({**model(0.50, 0.514, 0.86, 7), "goemotions_drop": drop}, model(0.3, 0.532, None, 0))
+    assert rows[2]["measured"] == "0.514 vs 0.532 (drop +0.018, paired 95% CI [+0.004, +0.031])"
 
 
 def test_int8_calibration_adds_learner_train_messages_only_for_a_model_with_signals():

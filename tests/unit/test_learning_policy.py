@@ -151,6 +151,24 @@ def test_invalid_toml(tmp_path: Path):
             id="default-state-with-conditions",
         ),
         pytest.param(
+            'any_of = [{ signal = "giving_up", op = "detected" }]',
+            'any_of = [{ signal = "giving_up", op = "detected", value = 0.5 }]',
+            r"giving_up detected: takes no value",
+            id="detected-with-a-value",
+        ),
+        pytest.param(
+            '{ signal = "stuck", op = "detected" }',
+            '{ signal = "frustration", op = "detected" }',
+            r"frustration detected: only a model output label can be detected",
+            id="detected-learning-emotion",
+        ),
+        pytest.param(
+            '{ signal = "anxiety", op = ">=", value = 0.85 }',
+            '{ signal = "anxiety", op = ">=" }',
+            r"anxiety >=: needs a value",
+            id="comparison-without-a-value",
+        ),
+        pytest.param(
             "min_points = 3\n",
             "min_points = 9\n",
             r"min_points \(9\) > window \(8\)",

@@ -320,7 +320,28 @@ def test_a_learner_who_wants_to_give_up_reaches_at_least_moderate():
     assert level_index(state.intervention_level) >= level_index("moderate")
     assert state.readiness_state == "needs_support"
     assert state.learning_emotions["giving_up"] == pytest.approx(0.9)
-    assert any("giving_up 0.90 >= 0.5" in r for r in state.reasons)
+    assert any("giving_up detected (0.90, at or over its threshold)" in r for r in state.reasons)
+
+
+def test_signal_rules_read_what_the_model_detected_not_a_fixed_probability():
+    # giving_up's threshold is fitted for recall (export.pipeline.SIGNAL_MIN_PRECISION): a 0.40 the answer
+    # labels giving_up is a learner giving up, and the floor acts on it
+    labelled = assess(with_signals(giving_up=0.4, desire=0.6), POLICY, detected=["desire", "giving_up"])
+    assert level_index(labelled.intervention_level) >= level_index("moderate")
+    assert labelled.readiness_state == "needs_support"
+    assert any("floor: giving_up detected (0.40" in r for r in labelled.reasons)
+    # the same probability, not labelled (a stricter threshold): the floor stays off
+    unlabelled = assess(with_signals(giving_up=0.4, desire=0.6), POLICY, detected=["desire"])
+    assert level_index(unlabelled.intervention_level) < level_index("moderate")
+    # no detections given (a fit on synthetic probabilities): 0.5 stands in for the threshold
+    assert assess(with_signals(giving_up=0.4, desire=0.6), POLICY).intervention_level == (
+        unlabelled.intervention_level
+    )
+    assert assess(with_signals(giving_up=0.5), POLICY).readiness_state == "needs_support"
+    bored = assess(with_signals(boredom=0.3, annoyance=0.3), POLICY, detected=["boredom"])
+    assert bored.readiness_state == "disengaged"
+    with pytest.raises(ValueError, match=r"detected: label\(s\) \['stuck'\] without a probability"):
+        assess(probs(confusion=0.5), POLICY, detected=["stuck"])
 
 
 def test_boredom_is_disengagement_and_stuck_asks_for_support():

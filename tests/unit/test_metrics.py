@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from export.training.metrics import f1_scores, sigmoid, tune_thresholds
+from export.training.metrics import (
+    bootstrap_macro_difference,
+    f1_scores,
+    recall_first_thresholds,
+    sigmoid,
+    tune_thresholds,
+)
 
 
 def test_f1_by_hand():
@@ -49,3 +55,36 @@ def test_label_without_signal_keeps_neutral_threshold():
     labels = np.zeros((50, 1), dtype=np.float32)
     thresholds = tune_thresholds(np.full((50, 1), 0.2), labels)
     assert thresholds[0] == pytest.approx(0.5)
+
+
+def test_recall_first_cut_is_the_lowest_that_keeps_the_precision_floor():
+    # 4 positives at 0.9 / 0.8 / 0.4 / 0.2; negatives at 0.85 / 0.45 / 0.3 / 0.1
+    probs = np.array([[0.9], [0.8], [0.4], [0.2], [0.85], [0.45], [0.3], [0.1]])
+    gold = np.array([[1], [1], [1], [1], [0], [0], [0], [0]])
+    fallback = np.array([0.81], dtype=np.float32)  # the best-F1 kind of cut: 2 of 4 positives
+    # precision >= 0.6: down to 0.40 keeps 3 of 5 (0.6), 0.20 would give 4 of 7: 0.40 is the lowest such cut
+    # and among the cuts with 3 positives (0.31..0.40) the highest
+    assert recall_first_thresholds(probs, gold, np.array([0.6]), fallback)[0] == pytest.approx(0.40)
+    # precision >= 0.7: 3 positives never reach it, 2 of 3 (0.67) neither; 0.86..0.90 keeps 1 of 1
+    assert recall_first_thresholds(probs, gold, np.array([0.7]), fallback)[0] == pytest.approx(0.90)
+    # no floor: the fallback; a floor nothing reaches: the fallback too
+    assert recall_first_thresholds(probs, gold, np.array([np.nan]), fallback)[0] == pytest.approx(0.81)
+    negatives_only = np.zeros_like(gold)
+    assert recall_first_thresholds(probs, negatives_only, np.array([0.5]), fallback)[0] == pytest.approx(0.81)
+
+
+def test_the_paired_difference_resamples_the_same_texts_for_both_models():
+    rng = np.random.default_rng(0)
+    gold = (rng.random((400, 3)) < 0.3).astype(np.float32)
+    better = gold > 0.5
+    worse = better ^ (rng.random(gold.shape) < 0.1)  # 10% of the decisions flipped
+    assert bootstrap_macro_difference(worse, worse, gold) == {
+        "difference": 0.0,
+        "difference_ci95": [0.0, 0.0],
+    }
+    d = bootstrap_macro_difference(better, worse, gold)
+    expected = f1_scores(better.astype(float), gold).macro - f1_scores(worse.astype(float), gold).macro
+    assert d["difference"] == pytest.approx(expected, abs=1e-4)
+    lo, hi = d["difference_ci95"]
+    assert 0 < lo < d["difference"] < hi  # paired: the shared texts cancel, the gap stays clear of 0
+    assert bootstrap_macro_difference(worse, better, gold)["difference_ci95"] == [-hi, -lo]
