@@ -589,6 +589,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         save_report,
     )
     from export.packaging.runtime import BATCH, load_tokenizer, onnx_classifier, torch_classifier
+    from export.packaging.torch_variant import torch_runtime_classifier
     from export.training.data import load_split
 
     if args.export_dir is None:
@@ -605,11 +606,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     max_length = manifest.max_length
     reference = torch_classifier(manifest.source, tokenizer, manifest.input_names, max_length, args.threads)
     paths = {"torch": reference}
-    # raw: the TensorRT input, run on the CPU for reference; the others as served (own execution mode).
+    # raw: the TensorRT input, run on the CPU for reference; the others as served (own execution mode,
+    # torch_fp16 by the embedded server's torch runtime: its file is safetensors, not ONNX).
     paths["raw"] = onnx_classifier(export_dir / manifest.onnx.file, tokenizer, max_length, args.threads)
     for name, variant in manifest.variants.items():
-        paths[name] = onnx_classifier(
-            export_dir / variant.file, tokenizer, max_length, args.threads, execution=variant.execution
+        paths[name] = (
+            torch_runtime_classifier(export_dir / variant.file, tokenizer, manifest.input_names, max_length)
+            if name == TORCH_FP16
+            else onnx_classifier(
+                export_dir / variant.file, tokenizer, max_length, args.threads, execution=variant.execution
+            )
         )
     cfg = BenchConfig(rounds=args.rounds, threads=args.threads)
     test = load_split("test")

@@ -258,7 +258,8 @@ def invariance_markdown(invariance: dict[str, Any]) -> list[str]:
         f"## batch invariance: max |Δp| alone vs in a batch with {first['companions']} long texts",
         "",
         f"{first['texts']} dev texts (seeded sample), each alone vs as row 0 of a batch padded with the "
-        f"{first['companions']} longest dev texts; Δp over the 28 sigmoid probabilities; label sets at "
+        f"{first['companions']} longest dev texts; Δp over every sigmoid output (the 28 labels and any "
+        "learning signals); label sets at "
         f"{first['threshold']}. Target: max |Δp| ≤ {first['target_max_abs_dp']:g}.",
         "",
         "| variant | execution | max \\|Δp\\| | p99 \\|Δp\\| | texts with a different label set | ≤ target |",

@@ -414,3 +414,26 @@ def test_the_domain_gap_report_pairs_the_goemotions_drop_against_its_baseline(si
     assert lo <= drop["difference"] <= hi and lo < hi
     row = next(t for t in report["targets"] if t["target"].startswith("GoEmotions test macro-F1 drop"))
     assert f"paired 95% CI [{lo:+.3f}, {hi:+.3f}]" in row["measured"]
+
+
+def test_the_model_bench_runs_every_variant_an_export_has(exported, tmp_path):
+    # torch_fp16 is safetensors run by the torch runtime; loading it as ONNX broke `make bench-model`
+    from export.__main__ import main
+
+    out, manifest, _ = exported
+    args = [
+        "bench",
+        "--export-dir",
+        str(out),
+        "--rounds",
+        "1",
+        "--invariance-texts",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "model_report.json").read_text())
+    assert set(report["bench"]["paths"]) == {"torch", "raw", *manifest.variants}
+    assert report["bench"]["paths"]["torch_fp16"]["bs32_texts_per_s"] > 0
+    assert "| torch_fp16 | batch |" in (tmp_path / "model_report.md").read_text()
