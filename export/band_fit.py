@@ -24,7 +24,7 @@ import numpy as np
 
 from contract.names import output_labels
 from export.arrays import Array
-from export.learner_gap import BAND_OF_LEVEL, Served, predicted_labels
+from export.learner_gap import BAND_OF_LEVEL, Served, band_scores, giving_up_reach, predicted_labels
 from export.training.learner_data import BANDS, LearnerMessage, load_learner_messages
 
 log = logging.getLogger(__name__)
@@ -56,24 +56,6 @@ def band_inputs(probs: Array, policy: Any, thresholds: Array | None = None) -> t
 def level_indices(risk: Array, floor: Array, cuts: list[float]) -> Array:
     """The policy's level (index) for each risk score and floor: the cut points' level, raised by a floor."""
     return np.maximum(np.searchsorted(np.asarray(cuts), risk, side="right"), floor)
-
-
-def band_scores(levels: Array, gold: list[str], names: list[str]) -> dict[str, Any]:
-    """Agreement with the gold bands, the share of ``high`` read as ``high``, and the band confusion."""
-    predicted = np.array([BANDS.index(BAND_OF_LEVEL[n]) for n in names])[levels]
-    truth = np.array([BANDS.index(g) for g in gold], dtype=int)
-    high, none = BANDS.index("high"), BANDS.index("none")
-    is_high = truth == high
-    return {
-        "agreement": round(float((predicted == truth).mean()) if len(truth) else 0.0, 3),
-        "high_recall": round(float((predicted[is_high] == high).mean()) if is_high.any() else 0.0, 3),
-        "high_read_as_none": int((predicted[is_high] == none).sum()),
-        "confusion": {
-            f"{g}->{p}": int(((truth == i) & (predicted == j)).sum())
-            for i, g in enumerate(BANDS)
-            for j, p in enumerate(BANDS)
-        },
-    }
 
 
 def with_cuts(base: list[float], none_cut: float, moderate_cut: float) -> list[float]:
@@ -120,10 +102,9 @@ def evaluate(
     """Band scores of ``cuts`` on one split's ``band_inputs``, and its giving-up messages at moderate+."""
     levels = level_indices(risk, floor, cuts)
     report = band_scores(levels, [m.band for m in messages], names)
-    giving_up = [i for i, m in enumerate(messages) if "giving_up" in m.learning]
-    moderate = names.index("moderate")
-    report["giving_up_at_least_moderate"] = int(sum(levels[i] >= moderate for i in giving_up))
-    report["giving_up_messages"] = len(giving_up)
+    report["giving_up_at_least_moderate"], report["giving_up_messages"] = giving_up_reach(
+        levels, messages, names
+    )
     report["messages"] = len(messages)
     return report
 

@@ -27,6 +27,7 @@ from export.packaging.runtime import load_tokenizer, onnx_classifier
 from export.training.calibration import calibrated_probabilities
 from export.training.data import DATA_DIR, load_split
 from export.training.learner_data import (
+    BANDS,
     LEARNING_VOCABULARY,
     LearnerMessage,
     learner_split,
@@ -47,7 +48,6 @@ BAND_OF_LEVEL = {
     "significant": "high",
     "critical": "high",
 }
-AT_LEAST_MODERATE = ("moderate", "significant", "critical")
 # The issue's targets (issue 15): learner macro-F1 over its labels vs GoEmotions test, vs the baseline,
 # giving-up recall/precision, GoEmotions test drop.
 TARGET_GAP = 0.05
@@ -132,9 +132,9 @@ def learning_agreement(
 
     policy = load_policy(policy_path)
     cut = policy.learning_emotions.primary_min_score
+    names = list(policy.intervention.levels)
     tp = fp = fn = 0
-    bands: Counter[tuple[str, str]] = Counter()
-    giving_up = reached = 0
+    levels = []
     detected = predicted_labels(probs, thresholds) if thresholds is not None else [None] * len(probs)
     for row, message, found in zip(probs, gold, detected, strict=True):
         labels = output_labels(len(row))
@@ -142,18 +142,43 @@ def learning_agreement(
         got = {e for e, score in state.learning_emotions.items() if score >= cut}
         want = {e for e in message.learning if e in LEARNING_VOCABULARY}
         tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
-        bands[(message.band, BAND_OF_LEVEL[state.intervention_level])] += 1
-        if "giving_up" in message.learning:
-            giving_up += 1
-            reached += state.intervention_level in AT_LEAST_MODERATE
+        levels.append(names.index(state.intervention_level))
+    scores = band_scores(np.asarray(levels, dtype=int), [m.band for m in gold], names)
+    reached, giving_up = giving_up_reach(np.asarray(levels, dtype=int), gold, names)
     return {
         "learning_emotions_micro_f1": round(2 * tp / max(2 * tp + fp + fn, 1), 3),
-        "band_agreement": round(sum(n for (g, p), n in bands.items() if g == p) / max(len(gold), 1), 3),
-        "bands": {f"{g}->{p}": n for (g, p), n in sorted(bands.items())},
-        "high_read_as_none": bands[("high", "none")],
+        "band_agreement": scores["agreement"],
+        "bands": {k: n for k, n in sorted(scores["confusion"].items()) if n},
+        "high_read_as_none": scores["high_read_as_none"],
         "giving_up_messages": giving_up,
         "giving_up_at_least_moderate": reached,
     }
+
+
+def band_scores(levels: Array, gold: list[str], names: list[str]) -> dict[str, Any]:
+    """Agreement of intervention levels (indices into ``names``) with the gold bands, the share of ``high``
+    read as ``high``, ``high`` read as ``none``, and the band confusion."""
+    predicted = np.array([BANDS.index(BAND_OF_LEVEL[n]) for n in names], dtype=int)[levels]
+    truth = np.array([BANDS.index(g) for g in gold], dtype=int)
+    high, none = BANDS.index("high"), BANDS.index("none")
+    is_high = truth == high
+    return {
+        "agreement": round(float((predicted == truth).mean()) if len(truth) else 0.0, 3),
+        "high_recall": round(float((predicted[is_high] == high).mean()) if is_high.any() else 0.0, 3),
+        "high_read_as_none": int((predicted[is_high] == none).sum()),
+        "confusion": {
+            f"{g}->{p}": int(((truth == i) & (predicted == j)).sum())
+            for i, g in enumerate(BANDS)
+            for j, p in enumerate(BANDS)
+        },
+    }
+
+
+def giving_up_reach(levels: Array, messages: list[LearnerMessage], names: list[str]) -> tuple[int, int]:
+    """How many of the giving-up messages reach ``moderate`` or above, and how many there are."""
+    giving_up = [i for i, m in enumerate(messages) if "giving_up" in m.learning]
+    moderate = names.index("moderate")
+    return sum(int(levels[i] >= moderate) for i in giving_up), len(giving_up)
 
 
 def predicted_labels(probs: Array, thresholds: Array) -> list[list[str]]:
