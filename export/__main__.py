@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.signal_negative_weight,
         help="weight of GoEmotions rows as negatives for the learning signals (0: masked)",
     )
+    p.add_argument(
+        "--learner-label-weight",
+        type=float,
+        default=defaults.learner_label_weight,
+        help="weight of the learner rows' 28 GoEmotions targets (their signal targets keep 1)",
+    )
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
 
     p = sub.add_parser("build", help="export a model to ONNX variants, run the gates, tune thresholds")
@@ -333,6 +339,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_signals=args.learning_signals,
         learner_repeat=args.learner_repeat,
         signal_negative_weight=args.signal_negative_weight,
+        learner_label_weight=args.learner_label_weight,
     )
     report = train(args.output, cfg, args.data_dir)
     log.info("training report: %s", json.dumps(report["dev_at_tuned"]))

@@ -634,6 +634,8 @@ def select(candidates: list[Path], data_dir: Path = DATA_DIR) -> dict[str, Any]:
                 "signal_recall": {n: round(float(s["recall"]), 3) for n, s in signals.items()},
                 "signals_on_goemotions_dev": m.get("signals_on_goemotions"),
                 "band_agreement": m["learning_state"]["band_agreement"],
+                "giving_up_at_least_moderate": m["learning_state"]["giving_up_at_least_moderate"],
+                "giving_up_messages": m["learning_state"]["giving_up_messages"],
                 "learning_emotions_micro_f1": m["learning_state"]["learning_emotions_micro_f1"],
             }
         )
@@ -653,10 +655,10 @@ def selection_markdown(report: dict[str, Any], command: str) -> str:
         "",
         "| export | GoEmotions dev macro-F1 | learner dev macro-F1 (labels present) | "
         + " | ".join(f"{s} F1 (P/R)" for s in signals)
-        + " | band agreement | "
+        + " | band agreement | giving-up messages at moderate+ | "
         + " | ".join(f"{s} fires on GoEmotions dev" for s in signals)
         + " |",
-        "|---|" + "---:|" * (3 + 2 * len(signals)),
+        "|---|" + "---:|" * (4 + 2 * len(signals)),
     ]
     for r in rows:
         f1 = r["signal_f1"]
@@ -668,6 +670,7 @@ def selection_markdown(report: dict[str, Any], command: str) -> str:
         fires = " | ".join(f"{ood[s]:.1%}" if s in ood else "–" for s in signals)
         lines.append(
             f"| `{r['export']}` | {r['goemotions_dev_macro_f1']:.4f} "
-            f"| {r['learner_dev_macro_f1_present']:.4f} | {sig} | {r['band_agreement']:.3f} | {fires} |"
+            f"| {r['learner_dev_macro_f1_present']:.4f} | {sig} | {r['band_agreement']:.3f} "
+            f"| {r['giving_up_at_least_moderate']} of {r['giving_up_messages']} | {fires} |"
         )
     return "\n".join([*lines, ""])

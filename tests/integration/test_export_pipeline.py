@@ -399,7 +399,11 @@ def test_candidates_are_compared_on_the_dev_splits_only(signal_export, tiny_data
     assert row["goemotions_dev_texts"] == 120 and row["model"] == manifest.served_version("int8")
     assert set(row["signal_f1"]) == set(row["signals_on_goemotions_dev"]) == {"giving_up", "boredom", "stuck"}
     assert all(0.0 <= rate <= 1.0 for rate in row["signals_on_goemotions_dev"].values())
-    assert f"`{out}`" in selection_markdown(report, "cmd")
+    assert row["giving_up_messages"] == sum("giving_up" in m.learning for m in dev)
+    assert 0 <= row["giving_up_at_least_moderate"] <= row["giving_up_messages"]
+    table = selection_markdown(report, "cmd")
+    assert f"`{out}`" in table
+    assert f"| {row['giving_up_at_least_moderate']} of {row['giving_up_messages']} |" in table
 
 
 def test_the_domain_gap_report_pairs_the_goemotions_drop_against_its_baseline(signal_export, exported):

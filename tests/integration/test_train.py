@@ -113,7 +113,8 @@ def test_at_weight_0_goemotions_rows_never_teach_the_signals(tiny_data):
     n, k = len(split), len(LEARNING_SIGNALS)
     assert rows.targets.shape == rows.mask.shape == (len(rows.texts), 28 + k)
     assert (rows.mask[:n, 28:] == 0).all() and (rows.mask[:n, :28] == 1).all()
-    assert (rows.mask[n:] == 1).all() and rows.learner_rows == len(rows.texts) - n
+    assert (rows.mask[n:, 28:] == 1).all() and rows.learner_rows == len(rows.texts) - n
+    assert np.allclose(rows.mask[n:, :28], TrainConfig().learner_label_weight)
     assert rows.targets[n:, 28:].sum() > 0  # learner rows carry signal targets
     assert rows.texts[n : n + rows.learner_rows // 2] == rows.texts[n + rows.learner_rows // 2 :]
     off = training_rows(split, TrainConfig(learning_signals=False))
@@ -140,4 +141,14 @@ def test_goemotions_rows_can_be_weak_negatives_for_the_signals(tiny_data):
     rows = training_rows(split, TrainConfig(learner_repeat=1, signal_negative_weight=0.1))
     n = len(split)
     assert np.allclose(rows.mask[:n, 28:], 0.1) and (rows.targets[:n, 28:] == 0).all()
-    assert (rows.mask[n:] == 1).all()
+    assert (rows.mask[n:, 28:] == 1).all()
+
+
+def test_the_learner_rows_goemotions_labels_can_weigh_less_than_their_signals(tiny_data):
+    from export.training.data import load_split
+
+    split = load_split("train", tiny_data)
+    rows = training_rows(split, TrainConfig(learner_repeat=2, learner_label_weight=0.5))
+    n = len(split)
+    assert np.allclose(rows.mask[n:, :28], 0.5) and (rows.mask[n:, 28:] == 1).all()
+    assert (rows.mask[:n, :28] == 1).all()  # the GoEmotions rows' own labels keep full weight
