@@ -24,7 +24,7 @@ import numpy as np
 
 from contract.names import output_labels
 from export.arrays import Array
-from export.learner_gap import BAND_OF_LEVEL, Served, band_scores, giving_up_reach, predicted_labels
+from export.learner_gap import BAND_OF_LEVEL, Served, band_scores, detections, giving_up_reach
 from export.training.learner_data import BANDS, LearnerMessage, load_learner_messages
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def band_inputs(probs: Array, policy: Any, thresholds: Array | None = None) -> t
         update={"intervention": policy.intervention.model_copy(update={"cut_points": top})}
     )
     risk, floor = [], []
-    detected = predicted_labels(probs, thresholds) if thresholds is not None else [None] * len(probs)
-    for row, found in zip(probs, detected, strict=True):
+    for row, found in zip(probs, detections(probs, thresholds), strict=True):
         scores = dict(zip(output_labels(len(row)), map(float, row), strict=True))
         risk.append(assess(scores, policy, detected=found).risk_score)
         floor.append(levels.index(assess(scores, floors_only, detected=found).intervention_level))

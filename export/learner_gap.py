@@ -135,16 +135,16 @@ def learning_agreement(
     names = list(policy.intervention.levels)
     tp = fp = fn = 0
     levels = []
-    detected = predicted_labels(probs, thresholds) if thresholds is not None else [None] * len(probs)
-    for row, message, found in zip(probs, gold, detected, strict=True):
+    for row, message, found in zip(probs, gold, detections(probs, thresholds), strict=True):
         labels = output_labels(len(row))
         state = assess(dict(zip(labels, map(float, row), strict=True)), policy, detected=found)
         got = {e for e, score in state.learning_emotions.items() if score >= cut}
         want = {e for e in message.learning if e in LEARNING_VOCABULARY}
         tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
         levels.append(names.index(state.intervention_level))
-    scores = band_scores(np.asarray(levels, dtype=int), [m.band for m in gold], names)
-    reached, giving_up = giving_up_reach(np.asarray(levels, dtype=int), gold, names)
+    level_index = np.asarray(levels, dtype=int)
+    scores = band_scores(level_index, [m.band for m in gold], names)
+    reached, giving_up = giving_up_reach(level_index, gold, names)
     return {
         "learning_emotions_micro_f1": round(2 * tp / max(2 * tp + fp + fn, 1), 3),
         "band_agreement": scores["agreement"],
@@ -184,6 +184,12 @@ def giving_up_reach(levels: Array, messages: list[LearnerMessage], names: list[s
 def predicted_labels(probs: Array, thresholds: Array) -> list[list[str]]:
     names = output_labels(probs.shape[1])
     return [[n for n, p, t in zip(names, row, thresholds, strict=True) if p >= t] for row in probs]
+
+
+def detections(probs: Array, thresholds: Array | None) -> list[list[str]] | list[None]:
+    """Per row, what ``assess`` gets as ``detected``: the labels at the model's ``thresholds``, as the
+    gateway passes them; None per row without thresholds (``assess`` then cuts at its untuned 0.5)."""
+    return predicted_labels(probs, thresholds) if thresholds is not None else [None] * len(probs)
 
 
 def confusions(gold: list[tuple[str, ...]], predicted: list[list[str]]) -> Counter[tuple[str, str]]:

@@ -27,7 +27,6 @@ from contract.manifest import (
 )
 from contract.names import DEFAULT_MAX_LENGTH, LEARNING_SIGNALS
 from contract.spec import SPEC_FILE, ServingSpec, TensorRTProfile
-from export.arrays import Array
 from export.packaging.install import MODEL_REPOSITORY, TOKENIZER_FILES, install
 from export.packaging.runtime import load_tokenizer, onnx_classifier, torch_classifier
 from export.packaging.torch_variant import TORCH_FP16, build_torch_fp16, torch_runtime_classifier
@@ -44,7 +43,6 @@ from export.packaging.variants import (
 from export.training.calibration import (
     CALIBRATION_METHODS,
     PER_LABEL,
-    Mapping,
     calibrated_probabilities,
     fit_mapping,
     reliability,
@@ -398,16 +396,18 @@ def _learning_signals(
     runners = {"torch": reference, **classifiers}
     log.info("learning signals %s: fitted on the learner dev split (%d texts)", signals, len(dev_texts))
     dev_logits = {k: c.predict(dev_texts, options.batch_size)[:, columns] for k, c in runners.items()}
+    dev_gold = dev_targets[:, columns]
+    mappings = {k: fit_mapping(v, dev_gold, options.calibration) for k, v in dev_logits.items()}
+    dev_probs = {k: calibrated_probabilities(v, mappings[k].temperatures) for k, v in dev_logits.items()}
+    # a signal with a precision floor is cut for its most dev recall instead of its best dev F1
     floors = np.array([options.signal_min_precision.get(s, np.nan) for s in signals])
     fits = {
-        k: _operating_point(
-            fit_mapping(v, dev_targets[:, columns], options.calibration), v, dev_targets[:, columns], floors
-        )
-        for k, v in dev_logits.items()
+        k: replace(m, thresholds=recall_first_thresholds(dev_probs[k], dev_gold, floors, m.thresholds))
+        for k, m in mappings.items()
     }
     gate = accuracy_gate(
-        dev_targets[:, columns],
-        {k: calibrated_probabilities(v, fits[k].temperatures) for k, v in dev_logits.items()},
+        dev_gold,
+        dev_probs,
         {k: f.thresholds for k, f in fits.items()},
         reference=reference_variant,
         max_macro_f1_drop=signal_gate_drop(options),
@@ -422,12 +422,6 @@ def _learning_signals(
         )
     test_report["_about"]["learning_signals"] = f"learner test split, {len(test_texts)} texts"
     return SignalReport(fits, gate)
-
-
-def _operating_point(mapping: Mapping, logits: Array, targets: Array, floors: Array) -> Mapping:
-    """``mapping`` with the cuts of the signals that have a precision floor moved to their most recall."""
-    probs = calibrated_probabilities(logits, mapping.temperatures)
-    return replace(mapping, thresholds=recall_first_thresholds(probs, targets, floors, mapping.thresholds))
 
 
 def _joined(fits: dict[str, Any], signals: SignalReport | None, name: str, field_name: str) -> list[float]:

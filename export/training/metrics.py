@@ -76,12 +76,11 @@ def recall_first_thresholds(
     gold = labels > 0.5
     chosen = np.asarray(fallback, dtype=np.float32).copy()
     for j in np.flatnonzero(np.isfinite(min_precision)):
-        positives = int(gold[:, j].sum())
         best: tuple[int, float] | None = None  # (true positives, cut)
         for t in grid:
             pred = probs[:, j] >= t
             tp = int((pred & gold[:, j]).sum())
-            if positives and tp and tp / int(pred.sum()) >= min_precision[j]:
+            if tp and tp / int(pred.sum()) >= min_precision[j]:
                 best = max(best or (tp, float(t)), (tp, float(t)))
         if best is not None:
             chosen[j] = best[1]
@@ -90,6 +89,24 @@ def recall_first_thresholds(
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 2024
+
+
+def _resample_weights(n: int, resamples: int, seed: int) -> Array:
+    """Row 0: every text once (the point estimate); then ``resamples`` draws of ``n`` texts with
+    replacement, as counts per text (so tp/fp/fn per label are one matrix product). The same seed draws
+    the same texts for every model: intervals of a difference are paired."""
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    return np.vstack([np.ones(n), draws]).astype(np.float64)
+
+
+def _weighted_counts(weights: Array, pred: Array, gold: Array) -> tuple[Array, Array, Array]:
+    """tp, fp, fn per (weight row, label) for 0/1 ``pred`` and ``gold``."""
+    return weights @ (pred * gold), weights @ (pred * (1 - gold)), weights @ ((1 - pred) * gold)
+
+
+def _interval(values: Array) -> list[float]:
+    """The 95% percentile interval of resampled ``values``, rounded as the reports print it."""
+    return [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)]
 
 
 def bootstrap_f1(
@@ -103,24 +120,14 @@ def bootstrap_f1(
     pred = (probs >= np.asarray(thresholds)).astype(np.float64)
     gold = (labels > 0.5).astype(np.float64)
     point = f1_scores(probs, labels, thresholds)
-    rng = np.random.default_rng(seed)
-    n = probs.shape[0]
-    # Each resample as counts per text: tp/fp/fn per label are then one matrix product.
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
-    tp = weights @ (pred * gold)
-    fp = weights @ (pred * (1 - gold))
-    fn = weights @ ((1 - pred) * gold)
+    tp, fp, fn = _weighted_counts(_resample_weights(probs.shape[0], resamples, seed)[1:], pred, gold)
     macro = _f1(tp, fp, fn).mean(axis=1)
     micro = _f1(tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1))
-
-    def interval(values: Array) -> list[float]:
-        return [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)]
-
     return {
         "macro_f1": round(point.macro, 4),
-        "macro_f1_ci95": interval(macro),
+        "macro_f1_ci95": _interval(macro),
         "micro_f1": round(point.micro, 4),
-        "micro_f1_ci95": interval(micro),
+        "micro_f1_ci95": _interval(micro),
     }
 
 
@@ -134,24 +141,15 @@ def bootstrap_macro_difference(
     """Macro-F1 of predictions ``a`` minus that of ``b`` on the same texts, with a paired 95% percentile
     interval: each resample draws the same texts for both, so what the two share cancels out."""
     gold = (labels > 0.5).astype(np.float64)
-    n = gold.shape[0]
-    weights = np.vstack(
-        [np.ones(n), np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), resamples)]
-    )
+    weights = _resample_weights(gold.shape[0], resamples, seed)
 
     def macro(pred: Array) -> Array:
-        p = np.asarray(pred, dtype=np.float64)
-        f1 = _f1(weights @ (p * gold), weights @ (p * (1 - gold)), weights @ ((1 - p) * gold))
-        return np.asarray(f1.mean(axis=1))
+        return np.asarray(
+            _f1(*_weighted_counts(weights, np.asarray(pred, dtype=np.float64), gold)).mean(axis=1)
+        )
 
     diff = macro(pred_a) - macro(pred_b)
-    return {
-        "difference": round(float(diff[0]), 4),
-        "difference_ci95": [
-            round(float(np.percentile(diff[1:], 2.5)), 4),
-            round(float(np.percentile(diff[1:], 97.5)), 4),
-        ],
-    }
+    return {"difference": round(float(diff[0]), 4), "difference_ci95": _interval(diff[1:])}
 
 
 def bootstrap_per_label(
@@ -166,13 +164,7 @@ def bootstrap_per_label(
     from resampling texts with replacement (a label never predicted has precision 0)."""
     pred = (probs >= np.asarray(thresholds)).astype(np.float64)
     gold = (labels > 0.5).astype(np.float64)
-    n = probs.shape[0]
-    weights = np.vstack(
-        [np.ones(n), np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)]
-    )
-    tp = weights @ (pred * gold)
-    fp = weights @ (pred * (1 - gold))
-    fn = weights @ ((1 - pred) * gold)
+    tp, fp, fn = _weighted_counts(_resample_weights(probs.shape[0], resamples, seed), pred, gold)
     with np.errstate(divide="ignore", invalid="ignore"):
         metrics = {
             "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
@@ -184,9 +176,6 @@ def bootstrap_per_label(
         row: dict[str, object] = {"support": int(gold[:, j].sum())}
         for key, values in metrics.items():
             row[key] = round(float(values[0, j]), 4)
-            row[f"{key}_ci95"] = [
-                round(float(np.percentile(values[1:, j], 2.5)), 4),
-                round(float(np.percentile(values[1:, j], 97.5)), 4),
-            ]
+            row[f"{key}_ci95"] = _interval(values[1:, j])
         out[name] = row
     return out

@@ -191,10 +191,8 @@ def _holds(condition: Condition, signals: Mapping[str, float], found: Mapping[st
 
 
 def _describe(condition: Condition, signals: Mapping[str, float], found: Mapping[str, float]) -> str:
-    if condition.op == "detected":
-        if condition.signal in found:
-            return f"{condition.signal} detected ({found[condition.signal]:.2f}, at or over its threshold)"
-        return f"{condition.signal} not detected"
+    if condition.op == "detected":  # described only when it held
+        return f"{condition.signal} detected ({found[condition.signal]:.2f}, at or over its threshold)"
     return f"{condition.signal} {signals[condition.signal]:.2f} {condition.op} {condition.value:g}"
 
 
@@ -214,11 +212,11 @@ def detected_outputs(
     """The output labels the model detected, with their probabilities: ``detected`` as the model server
     thresholded them, or (None: no tuned thresholds at hand) those at or over ``UNTUNED_CUT``."""
     if detected is None:
-        return {label: p for label, p in probabilities.items() if p >= UNTUNED_CUT}
+        return {label: float(p) for label, p in probabilities.items() if p >= UNTUNED_CUT}
     unknown = sorted(set(detected) - set(probabilities))
     if unknown:
         raise ValueError(f"detected: label(s) {unknown} without a probability")
-    return {label: probabilities[label] for label in detected}
+    return {label: float(probabilities[label]) for label in detected}
 
 
 def _top(contributions: Mapping[str, float]) -> str:
@@ -241,8 +239,8 @@ def assess(
     or over the model's tuned thresholds (what a ``detected`` condition reads; see ``detected_outputs``)."""
     if trend is not None and trend not in TREND_LABELS:
         raise ValueError(f"trend must be one of {list(TREND_LABELS)} or None, got {trend!r}")
-    emotions = learning_emotion_scores(probabilities, policy)
-    found = detected_outputs(validate_probabilities(probabilities), detected)
+    emotions = learning_emotion_scores(probabilities, policy)  # validates the probabilities
+    found = detected_outputs(probabilities, detected)
     valence, arousal, dominance = text_vad(probabilities, policy)
     strain = context_strain(context, policy)
     midpoint = policy.vad_scoring.scale_midpoint
