@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from contract.manifest import MANIFEST_FILE, Manifest, ManifestError, read_installed
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.learner_label_weight,
         help="weight of the learner rows' 28 GoEmotions targets (their signal targets keep 1)",
     )
+    p.add_argument(
+        "--learner-typo-rate",
+        type=float,
+        default=defaults.learner_typo_rate,
+        help="share of words given a typo in each repeat of the learner split after the first (0: none)",
+    )
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
 
     p = sub.add_parser("build", help="export a model to ONNX variants, run the gates, tune thresholds")
@@ -302,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exports", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("results"))
     p = sub.add_parser(
+        "learner-regroup",
+        help="join the groups of learner messages that are near-duplicates of each other, so no pair "
+        "straddles two splits (run after adding a part to data/learner)",
+    )
+    p.add_argument("--directory", type=Path, default=None, help="default: data/learner")
+    p.add_argument("--check", action="store_true", help="only list what would move; exit 1 if anything would")
+    p = sub.add_parser(
         "fit-bands",
         help="fit the policy's none|preventive and mild|moderate cut points to the learner dev split's "
         "intervention bands for the installed model; report dev and test beside the base policy",
@@ -340,6 +354,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learner_repeat=args.learner_repeat,
         signal_negative_weight=args.signal_negative_weight,
         learner_label_weight=args.learner_label_weight,
+        learner_typo_rate=args.learner_typo_rate,
     )
     report = train(args.output, cfg, args.data_dir)
     log.info("training report: %s", json.dumps(report["dev_at_tuned"]))
@@ -535,6 +550,22 @@ def cmd_learner_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learner_regroup(args: argparse.Namespace) -> int:
+    from export.training.learner_data import LEARNER_DIR, joined_groups, load_learner_messages, rename_groups
+
+    directory = args.directory or LEARNER_DIR
+    messages = load_learner_messages(directory)
+    renames = joined_groups(messages)
+    counts = Counter(m.group for m in messages)
+    for group, joined in renames.items():
+        log.info("%s (%d messages) joins %s", group, counts[group], joined)
+    if args.check or not renames:
+        log.info("%d groups would move", len(renames))
+        return 1 if renames else 0
+    log.info("renamed the group of %d messages", rename_groups(directory, renames))
+    return 0
+
+
 def cmd_fit_bands(args: argparse.Namespace) -> int:
     from export import band_fit
 
@@ -704,6 +735,7 @@ COMMANDS = {
     "fit-policy": cmd_fit_policy,
     "fit-bands": cmd_fit_bands,
     "learner-select": cmd_learner_select,
+    "learner-regroup": cmd_learner_regroup,
     "state-distribution": cmd_state_distribution,
 }
 

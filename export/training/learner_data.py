@@ -41,6 +41,10 @@ BANDS = ("none", "low", "high")
 # Share of groups per split, by a stable hash of the group name.
 SPLIT_PERCENT = (("train", 60), ("dev", 20), ("test", 20))
 NO_SIGNAL = "-"
+# Writers converge on the same short messages ("i give up", "ok", "zzz") in different groups: any two messages
+# whose character 3-5-gram TF-IDF cosine exceeds this must share a split, so their groups are joined
+# (``joined_groups``; data/learner/README.md). Over 0.6 every pair read was a rewording of the other.
+NEAR_DUPLICATE_COSINE = 0.6
 
 
 class LearnerDataError(ValueError):
@@ -144,3 +148,56 @@ def learner_targets(name: str, messages: list[LearnerMessage]) -> tuple[list[str
         for item in (*message.labels, *(s for s in message.learning if s in LEARNING_SIGNALS)):
             targets[row, WITH_LEARNING_SIGNALS.index(item)] = 1.0
     return [m.text for m in chosen], targets
+
+
+def near_duplicates(
+    messages: list[LearnerMessage], threshold: float = NEAR_DUPLICATE_COSINE
+) -> list[tuple[LearnerMessage, LearnerMessage, float]]:
+    """Pairs of messages whose character 3-5-gram TF-IDF cosine (lower-cased) exceeds ``threshold``."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    if len(messages) < 2:
+        return []
+    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform(
+        [m.text.lower() for m in messages]
+    )
+    similarity = np.triu(cosine_similarity(vectors), k=1)
+    rows, columns = np.nonzero(similarity > threshold)
+    return [(messages[i], messages[j], float(similarity[i, j])) for i, j in zip(rows, columns, strict=True)]
+
+
+def joined_groups(messages: list[LearnerMessage], threshold: float = NEAR_DUPLICATE_COSINE) -> dict[str, str]:
+    """The groups to rename so that no near-duplicate pair straddles two splits: groups linked by a pair
+    form one cluster, which takes the split of its first group in file order; each group of the cluster
+    in another split is renamed to that first group (a group already in that split keeps its name)."""
+    order: dict[str, int] = {}
+    for m in messages:
+        order.setdefault(m.group, len(order))
+    parent = {g: g for g in order}
+
+    def root(group: str) -> str:
+        while parent[group] != group:
+            group = parent[group]
+        return group
+
+    for a, b, _ in near_duplicates(messages, threshold):
+        first, second = sorted((root(a.group), root(b.group)), key=order.__getitem__)
+        parent[second] = first
+    return {g: root(g) for g in order if split_of(root(g)) != split_of(g)}
+
+
+def rename_groups(directory: Path, renames: dict[str, str]) -> int:
+    """Rewrite the ``group`` column of every ``*.tsv`` in ``directory`` by ``renames``; the rows changed."""
+    changed = 0
+    column = COLUMNS.index("group")
+    for path in sorted(directory.glob("*.tsv")):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        for number, line in enumerate(lines[1:], start=1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) == len(COLUMNS) and fields[column] in renames:
+                fields[column] = renames[fields[column]]
+                lines[number] = "\t".join(fields) + "\n"
+                changed += 1
+        path.write_text("".join(lines), encoding="utf-8")
+    return changed

@@ -64,7 +64,10 @@ class TrainConfig:
     limit_eval: int | None = None
     # Learn the learning signals from the learner set's train split (False: the 28 GoEmotions labels only).
     learning_signals: bool = True
-    learner_repeat: int = 5  # times the learner train split is seen per epoch (531 messages since part d)
+    # Times the learner train split is seen per epoch. With part f (1,019 messages) 5 repeats lengthened
+    # the epoch past the 25-minute budget and GoEmotions dev macro-F1 fell 0.016 under the GoEmotions-only
+    # student; 3 (3,057 rows, fewer than 5 x 744 before) kept it within 0.01 (results/learner_selection.md).
+    learner_repeat: int = 3
     # Weight of the GoEmotions rows as negatives for the signals (0: masked, unknown). Masked, the signals
     # fired on ordinary text (boredom on 11% of GoEmotions test); 0.05 brought that to 0.2% on dev without
     # costing GoEmotions dev macro-F1 (results/learner_selection.md): it teaches the signals what ordinary
@@ -75,6 +78,10 @@ class TrainConfig:
     # seed and batches as at 1.0) GoEmotions dev macro-F1 rose 0.5459 -> 0.5513 (served INT8) and the
     # signals' dev recall with it, for 0.038 of learner dev macro-F1 (results/learner_selection.md).
     learner_label_weight: float = 0.5
+    # Learners misspell ("im qutting chem i cant evn..."); WordPiece splits a misspelt word into other pieces.
+    # Every repeat of the learner split after the first gets its own seeded typos at this rate per word
+    # (``typo_variant``); the first stays as written. 0 = no typos.
+    learner_typo_rate: float = 0.0
 
 
 def base_model_path() -> Path:
@@ -218,12 +225,40 @@ def training_rows(train_split: Split, cfg: TrainConfig, learner_dir: Path = LEAR
     repeat = max(1, cfg.learner_repeat)
     learner_mask = np.ones((len(texts) * repeat, width), np.float32)
     learner_mask[:, : len(GOEMOTIONS_LABELS)] = cfg.learner_label_weight
+    rng = random.Random(cfg.seed)
+    repeats = [texts] + [
+        [typo_variant(t, rng, cfg.learner_typo_rate) for t in texts] for _ in range(repeat - 1)
+    ]
     return TrainingRows(
-        train_split.texts + texts * repeat,
+        train_split.texts + [t for copy in repeats for t in copy],
         np.concatenate([go_targets, *[targets] * repeat]),
         np.concatenate([go_mask, learner_mask]),
         len(texts) * repeat,
     )
+
+
+def typo_variant(text: str, rng: random.Random, rate: float) -> str:
+    """``text`` with learner-style typos: each word of four or more characters, with probability ``rate``,
+    gets one edit that keeps its first letter (two neighbours swapped, one letter dropped or doubled, an
+    apostrophe dropped)."""
+    if rate <= 0:
+        return text
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        if len(word) < 4 or rng.random() >= rate:
+            continue
+        if "'" in word and rng.random() < 0.5:
+            words[i] = word.replace("'", "", 1)
+            continue
+        j = rng.randrange(1, len(word) - 1)
+        edit = rng.randrange(3)
+        if edit == 0:
+            words[i] = word[:j] + word[j + 1] + word[j] + word[j + 2 :]
+        elif edit == 1:
+            words[i] = word[:j] + word[j + 1 :]
+        else:
+            words[i] = word[:j] + word[j] + word[j:]
+    return " ".join(words)
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

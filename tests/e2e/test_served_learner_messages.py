@@ -41,12 +41,10 @@ CASES = [
     (first(lambda m: "stuck" in m.learning), "stuck"),
     (first(lambda m: m.band == "none" and not m.learning), None),
 ]
-# What the served student (student-2873429c119b, 2026-12-01) gets wrong among the picks, kept visible
+# What the served student (student-3e94ce43bcb7, 2026-12-02) gets wrong among the picks, kept visible
 # as strict xfails: when a better model reads them right, these fail and the list must shrink.
 KNOWN_MISSES = {
-    "a-015": "giving_up 0.22 under its threshold 0.30 (read as annoyance, embarrassment, sadness; still critical)",
-    "a-071": "stuck 0.06: read as fear + nervousness (the set reads the blank-out as being stuck)",
-    "a-101": "a plain request for a check gets stuck 0.67 over its threshold 0.52 (a false alarm)",
+    "a-071": "stuck 0.19 under its threshold 0.28: read as fear + nervousness (the set reads the blank-out as stuck)",
 }
 
 

@@ -152,3 +152,35 @@ def test_the_learner_rows_goemotions_labels_can_weigh_less_than_their_signals(ti
     n = len(split)
     assert np.allclose(rows.mask[n:, :28], 0.5) and (rows.mask[n:, 28:] == 1).all()
     assert (rows.mask[:n, :28] == 1).all()  # the GoEmotions rows' own labels keep full weight
+
+
+def test_typo_variant_misspells_words_seeded_and_keeps_first_letters():
+    import random
+
+    from export.training.train import typo_variant
+
+    text = "i cant understand fractions, this homework is impossible and i'm exhausted"
+    assert typo_variant(text, random.Random(1), 0.0) == text
+    a, b = typo_variant(text, random.Random(1), 1.0), typo_variant(text, random.Random(1), 1.0)
+    assert a == b != text  # seeded: the same typos every time (resumed runs replay the same rows)
+    pairs = list(zip(text.split(" "), a.split(" "), strict=True))
+    assert all(w == v for w, v in pairs if len(w) < 4)  # short words untouched
+    changed = [(w, v) for w, v in pairs if w != v]
+    assert len(changed) == sum(len(w) >= 4 for w in text.split(" "))  # rate 1: every long word edited
+    assert all(v[0] == w[0] and abs(len(v) - len(w)) <= 1 for w, v in changed)
+
+
+def test_learner_repeats_after_the_first_carry_typos_with_the_same_targets(tiny_data):
+    from export.training.data import load_split
+
+    split = load_split("train", tiny_data)
+    clean = training_rows(split, TrainConfig(learner_repeat=3))
+    noisy = training_rows(split, TrainConfig(learner_repeat=3, learner_typo_rate=0.5))
+    n, third = len(split), clean.learner_rows // 3
+    assert (
+        noisy.texts[: n + third] == clean.texts[: n + third]
+    )  # GoEmotions rows and the first copy as written
+    assert noisy.texts[n + third :] != clean.texts[n + third :]
+    assert noisy.texts[n + third : n + 2 * third] != noisy.texts[n + 2 * third :]  # each copy its own typos
+    assert (noisy.targets == clean.targets).all() and (noisy.mask == clean.mask).all()
+    assert training_rows(split, TrainConfig(learner_repeat=3, learner_typo_rate=0.5)).texts == noisy.texts

@@ -15,8 +15,11 @@ from export.training.learner_data import (
     LEARNING_VOCABULARY,
     POLICY_LEARNING_EMOTIONS,
     LearnerDataError,
+    joined_groups,
     learner_split,
     load_learner_messages,
+    near_duplicates,
+    rename_groups,
     split_of,
 )
 
@@ -43,6 +46,61 @@ def test_no_group_straddles_two_splits_in_the_committed_set():
     for message in load_learner_messages(LEARNER_DIR):
         splits_of_group[message.group].add(message.split)
     assert all(len(splits) == 1 for splits in splits_of_group.values())
+
+
+def test_no_near_duplicate_pair_straddles_two_splits_in_the_committed_set():
+    straddling = [
+        f"{a.id} {a.text!r} ({a.split}) ~ {b.id} {b.text!r} ({b.split}): {score:.2f}"
+        for a, b, score in near_duplicates(load_learner_messages(LEARNER_DIR))
+        if a.split != b.split
+    ]
+    assert not straddling, "run python -m export learner-regroup:\n" + "\n".join(straddling)
+
+
+def _group_in(split: str, start: int = 0) -> str:
+    return next(f"grp-{i}" for i in range(start, 1000) if split_of(f"grp-{i}") == split)
+
+
+def test_near_duplicate_groups_join_the_split_of_the_first_group(tmp_path):
+    train, test = _group_in("train"), _group_in("test")
+    dev, other_train = _group_in("dev"), _group_in("train", int(_group_in("train")[4:]) + 1)
+    directory = write(
+        tmp_path,
+        f"x-1\t{train}\ti give up\tsadness\tgiving_up\thigh",
+        f"x-2\t{test}\tI GIVE UP\tsadness\tgiving_up\thigh",
+        f"x-3\t{test}\twhat is a vector space\tcuriosity\t-\tnone",
+        f"x-4\t{dev}\tjust tell me what a vector space is\tcuriosity\t-\tnone",
+        f"x-5\t{other_train}\tI give up\tsadness\tgiving_up\thigh",
+        f"x-6\t{dev}\tthe bus was late again\tannoyance\t-\tnone",
+    )
+    messages = load_learner_messages(directory)
+    pairs = {(a.id, b.id) for a, b, _ in near_duplicates(messages)}
+    assert {("x-1", "x-2"), ("x-1", "x-5"), ("x-3", "x-4")} <= pairs and not any("x-6" in p for p in pairs)
+    # x-4 is linked to x-3 only, and x-3's group to x-1's: the whole chain follows the first group (train);
+    # a linked group already in train keeps its name
+    assert joined_groups(messages) == {test: train, dev: train}
+    assert rename_groups(directory, joined_groups(messages)) == 4
+    moved = load_learner_messages(directory)
+    assert [m.group for m in moved] == [train, train, train, train, other_train, train]
+    assert {m.split for m in moved} == {"train"} and joined_groups(moved) == {}
+    assert [m.text for m in moved] == [m.text for m in messages]
+
+
+def test_learner_regroup_checks_without_writing_then_fixes(tmp_path):
+    from export.__main__ import main
+
+    train, test = _group_in("train"), _group_in("test")
+    directory = write(
+        tmp_path,
+        f"x-1\t{train}\ti give up\tsadness\tgiving_up\thigh",
+        f"x-2\t{test}\tI GIVE UP\tsadness\tgiving_up\thigh",
+    )
+    before = (directory / "part.tsv").read_text(encoding="utf-8")
+    assert main(["learner-regroup", "--directory", str(directory), "--check"]) == 1
+    assert (directory / "part.tsv").read_text(encoding="utf-8") == before
+    assert main(["learner-regroup", "--directory", str(directory)]) == 0
+    assert main(["learner-regroup", "--directory", str(directory), "--check"]) == 0
+    assert {m.group for m in load_learner_messages(directory)} == {train}
 
 
 def test_the_split_is_a_stable_function_of_the_group_with_the_stated_shares():
@@ -164,9 +222,9 @@ def test_signals_are_reported_per_part_of_the_set():
 
     from export.learner_gap import signals_by_part
 
-    ids = ["a-001", "d-002", "e1-001", "e3-004"]
-    probs = np.array([[0.9, 0, 0], [0.1, 0, 0], [0.9, 0, 0], [0.9, 0, 0]], dtype=np.float32)
-    targets = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
+    ids = ["a-001", "d-002", "e1-001", "e3-004", "f4-010"]
+    probs = np.array([[0.9, 0, 0], [0.1, 0, 0], [0.9, 0, 0], [0.9, 0, 0], [0, 0.8, 0]], dtype=np.float32)
+    targets = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0]], dtype=np.float32)
     report = signals_by_part(ids, probs, targets, np.full(3, 0.5, dtype=np.float32))
     assert report["a-d"]["giving_up"] == {
         "messages": 2,
@@ -183,7 +241,30 @@ def test_signals_are_reported_per_part_of_the_set():
         "recall": 1.0,
     }
     assert report["e"]["stuck"]["recall"] == 0.0  # no support: reported as 0, not a division error
+    assert report["f"]["boredom"] == {
+        "messages": 1,
+        "support": 1,
+        "fired": 1,
+        "precision": 1.0,
+        "recall": 1.0,
+    }
     assert set(signals_by_part(ids[:2], probs[:2], targets[:2], np.full(3, 0.5))) == {"a-d"}
+
+
+def test_learner_f1_is_reported_per_part_over_the_labels_present_in_it():
+    import numpy as np
+
+    from export.learner_gap import learner_by_part
+
+    ids = ["a-001", "c-002", "f3-001", "f3-002"]
+    labels = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    probs = np.array([[0.9, 0, 0], [0.2, 0, 0], [0, 0.9, 0.9], [0, 0, 0.9]], dtype=np.float32)
+    report = learner_by_part(ids, probs, labels, np.full(3, 0.5, dtype=np.float32))
+    assert set(report) == {"a-d", "f"}
+    assert (report["a-d"]["n"], report["a-d"]["labels"]) == (2, 1)
+    assert report["a-d"]["macro_f1"] == pytest.approx(2 / 3, abs=1e-4)  # one hit, one miss, label 0 only
+    assert (report["f"]["n"], report["f"]["labels"]) == (2, 2)
+    assert report["f"]["macro_f1"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-4)
 
 
 def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
