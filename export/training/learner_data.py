@@ -43,7 +43,8 @@ SPLIT_PERCENT = (("train", 60), ("dev", 20), ("test", 20))
 NO_SIGNAL = "-"
 # Writers converge on the same short messages ("i give up", "ok", "zzz") in different groups: any two messages
 # whose character 3-5-gram TF-IDF cosine exceeds this must share a split, so their groups are joined
-# (``joined_groups``; data/learner/README.md). Over 0.6 every pair read was a rewording of the other.
+# (``joined_groups``; data/learner/README.md). Over 0.7 every pair read was a rewording; from 0.6 most were,
+# and joining a pair that was not only moves a message between splits.
 NEAR_DUPLICATE_COSINE = 0.6
 
 
