@@ -163,6 +163,21 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
         raise SystemExit(str(e)) from None
 
 
+# How the learner rows are mixed into training: TrainConfig fields, each a `train` option of the same name.
+LEARNER_MIX_OPTIONS = (
+    ("learner_repeat", "times the learner train split is seen per epoch"),
+    ("signal_negative_weight", "weight of GoEmotions rows as negatives for the learning signals (0: masked)"),
+    (
+        "learner_label_weight",
+        "weight of the learner rows' 28 GoEmotions targets (their signal targets keep 1)",
+    ),
+    (
+        "learner_typo_rate",
+        "share of words given a typo in each repeat of the learner split after the first (0: none)",
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -187,30 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="the 28 GoEmotions labels only (no learner data, no giving_up/boredom/stuck outputs)",
     )
-    p.add_argument(
-        "--learner-repeat",
-        type=int,
-        default=defaults.learner_repeat,
-        help="times the learner train split is seen per epoch",
-    )
-    p.add_argument(
-        "--signal-negative-weight",
-        type=float,
-        default=defaults.signal_negative_weight,
-        help="weight of GoEmotions rows as negatives for the learning signals (0: masked)",
-    )
-    p.add_argument(
-        "--learner-label-weight",
-        type=float,
-        default=defaults.learner_label_weight,
-        help="weight of the learner rows' 28 GoEmotions targets (their signal targets keep 1)",
-    )
-    p.add_argument(
-        "--learner-typo-rate",
-        type=float,
-        default=defaults.learner_typo_rate,
-        help="share of words given a typo in each repeat of the learner split after the first (0: none)",
-    )
+    for field, help_text in LEARNER_MIX_OPTIONS:
+        default = getattr(defaults, field)
+        p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default, help=help_text)
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
 
     p = sub.add_parser("build", help="export a model to ONNX variants, run the gates, tune thresholds")
@@ -351,10 +345,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         time_budget_minutes=args.time_budget_minutes,
         limit_train=args.limit_train,
         learning_signals=args.learning_signals,
-        learner_repeat=args.learner_repeat,
-        signal_negative_weight=args.signal_negative_weight,
-        learner_label_weight=args.learner_label_weight,
-        learner_typo_rate=args.learner_typo_rate,
+        **{field: getattr(args, field) for field, _ in LEARNER_MIX_OPTIONS},
     )
     report = train(args.output, cfg, args.data_dir)
     log.info("training report: %s", json.dumps(report["dev_at_tuned"]))

@@ -101,19 +101,23 @@ def _parts(ids: list[str]) -> list[tuple[str, Array]]:
     return [(part, rows) for part, rows in masks if rows.any()]
 
 
+def present_labels_f1(probs: Array, labels: Array, thresholds: Array) -> dict[str, Any]:
+    """Macro/micro-F1 (bootstrap intervals) over the labels with gold support in ``labels``, and how many."""
+    present = labels.sum(axis=0) > 0
+    return {
+        "labels": int(present.sum()),
+        **bootstrap_f1(probs[:, present], labels[:, present], thresholds[present]),
+    }
+
+
 def learner_by_part(
     ids: list[str], probs: Array, labels: Array, thresholds: Array
 ) -> dict[str, dict[str, Any]]:
-    """Per part of the set, macro/micro-F1 (bootstrap intervals) over the GoEmotions labels present in it."""
-    out: dict[str, dict[str, Any]] = {}
-    for part, rows in _parts(ids):
-        present = labels[rows].sum(axis=0) > 0
-        out[part] = {
-            "n": int(rows.sum()),
-            "labels": int(present.sum()),
-            **bootstrap_f1(probs[rows][:, present], labels[rows][:, present], thresholds[present]),
-        }
-    return out
+    """Per part of the set, ``present_labels_f1`` over the labels present in that part."""
+    return {
+        part: {"n": int(rows.sum()), **present_labels_f1(probs[rows], labels[rows], thresholds)}
+        for part, rows in _parts(ids)
+    }
 
 
 def signals_by_part(
@@ -266,12 +270,9 @@ def _evaluate(directory: Path, split: str, data_dir: Path) -> tuple[dict[str, An
             "n": len(learner),
             **bootstrap_f1(learner_probs[:, :GO], learner.labels, go_thresholds),
         },
-        "learner_test_present_labels": {
-            "labels": int(present.sum()),
-            **bootstrap_f1(
-                learner_probs[:, :GO][:, present], learner.labels[:, present], go_thresholds[present]
-            ),
-        },
+        "learner_test_present_labels": present_labels_f1(
+            learner_probs[:, :GO], learner.labels, go_thresholds
+        ),
         "learner_test_by_part": learner_by_part(
             learner.ids, learner_probs[:, :GO], learner.labels, go_thresholds
         ),

@@ -194,11 +194,13 @@ def rename_groups(directory: Path, renames: dict[str, str]) -> int:
     column = COLUMNS.index("group")
     for path in sorted(directory.glob("*.tsv")):
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        before = changed
         for number, line in enumerate(lines[1:], start=1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) == len(COLUMNS) and fields[column] in renames:
                 fields[column] = renames[fields[column]]
                 lines[number] = "\t".join(fields) + "\n"
                 changed += 1
-        path.write_text("".join(lines), encoding="utf-8")
+        if changed > before:  # files without a renamed group stay untouched
+            path.write_text("".join(lines), encoding="utf-8")
     return changed

@@ -272,3 +272,17 @@ def test_a_snapshot_that_fails_its_gates_is_not_served(tmp_path, tiny_data, monk
     assert [s is not None for s in trained] == [True, False]  # the snapshot, then the full training
     assert "training fully first" in caplog.text
     assert cli.read_installed(tmp_path / "repo") is None
+
+
+def test_train_passes_the_learner_mix_options_to_its_config(monkeypatch, tmp_path):
+    import export.__main__ as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "train", lambda out, cfg, data_dir: seen.append(cfg) or {"dev_at_tuned": {}})
+    options = ["--learner-repeat", "4", "--signal-negative-weight", "0.1"]
+    options += ["--learner-label-weight", "0.75", "--learner-typo-rate", "0.2"]
+    assert main(["train", "--output", str(tmp_path / "s"), *options]) == 0
+    [cfg] = seen
+    assert (cfg.learner_repeat, cfg.signal_negative_weight) == (4, 0.1)
+    assert (cfg.learner_label_weight, cfg.learner_typo_rate) == (0.75, 0.2)
+    assert isinstance(cfg.learner_repeat, int)
