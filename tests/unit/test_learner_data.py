@@ -222,9 +222,11 @@ def test_signals_are_reported_per_part_of_the_set():
 
     from export.learner_gap import signals_by_part
 
-    ids = ["a-001", "d-002", "e1-001", "e3-004", "f4-010"]
-    probs = np.array([[0.9, 0, 0], [0.1, 0, 0], [0.9, 0, 0], [0.9, 0, 0], [0, 0.8, 0]], dtype=np.float32)
-    targets = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0]], dtype=np.float32)
+    ids = ["a-001", "d-002", "e1-001", "e3-004", "f4-010", "g2-007"]
+    probs = np.array(
+        [[0.9, 0, 0], [0.1, 0, 0], [0.9, 0, 0], [0.9, 0, 0], [0, 0.8, 0], [0, 0, 0.7]], dtype=np.float32
+    )
+    targets = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
     report = signals_by_part(ids, probs, targets, np.full(3, 0.5, dtype=np.float32))
     assert report["a-d"]["giving_up"] == {
         "messages": 2,
@@ -248,6 +250,7 @@ def test_signals_are_reported_per_part_of_the_set():
         "precision": 1.0,
         "recall": 1.0,
     }
+    assert report["g"]["stuck"] == {"messages": 1, "support": 1, "fired": 1, "precision": 1.0, "recall": 1.0}
     assert set(signals_by_part(ids[:2], probs[:2], targets[:2], np.full(3, 0.5))) == {"a-d"}
 
 
