@@ -671,7 +671,34 @@ def select(candidates: list[Path], data_dir: Path = DATA_DIR) -> dict[str, Any]:
                 "learning_emotions_micro_f1": m["learning_state"]["learning_emotions_micro_f1"],
             }
         )
-    return {"split": "dev", "candidates": rows}
+    return {"split": "dev", "candidates": rows, "choice": choose(rows)}
+
+
+# The choosing rule (docs/model-and-export.md, "The offline student"): GoEmotions dev macro-F1 may not fall
+# more than this under the GoEmotions-only student; the issue's "does not drop" is a constraint, not one
+# target to trade against the others.
+MAX_GOEMOTIONS_DEV_DROP = 0.01
+
+
+def choose(rows: list[dict[str, Any]], max_drop: float = MAX_GOEMOTIONS_DEV_DROP) -> dict[str, Any]:
+    """The rule applied to ``select``'s rows: the references are the candidates without learning signals
+    (GoEmotions only); a candidate with signals qualifies when its GoEmotions dev macro-F1 is at most
+    ``max_drop`` under the best reference; the qualifying one with the best learner dev macro-F1 wins
+    (the first listed on a tie). Without a reference nothing is chosen."""
+    references = [r for r in rows if not r["signal_f1"]]
+    if not references:
+        return {"chosen": None, "line": None, "why": "no GoEmotions-only export among the candidates"}
+    line = round(max(r["goemotions_dev_macro_f1"] for r in references) - max_drop, 4)
+    within = [r for r in rows if r["signal_f1"] and r["goemotions_dev_macro_f1"] >= line]
+    if not within:
+        return {"chosen": None, "line": line, "why": "no candidate with learning signals is within the line"}
+    best = max(within, key=lambda r: r["learner_dev_macro_f1_present"])  # max keeps the first on a tie
+    return {
+        "chosen": best["export"],
+        "line": line,
+        "why": f"best learner dev macro-F1 ({best['learner_dev_macro_f1_present']:.4f}) of the "
+        f"{len(within)} within the line",
+    }
 
 
 def selection_markdown(report: dict[str, Any], command: str) -> str:
@@ -684,6 +711,8 @@ def selection_markdown(report: dict[str, Any], command: str) -> str:
         "what a choice may read. Signal thresholds were fitted on learner dev, so its signal figures are "
         "optimistic for every candidate alike. The chosen model's test-split report is "
         "[learner_gap.md](learner_gap.md).",
+        "",
+        _choice_line(report.get("choice")),
         "",
         "| export | GoEmotions dev macro-F1 | learner dev macro-F1 (labels present) | "
         + " | ".join(f"{s} F1 (P/R)" for s in signals)
@@ -706,3 +735,15 @@ def selection_markdown(report: dict[str, Any], command: str) -> str:
             f"| {r['giving_up_at_least_moderate']} of {r['giving_up_messages']} | {fires} |"
         )
     return "\n".join([*lines, ""])
+
+
+def _choice_line(choice: dict[str, Any] | None) -> str:
+    rule = (
+        f"The rule: GoEmotions dev macro-F1 at most {MAX_GOEMOTIONS_DEV_DROP} under the GoEmotions-only "
+        "export (the line), then the best learner dev macro-F1."
+    )
+    if not choice:
+        return rule
+    line = "" if choice["line"] is None else f" Line: {choice['line']:.4f}."
+    chosen = f"**Chosen: `{choice['chosen']}`**" if choice["chosen"] else "**Nothing chosen**"
+    return f"{rule}{line} {chosen}: {choice['why']}."

@@ -404,6 +404,7 @@ def test_candidates_are_compared_on_the_dev_splits_only(signal_export, tiny_data
     table = selection_markdown(report, "cmd")
     assert f"`{out}`" in table
     assert f"| {row['giving_up_at_least_moderate']} of {row['giving_up_messages']} |" in table
+    assert report["choice"]["chosen"] is None  # no GoEmotions-only export to hold it to
 
 
 def test_the_domain_gap_report_pairs_the_goemotions_drop_against_its_baseline(signal_export, exported):

@@ -306,3 +306,50 @@ def test_int8_calibration_adds_learner_train_messages_only_for_a_model_with_sign
     train = {m.text for m in load_learner_messages() if m.split == "train"}
     assert mixed[:50] == plain
     assert len(mixed[50:]) == LEARNER_CALIBRATION_TEXTS and set(mixed[50:]) <= train  # never dev or test
+
+
+def _candidate(name: str, goemotions: float, learner: float, signals: bool = True) -> dict:
+    return {
+        "export": name,
+        "goemotions_dev_macro_f1": goemotions,
+        "learner_dev_macro_f1_present": learner,
+        "signal_f1": {"giving_up": 0.8} if signals else {},
+    }
+
+
+def test_the_choosing_rule_keeps_goemotions_as_a_constraint_then_takes_the_best_learner_dev():
+    from export.learner_gap import choose
+
+    rows = [
+        _candidate("x5", 0.5368, 0.490),  # best on learner dev, but 0.0164 under the GoEmotions-only line
+        _candidate("x3", 0.5436, 0.474),  # 0.0096 under: within
+        _candidate("x2", 0.5500, 0.460),  # within, worse on learner dev
+        _candidate("go", 0.5532, 0.261, signals=False),
+    ]
+    choice = choose(rows)
+    assert (choice["chosen"], choice["line"]) == ("x3", 0.5432)
+    assert "2 within the line" in choice["why"]
+    assert choose(rows, max_drop=0.02)["chosen"] == "x5"  # a looser line lets the better learner model in
+    assert choose([_candidate("a", 0.55, 0.5), _candidate("b", 0.55, 0.5), rows[3]])["chosen"] == "a"
+
+
+def test_the_choosing_rule_chooses_nothing_without_a_reference_or_a_candidate_within_the_line():
+    from export.learner_gap import choose, selection_markdown
+
+    assert choose([_candidate("x3", 0.55, 0.5)])["chosen"] is None  # no GoEmotions-only export to compare
+    below = choose([_candidate("x5", 0.50, 0.6), _candidate("go", 0.55, 0.2, signals=False)])
+    assert below["chosen"] is None and below["line"] == 0.54
+    rows = [
+        {
+            **_candidate("x3", 0.55, 0.5),
+            "model": "m",
+            "signal_precision": {"giving_up": 0.8},
+            "signal_recall": {"giving_up": 0.8},
+            "signals_on_goemotions_dev": None,
+            "band_agreement": 0.5,
+            "giving_up_at_least_moderate": 1,
+            "giving_up_messages": 2,
+        }
+    ]
+    table = selection_markdown({"candidates": rows, "choice": choose(rows)}, "cmd")
+    assert "**Nothing chosen**: no GoEmotions-only export among the candidates." in table
