@@ -430,7 +430,7 @@ def _model_section(title: str, m: dict[str, Any]) -> list[str]:
         if len(by_part) > 1:
             lines += [
                 "",
-                "The same, by part of the set (parts e and f were written to what the dev split missed; "
+                "The same, by part of the set (parts e, f and g were written to what the dev split missed; "
                 "their test messages share writers and brief with their train messages):",
                 "",
                 "| signal | part | messages | support | precision | recall |",
@@ -675,9 +675,9 @@ def select(candidates: list[Path], data_dir: Path = DATA_DIR) -> dict[str, Any]:
 
 
 # The choosing rule (docs/model-and-export.md, "The offline student"): GoEmotions dev macro-F1 may not fall
-# more than this under the GoEmotions-only student; the "does not drop" is a constraint, not one
-# target to trade against the others.
-MAX_GOEMOTIONS_DEV_DROP = 0.01
+# more than the test target allows under the GoEmotions-only student; "does not drop" is a
+# constraint, not one target to trade against the others.
+MAX_GOEMOTIONS_DEV_DROP = TARGET_GOEMOTIONS_DROP
 
 
 def choose(rows: list[dict[str, Any]], max_drop: float = MAX_GOEMOTIONS_DEV_DROP) -> dict[str, Any]:
@@ -712,7 +712,7 @@ def selection_markdown(report: dict[str, Any], command: str) -> str:
         "optimistic for every candidate alike. The chosen model's test-split report is "
         "[learner_gap.md](learner_gap.md).",
         "",
-        _choice_line(report.get("choice")),
+        _choice_line(report["choice"]),
         "",
         "| export | GoEmotions dev macro-F1 | learner dev macro-F1 (labels present) | "
         + " | ".join(f"{s} F1 (P/R)" for s in signals)
@@ -737,13 +737,11 @@ def selection_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join([*lines, ""])
 
 
-def _choice_line(choice: dict[str, Any] | None) -> str:
+def _choice_line(choice: dict[str, Any]) -> str:
     rule = (
         f"The rule: GoEmotions dev macro-F1 at most {MAX_GOEMOTIONS_DEV_DROP} under the GoEmotions-only "
         "export (the line), then the best learner dev macro-F1."
     )
-    if not choice:
-        return rule
     line = "" if choice["line"] is None else f" Line: {choice['line']:.4f}."
     chosen = f"**Chosen: `{choice['chosen']}`**" if choice["chosen"] else "**Nothing chosen**"
     return f"{rule}{line} {chosen}: {choice['why']}."
