@@ -286,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="another model (repository or export directory) to report beside it, e.g. the student "
         "trained without the learner data",
     )
+    p.add_argument(
+        "--model-seed",
+        type=Path,
+        action="append",
+        default=[],
+        help="the served model's recipe trained with another seed (export directory; repeatable): its "
+        "GoEmotions test macro-F1 joins the seed spread",
+    )
+    p.add_argument(
+        "--baseline-seed",
+        type=Path,
+        action="append",
+        default=[],
+        help="the baseline's recipe trained with another seed (repeatable; needs --baseline)",
+    )
     p.add_argument("--out", type=Path, default=Path("results"))
 
     p = sub.add_parser(
@@ -513,8 +528,15 @@ def cmd_learner_gap(args: argparse.Namespace) -> int:
 
     if _installed(args.repository) is None:
         return 1
-    report = learner_gap.run(args.repository, args.baseline)
-    command = "python -m export learner-gap" + (f" --baseline {args.baseline}" if args.baseline else "")
+    report = learner_gap.run(args.repository, args.baseline, args.model_seed, args.baseline_seed)
+    command = " ".join(
+        [
+            "python -m export learner-gap",
+            *([f"--baseline {args.baseline}"] if args.baseline else []),
+            *(f"--model-seed {d}" for d in args.model_seed),
+            *(f"--baseline-seed {d}" for d in args.baseline_seed),
+        ]
+    )
     for path in learner_gap.write(report, args.out, command):
         log.info("wrote %s", path)
     return 0

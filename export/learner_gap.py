@@ -38,6 +38,7 @@ from export.training.metrics import bootstrap_f1, bootstrap_macro_difference, bo
 
 log = logging.getLogger(__name__)
 CONFUSIONS_SHOWN = 12
+DROP_LABELS_SHOWN = 5
 GO = len(GOEMOTIONS_LABELS)
 # The policy's intervention levels read as the set's bands.
 BAND_OF_LEVEL = {
@@ -277,6 +278,15 @@ def _evaluate(directory: Path, split: str, data_dir: Path) -> tuple[dict[str, An
             learner.ids, learner_probs[:, :GO], learner.labels, go_thresholds
         ),
         "goemotions_test": {"n": len(goemotions), **bootstrap_f1(go_probs, goemotions.labels, go_thresholds)},
+        "goemotions_per_label": {
+            name: {"f1": round(f1, 4), "support": int(n)}
+            for name, f1, n in zip(
+                GOEMOTIONS_LABELS,
+                f1_scores(go_probs, goemotions.labels, go_thresholds).per_label,
+                goemotions.labels.sum(axis=0),
+                strict=True,
+            )
+        },
         "per_label": per_label,
         "confusions": [
             {"gold": g, "predicted": p, "count": n} for (g, p), n in confusions(gold, predicted).most_common()
@@ -366,6 +376,23 @@ def targets(model: dict[str, Any], baseline: dict[str, Any] | None) -> list[dict
     return rows
 
 
+def drop_by_label(model: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GoEmotions labels whose test F1 fell most from the baseline's, each with its share of the
+    macro-F1 drop (its F1 change over the label count): a rare label's few texts can carry most of it."""
+    before, after = baseline["goemotions_per_label"], model["goemotions_per_label"]
+    rows = [
+        {
+            "label": name,
+            "support": v["support"],
+            "baseline_f1": before[name]["f1"],
+            "f1": v["f1"],
+            "share": round((before[name]["f1"] - v["f1"]) / len(after), 4),
+        }
+        for name, v in after.items()
+    ]
+    return sorted(rows, key=lambda r: -r["share"])[:DROP_LABELS_SHOWN]
+
+
 def _paired(model: dict[str, Any]) -> str:
     drop = model.get("goemotions_drop")
     if drop is None:
@@ -374,13 +401,94 @@ def _paired(model: dict[str, Any]) -> str:
     return f", paired 95% CI [{lo:+.3f}, {hi:+.3f}]"
 
 
-def run(repository: Path, baseline: Path | None = None) -> dict[str, Any]:
+def run(
+    repository: Path,
+    baseline: Path | None = None,
+    model_seeds: list[Path] | None = None,
+    baseline_seeds: list[Path] | None = None,
+) -> dict[str, Any]:
+    """The report; ``model_seeds`` / ``baseline_seeds``: the same recipes trained with other seeds, to set
+    the GoEmotions drop beside the seed-to-seed spread (GoEmotions test only)."""
     model, pred, gold = _evaluate(repository, "test", DATA_DIR)
     before = None
     if baseline is not None:
         before, pred_before, _ = _evaluate(baseline, "test", DATA_DIR)
         model["goemotions_drop"] = bootstrap_macro_difference(pred_before, pred, gold)
-    return {"model": model, "baseline": before, "targets": targets(model, before)}
+        model["goemotions_drop_by_label"] = drop_by_label(model, before)
+    report = {"model": model, "baseline": before, "targets": targets(model, before), "seeds": None}
+    if before is not None and (model_seeds or baseline_seeds):
+        report["seeds"] = seed_spread(
+            [_seed_row(model), *(goemotions_test(d) for d in model_seeds or [])],
+            [_seed_row(before), *(goemotions_test(d) for d in baseline_seeds or [])],
+        )
+    return report
+
+
+def goemotions_test(directory: Path, data_dir: Path = DATA_DIR) -> dict[str, Any]:
+    """A model's GoEmotions test macro-F1 as served (its variant, temperatures and thresholds)."""
+    served = Served.load(directory)
+    split = load_split("test", data_dir)
+    probs = served.probabilities(split.texts)[:, :GO]
+    scores = f1_scores(probs, split.labels, served.thresholds[:GO])
+    return {"model": served.manifest.served_version(served.variant), "macro_f1": round(scores.macro, 4)}
+
+
+def _seed_row(report: dict[str, Any]) -> dict[str, Any]:
+    return {"model": report["model"], "macro_f1": report["goemotions_test"]["macro_f1"]}
+
+
+def seed_spread(model: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each recipe's GoEmotions test macro-F1 over its seeds (mean, spread = max - min) and the drop
+    between the means: what the recipe costs, apart from which seed each side happened to draw."""
+
+    def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        values = [r["macro_f1"] for r in rows]
+        return {
+            "runs": rows,
+            "mean": round(float(np.mean(values)), 4),
+            "spread": round(max(values) - min(values), 4),
+        }
+
+    m, b = summary(model), summary(baseline)
+    return {"model": m, "baseline": b, "drop_of_means": round(b["mean"] - m["mean"], 4)}
+
+
+def _drop_lines(rows: list[dict[str, Any]] | None) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "Where the GoEmotions test drop comes from, the labels that fell most (a label's F1 change over 28 "
+        "is its share of the macro-F1 drop):",
+        "",
+        "| label | test support | baseline F1 | F1 | share of the drop |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {r['label']} | {r['support']} | {r['baseline_f1']:.3f} | {r['f1']:.3f} | {r['share']:+.4f} |"
+            for r in rows
+        ),
+        "",
+    ]
+
+
+def _seed_lines(seeds: dict[str, Any] | None) -> list[str]:
+    if not seeds:
+        return []
+    lines = [
+        "The same recipes trained with other seeds (GoEmotions test macro-F1, each as served):",
+        "",
+        "| recipe | runs | mean | spread (max - min) |",
+        "|---|---|---:|---:|",
+    ]
+    for side in ("model", "baseline"):
+        r = seeds[side]
+        runs = ", ".join(f"`{run['model']}` {run['macro_f1']:.3f}" for run in r["runs"])
+        lines.append(f"| {side} | {runs} | {r['mean']:.3f} | {r['spread']:.3f} |")
+    return [
+        *lines,
+        "",
+        f"Drop between the recipe means: {seeds['drop_of_means']:+.3f}.",
+        "",
+    ]
 
 
 def _f1_row(name: str, r: dict[str, Any], n: int | str) -> str:
@@ -489,6 +597,8 @@ def markdown(report: dict[str, Any], command: str) -> str:
             for t in report["targets"]
         ),
         "",
+        *_drop_lines(model.get("goemotions_drop_by_label")),
+        *_seed_lines(report.get("seeds")),
         *_model_section("Model", model),
     ]
     if baseline is not None:

@@ -421,6 +421,31 @@ def test_the_domain_gap_report_pairs_the_goemotions_drop_against_its_baseline(si
     assert f"paired 95% CI [{lo:+.3f}, {hi:+.3f}]" in row["measured"]
 
 
+def test_the_domain_gap_report_sets_the_drop_beside_other_seeds_and_splits_it_by_label(
+    signal_export, exported
+):
+    from export import learner_gap
+
+    report = learner_gap.run(
+        signal_export[0], baseline=exported[0], model_seeds=[signal_export[0]], baseline_seeds=[exported[0]]
+    )
+    model, baseline, seeds = report["model"], report["baseline"], report["seeds"]
+    # the per-label F1s are the ones the GoEmotions macro-F1 averages
+    per_label = [v["f1"] for v in model["goemotions_per_label"].values()]
+    assert np.mean(per_label) == pytest.approx(model["goemotions_test"]["macro_f1"], abs=2e-4)
+    # a seed scored on its own (goemotions_test) agrees with the full evaluation of the same export
+    assert [r["macro_f1"] for r in seeds["model"]["runs"]] == [model["goemotions_test"]["macro_f1"]] * 2
+    assert seeds["baseline"]["mean"] == pytest.approx(baseline["goemotions_test"]["macro_f1"])
+    expected = baseline["goemotions_test"]["macro_f1"] - model["goemotions_test"]["macro_f1"]
+    assert seeds["drop_of_means"] == pytest.approx(expected, abs=1e-4)
+    shares = [r["share"] for r in model["goemotions_drop_by_label"]]
+    assert shares == sorted(shares, reverse=True)
+    text = learner_gap.markdown(report, "cmd")
+    assert f"Drop between the recipe means: {seeds['drop_of_means']:+.3f}." in text
+    assert f"| {model['goemotions_drop_by_label'][0]['label']} |" in text
+    assert learner_gap.run(signal_export[0], baseline=exported[0])["seeds"] is None
+
+
 def test_the_model_bench_runs_every_variant_an_export_has(exported, tmp_path):
     # torch_fp16 is safetensors run by the torch runtime; loading it as ONNX broke `make bench-model`
     from export.__main__ import main

@@ -296,6 +296,42 @@ def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
     assert rows[2]["measured"] == "0.514 vs 0.532 (drop +0.018, paired 95% CI [+0.004, +0.031])"
 
 
+def test_the_goemotions_drop_is_split_by_label_largest_share_first():
+    from contract.names import GOEMOTIONS_LABELS
+    from export.learner_gap import DROP_LABELS_SHOWN, drop_by_label
+
+    before = {name: {"f1": 0.5, "support": 100} for name in GOEMOTIONS_LABELS}
+    after = {**before, "grief": {"f1": 0.167, "support": 6}, "relief": {"f1": 0.4, "support": 11}}
+    after["joy"] = {"f1": 0.6, "support": 161}  # rose: a negative share, never among the largest
+    rows = drop_by_label({"goemotions_per_label": after}, {"goemotions_per_label": before})
+    assert len(rows) == DROP_LABELS_SHOWN
+    assert [r["label"] for r in rows[:2]] == ["grief", "relief"]
+    assert rows[0] == {"label": "grief", "support": 6, "baseline_f1": 0.5, "f1": 0.167, "share": 0.0119}
+    assert rows[1]["share"] == pytest.approx(0.1 / 28, abs=1e-4)
+    assert "joy" not in [r["label"] for r in rows]
+
+
+def test_the_seed_spread_compares_recipe_means():
+    from export.learner_gap import seed_spread
+
+    spread = seed_spread(
+        [{"model": "a13", "macro_f1": 0.508}, {"model": "a14", "macro_f1": 0.522}],
+        [
+            {"model": "b13", "macro_f1": 0.532},
+            {"model": "b14", "macro_f1": 0.520},
+            {"model": "b15", "macro_f1": 0.526},
+        ],
+    )
+    assert spread["model"]["mean"] == pytest.approx(0.515) and spread["model"]["spread"] == pytest.approx(
+        0.014
+    )
+    assert spread["baseline"]["mean"] == pytest.approx(0.526) and spread["baseline"][
+        "spread"
+    ] == pytest.approx(0.012)
+    assert spread["drop_of_means"] == pytest.approx(0.011)
+    assert [r["model"] for r in spread["baseline"]["runs"]] == ["b13", "b14", "b15"]
+
+
 def test_int8_calibration_adds_learner_train_messages_only_for_a_model_with_signals():
     from export.pipeline import LEARNER_CALIBRATION_TEXTS, int8_calibration_texts
 
