@@ -367,6 +367,10 @@ def test_the_choosing_rule_keeps_goemotions_as_a_constraint_then_takes_the_best_
     assert "2 within the line" in choice["why"]
     assert choose(rows, max_drop=0.02)["chosen"] == "x5"  # a looser line lets the better learner model in
     assert choose([_candidate("a", 0.55, 0.5), _candidate("b", 0.55, 0.5), rows[3]])["chosen"] == "a"
+    # two GoEmotions-only seeds: the line is 0.01 under their mean (0.5482), not under the luckier one
+    seeds = [*rows, _candidate("go14", 0.5432, 0.262, signals=False)]
+    assert (choose(seeds)["chosen"], choose(seeds)["line"]) == ("x3", 0.5382)
+    assert choose([rows[0], *seeds[2:]])["chosen"] == "x2"  # x5 is still 0.0014 under the mean's line
 
 
 def test_the_choosing_rule_chooses_nothing_without_a_reference_or_a_candidate_within_the_line():
