@@ -526,6 +526,9 @@ def _installed(repository: Path) -> Manifest | None:
 def cmd_learner_gap(args: argparse.Namespace) -> int:
     from export import learner_gap
 
+    if (args.model_seed or args.baseline_seed) and args.baseline is None:
+        log.error("--model-seed and --baseline-seed set seeds beside a baseline: give --baseline too")
+        return EXIT_BAD_INPUT
     if _installed(args.repository) is None:
         return 1
     report = learner_gap.run(args.repository, args.baseline, args.model_seed, args.baseline_seed)

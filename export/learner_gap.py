@@ -457,8 +457,8 @@ def _drop_lines(rows: list[dict[str, Any]] | None) -> list[str]:
     if not rows:
         return []
     return [
-        "Where the GoEmotions test drop comes from, the labels that fell most (a label's F1 change over 28 "
-        "is its share of the macro-F1 drop):",
+        "Where the GoEmotions test drop comes from, the labels that fell most (a label's F1 change over "
+        f"{GO} is its share of the macro-F1 drop):",
         "",
         "| label | test support | baseline F1 | F1 | share of the drop |",
         "|---|---:|---:|---:|---:|",

@@ -162,6 +162,14 @@ def test_bad_inputs_exit_code(tmp_path, tiny_model, caplog):
         main(["build", str(tiny_model), "--parity-tolerance", "bogus"])
 
 
+def test_learner_gap_seeds_need_a_baseline(tmp_path, caplog):
+    # seeds are set beside a baseline; without one they would be dropped without a word
+    args = ["learner-gap", "--repository", str(tmp_path), "--out", str(tmp_path)]
+    assert main([*args, "--model-seed", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert main([*args, "--baseline-seed", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert "give --baseline too" in caplog.text
+
+
 def test_prepare_is_cached(tmp_path, tiny_model, tiny_data, monkeypatch, caplog):
     import export.__main__ as cli
 
