@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -404,8 +405,8 @@ def _paired(model: dict[str, Any]) -> str:
 def run(
     repository: Path,
     baseline: Path | None = None,
-    model_seeds: list[Path] | None = None,
-    baseline_seeds: list[Path] | None = None,
+    model_seeds: Sequence[Path] = (),
+    baseline_seeds: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """The report; ``model_seeds`` / ``baseline_seeds``: the same recipes trained with other seeds, to set
     the GoEmotions drop beside the seed-to-seed spread (GoEmotions test only)."""
@@ -418,8 +419,8 @@ def run(
     report = {"model": model, "baseline": before, "targets": targets(model, before), "seeds": None}
     if before is not None and (model_seeds or baseline_seeds):
         report["seeds"] = seed_spread(
-            [_seed_row(model), *(goemotions_test(d) for d in model_seeds or [])],
-            [_seed_row(before), *(goemotions_test(d) for d in baseline_seeds or [])],
+            [_seed_row(model), *map(goemotions_test, model_seeds)],
+            [_seed_row(before), *map(goemotions_test, baseline_seeds)],
         )
     return report
 

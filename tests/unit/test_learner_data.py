@@ -322,12 +322,10 @@ def test_the_seed_spread_compares_recipe_means():
             {"model": "b15", "macro_f1": 0.526},
         ],
     )
-    assert spread["model"]["mean"] == pytest.approx(0.515) and spread["model"]["spread"] == pytest.approx(
-        0.014
-    )
-    assert spread["baseline"]["mean"] == pytest.approx(0.526) and spread["baseline"][
-        "spread"
-    ] == pytest.approx(0.012)
+    assert spread["model"]["mean"] == pytest.approx(0.515)
+    assert spread["model"]["spread"] == pytest.approx(0.014)
+    assert spread["baseline"]["mean"] == pytest.approx(0.526)
+    assert spread["baseline"]["spread"] == pytest.approx(0.012)
     assert spread["drop_of_means"] == pytest.approx(0.011)
     assert [r["model"] for r in spread["baseline"]["runs"]] == ["b13", "b14", "b15"]
 
