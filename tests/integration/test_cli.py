@@ -294,3 +294,13 @@ def test_train_passes_the_learner_mix_options_to_its_config(monkeypatch, tmp_pat
     assert (cfg.learner_repeat, cfg.signal_negative_weight) == (4, 0.1)
     assert (cfg.learner_label_weight, cfg.learner_typo_rate) == (0.75, 0.2)
     assert isinstance(cfg.learner_repeat, int)
+
+
+def test_train_fits_its_schedule_to_the_budget_only_when_asked(monkeypatch, tmp_path):
+    import export.__main__ as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "train", lambda out, cfg, data_dir: seen.append(cfg) or {"dev_at_tuned": {}})
+    assert main(["train", "--output", str(tmp_path / "s")]) == 0
+    assert main(["train", "--output", str(tmp_path / "s"), "--fit-schedule-to-budget"]) == 0
+    assert [cfg.fit_schedule_to_budget for cfg in seen] == [False, True]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,29 +46,35 @@ def test_writes_a_standard_hf_model_dir(tmp_path, tiny_model, tiny_data, label_n
     assert train(out, CFG, data_dir=tiny_data, base=tiny_model) == json.loads((out / REPORT_FILE).read_text())
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_model, tiny_data, monkeypatch):
-    straight = tmp_path / "straight"
-    train(straight, CFG, data_dir=tiny_data, base=tiny_model)
-
-    resumed = tmp_path / "resumed"
+def _crash_at_step_10_then_resume(out: Path, cfg: TrainConfig, tiny_data, tiny_model, monkeypatch) -> dict:
+    """Train ``out`` until the checkpoint at step 10, stop it there as a crash would, then train it again."""
     real_save = train_mod._save_checkpoint
 
-    def save_then_crash(path, model, optimizer, scheduler, step):
-        real_save(path, model, optimizer, scheduler, step)
+    def save_then_crash(path, model, optimizer, scheduler, step, total_steps):
+        real_save(path, model, optimizer, scheduler, step, total_steps)
         if step == 10:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train(resumed, CFG, data_dir=tiny_data, base=tiny_model)
-    assert (resumed / CHECKPOINT_DIR / "state.pt").is_file() and not is_trained(resumed)
+        train(out, cfg, data_dir=tiny_data, base=tiny_model)
+    assert (out / CHECKPOINT_DIR / "state.pt").is_file() and not is_trained(out)
     monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
-    report = train(resumed, CFG, data_dir=tiny_data, base=tiny_model)
-    assert report["steps"] == 23
-    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    return train(out, cfg, data_dir=tiny_data, base=tiny_model)
+
+
+def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_model, tiny_data, monkeypatch):
+    train(tmp_path / "straight", CFG, data_dir=tiny_data, base=tiny_model)
+    report = _crash_at_step_10_then_resume(tmp_path / "resumed", CFG, tiny_data, tiny_model, monkeypatch)
+    assert report["steps"] == 23
+    _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_time_budget_stops_and_saves(tmp_path, tiny_model, tiny_data):
@@ -75,6 +82,47 @@ def test_time_budget_stops_and_saves(tmp_path, tiny_model, tiny_data):
     report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
     assert report["stopped_early"] is True and report["steps"] == 1
     assert is_trained(tmp_path / "s")
+
+
+class _Clock:
+    """A fake ``time.monotonic``: every reading is ``tick`` seconds after the one before."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_slow_machine_gets_a_schedule_that_fits_the_budget(tmp_path, tiny_model, tiny_data, monkeypatch):
+    # 23 planned steps; at a few clock readings a step, a 1-minute budget holds about half of them
+    monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
+    cfg = dataclasses.replace(CFG, time_budget_minutes=1.0, warmup_ratio=0.1, fit_schedule_to_budget=True)
+    report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
+    assert report["planned_steps"] == 23
+    assert report["steps"] == report["total_steps"] < 23
+    assert report["stopped_early"] is False
+    assert report["lr_at_stop"] == 0.0  # the rate decayed to 0 inside the budget
+
+
+def test_a_fitted_schedule_is_kept_on_resume(tmp_path, tiny_model, tiny_data, monkeypatch):
+    cfg = dataclasses.replace(CFG, time_budget_minutes=1.0, warmup_ratio=0.1, fit_schedule_to_budget=True)
+    monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
+    straight = train(tmp_path / "straight", cfg, data_dir=tiny_data, base=tiny_model)
+    # the resumed run starts with a fresh budget: it ends where the fitted schedule ended, not at 23
+    resumed = _crash_at_step_10_then_resume(tmp_path / "resumed", cfg, tiny_data, tiny_model, monkeypatch)
+    assert resumed["steps"] == resumed["total_steps"] == straight["total_steps"] < 23
+    _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_without_fitting_the_guard_stops_mid_schedule(tmp_path, tiny_model, tiny_data, monkeypatch):
+    monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
+    cfg = dataclasses.replace(CFG, time_budget_minutes=1.0, warmup_ratio=0.1, fit_schedule_to_budget=False)
+    report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
+    assert report["stopped_early"] is True
+    assert report["steps"] < report["total_steps"] == report["planned_steps"] == 23
+    assert report["lr_at_stop"] > 0.0
 
 
 def test_head_gets_its_own_learning_rate(tiny_model, label_names):

@@ -33,3 +33,30 @@ def test_resumed_schedule_replays_the_remaining_batches_exactly():
     assert list(_schedule(lengths, cfg, per_epoch, total, start=37)) == full[37:]
     # a new epoch reshuffles
     assert full[:per_epoch] != full[per_epoch : 2 * per_epoch]
+
+
+def test_step_plan_is_transformers_linear_schedule_until_fitted():
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from export.training.train import StepPlan
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = get_linear_schedule_with_warmup(optimizer, 6, 100)
+    plan = StepPlan(planned=100, warmup=6, total=100)
+    for step in range(105):
+        assert plan.lr_factor(step) == reference.lr_lambdas[0](step), step
+
+
+def test_step_plan_fit_ends_the_schedule_where_the_budget_runs_out():
+    from export.training.train import FIT_MARGIN, StepPlan
+
+    plan = StepPlan(planned=1000, warmup=60, total=1000)
+    assert not plan.fit(step=60, seconds_per_step=0.5, seconds_left=600)  # 1,200 more fit: unchanged
+    assert plan.total == 1000
+    assert plan.fit(step=60, seconds_per_step=1.0, seconds_left=500)
+    assert plan.total == 60 + int(500 * (1 - FIT_MARGIN))
+    assert plan.lr_factor(plan.total) == 0.0 and plan.lr_factor(plan.total - 1) > 0.0
+    shortened = plan.total
+    assert not plan.fit(step=100, seconds_per_step=0.1, seconds_left=10_000)  # never lengthened
+    assert plan.total == shortened
