@@ -40,6 +40,8 @@ from export.training.metrics import bootstrap_f1, bootstrap_macro_difference, bo
 log = logging.getLogger(__name__)
 CONFUSIONS_SHOWN = 12
 DROP_LABELS_SHOWN = 5
+# Fewer GoEmotions test texts than this makes a label rare in the drop split (grief has 6, relief 11).
+RARE_SUPPORT = 50
 GO = len(GOEMOTIONS_LABELS)
 # The policy's intervention levels read as the set's bands.
 BAND_OF_LEVEL = {
@@ -377,11 +379,11 @@ def targets(model: dict[str, Any], baseline: dict[str, Any] | None) -> list[dict
     return rows
 
 
-def drop_by_label(model: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, Any]]:
-    """The GoEmotions labels whose test F1 fell most from the baseline's, each with its share of the
-    macro-F1 drop (its F1 change over the label count): a rare label's few texts can carry most of it."""
+def _label_changes(model: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every GoEmotions label's test F1 before and after, with its share of the macro-F1 drop (its F1
+    change over the label count)."""
     before, after = baseline["goemotions_per_label"], model["goemotions_per_label"]
-    rows = [
+    return [
         {
             "label": name,
             "support": v["support"],
@@ -391,7 +393,31 @@ def drop_by_label(model: dict[str, Any], baseline: dict[str, Any]) -> list[dict[
         }
         for name, v in after.items()
     ]
-    return sorted(rows, key=lambda r: -r["share"])[:DROP_LABELS_SHOWN]
+
+
+def drop_by_label(model: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GoEmotions labels whose test F1 fell most from the baseline's, largest share of the macro-F1
+    drop first: a rare label's few texts can carry most of it."""
+    return sorted(_label_changes(model, baseline), key=lambda r: -r["share"])[:DROP_LABELS_SHOWN]
+
+
+def drop_by_frequency(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The macro-F1 drop over the frequent labels (at least ``RARE_SUPPORT`` test texts) and over the rare
+    ones, each with its share of the whole drop. A rare label's F1 moves by whole texts, so its part of a
+    drop is mostly chance; the frequent labels' part is what a recipe reliably costs."""
+    rows = _label_changes(model, baseline)
+    groups = {
+        "frequent": [r for r in rows if r["support"] >= RARE_SUPPORT],
+        "rare": [r for r in rows if r["support"] < RARE_SUPPORT],
+    }
+    return {
+        name: {
+            "labels": [r["label"] for r in group],
+            "drop": round(float(np.mean([r["baseline_f1"] - r["f1"] for r in group])), 4) if group else 0.0,
+            "share": round(sum(r["share"] for r in group), 4),
+        }
+        for name, group in groups.items()
+    }
 
 
 def _paired(model: dict[str, Any]) -> str:
@@ -416,6 +442,7 @@ def run(
         before, pred_before, _ = _evaluate(baseline, "test", DATA_DIR)
         model["goemotions_drop"] = bootstrap_macro_difference(pred_before, pred, gold)
         model["goemotions_drop_by_label"] = drop_by_label(model, before)
+        model["goemotions_drop_by_frequency"] = drop_by_frequency(model, before)
     report = {"model": model, "baseline": before, "targets": targets(model, before), "seeds": None}
     if before is not None and (model_seeds or baseline_seeds):
         report["seeds"] = seed_spread(
@@ -454,10 +481,10 @@ def seed_spread(model: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> 
     return {"model": m, "baseline": b, "drop_of_means": round(b["mean"] - m["mean"], 4)}
 
 
-def _drop_lines(rows: list[dict[str, Any]] | None) -> list[str]:
+def _drop_lines(rows: list[dict[str, Any]] | None, by_frequency: dict[str, Any] | None) -> list[str]:
     if not rows:
         return []
-    return [
+    lines = [
         "Where the GoEmotions test drop comes from, the labels that fell most (a label's F1 change over "
         f"{GO} is its share of the macro-F1 drop):",
         "",
@@ -469,6 +496,17 @@ def _drop_lines(rows: list[dict[str, Any]] | None) -> list[str]:
         ),
         "",
     ]
+    if by_frequency:  # reports written before the split have none
+        frequent, rare = by_frequency["frequent"], by_frequency["rare"]
+        lines += [
+            f"Split by how often a label occurs: over the {len(frequent['labels'])} labels with at least "
+            f"{RARE_SUPPORT} test texts the macro-F1 drop is {frequent['drop']:+.3f} (share of the whole "
+            f"drop {frequent['share']:+.4f}); over the {len(rare['labels'])} rarer ones "
+            f"({', '.join(rare['labels'])}) it is {rare['drop']:+.3f} (share {rare['share']:+.4f}). "
+            "A rare label's F1 moves by whole texts.",
+            "",
+        ]
+    return lines
 
 
 def _seed_lines(seeds: dict[str, Any] | None) -> list[str]:
@@ -598,7 +636,7 @@ def markdown(report: dict[str, Any], command: str) -> str:
             for t in report["targets"]
         ),
         "",
-        *_drop_lines(model.get("goemotions_drop_by_label")),
+        *_drop_lines(model.get("goemotions_drop_by_label"), model.get("goemotions_drop_by_frequency")),
         *_seed_lines(report.get("seeds")),
         *_model_section("Model", model),
     ]

@@ -100,7 +100,6 @@ class StepPlan:
     """The run's length in steps and its learning-rate factor: transformers' linear warm-up and decay
     (``get_linear_schedule_with_warmup``), over ``total``, which ``fit`` may shorten (never lengthen)."""
 
-    planned: int
     warmup: int
     total: int
 
@@ -361,7 +360,7 @@ def train(
 
     per_epoch = _batches_per_epoch(len(encoded), cfg.batch_size)
     planned = max(1, math.ceil(per_epoch * cfg.epochs))
-    plan = StepPlan(planned, int(planned * cfg.warmup_ratio), planned)
+    plan = StepPlan(warmup=int(planned * cfg.warmup_ratio), total=planned)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.lr_factor(s))
 

@@ -443,6 +443,12 @@ def test_the_domain_gap_report_sets_the_drop_beside_other_seeds_and_splits_it_by
     text = learner_gap.markdown(report, "cmd")
     assert f"Drop between the recipe means: {seeds['drop_of_means']:+.3f}." in text
     assert f"| {model['goemotions_drop_by_label'][0]['label']} |" in text
+    split = model["goemotions_drop_by_frequency"]
+    assert sorted(split["frequent"]["labels"] + split["rare"]["labels"]) == sorted(
+        model["goemotions_per_label"]
+    )
+    assert split["frequent"]["share"] + split["rare"]["share"] == pytest.approx(expected, abs=5e-4)
+    assert f"over the {len(split['rare']['labels'])} rarer ones" in text
     assert learner_gap.run(signal_export[0], baseline=exported[0])["seeds"] is None
 
 

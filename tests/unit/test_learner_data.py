@@ -311,6 +311,26 @@ def test_the_goemotions_drop_is_split_by_label_largest_share_first():
     assert "joy" not in [r["label"] for r in rows]
 
 
+def test_the_goemotions_drop_is_split_into_frequent_and_rare_labels():
+    from contract.names import GOEMOTIONS_LABELS
+    from export.learner_gap import RARE_SUPPORT, drop_by_frequency
+
+    before = {name: {"f1": 0.5, "support": 100} for name in GOEMOTIONS_LABELS}
+    before["grief"] = {"f1": 0.5, "support": 6}
+    before["relief"] = {"f1": 0.3, "support": RARE_SUPPORT}  # at the bound: frequent
+    before["pride"] = {"f1": 0.4, "support": RARE_SUPPORT - 1}  # just under it: rare
+    after = {**before, "grief": {"f1": 0.1, "support": 6}, "relief": {"f1": 0.2, "support": RARE_SUPPORT}}
+    after["joy"] = {"f1": 0.6, "support": 161}
+    split = drop_by_frequency({"goemotions_per_label": after}, {"goemotions_per_label": before})
+    assert split["rare"]["labels"] == ["grief", "pride"]
+    assert split["rare"]["drop"] == pytest.approx(0.2)  # grief fell 0.4, pride held
+    assert len(split["frequent"]["labels"]) == 26
+    assert split["frequent"]["drop"] == pytest.approx(0.0)  # relief fell 0.1, joy rose 0.1
+    # the two shares add up to the whole macro-F1 drop
+    whole = sum(v["f1"] for v in before.values()) / 28 - sum(v["f1"] for v in after.values()) / 28
+    assert split["rare"]["share"] + split["frequent"]["share"] == pytest.approx(whole, abs=2e-4)
+
+
 def test_the_seed_spread_compares_recipe_means():
     from export.learner_gap import seed_spread
 

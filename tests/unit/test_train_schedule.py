@@ -43,7 +43,7 @@ def test_step_plan_is_transformers_linear_schedule_until_fitted():
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     reference = get_linear_schedule_with_warmup(optimizer, 6, 100)
-    plan = StepPlan(planned=100, warmup=6, total=100)
+    plan = StepPlan(warmup=6, total=100)
     for step in range(105):
         assert plan.lr_factor(step) == reference.lr_lambdas[0](step), step
 
@@ -51,7 +51,7 @@ def test_step_plan_is_transformers_linear_schedule_until_fitted():
 def test_step_plan_fit_ends_the_schedule_where_the_budget_runs_out():
     from export.training.train import FIT_MARGIN, StepPlan
 
-    plan = StepPlan(planned=1000, warmup=60, total=1000)
+    plan = StepPlan(warmup=60, total=1000)
     assert not plan.fit(step=60, seconds_per_step=0.5, seconds_left=600)  # 1,200 more fit: unchanged
     assert plan.total == 1000
     assert plan.fit(step=60, seconds_per_step=1.0, seconds_left=500)
