@@ -25,6 +25,8 @@ from export.training.train import (
 )
 
 CFG = TrainConfig(epochs=1.5, batch_size=8, checkpoint_every_steps=5, limit_eval=60, learning_signals=False)
+# With the fake clock below (about 3 s a step), a 1-minute budget holds about half of CFG's 23 steps.
+SLOW = dataclasses.replace(CFG, time_budget_minutes=1.0, warmup_ratio=0.1)
 
 
 def test_writes_a_standard_hf_model_dir(tmp_path, tiny_model, tiny_data, label_names):
@@ -96,9 +98,8 @@ class _Clock:
 
 
 def test_a_slow_machine_gets_a_schedule_that_fits_the_budget(tmp_path, tiny_model, tiny_data, monkeypatch):
-    # 23 planned steps; at a few clock readings a step, a 1-minute budget holds about half of them
     monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
-    cfg = dataclasses.replace(CFG, time_budget_minutes=1.0, warmup_ratio=0.1, fit_schedule_to_budget=True)
+    cfg = dataclasses.replace(SLOW, fit_schedule_to_budget=True)
     report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
     assert report["planned_steps"] == 23
     assert report["steps"] == report["total_steps"] < 23
@@ -107,7 +108,7 @@ def test_a_slow_machine_gets_a_schedule_that_fits_the_budget(tmp_path, tiny_mode
 
 
 def test_a_fitted_schedule_is_kept_on_resume(tmp_path, tiny_model, tiny_data, monkeypatch):
-    cfg = dataclasses.replace(CFG, time_budget_minutes=1.0, warmup_ratio=0.1, fit_schedule_to_budget=True)
+    cfg = dataclasses.replace(SLOW, fit_schedule_to_budget=True)
     monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
     straight = train(tmp_path / "straight", cfg, data_dir=tiny_data, base=tiny_model)
     # the resumed run starts with a fresh budget: it ends where the fitted schedule ended, not at 23
@@ -118,7 +119,7 @@ def test_a_fitted_schedule_is_kept_on_resume(tmp_path, tiny_model, tiny_data, mo
 
 def test_without_fitting_the_guard_stops_mid_schedule(tmp_path, tiny_model, tiny_data, monkeypatch):
     monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
-    cfg = dataclasses.replace(CFG, time_budget_minutes=1.0, warmup_ratio=0.1, fit_schedule_to_budget=False)
+    cfg = dataclasses.replace(SLOW, fit_schedule_to_budget=False)
     report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
     assert report["stopped_early"] is True
     assert report["steps"] < report["total_steps"] == report["planned_steps"] == 23
