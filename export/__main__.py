@@ -172,6 +172,10 @@ LEARNER_MIX_OPTIONS = (
         "weight of the learner rows' 28 GoEmotions targets (their signal targets keep 1)",
     ),
     (
+        "learner_unused_label_weight",
+        "weight of learner rows' targets for GoEmotions labels their train split never marks (0: unknown)",
+    ),
+    (
         "learner_typo_rate",
         "share of words given a typo in each repeat of the learner split after the first (0: none)",
     ),

@@ -85,6 +85,11 @@ class TrainConfig:
     # seed and batches as at 1.0) GoEmotions dev macro-F1 rose 0.5459 -> 0.5513 (served INT8) and the
     # signals' dev recall with it, for 0.038 of learner dev macro-F1 (results/learner_selection.md).
     learner_label_weight: float = 0.5
+    # Weight of the learner rows' targets for a GoEmotions label the learner train split never marks
+    # (grief): 0 leaves it unknown on learner rows instead of teaching "not grief" on every sad one.
+    # 0.5, like every other label: at 0 seed 13 lost 0.0046 of GoEmotions dev macro-F1 and seed 14's INT8
+    # export failed the signal gate (docs/model-and-export.md, "A second seed").
+    learner_unused_label_weight: float = 0.5
     # Learners misspell ("im qutting chem i cant evn..."); WordPiece splits a misspelt word into other pieces.
     # Every repeat of the learner split after the first gets its own seeded typos at this rate per word
     # (``typo_variant``); the first stays as written. 0 = no typos.
@@ -216,7 +221,13 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, An
 
 
 def _save_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, total_steps: int
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    total_steps: int,
+    seconds_spent: float,
 ) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -228,6 +239,7 @@ def _save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "step": step,
             "total_steps": total_steps,  # the schedule's end, once fitted to the budget
+            "seconds_spent": seconds_spent,  # of the time budget, by every run so far
             "torch_rng": torch.get_rng_state(),
         },
         tmp / "state.pt",
@@ -262,6 +274,8 @@ def training_rows(train_split: Split, cfg: TrainConfig, learner_dir: Path = LEAR
     repeat = max(1, cfg.learner_repeat)
     learner_mask = np.ones((len(texts) * repeat, width), np.float32)
     learner_mask[:, : len(GOEMOTIONS_LABELS)] = cfg.learner_label_weight
+    unused = np.flatnonzero(targets[:, : len(GOEMOTIONS_LABELS)].sum(axis=0) == 0)
+    learner_mask[:, unused] = cfg.learner_unused_label_weight
     rng = random.Random(cfg.seed)
     repeats = [texts] + [
         [typo_variant(t, rng, cfg.learner_typo_rate) for t in texts] for _ in range(repeat - 1)
@@ -365,7 +379,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.lr_factor(s))
 
     ckpt = output_dir / CHECKPOINT_DIR
-    step = 0
+    step, spent_before = 0, 0.0
     if (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", weights_only=False)
         model.load_state_dict(state["model"])
@@ -374,7 +388,15 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
         plan.total = int(state.get("total_steps", planned))
-        log.info("resuming from %s at step %d/%d", ckpt, step, plan.total)
+        spent_before = float(state.get("seconds_spent", 0.0))
+        log.info(
+            "resuming from %s at step %d/%d, %.1f of the %.0f budget minutes spent",
+            ckpt,
+            step,
+            plan.total,
+            spent_before / 60,
+            cfg.time_budget_minutes,
+        )
 
     log.info(
         "training student: %d texts (%d of them learner messages), %d steps (%.1f epochs, batch %d), base %s",
@@ -385,7 +407,13 @@ def train(
         cfg.batch_size,
         base,
     )
-    deadline = started + cfg.time_budget_minutes * 60
+    # The budget is the whole model's: a resumed run (after a crash, or after the served snapshot) gets
+    # what the runs before it left, not a fresh one.
+    deadline = started + cfg.time_budget_minutes * 60 - spent_before
+
+    def budget_spent() -> float:
+        return spent_before + time.monotonic() - started
+
     pause_at = started + snapshot.after_minutes * 60 if snapshot else math.inf
     stopped_early = False
     model.train()
@@ -418,11 +446,11 @@ def train(
                     plan.total,
                 )
         if step % cfg.checkpoint_every_steps == 0:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step, plan.total)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, plan.total, budget_spent())
         if time.monotonic() > pause_at and step < plan.total:
             bar.close()
             assert snapshot is not None
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step, plan.total)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, plan.total, budget_spent())
             return _save_snapshot(snapshot.directory, model, tokenizer, cfg, step, plan.total)
         if time.monotonic() > deadline:
             log.warning(
@@ -434,7 +462,7 @@ def train(
             stopped_early = True
             break
     bar.close()
-    train_seconds = time.monotonic() - t0
+    train_seconds, seconds_spent = time.monotonic() - t0, budget_spent()
 
     dev_probs = sigmoid(predict_logits(model, tokenizer, dev_split.texts, cfg.max_length))
     dev_probs = dev_probs[:, : len(GOEMOTIONS_LABELS)]
@@ -449,6 +477,7 @@ def train(
         # the last step's learning rate as a share of the peak: 0 unless the guard cut the run short
         "lr_at_stop": round(plan.lr_factor(step), 4),
         "train_seconds_this_run": round(train_seconds, 1),
+        "budget_seconds_spent": round(seconds_spent, 1),
         "wall_seconds_this_run": round(time.monotonic() - started, 1),
         "threads": torch.get_num_threads(),
         "dev_at_0.5": f1_scores(dev_probs, dev_split.labels).as_dict(),

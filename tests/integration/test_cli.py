@@ -289,10 +289,12 @@ def test_train_passes_the_learner_mix_options_to_its_config(monkeypatch, tmp_pat
     monkeypatch.setattr(cli, "train", lambda out, cfg, data_dir: seen.append(cfg) or {"dev_at_tuned": {}})
     options = ["--learner-repeat", "4", "--signal-negative-weight", "0.1"]
     options += ["--learner-label-weight", "0.75", "--learner-typo-rate", "0.2"]
+    options += ["--learner-unused-label-weight", "0.0"]
     assert main(["train", "--output", str(tmp_path / "s"), *options]) == 0
     [cfg] = seen
     assert (cfg.learner_repeat, cfg.signal_negative_weight) == (4, 0.1)
     assert (cfg.learner_label_weight, cfg.learner_typo_rate) == (0.75, 0.2)
+    assert cfg.learner_unused_label_weight == 0.0
     assert isinstance(cfg.learner_repeat, int)
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import export.training.train as train_mod
-from contract.names import LEARNING_SIGNALS
+from contract.names import GOEMOTIONS_LABELS, LEARNING_SIGNALS
 from export.training.learner_data import learner_targets, load_learner_messages
 from export.training.train import (
     CHECKPOINT_DIR,
@@ -48,13 +48,16 @@ def test_writes_a_standard_hf_model_dir(tmp_path, tiny_model, tiny_data, label_n
     assert train(out, CFG, data_dir=tiny_data, base=tiny_model) == json.loads((out / REPORT_FILE).read_text())
 
 
-def _crash_at_step_10_then_resume(out: Path, cfg: TrainConfig, tiny_data, tiny_model, monkeypatch) -> dict:
-    """Train ``out`` until the checkpoint at step 10, stop it there as a crash would, then train it again."""
+def _crash_then_resume(
+    out: Path, cfg: TrainConfig, tiny_data, tiny_model, monkeypatch, at_step: int = 10
+) -> dict:
+    """Train ``out`` until the checkpoint at ``at_step``, stop it there as a crash would, then train it
+    again."""
     real_save = train_mod._save_checkpoint
 
-    def save_then_crash(path, model, optimizer, scheduler, step, total_steps):
-        real_save(path, model, optimizer, scheduler, step, total_steps)
-        if step == 10:
+    def save_then_crash(path, model, optimizer, scheduler, step, *rest):
+        real_save(path, model, optimizer, scheduler, step, *rest)
+        if step == at_step:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_crash)
@@ -74,7 +77,7 @@ def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_model, tiny_data, monkeypatch):
     train(tmp_path / "straight", CFG, data_dir=tiny_data, base=tiny_model)
-    report = _crash_at_step_10_then_resume(tmp_path / "resumed", CFG, tiny_data, tiny_model, monkeypatch)
+    report = _crash_then_resume(tmp_path / "resumed", CFG, tiny_data, tiny_model, monkeypatch)
     assert report["steps"] == 23
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
@@ -111,10 +114,24 @@ def test_a_fitted_schedule_is_kept_on_resume(tmp_path, tiny_model, tiny_data, mo
     cfg = dataclasses.replace(SLOW, fit_schedule_to_budget=True)
     monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
     straight = train(tmp_path / "straight", cfg, data_dir=tiny_data, base=tiny_model)
-    # the resumed run starts with a fresh budget: it ends where the fitted schedule ended, not at 23
-    resumed = _crash_at_step_10_then_resume(tmp_path / "resumed", cfg, tiny_data, tiny_model, monkeypatch)
+    # crashed after the last fit (step 15), the resumed run ends where the fitted schedule ended, not at 23
+    resumed = _crash_then_resume(tmp_path / "resumed", cfg, tiny_data, tiny_model, monkeypatch, at_step=15)
     assert resumed["steps"] == resumed["total_steps"] == straight["total_steps"] < 23
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_resumed_run_gets_what_is_left_of_the_budget_not_a_fresh_one(
+    tmp_path, tiny_model, tiny_data, monkeypatch
+):
+    monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
+    straight = train(tmp_path / "straight", SLOW, data_dir=tiny_data, base=tiny_model)
+    resumed = _crash_then_resume(tmp_path / "resumed", SLOW, tiny_data, tiny_model, monkeypatch)
+    assert straight["stopped_early"] is resumed["stopped_early"] is True
+    # a fresh minute from step 10 would reach all 23 steps; what is left of the first holds about as
+    # many as the straight run took (the fake clock ticks per reading, and a resume reads it differently)
+    assert abs(resumed["steps"] - straight["steps"]) <= 2 and max(resumed["steps"], straight["steps"]) < 23
+    # both runs' seconds: just past the minute (the last step), not the resumed run's own half of it
+    assert 60 < resumed["budget_seconds_spent"] < 75
 
 
 def test_without_fitting_the_guard_stops_mid_schedule(tmp_path, tiny_model, tiny_data, monkeypatch):
@@ -201,6 +218,33 @@ def test_the_learner_rows_goemotions_labels_can_weigh_less_than_their_signals(ti
     n = len(split)
     assert np.allclose(rows.mask[n:, :28], 0.5) and (rows.mask[n:, 28:] == 1).all()
     assert (rows.mask[:n, :28] == 1).all()  # the GoEmotions rows' own labels keep full weight
+
+
+def test_learner_rows_can_leave_the_labels_their_train_split_never_marks_unknown(tiny_data, tmp_path):
+    from export.training.data import load_split
+    from export.training.learner_data import COLUMNS, split_of
+
+    group = next(g for g in (f"g{i}" for i in range(100)) if split_of(g) == "train")
+    rows_tsv = [
+        "\t".join(COLUMNS),
+        f"a1\t{group}\tmy dog died and i cant study\tsadness\t-\thigh",
+        f"a2\t{group}\tfinally solved it!!\tjoy,excitement\tbreakthrough\tnone",
+    ]
+    (tmp_path / "a.tsv").write_text("\n".join(rows_tsv) + "\n", encoding="utf-8")
+    split = load_split("train", tiny_data)
+    cfg = TrainConfig(learner_repeat=2, learner_label_weight=0.5, learner_unused_label_weight=0.0)
+    rows = training_rows(split, cfg, learner_dir=tmp_path)
+    n = len(split)
+    marked = [GOEMOTIONS_LABELS.index(label) for label in ("excitement", "joy", "sadness")]
+    expected = np.zeros(28, np.float32)
+    expected[marked] = 0.5
+    assert rows.learner_rows == 4
+    assert (rows.mask[n:, :28] == expected).all()  # grief and the rest: unknown, not "no"
+    assert (rows.mask[n:, 28:] == 1).all() and (rows.mask[:n, :28] == 1).all()
+    same = training_rows(
+        split, dataclasses.replace(cfg, learner_unused_label_weight=0.5), learner_dir=tmp_path
+    )
+    assert np.allclose(same.mask[n:, :28], 0.5)  # the default treats them like any other label
 
 
 def test_typo_variant_misspells_words_seeded_and_keeps_first_letters():
