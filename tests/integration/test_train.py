@@ -134,6 +134,21 @@ def test_a_resumed_run_gets_what_is_left_of_the_budget_not_a_fresh_one(
     assert 60 < resumed["budget_seconds_spent"] < 75
 
 
+def test_the_snapshot_and_the_run_resumed_after_it_share_one_budget(
+    tmp_path, tiny_model, tiny_data, monkeypatch
+):
+    from export.training.train import Snapshot
+
+    monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
+    out = tmp_path / "s"
+    first = train(out, SLOW, data_dir=tiny_data, base=tiny_model, snapshot=Snapshot(tmp_path / "first", 0.5))
+    assert first["snapshot"] is True and 0 < first["steps"] < 23
+    final = train(out, SLOW, data_dir=tiny_data, base=tiny_model)
+    # half a minute of snapshot, then the rest of the one minute: stopped well short of 23 steps
+    assert final["stopped_early"] is True and final["steps"] < 23
+    assert 60 < final["budget_seconds_spent"] < 75
+
+
 def test_without_fitting_the_guard_stops_mid_schedule(tmp_path, tiny_model, tiny_data, monkeypatch):
     monkeypatch.setattr(train_mod, "time", _Clock(tick=1.0))
     cfg = dataclasses.replace(SLOW, fit_schedule_to_budget=False)
