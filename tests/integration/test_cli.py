@@ -282,11 +282,17 @@ def test_a_snapshot_that_fails_its_gates_is_not_served(tmp_path, tiny_data, monk
     assert cli.read_installed(tmp_path / "repo") is None
 
 
-def test_train_passes_the_learner_mix_options_to_its_config(monkeypatch, tmp_path):
+def _train_configs(monkeypatch) -> list:
+    """The ``TrainConfig`` each ``python -m export train`` hands to a stand-in ``train``, in order."""
     import export.__main__ as cli
 
-    seen = []
+    seen: list = []
     monkeypatch.setattr(cli, "train", lambda out, cfg, data_dir: seen.append(cfg) or {"dev_at_tuned": {}})
+    return seen
+
+
+def test_train_passes_the_learner_mix_options_to_its_config(monkeypatch, tmp_path):
+    seen = _train_configs(monkeypatch)
     options = ["--learner-repeat", "4", "--signal-negative-weight", "0.1"]
     options += ["--learner-label-weight", "0.75", "--learner-typo-rate", "0.2"]
     options += ["--learner-unused-label-weight", "0.0"]
@@ -299,10 +305,7 @@ def test_train_passes_the_learner_mix_options_to_its_config(monkeypatch, tmp_pat
 
 
 def test_train_fits_its_schedule_to_the_budget_only_when_asked(monkeypatch, tmp_path):
-    import export.__main__ as cli
-
-    seen = []
-    monkeypatch.setattr(cli, "train", lambda out, cfg, data_dir: seen.append(cfg) or {"dev_at_tuned": {}})
+    seen = _train_configs(monkeypatch)
     assert main(["train", "--output", str(tmp_path / "s")]) == 0
     assert main(["train", "--output", str(tmp_path / "s"), "--fit-schedule-to-budget"]) == 0
     assert [cfg.fit_schedule_to_budget for cfg in seen] == [False, True]

@@ -237,18 +237,17 @@ def test_the_learner_rows_goemotions_labels_can_weigh_less_than_their_signals(ti
 
 def test_learner_rows_can_leave_the_labels_their_train_split_never_marks_unknown(tiny_data, tmp_path):
     from export.training.data import load_split
-    from export.training.learner_data import COLUMNS, split_of
+    from tests.support.learner import group_in, write_learner_set
 
-    group = next(g for g in (f"g{i}" for i in range(100)) if split_of(g) == "train")
-    rows_tsv = [
-        "\t".join(COLUMNS),
+    group = group_in("train")
+    learner_dir = write_learner_set(
+        tmp_path,
         f"a1\t{group}\tmy dog died and i cant study\tsadness\t-\thigh",
         f"a2\t{group}\tfinally solved it!!\tjoy,excitement\tbreakthrough\tnone",
-    ]
-    (tmp_path / "a.tsv").write_text("\n".join(rows_tsv) + "\n", encoding="utf-8")
+    )
     split = load_split("train", tiny_data)
     cfg = TrainConfig(learner_repeat=2, learner_label_weight=0.5, learner_unused_label_weight=0.0)
-    rows = training_rows(split, cfg, learner_dir=tmp_path)
+    rows = training_rows(split, cfg, learner_dir=learner_dir)
     n = len(split)
     marked = [GOEMOTIONS_LABELS.index(label) for label in ("excitement", "joy", "sadness")]
     expected = np.zeros(28, np.float32)
@@ -257,7 +256,7 @@ def test_learner_rows_can_leave_the_labels_their_train_split_never_marks_unknown
     assert (rows.mask[n:, :28] == expected).all()  # grief and the rest: unknown, not "no"
     assert (rows.mask[n:, 28:] == 1).all() and (rows.mask[:n, :28] == 1).all()
     same = training_rows(
-        split, dataclasses.replace(cfg, learner_unused_label_weight=0.5), learner_dir=tmp_path
+        split, dataclasses.replace(cfg, learner_unused_label_weight=0.5), learner_dir=learner_dir
     )
     assert np.allclose(same.mask[n:, :28], 0.5)  # the default treats them like any other label
 

@@ -10,7 +10,6 @@ import pytest
 
 from contract.names import GOEMOTIONS_LABELS
 from export.training.learner_data import (
-    COLUMNS,
     LEARNER_DIR,
     LEARNING_VOCABULARY,
     POLICY_LEARNING_EMOTIONS,
@@ -22,14 +21,9 @@ from export.training.learner_data import (
     rename_groups,
     split_of,
 )
+from tests.support.learner import group_in, write_learner_set
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADER = "\t".join(COLUMNS) + "\n"
-
-
-def write(tmp_path: Path, *rows: str, header: str = HEADER) -> Path:
-    (tmp_path / "part.tsv").write_text(header + "".join(r + "\n" for r in rows), encoding="utf-8")
-    return tmp_path
 
 
 def test_the_committed_set_loads_and_every_split_has_messages():
@@ -57,14 +51,10 @@ def test_no_near_duplicate_pair_straddles_two_splits_in_the_committed_set():
     assert not straddling, "run python -m export learner-regroup:\n" + "\n".join(straddling)
 
 
-def _group_in(split: str, start: int = 0) -> str:
-    return next(f"grp-{i}" for i in range(start, 1000) if split_of(f"grp-{i}") == split)
-
-
 def test_near_duplicate_groups_join_the_split_of_the_first_group(tmp_path):
-    train, test = _group_in("train"), _group_in("test")
-    dev, other_train = _group_in("dev"), _group_in("train", int(_group_in("train")[4:]) + 1)
-    directory = write(
+    train, test = group_in("train"), group_in("test")
+    dev, other_train = group_in("dev"), group_in("train", int(group_in("train")[4:]) + 1)
+    directory = write_learner_set(
         tmp_path,
         f"x-1\t{train}\ti give up\tsadness\tgiving_up\thigh",
         f"x-2\t{test}\tI GIVE UP\tsadness\tgiving_up\thigh",
@@ -89,8 +79,8 @@ def test_near_duplicate_groups_join_the_split_of_the_first_group(tmp_path):
 def test_learner_regroup_checks_without_writing_then_fixes(tmp_path):
     from export.__main__ import main
 
-    train, test = _group_in("train"), _group_in("test")
-    directory = write(
+    train, test = group_in("train"), group_in("test")
+    directory = write_learner_set(
         tmp_path,
         f"x-1\t{train}\ti give up\tsadness\tgiving_up\thigh",
         f"x-2\t{test}\tI GIVE UP\tsadness\tgiving_up\thigh",
@@ -122,7 +112,9 @@ def test_learning_signals_cover_the_policys_learning_emotions():
 
 
 def test_a_good_file_loads_with_its_fields(tmp_path):
-    directory = write(tmp_path, "x-1\tx-g\tI want to give up.\tdisappointment,sadness\tgiving_up\thigh")
+    directory = write_learner_set(
+        tmp_path, "x-1\tx-g\tI want to give up.\tdisappointment,sadness\tgiving_up\thigh"
+    )
     [message] = load_learner_messages(directory)
     assert message.labels == ("disappointment", "sadness") and message.learning == ("giving_up",)
     assert message.band == "high" and message.split == split_of("x-g")
@@ -144,15 +136,17 @@ def test_a_good_file_loads_with_its_fields(tmp_path):
 )
 def test_a_bad_row_is_refused_naming_its_line(tmp_path, row, error):
     with pytest.raises(LearnerDataError, match=error) as info:
-        load_learner_messages(write(tmp_path, "x-0\tg\tfine\tneutral\t-\tnone", row))
+        load_learner_messages(write_learner_set(tmp_path, "x-0\tg\tfine\tneutral\t-\tnone", row))
     assert "part.tsv:3" in str(info.value)
 
 
 def test_duplicate_ids_and_a_wrong_header_are_refused(tmp_path):
     with pytest.raises(LearnerDataError, match="already used"):
-        load_learner_messages(write(tmp_path, "x-1\tg\ta\tjoy\t-\tnone", "x-1\th\tb\tjoy\t-\tnone"))
+        load_learner_messages(
+            write_learner_set(tmp_path, "x-1\tg\ta\tjoy\t-\tnone", "x-1\th\tb\tjoy\t-\tnone")
+        )
     with pytest.raises(LearnerDataError, match="header"):
-        load_learner_messages(write(tmp_path, "x-1\tg\ta\tjoy\t-\tnone", header="id\ttext\n"))
+        load_learner_messages(write_learner_set(tmp_path, "x-1\tg\ta\tjoy\t-\tnone", header="id\ttext\n"))
 
 
 def test_gap_report_counts_missed_labels_against_what_was_predicted_instead():
