@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the pace says the planned steps will not fit the budget, end the learning-rate "
         "schedule at the steps that do (off: the budget guard stops the run mid-schedule)",
     )
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.bf16,
+        help="forward and backward in bfloat16 where the CPU has it natively (else float32)",
+    )
     p.add_argument("--limit-train", type=int, default=None, help="train on the first N texts only")
     p.add_argument(
         "--no-learning-signals",
@@ -370,6 +376,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         time_budget_minutes=args.time_budget_minutes,
         fit_schedule_to_budget=args.fit_schedule_to_budget,
+        bf16=args.bf16,
         limit_train=args.limit_train,
         learning_signals=args.learning_signals,
         **{field: getattr(args, field) for field, _ in LEARNER_MIX_OPTIONS},

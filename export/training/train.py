@@ -94,6 +94,12 @@ class TrainConfig:
     # Every repeat of the learner split after the first gets its own seeded typos at this rate per word
     # (``typo_variant``); the first stays as written. 0 = no typos.
     learner_typo_rate: float = 0.0
+    # Forward and backward in bfloat16 (weights, optimizer and loss stay float32) where the CPU computes
+    # bfloat16 natively (AVX512-BF16/AMX); elsewhere it would be emulated, slower, so float32 is used.
+    # On a 2-core AMD EPYC the served recipe ran all 4,563 steps in 21 min (float32: the guard stopped it
+    # at about 3,400-3,600) and seed 13 scored higher on both dev splits, served GoEmotions macro-F1
+    # 0.5459 -> 0.5490, learner 0.473 -> 0.533 (docs/model-and-export.md, "bfloat16").
+    bf16: bool = True
 
 
 # Head room left when the schedule is fitted to the budget: the pace of a run drifts by a few percent.
@@ -312,6 +318,11 @@ def typo_variant(text: str, rng: random.Random, rate: float) -> str:
     return " ".join(words)
 
 
+def bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (oneDNN's check)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Weighted mean binary cross-entropy: mask 1 = a known target, 0 = unknown (no gradient), in between
     = a weak one."""
@@ -419,11 +430,19 @@ def train(
     model.train()
     bar = tqdm(total=plan.total, initial=step, desc="train", unit="step", dynamic_ncols=True)
     seen_at_start, t0 = step, time.monotonic()
+    use_bf16 = cfg.bf16 and bf16_supported()
+    if cfg.bf16 and not use_bf16:
+        log.warning(
+            "this CPU has no native bfloat16: training in float32, slower (the budget guard may stop the "
+            "run before its schedule ends)"
+        )
     for batch_idx in _schedule(lengths, cfg, per_epoch, planned, start=step):
         if step >= plan.total:
             break
         batch = _pad(encoded, batch_idx, tokenizer.pad_token_id)
-        loss = masked_bce(model(**batch).logits, labels[batch_idx], mask[batch_idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(**batch).logits
+        loss = masked_bce(logits.float(), labels[batch_idx], mask[batch_idx])
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -480,6 +499,7 @@ def train(
         "budget_seconds_spent": round(seconds_spent, 1),
         "wall_seconds_this_run": round(time.monotonic() - started, 1),
         "threads": torch.get_num_threads(),
+        "bf16": use_bf16,
         "dev_at_0.5": f1_scores(dev_probs, dev_split.labels).as_dict(),
         "dev_at_tuned": f1_scores(dev_probs, dev_split.labels, thresholds).as_dict(),
         "learner_rows": rows.learner_rows,

@@ -309,3 +309,10 @@ def test_train_fits_its_schedule_to_the_budget_only_when_asked(monkeypatch, tmp_
     assert main(["train", "--output", str(tmp_path / "s")]) == 0
     assert main(["train", "--output", str(tmp_path / "s"), "--fit-schedule-to-budget"]) == 0
     assert [cfg.fit_schedule_to_budget for cfg in seen] == [False, True]
+
+
+def test_train_uses_bf16_unless_told_not_to(monkeypatch, tmp_path):
+    seen = _train_configs(monkeypatch)
+    for flags in ([], ["--bf16"], ["--no-bf16"]):
+        assert main(["train", "--output", str(tmp_path / "s"), *flags]) == 0
+    assert [cfg.bf16 for cfg in seen] == [True, True, False]

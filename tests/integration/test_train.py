@@ -82,6 +82,37 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_model, tiny_
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
+def test_bf16_runs_forward_and_backward_in_bfloat16_and_saves_float32(
+    tmp_path, tiny_model, tiny_data, monkeypatch
+):
+    # forced on, so the test does not depend on the CPU (bfloat16 is emulated where it is not native)
+    monkeypatch.setattr(train_mod, "bf16_supported", lambda: True)
+    train(tmp_path / "fp32", dataclasses.replace(CFG, bf16=False), data_dir=tiny_data, base=tiny_model)
+    report = train(
+        tmp_path / "bf16", dataclasses.replace(CFG, bf16=True), data_dir=tiny_data, base=tiny_model
+    )
+    assert report["bf16"] is True
+    fp32, bf16 = (
+        load_file(tmp_path / "fp32" / "model.safetensors"),
+        load_file(tmp_path / "bf16" / "model.safetensors"),
+    )
+    assert {t.dtype for t in bf16.values()} == {torch.float32}
+    # the fp32 run is exactly reproducible (resume test), so a difference is bfloat16's rounding
+    moved = max(float((bf16[k] - fp32[k]).abs().max()) for k in fp32)
+    assert moved > 1e-4
+
+
+def test_bf16_on_a_cpu_without_it_trains_float32(tmp_path, tiny_model, tiny_data, monkeypatch, caplog):
+    monkeypatch.setattr(train_mod, "bf16_supported", lambda: False)
+    train(tmp_path / "fp32", dataclasses.replace(CFG, bf16=False), data_dir=tiny_data, base=tiny_model)
+    report = train(
+        tmp_path / "asked", dataclasses.replace(CFG, bf16=True), data_dir=tiny_data, base=tiny_model
+    )
+    assert report["bf16"] is False
+    assert "no native bfloat16" in caplog.text
+    _assert_same_weights(tmp_path / "fp32", tmp_path / "asked")
+
+
 def test_time_budget_stops_and_saves(tmp_path, tiny_model, tiny_data):
     cfg = TrainConfig(epochs=1, batch_size=8, time_budget_minutes=0.0, limit_eval=30, learning_signals=False)
     report = train(tmp_path / "s", cfg, data_dir=tiny_data, base=tiny_model)
