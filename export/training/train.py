@@ -97,7 +97,7 @@ class TrainConfig:
     # Forward and backward in bfloat16 (weights, optimizer and loss stay float32) where the CPU computes
     # bfloat16 natively (AVX512-BF16/AMX); elsewhere it would be emulated, slower, so float32 is used.
     # On a 2-core AMD EPYC the served recipe ran all 4,563 steps in 21 min (float32: the guard stopped it
-    # at about 3,400-3,600) and seed 13 scored higher on both dev splits, served GoEmotions macro-F1
+    # at 3,300-3,600) and seed 13 scored higher on both dev splits, served GoEmotions macro-F1
     # 0.5459 -> 0.5490, learner 0.473 -> 0.533 (docs/model-and-export.md, "bfloat16").
     bf16: bool = True
 
