@@ -82,18 +82,25 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_model, tiny_
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
+@pytest.fixture(scope="module")
+def fp32_run(tmp_path_factory, tiny_model, tiny_data) -> Path:
+    """CFG trained once in float32: the run both bfloat16 tests compare with."""
+    out = tmp_path_factory.mktemp("fp32") / "student"
+    train(out, dataclasses.replace(CFG, bf16=False), data_dir=tiny_data, base=tiny_model)
+    return out
+
+
 def test_bf16_runs_forward_and_backward_in_bfloat16_and_saves_float32(
-    tmp_path, tiny_model, tiny_data, monkeypatch
+    tmp_path, tiny_model, tiny_data, monkeypatch, fp32_run
 ):
     # forced on, so the test does not depend on the CPU (bfloat16 is emulated where it is not native)
     monkeypatch.setattr(train_mod, "bf16_supported", lambda: True)
-    train(tmp_path / "fp32", dataclasses.replace(CFG, bf16=False), data_dir=tiny_data, base=tiny_model)
     report = train(
         tmp_path / "bf16", dataclasses.replace(CFG, bf16=True), data_dir=tiny_data, base=tiny_model
     )
     assert report["bf16"] is True
     fp32, bf16 = (
-        load_file(tmp_path / "fp32" / "model.safetensors"),
+        load_file(fp32_run / "model.safetensors"),
         load_file(tmp_path / "bf16" / "model.safetensors"),
     )
     assert {t.dtype for t in bf16.values()} == {torch.float32}
@@ -102,15 +109,16 @@ def test_bf16_runs_forward_and_backward_in_bfloat16_and_saves_float32(
     assert moved > 1e-4
 
 
-def test_bf16_on_a_cpu_without_it_trains_float32(tmp_path, tiny_model, tiny_data, monkeypatch, caplog):
+def test_bf16_on_a_cpu_without_it_trains_float32(
+    tmp_path, tiny_model, tiny_data, monkeypatch, caplog, fp32_run
+):
     monkeypatch.setattr(train_mod, "bf16_supported", lambda: False)
-    train(tmp_path / "fp32", dataclasses.replace(CFG, bf16=False), data_dir=tiny_data, base=tiny_model)
     report = train(
         tmp_path / "asked", dataclasses.replace(CFG, bf16=True), data_dir=tiny_data, base=tiny_model
     )
     assert report["bf16"] is False
     assert "no native bfloat16" in caplog.text
-    _assert_same_weights(tmp_path / "fp32", tmp_path / "asked")
+    _assert_same_weights(fp32_run, tmp_path / "asked")
 
 
 def test_time_budget_stops_and_saves(tmp_path, tiny_model, tiny_data):
