@@ -22,7 +22,13 @@ from export.packaging.install import MODEL_REPOSITORY, install
 from export.packaging.repository import stale_configs, write_configs
 from export.packaging.torch_variant import TORCH_FP16
 from export.packaging.variants import INT8_CONFIGS, ONNX_VARIANTS
-from export.pipeline import SIGNAL_MIN_PRECISION, ExportOptions, export_model, model_slug
+from export.pipeline import (
+    SIGNAL_MIN_PRECISION,
+    SIGNAL_PRECISION_CONFIDENCE,
+    ExportOptions,
+    export_model,
+    model_slug,
+)
 from export.source import DEFAULT_HUB_MODEL, EXPORTS_DIR, STUDENT_DIR, choose_model
 from export.training.calibration import CALIBRATION_METHODS, PER_LABEL
 from export.training.data import DATA_DIR, DataError
@@ -116,8 +122,20 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         "SIGNAL=none for the best F1 instead); default: "
         + ", ".join(f"{k}={v:g}" for k, v in SIGNAL_MIN_PRECISION.items()),
     )
+    p.add_argument(
+        "--signal-precision-confidence",
+        type=_confidence,
+        default=SIGNAL_PRECISION_CONFIDENCE,
+        metavar="C|none",
+        help="the floors hold at the one-sided C lower bound (Wilson) of dev precision, not its point "
+        "estimate (default %(default)s)",
+    )
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N dev/test texts only")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="GoEmotions data directory")
+
+
+def _confidence(value: str) -> float | None:
+    return None if value == "none" else float(value)
 
 
 def _export_options(args: argparse.Namespace) -> ExportOptions:
@@ -158,6 +176,7 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
             calibration=args.calibration,
             max_calibration_f1_drop=args.max_calibration_f1_drop,
             signal_min_precision=floors,
+            signal_precision_confidence=args.signal_precision_confidence,
         )
     except ValueError as e:  # an option the export would reject after minutes of work
         raise SystemExit(str(e)) from None

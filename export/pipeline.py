@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MODEL_REPOSITORY",
     "SIGNAL_MIN_PRECISION",
+    "SIGNAL_PRECISION_CONFIDENCE",
     "ExportOptions",
     "export_model",
     "install",
@@ -91,6 +92,8 @@ PARITY_SEED = 2020
 # check-in: giving_up is cut for the most dev recall whose precision stays at least 0.7 (issue 15's
 # operating point) rather than for the best F1, which gave up recall for precision.
 SIGNAL_MIN_PRECISION = {"giving_up": 0.7}
+# None: the floor holds at dev's point estimate; a confidence: at its one-sided Wilson lower bound.
+SIGNAL_PRECISION_CONFIDENCE: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class ExportOptions:
     calibration_texts: int = CALIBRATION_TEXTS  # static INT8 ranges: a seeded sample of train
     # learning signals cut for recall at a precision floor on learner dev (the others: best dev F1)
     signal_min_precision: dict[str, float] = field(default_factory=lambda: dict(SIGNAL_MIN_PRECISION))
+    # ... at that one-sided confidence of dev's precision (None: its point estimate)
+    signal_precision_confidence: float | None = SIGNAL_PRECISION_CONFIDENCE
 
     def __post_init__(self) -> None:
         # before minutes of ONNX export, not after
@@ -125,6 +130,9 @@ class ExportOptions:
                     f"signal_min_precision: expected a learning signal ({', '.join(LEARNING_SIGNALS)}) "
                     f"and a precision in (0, 1], got {signal}={floor}"
                 )
+        confidence = self.signal_precision_confidence
+        if confidence is not None and not 0.5 < confidence < 1.0:
+            raise ValueError(f"signal_precision_confidence must be in (0.5, 1), got {confidence}")
 
 
 # Learner train messages added to the static INT8 calibration sample of a model with learning signals.
@@ -311,6 +319,7 @@ def export_model(
     if signal_report is not None:
         summary["learning_signals_dev"] = signal_report.gate.results
         summary["signal_min_precision"] = dict(options.signal_min_precision)
+        summary["signal_precision_confidence"] = options.signal_precision_confidence
     failures = [f for g in gates for f in g.failures]
     if failures:  # no manifest or spec: nothing downstream can pick up a failed export
         (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -403,7 +412,12 @@ def _learning_signals(
     # a signal with a precision floor is cut for its most dev recall instead of its best dev F1
     floors = np.array([options.signal_min_precision.get(s, np.nan) for s in signals])
     fits = {
-        k: replace(m, thresholds=recall_first_thresholds(dev_probs[k], dev_gold, floors, m.thresholds))
+        k: replace(
+            m,
+            thresholds=recall_first_thresholds(
+                dev_probs[k], dev_gold, floors, m.thresholds, confidence=options.signal_precision_confidence
+            ),
+        )
         for k, m in mappings.items()
     }
     gate = accuracy_gate(
@@ -487,7 +501,11 @@ def summary_markdown(summary: dict[str, Any], manifest: Manifest) -> str:
 
 def _operating_points(summary: dict[str, Any]) -> str:
     floors = summary.get("signal_min_precision") or {}
-    cuts = ", ".join(f"{s} for the most recall at precision >= {p:g}" for s, p in sorted(floors.items()))
+    confidence = summary.get("signal_precision_confidence")
+    bound = f" (its one-sided {confidence:.0%} lower bound)" if confidence else ""
+    cuts = ", ".join(
+        f"{s} for the most recall at precision{bound} >= {p:g}" for s, p in sorted(floors.items())
+    )
     return f"; {cuts}, the others for the best F1" if cuts else ", each for the best F1"
 
 

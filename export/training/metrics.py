@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binomtest
 
 from export.arrays import Array
 
@@ -67,23 +68,53 @@ def tune_thresholds(probs: Array, labels: Array, grid: Array = THRESHOLD_GRID) -
     return best.astype(np.float32)
 
 
+def precision_lower_bound(true_positives: int, predicted: int, confidence: float) -> float:
+    """The one-sided ``confidence`` Wilson lower bound of a precision of ``true_positives`` in ``predicted``
+    (the lower end of the two-sided interval at ``2 * confidence - 1``)."""
+    interval = binomtest(true_positives, predicted).proportion_ci(2 * confidence - 1, method="wilson")
+    return float(interval.low)
+
+
+def _recall_first_cut(
+    probs: Array, gold: Array, floor: float, confidence: float | None, grid: Array
+) -> float | None:
+    """The cut with the most true positives whose precision (or its lower bound at ``confidence``) is at
+    least ``floor``; of equal counts, the higher cut. None where no cut reaches the floor."""
+    best: tuple[int, float] | None = None  # (true positives, cut)
+    for t in grid:
+        pred = probs >= t
+        tp, n = int((pred & gold).sum()), int(pred.sum())
+        if not tp:
+            continue
+        precision = tp / n if confidence is None else precision_lower_bound(tp, n, confidence)
+        if precision >= floor:
+            best = max(best or (tp, float(t)), (tp, float(t)))
+    return None if best is None else best[1]
+
+
 def recall_first_thresholds(
-    probs: Array, labels: Array, min_precision: Array, fallback: Array, grid: Array = THRESHOLD_GRID
+    probs: Array,
+    labels: Array,
+    min_precision: Array,
+    fallback: Array,
+    grid: Array = THRESHOLD_GRID,
+    confidence: float | None = None,
 ) -> Array:
     """Per label with a precision floor (a finite ``min_precision``): the cut with the highest recall
-    whose precision on this (dev) split is at least the floor; of equal recalls, the higher cut. A label
-    without a floor, or whose floor no cut reaches, keeps its ``fallback`` cut."""
+    whose precision on this (dev) split is at least the floor; of equal recalls, the higher cut. With a
+    ``confidence``, the precision's one-sided Wilson lower bound at that confidence must reach the floor
+    (the lowest cut whose point estimate crosses it is biased upward: it was chosen for crossing); where
+    no cut reaches that, the point estimate decides. A label without a floor, or whose floor no cut
+    reaches, keeps its ``fallback`` cut."""
     gold = labels > 0.5
     chosen = np.asarray(fallback, dtype=np.float32).copy()
     for j in np.flatnonzero(np.isfinite(min_precision)):
-        best: tuple[int, float] | None = None  # (true positives, cut)
-        for t in grid:
-            pred = probs[:, j] >= t
-            tp = int((pred & gold[:, j]).sum())
-            if tp and tp / int(pred.sum()) >= min_precision[j]:
-                best = max(best or (tp, float(t)), (tp, float(t)))
-        if best is not None:
-            chosen[j] = best[1]
+        rules = (confidence, None) if confidence is not None else (None,)
+        for rule in rules:
+            cut = _recall_first_cut(probs[:, j], gold[:, j], float(min_precision[j]), rule, grid)
+            if cut is not None:
+                chosen[j] = cut
+                break
     return chosen
 
 

@@ -85,6 +85,21 @@ def test_giving_up_is_cut_for_recall_at_a_precision_floor_unless_told_otherwise(
             floors("--signal-min-precision", bad)
 
 
+def test_the_precision_floors_hold_at_a_lower_bound_when_given_a_confidence():
+    from export.__main__ import _export_options, build_parser
+    from export.pipeline import SIGNAL_PRECISION_CONFIDENCE
+
+    def confidence(*extra: str) -> float | None:
+        args = build_parser().parse_args(["build", "model", *extra])
+        return _export_options(args).signal_precision_confidence
+
+    assert confidence() == SIGNAL_PRECISION_CONFIDENCE
+    assert confidence("--signal-precision-confidence", "0.9") == 0.9
+    assert confidence("--signal-precision-confidence", "none") is None
+    with pytest.raises(SystemExit, match=r"in \(0\.5, 1\)"):
+        confidence("--signal-precision-confidence", "0.4")
+
+
 def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) -> Path:
     out, repo = tmp_path / "export", tmp_path / "repo"
     args = ["build", str(model), "--out", str(out), "--data-dir", str(data), "--variants", *variants, *LOOSE]

@@ -318,15 +318,26 @@ def test_the_precision_floors_decide_the_served_signal_cuts(
 
     calls = []
 
-    def stand_in(probs, labels, min_precision, fallback):
-        calls.append(np.asarray(min_precision).tolist())
+    def stand_in(probs, labels, min_precision, fallback, confidence):
+        calls.append((np.asarray(min_precision).tolist(), confidence))
         return np.where(np.isfinite(min_precision), 0.123, fallback).astype(np.float32)
 
     monkeypatch.setattr(pipeline, "recall_first_thresholds", stand_in)
-    opts = dataclasses.replace(LOOSE, variants=("fp32", "int8"), signal_min_precision={"stuck": 0.6})
-    manifest = export_model(str(tiny_signal_model), tmp_path / "out", opts, tiny_data)
+    opts = dataclasses.replace(
+        LOOSE,
+        variants=("fp32", "int8"),
+        signal_min_precision={"stuck": 0.6},
+        signal_precision_confidence=0.9,
+    )
+    out = tmp_path / "out"
+    manifest = export_model(str(tiny_signal_model), out, opts, tiny_data)
     # one fit per runner: torch, the raw ONNX export, fp32, int8
-    assert len(calls) == 4 and all(c[2] == 0.6 and np.isnan(c[:2]).all() for c in calls)
+    assert len(calls) == 4 and all(c[2] == 0.6 and np.isnan(c[:2]).all() and k == 0.9 for c, k in calls)
+    assert json.loads((out / "reports" / "summary.json").read_text())["signal_precision_confidence"] == 0.9
+    assert (
+        "stuck for the most recall at precision (its one-sided 90% lower bound) >= 0.6"
+        in (out / "reports" / "summary.md").read_text()
+    )
     for entry in manifest.variants.values():
         assert entry.thresholds[30] == 0.123 and 0.123 not in entry.thresholds[:30]
 

@@ -4,6 +4,7 @@ import pytest
 from export.training.metrics import (
     bootstrap_macro_difference,
     f1_scores,
+    precision_lower_bound,
     recall_first_thresholds,
     sigmoid,
     tune_thresholds,
@@ -71,6 +72,23 @@ def test_recall_first_cut_is_the_lowest_that_keeps_the_precision_floor():
     assert recall_first_thresholds(probs, gold, np.array([np.nan]), fallback)[0] == pytest.approx(0.81)
     negatives_only = np.zeros_like(gold)
     assert recall_first_thresholds(probs, negatives_only, np.array([0.5]), fallback)[0] == pytest.approx(0.81)
+
+
+def test_with_a_confidence_the_floor_must_hold_at_the_precision_lower_bound():
+    # 30 positives at 0.9; 10 more and 6 negatives at 0.6; 10 more and 10 negatives at 0.4
+    probs = np.array([0.9] * 30 + [0.6] * 16 + [0.4] * 20)[:, None]
+    gold = np.array([1] * 30 + [1] * 10 + [0] * 6 + [1] * 10 + [0] * 10)[:, None]
+    fallback = np.array([0.5], dtype=np.float32)
+    # point estimates: 50 of 66 (0.76) at cut 0.40 keeps the 0.7 floor, so the most recall is there
+    assert recall_first_thresholds(probs, gold, np.array([0.7]), fallback)[0] == pytest.approx(0.40)
+    # its 95% lower bound is 0.66; 40 of 46's is 0.77: the cut rises to the highest keeping 40 (0.60)
+    assert precision_lower_bound(50, 66, 0.95) == pytest.approx(0.662, abs=1e-3)
+    assert precision_lower_bound(40, 46, 0.95) == pytest.approx(0.767, abs=1e-3)
+    cut = recall_first_thresholds(probs, gold, np.array([0.7]), fallback, confidence=0.95)[0]
+    assert cut == pytest.approx(0.60)
+    # a floor no lower bound reaches (30 of 30 is at most 0.917 sure): the point estimate decides
+    cut = recall_first_thresholds(probs, gold, np.array([0.95]), fallback, confidence=0.95)[0]
+    assert cut == pytest.approx(0.90)
 
 
 def test_the_paired_difference_resamples_the_same_texts_for_both_models():
