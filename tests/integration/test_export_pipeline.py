@@ -290,14 +290,16 @@ def test_signal_columns_are_fitted_on_the_learner_dev_split(signal_export):
         )
         fit = fit_mapping(logits[:, 28:], targets[:, 28:])
         probs = calibrated_probabilities(logits[:, 28:], fit.temperatures)
-        cuts = recall_first_thresholds(probs, targets[:, 28:], floors, fit.thresholds)
+        cuts = recall_first_thresholds(probs, targets[:, 28:], floors, fit.thresholds, confidence=0.95)
         assert entry.thresholds[28:] == [round(float(t), 4) for t in cuts], name
         assert entry.temperatures[28:] == [round(float(t), 4) for t in fit.temperatures], name
         assert entry.thresholds[29] == round(float(fit.thresholds[1]), 4)  # boredom: no floor, best F1
     summary = json.loads((out / "reports" / "summary.json").read_text())
     assert summary["signal_min_precision"] == {"giving_up": 0.25, "stuck": 0.25}
+    assert summary["signal_precision_confidence"] == 0.95  # the default: floors hold at a lower bound
     assert (
-        "giving_up for the most recall at precision >= 0.25" in (out / "reports" / "summary.md").read_text()
+        "giving_up for the most recall at precision (its one-sided 95% lower bound) >= 0.25"
+        in (out / "reports" / "summary.md").read_text()
     )
     gate = json.loads((out / "reports" / "signal_accuracy.json").read_text())
     assert gate["passed"] and gate["results"]["_criteria"]["split"] == "learner dev"
