@@ -135,7 +135,14 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
 
 
 def _confidence(value: str) -> float | None:
-    return None if value == "none" else float(value)
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a confidence such as 0.95, or none; got {value!r}"
+        ) from None
 
 
 def _export_options(args: argparse.Namespace) -> ExportOptions:

@@ -41,8 +41,9 @@ CASES = [
     (first(lambda m: "stuck" in m.learning), "stuck"),
     (first(lambda m: m.band == "none" and not m.learning), None),
 ]
-# What the served student (student-85f0638b6903, 2026-12-02) gets wrong among the picks, kept visible
-# as strict xfails: when a better model reads them right, these fail and the list must shrink.
+# What the served students (float32 student-85f0638b6903; bfloat16 student-bf-s13-344be83e3030, both
+# 2026-12-02) get wrong among the picks, kept visible as strict xfails: when a better model reads them
+# right, these fail and the list must shrink.
 KNOWN_MISSES = {
     "a-071": "stuck under its threshold: read as fear + nervousness (the set reads the blank-out as stuck)",
     "a-101": "stuck 0.88 over its threshold 0.56 and confusion 0.53: a request to check an answer read as stuck",

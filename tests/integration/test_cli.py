@@ -85,7 +85,7 @@ def test_giving_up_is_cut_for_recall_at_a_precision_floor_unless_told_otherwise(
             floors("--signal-min-precision", bad)
 
 
-def test_the_precision_floors_hold_at_a_lower_bound_when_given_a_confidence():
+def test_the_precision_floors_hold_at_a_lower_bound_when_given_a_confidence(capsys):
     from export.__main__ import _export_options, build_parser
     from export.pipeline import SIGNAL_PRECISION_CONFIDENCE
 
@@ -98,6 +98,9 @@ def test_the_precision_floors_hold_at_a_lower_bound_when_given_a_confidence():
     assert confidence("--signal-precision-confidence", "none") is None
     with pytest.raises(SystemExit, match=r"in \(0\.5, 1\)"):
         confidence("--signal-precision-confidence", "0.4")
+    with pytest.raises(SystemExit):
+        confidence("--signal-precision-confidence", "high")
+    assert "expected a confidence such as 0.95, or none; got 'high'" in capsys.readouterr().err
 
 
 def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) -> Path:
