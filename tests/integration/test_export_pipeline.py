@@ -451,6 +451,10 @@ def test_the_domain_gap_report_sets_the_drop_beside_other_seeds_and_splits_it_by
     assert seeds["baseline"]["mean"] == pytest.approx(baseline["goemotions_test"]["macro_f1"])
     expected = baseline["goemotions_test"]["macro_f1"] - model["goemotions_test"]["macro_f1"]
     assert seeds["drop_of_means"] == pytest.approx(expected, abs=1e-4)
+    assert seeds["drop_ci95"] is None  # each side's runs are one export twice: no spread to estimate
+    recipe = report["targets"][-3]  # judged between the recipe means too, before the two learner targets
+    assert recipe["target"].startswith("GoEmotions test macro-F1 drop between the recipe means")
+    assert recipe["met"] == (seeds["drop_of_means"] <= 0.01)
     shares = [r["share"] for r in model["goemotions_drop_by_label"]]
     assert shares == sorted(shares, reverse=True)
     text = learner_gap.markdown(report, "cmd")

@@ -6,7 +6,9 @@ import tomllib
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from contract.names import GOEMOTIONS_LABELS
 from export.training.learner_data import (
@@ -150,7 +152,6 @@ def test_duplicate_ids_and_a_wrong_header_are_refused(tmp_path):
 
 
 def test_gap_report_counts_missed_labels_against_what_was_predicted_instead():
-    import numpy as np
 
     from export.learner_gap import confusions, predicted_labels
 
@@ -165,7 +166,6 @@ def test_gap_report_counts_missed_labels_against_what_was_predicted_instead():
 
 
 def test_learning_agreement_reads_the_policys_emotions_and_bands():
-    import numpy as np
 
     from export.learner_gap import learning_agreement
     from export.training.learner_data import LearnerMessage
@@ -184,7 +184,6 @@ def test_learning_agreement_reads_the_policys_emotions_and_bands():
 
 
 def test_learning_agreement_counts_giving_up_messages_that_reach_moderate():
-    import numpy as np
 
     from contract.names import WITH_LEARNING_SIGNALS
     from export.learner_gap import learning_agreement
@@ -212,7 +211,6 @@ def test_learning_agreement_counts_giving_up_messages_that_reach_moderate():
 
 
 def test_signals_are_reported_per_part_of_the_set():
-    import numpy as np
 
     from export.learner_gap import signals_by_part
 
@@ -249,7 +247,6 @@ def test_signals_are_reported_per_part_of_the_set():
 
 
 def test_learner_f1_is_reported_per_part_over_the_labels_present_in_it():
-    import numpy as np
 
     from export.learner_gap import learner_by_part
 
@@ -288,6 +285,32 @@ def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
     drop = {"difference": 0.018, "difference_ci95": [0.004, 0.031]}
     rows = targets({**model(0.50, 0.514, 0.86, 7), "goemotions_drop": drop}, model(0.3, 0.532, None, 0))
     assert rows[2]["measured"] == "0.514 vs 0.532 (drop +0.018, paired 95% CI [+0.004, +0.031])"
+
+
+def test_with_other_seeds_the_drop_is_also_judged_between_the_recipe_means_with_its_interval():
+    from export.learner_gap import seed_spread, targets
+
+    def row(go: float) -> dict:
+        return {
+            "learner_test_present_labels": {"macro_f1": 0.5},
+            "goemotions_test": {"macro_f1": go},
+            "signals": None,
+            "learning_state": {"giving_up_at_least_moderate": 0, "giving_up_messages": 7},
+        }
+
+    # the pair alone drops 0.019 (not met); over three seeds a side the means drop 0.008 (met)
+    seeds = seed_spread(
+        [{"model": f"a{i}", "macro_f1": v} for i, v in enumerate([0.508, 0.522, 0.516])],
+        [{"model": f"b{i}", "macro_f1": v} for i, v in enumerate([0.527, 0.521, 0.522])],
+    )
+    rows = targets(row(0.508), row(0.527), seeds)
+    assert [r["met"] for r in rows[2:4]] == [False, True]
+    lo, hi = seeds["drop_ci95"]
+    assert (
+        rows[3]["target"] == "GoEmotions test macro-F1 drop between the recipe means <= 0.01 (3 vs 3 seeds)"
+    )
+    assert rows[3]["measured"] == f"0.515 vs 0.523 (drop +0.008, 95% Welch interval [{lo:+.3f}, {hi:+.3f}])"
+    assert len(targets(row(0.508), row(0.527))) == len(rows) - 1  # no seeds, no row
 
 
 def test_the_goemotions_drop_is_split_by_label_largest_share_first():
@@ -342,6 +365,19 @@ def test_the_seed_spread_compares_recipe_means():
     assert spread["baseline"]["spread"] == pytest.approx(0.012)
     assert spread["drop_of_means"] == pytest.approx(0.011)
     assert [r["model"] for r in spread["baseline"]["runs"]] == ["b13", "b14", "b15"]
+    # Welch's interval: the means' difference -/+ t(0.975, Welch-Satterthwaite df) x its standard error
+    lo, hi = spread["drop_ci95"]
+    a, b = np.array([0.508, 0.522]), np.array([0.532, 0.520, 0.526])
+    va, vb = a.var(ddof=1) / 2, b.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+    assert (lo, hi) == pytest.approx((0.011 - half, 0.011 + half), abs=1e-4)
+    assert lo < 0 < 0.01 < hi  # two seeds against three cannot tell this drop from 0 or from the line
+    # one run a side, or a side whose runs are all equal, gives no interval (no spread to estimate)
+    one = seed_spread([{"model": "a", "macro_f1": 0.5}], [{"model": "b", "macro_f1": 0.52}])
+    assert one["drop_ci95"] is None
+    same = seed_spread([{"model": "a", "macro_f1": 0.5}] * 2, [{"model": "b", "macro_f1": 0.52}] * 2)
+    assert same["drop_ci95"] is None
 
 
 def test_int8_calibration_adds_learner_train_messages_only_for_a_model_with_signals():
