@@ -549,9 +549,7 @@ def _seed_lines(seeds: dict[str, Any] | None) -> list[str]:
     return [
         *lines,
         "",
-        f"Drop between the recipe means: {seeds['drop_of_means']:+.3f}"
-        + _welch(seeds.get("drop_ci95"))  # reports written before the interval have none
-        + ".",
+        f"Drop between the recipe means: {seeds['drop_of_means']:+.3f}" + _welch(seeds["drop_ci95"]) + ".",
         "",
     ]
 

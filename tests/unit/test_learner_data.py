@@ -152,7 +152,6 @@ def test_duplicate_ids_and_a_wrong_header_are_refused(tmp_path):
 
 
 def test_gap_report_counts_missed_labels_against_what_was_predicted_instead():
-
     from export.learner_gap import confusions, predicted_labels
 
     probs = np.zeros((2, len(GOEMOTIONS_LABELS)), dtype=np.float32)
@@ -166,7 +165,6 @@ def test_gap_report_counts_missed_labels_against_what_was_predicted_instead():
 
 
 def test_learning_agreement_reads_the_policys_emotions_and_bands():
-
     from export.learner_gap import learning_agreement
     from export.training.learner_data import LearnerMessage
 
@@ -184,7 +182,6 @@ def test_learning_agreement_reads_the_policys_emotions_and_bands():
 
 
 def test_learning_agreement_counts_giving_up_messages_that_reach_moderate():
-
     from contract.names import WITH_LEARNING_SIGNALS
     from export.learner_gap import learning_agreement
     from export.training.learner_data import LearnerMessage
@@ -211,7 +208,6 @@ def test_learning_agreement_counts_giving_up_messages_that_reach_moderate():
 
 
 def test_signals_are_reported_per_part_of_the_set():
-
     from export.learner_gap import signals_by_part
 
     ids = ["a-001", "d-002", "e1-001", "e3-004", "f4-010", "g2-007"]
