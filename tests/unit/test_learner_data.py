@@ -284,7 +284,7 @@ def test_targets_are_judged_against_the_baseline_and_the_giving_up_signal():
 
 
 def test_with_other_seeds_the_drop_is_also_judged_between_the_recipe_means_with_its_interval():
-    from export.learner_gap import seed_spread, targets
+    from export.learner_gap import seed_spread, target_table, targets
 
     def row(go: float) -> dict:
         return {
@@ -307,6 +307,16 @@ def test_with_other_seeds_the_drop_is_also_judged_between_the_recipe_means_with_
     )
     assert rows[3]["measured"] == f"0.515 vs 0.523 (drop +0.008, 95% Welch interval [{lo:+.3f}, {hi:+.3f}])"
     assert len(targets(row(0.508), row(0.527))) == len(rows) - 1  # no seeds, no row
+    assert rows[3]["unresolved"] == (lo <= 0.01 <= hi)
+    # seeds that agree closely resolve it: the interval lies under the line
+    close = seed_spread(
+        [{"model": f"a{i}", "macro_f1": v} for i, v in enumerate([0.520, 0.521, 0.522])],
+        [{"model": f"b{i}", "macro_f1": v} for i, v in enumerate([0.522, 0.523, 0.524])],
+    )
+    row_close = targets(row(0.520), row(0.522), close)[3]
+    assert close["drop_ci95"][1] < 0.01 and (row_close["met"], row_close["unresolved"]) == (True, False)
+    text = "\n".join(target_table(rows))
+    assert "| yes, not resolved: the interval spans the line |" in text
 
 
 def test_the_goemotions_drop_is_split_by_label_largest_share_first():
