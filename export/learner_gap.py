@@ -559,7 +559,6 @@ def _seed_lines(seeds: dict[str, Any] | None) -> list[str]:
 def _welch(ci: list[float] | None) -> str:
     if ci is None:
         return ""
-    # A few seeds a side make it wide: it says whether they can tell the drop from a target line at all.
     return f", 95% Welch interval [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
