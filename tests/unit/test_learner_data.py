@@ -243,7 +243,6 @@ def test_signals_are_reported_per_part_of_the_set():
 
 
 def test_learner_f1_is_reported_per_part_over_the_labels_present_in_it():
-
     from export.learner_gap import learner_by_part
 
     ids = ["a-001", "c-002", "f3-001", "f3-002"]
