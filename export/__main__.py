@@ -361,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exports", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("results"))
     p = sub.add_parser(
+        "learner-agreement",
+        help="the learner set's blind second reading against the writers' (dev and test), and the "
+        "installed model against each reading (test); writes results/",
+    )
+    p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    p.add_argument(
+        "--readings-only", action="store_true", help="the two readings alone, no model (none installed)"
+    )
+    p.add_argument(
+        "--reading", type=Path, default=None, help="default: data/learner/second-reading/annotations.tsv"
+    )
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p = sub.add_parser(
         "learner-regroup",
         help="join the groups of learner messages that are near-duplicates of each other, so no pair "
         "straddles two splits (run after adding a part to data/learner)",
@@ -599,6 +612,20 @@ def cmd_state_distribution(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learner_agreement(args: argparse.Namespace) -> int:
+    from export import learner_agreement
+    from export.training.learner_data import SECOND_READING
+
+    if not args.readings_only and _installed(args.repository) is None:
+        return 1
+    repository = None if args.readings_only else args.repository
+    report = learner_agreement.run(repository, args.reading or SECOND_READING)
+    command = "python -m export learner-agreement" + (" --readings-only" if args.readings_only else "")
+    for path in learner_agreement.write(report, args.out, command):
+        log.info("wrote %s", path)
+    return 0
+
+
 def cmd_learner_select(args: argparse.Namespace) -> int:
     from export import learner_gap
 
@@ -796,6 +823,7 @@ COMMANDS = {
     "fit-policy": cmd_fit_policy,
     "fit-bands": cmd_fit_bands,
     "learner-select": cmd_learner_select,
+    "learner-agreement": cmd_learner_agreement,
     "learner-regroup": cmd_learner_regroup,
     "state-distribution": cmd_state_distribution,
 }

@@ -155,16 +155,13 @@ def learning_agreement(
     context, no trend: one message alone; the labels at the model's ``thresholds`` are what it detected,
     as the gateway passes them)."""
     from gateway.learning.policy import load_policy
-    from gateway.learning.state import assess
 
     policy = load_policy(policy_path)
     cut = policy.learning_emotions.primary_min_score
     names = list(policy.intervention.levels)
     tp = fp = fn = 0
     levels = []
-    for row, message, found in zip(probs, gold, detections(probs, thresholds), strict=True):
-        labels = output_labels(len(row))
-        state = assess(dict(zip(labels, map(float, row), strict=True)), policy, detected=found)
+    for state, message in zip(policy_states(probs, thresholds, policy), gold, strict=True):
         got = {e for e, score in state.learning_emotions.items() if score >= cut}
         want = {e for e in message.learning if e in LEARNING_VOCABULARY}
         tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
@@ -180,6 +177,16 @@ def learning_agreement(
         "giving_up_messages": giving_up,
         "giving_up_at_least_moderate": reached,
     }
+
+
+def policy_states(probs: Array, thresholds: Array | None, policy: Any) -> list[Any]:
+    """The gateway's learning state of each row of probabilities, one message alone (no context, no trend)."""
+    from gateway.learning.state import assess
+
+    return [
+        assess(dict(zip(output_labels(len(row)), map(float, row), strict=True)), policy, detected=found)
+        for row, found in zip(probs, detections(probs, thresholds), strict=True)
+    ]
 
 
 def band_scores(levels: Array, gold: list[str], names: list[str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ reworded, one learner's follow-ups) never straddle train/dev/test. Nothing may b
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,10 @@ from export.training.data import Split
 
 LEARNER_DIR = Path(__file__).resolve().parents[2] / "data" / "learner"
 COLUMNS = ("id", "group", "text", "labels", "learning", "band")
+# A second, blind annotation of the dev and test messages (data/learner/second-reading/README.md); in a
+# folder of its own, as ``load_learner_messages`` reads every ``*.tsv`` of LEARNER_DIR as messages.
+SECOND_READING = LEARNER_DIR / "second-reading" / "annotations.tsv"
+SECOND_READING_COLUMNS = ("id", "labels", "learning", "band")
 # The policy's learning emotions (gateway/learning/policy.toml) and the signals GoEmotions has no label for.
 POLICY_LEARNING_EMOTIONS = (
     "frustration",
@@ -94,6 +98,13 @@ def _message(fields: list[str], where: str) -> LearnerMessage:
     id_, group, text, labels, learning, band = (f.strip() for f in fields)
     if not id_ or not group or not text:
         raise LearnerDataError(f"{where}: empty id, group or text")
+    return LearnerMessage(id_, group, text, *_annotation(labels, learning, band, where))
+
+
+def _annotation(
+    labels: str, learning: str, band: str, where: str
+) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """One reading of a message: its GoEmotions labels, learning signals and band, validated."""
     label_set = _items(labels, GOEMOTIONS_LABELS, "label", where)
     if not label_set:
         raise LearnerDataError(f"{where}: no label (use {NEUTRAL!r} when no emotion is expressed)")
@@ -104,7 +115,7 @@ def _message(fields: list[str], where: str) -> LearnerMessage:
         raise LearnerDataError(f"{where}: empty learning column (use {NO_SIGNAL!r} for none)")
     if band not in BANDS:
         raise LearnerDataError(f"{where}: band {band!r} is not one of {', '.join(BANDS)}")
-    return LearnerMessage(id_, group, text, label_set, signals, band)
+    return label_set, signals, band
 
 
 def load_learner_messages(directory: Path = LEARNER_DIR) -> list[LearnerMessage]:
@@ -128,6 +139,34 @@ def load_learner_messages(directory: Path = LEARNER_DIR) -> list[LearnerMessage]
             seen[message.id] = where
             messages.append(message)
     return messages
+
+
+def load_second_reading(
+    messages: list[LearnerMessage], path: Path = SECOND_READING
+) -> dict[str, LearnerMessage]:
+    """The blind second annotation of some messages (``SECOND_READING``), by id: each the message with the
+    second reader's labels, learning signals and band in place of the writers'. Every id must be a message
+    of ``messages``, once."""
+    by_id = {m.id: m for m in messages}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or tuple(lines[0].split("\t")) != SECOND_READING_COLUMNS:
+        raise LearnerDataError(f"{path}:1: header must be {chr(9).join(SECOND_READING_COLUMNS)!r}")
+    readings: dict[str, LearnerMessage] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) != len(SECOND_READING_COLUMNS):
+            raise LearnerDataError(f"{where}: {len(fields)} columns, expected {len(SECOND_READING_COLUMNS)}")
+        id_, labels, learning, band = fields
+        if id_ not in by_id:
+            raise LearnerDataError(f"{where}: no message has id {id_!r}")
+        if id_ in readings:
+            raise LearnerDataError(f"{where}: id {id_!r} read twice")
+        labels_read, learning_read, band_read = _annotation(labels, learning, band, where)
+        readings[id_] = replace(by_id[id_], labels=labels_read, learning=learning_read, band=band_read)
+    return readings
 
 
 def learner_split(name: str, messages: list[LearnerMessage]) -> Split:

@@ -334,3 +334,12 @@ def test_train_uses_bf16_unless_told_not_to(monkeypatch, tmp_path):
     for flags in ([], ["--bf16"], ["--no-bf16"]):
         assert main(["train", "--output", str(tmp_path / "s"), *flags]) == 0
     assert [cfg.bf16 for cfg in seen] == [True, True, False]
+
+
+def test_learner_agreement_runs_on_the_readings_alone_and_needs_a_model_otherwise(tmp_path, caplog):
+    out = tmp_path / "out"
+    assert main(["learner-agreement", "--readings-only", "--out", str(out)]) == 0
+    text = (out / "learner_agreement.md").read_text(encoding="utf-8")
+    assert "`python -m export learner-agreement --readings-only`" in text and "served model" not in text
+    assert main(["learner-agreement", "--repository", str(tmp_path / "empty"), "--out", str(out)]) == 1
+    assert "no model installed" in caplog.text

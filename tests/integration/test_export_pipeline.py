@@ -490,3 +490,46 @@ def test_the_model_bench_runs_every_variant_an_export_has(exported, tmp_path):
     assert set(report["bench"]["paths"]) == {"torch", "raw", *manifest.variants}
     assert report["bench"]["paths"]["torch_fp16"]["bs32_texts_per_s"] > 0
     assert "| torch_fp16 | batch |" in (tmp_path / "model_report.md").read_text()
+
+
+def test_the_second_reading_report_scores_the_model_against_both_readings(signal_export, tmp_path):
+    from contract.names import GOEMOTIONS_LABELS
+    from export import learner_agreement
+    from export.learner_gap import Served, present_labels_f1
+    from export.training.learner_data import load_learner_messages, load_second_reading
+
+    out, manifest = signal_export
+    report = learner_agreement.run(out)
+    messages = load_learner_messages()
+    second = load_second_reading(messages)
+    test = [m for m in messages if m.split == "test"]
+    model = report["model"]
+    assert model["name"] == manifest.served_version("int8")
+    assert report["splits"]["test"]["n"] == len(test) and report["dev_and_test"]["n"] == len(second)
+    assert model["first"]["giving_up"]["support"] == sum("giving_up" in m.learning for m in test)
+    assert model["second"]["giving_up"]["support"] == sum("giving_up" in second[m.id].learning for m in test)
+    assert model["first"]["learning_state"]["giving_up_messages"] == model["first"]["giving_up"]["support"]
+    served = Served.load(out)
+    probs = served.probabilities([m.text for m in test])
+    for name, reading in (("first", test), ("second", [second[m.id] for m in test])):
+        gold = learner_agreement.multi_hot(reading, GOEMOTIONS_LABELS, "labels")
+        want = present_labels_f1(
+            probs[:, : len(GOEMOTIONS_LABELS)], gold, served.thresholds[: len(GOEMOTIONS_LABELS)]
+        )
+        assert model[name]["labels"] == want, name
+    paths = learner_agreement.write(report, tmp_path, "cmd")
+    assert [p.name for p in paths] == [
+        "learner_agreement.md",
+        "learner_agreement.json",
+        "learner_agreement.png",
+    ]
+    text = paths[0].read_text(encoding="utf-8")
+    assert f"## The served model `{model['name']}` against each reading (test)" in text
+    assert f"| messages read twice | {len(second) - len(test)} of " in text
+    below = model["giving_up_below_moderate"]
+    assert (
+        len(below)
+        == model["first"]["giving_up"]["support"]
+        - model["first"]["learning_state"]["giving_up_at_least_moderate"]
+    )
+    assert all(f"| {r['id']} | {r['text']} | {r['level']} |" in text for r in below)
