@@ -10,7 +10,6 @@ test split only (its cuts were fitted on dev).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from export.learner_gap import (
     learning_agreement,
     policy_states,
     present_labels_f1,
+    write_report,
 )
 from export.training.learner_data import (
     BANDS,
@@ -365,9 +365,4 @@ def _f1_of(r: dict[str, Any]) -> float:
 
 
 def write(report: dict[str, Any], out: Path, command: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    md, js, png = out / "learner_agreement.md", out / "learner_agreement.json", out / "learner_agreement.png"
-    md.write_text(markdown(report, command), encoding="utf-8")
-    js.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    chart(report, png)
-    return [md, js, png]
+    return write_report(out, "learner_agreement", report, markdown(report, command), chart)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -756,11 +756,18 @@ def chart(report: dict[str, Any], path: Path) -> Path:
 
 
 def write(report: dict[str, Any], out: Path, command: str) -> list[Path]:
+    return write_report(out, "learner_gap", report, markdown(report, command), chart)
+
+
+def write_report(
+    out: Path, stem: str, report: dict[str, Any], text: str, draw: Callable[[dict[str, Any], Path], Path]
+) -> list[Path]:
+    """A report as ``stem``.md (``text``), .json (``report``) and .png (``draw``) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    md, js, png = out / "learner_gap.md", out / "learner_gap.json", out / "learner_gap.png"
-    md.write_text(markdown(report, command), encoding="utf-8")
+    md, js, png = (out / f"{stem}.{ext}" for ext in ("md", "json", "png"))
+    md.write_text(text, encoding="utf-8")
     js.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    chart(report, png)
+    draw(report, png)
     return [md, js, png]
 
 
