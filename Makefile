@@ -46,9 +46,11 @@ prepare: install
 train: install
 	$(BIN)/python -m export train
 
+# Its learner-gap goes to build/reports: results/learner_gap.md is the multi-seed report, written by the
+# command in docs/performance.md, which a one-model run would overwrite with less.
 bench-model: install
 	$(BIN)/python -m export bench
-	$(BIN)/python -m export learner-gap
+	$(BIN)/python -m export learner-gap $(if $(wildcard build/exports/student-go),--baseline build/exports/student-go) --out build/reports
 
 # Triton-served vs raw ONNX Runtime at 1 and 16 clients (starts its own server, cache off).
 bench-triton: prepare

@@ -1,4 +1,5 @@
-"""The README stays short and every page it leads to exists: relative links and #anchors resolve."""
+"""The README stays short and every page it leads to exists: relative links and #anchors resolve; a
+benchmark target leaves the committed multi-seed reports alone."""
 
 from __future__ import annotations
 
@@ -61,3 +62,21 @@ def test_links_resolve(page: Path) -> None:
 def test_a_broken_link_is_seen(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# Title here\n[ok](a.md#title-here) [gone](b.md) [x](a.md#nope)\n")
     assert broken_links(tmp_path / "a.md") == ["b.md (no such file)", "a.md#nope (no such heading)"]
+
+
+def test_bench_model_leaves_the_committed_learner_gap_report_alone() -> None:
+    """results/learner_gap.md is the multi-seed report (docs/performance.md has its command): `make
+    bench-model` writes its one-model learner-gap run elsewhere, or a benchmark would overwrite it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(
+        ["make", "-n", "bench-model"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    runs = [line for line in dry.splitlines() if "-m export learner-gap" in line]
+    assert runs, dry
+    for line in runs:
+        out = re.search(r"--out\s+(\S+)", line)
+        assert out is not None and not out.group(1).rstrip("/").endswith("results"), line
