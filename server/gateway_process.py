@@ -123,6 +123,9 @@ def gateway_command(host: str, port: int, triton_grpc: str) -> list[str]:
 # Where a started gateway is waited on: it answers, and its Triton does (``/readyz`` alone is 200 while
 # Triton is down, so that replicas keep answering 503s instead of leaving their Service).
 GATEWAY_READY_PATH = "/readyz/triton"
+# The gateway's own readiness (200 while Triton is down; 503 for a wrong model version): what a supervisor
+# that restarts Triton itself waits on.
+GATEWAY_LIVE_PATH = "/readyz"
 
 
 class GatewayProcess(ManagedProcess):
@@ -134,13 +137,14 @@ class GatewayProcess(ManagedProcess):
         log_file: Path,
         ready_timeout_s: float = 30,
         env: Mapping[str, str] | None = None,
+        ready_path: str = GATEWAY_READY_PATH,
     ) -> None:
         super().__init__(
             "gateway",
             gateway_command(host, port, triton_grpc),
             f"http://{loopback_for(host)}:{port}",
             log_file,
-            ready_path=GATEWAY_READY_PATH,
+            ready_path=ready_path,
             env=env,
             ready_timeout_s=ready_timeout_s,
         )

@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from server.embedded import group_regions, shm_regions
 from server.gateway_process import ManagedProcess
 from server.probes import answers, http_status, metric, wait_for
-from server.stack import Stack
+from server.stack import Stack, launcher_ports
 from tests.support.processes import free_port, start_redis
 from tests.support.stack import (
     TEXTS,
@@ -234,3 +234,20 @@ def test_clean_shutdown_finishes_in_flight_and_leaves_no_shared_memory(repositor
         assert "200" in outcomes, outcomes  # the in-flight ones finished...
         assert set(outcomes) <= {"200", "not accepted"}, outcomes  # ...and none was cut off mid-way
         assert owned & shm_regions() == set()  # this server's regions are gone
+
+
+def test_triton_dying_while_the_gateway_starts_is_restarted_not_fatal(repository: Path, tmp_path: Path):
+    """Triton dies after it is ready but before the launcher's gateway is (the gateway still starting):
+    the launcher keeps running and restarts it. (It waited on the gateway's /readyz/triton there, so the
+    wait timed out after 30 s and the whole stack exited: a CI failure of the test above.)"""
+    ports = launcher_ports()
+    with Stack(tmp_path) as stack:
+        proc = stack.start_launcher(repository, {}, ports=ports, wait=False)
+        assert wait_for(
+            lambda: answers(f"http://127.0.0.1:{ports.http}/v2/health/ready"), 120, interval_s=0.05
+        )
+        assert not answers(f"{proc.url}/readyz"), "the gateway was up before Triton died: nothing tested"
+        tritonserver_of(proc).kill()
+        assert wait_for(lambda: answers(f"{proc.url}/readyz/triton"), 120), log_text(proc)[-3000:]
+        assert proc.alive()
+        assert "tritonserver exited unexpectedly" in log_text(proc)
