@@ -32,7 +32,7 @@ from contract.manifest import installed_digest, read_installed
 from contract.spec import SPEC_FILE, ServingSpec
 from server.device import DEVICE_ENV, DEVICES, DeviceError, place
 from server.embedded import ADMIN_KEY_ENV, EmbeddedTriton, ServerConfig, ServerError
-from server.gateway_process import GATEWAY_LIVE_PATH, GatewayProcess
+from server.gateway_process import GATEWAY_OWN_READY_PATH, GatewayProcess
 
 log = logging.getLogger("server")
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 env={k: v for k, v in os.environ.items() if k != ADMIN_KEY_ENV},
                 # Its own readiness, not its Triton's: Triton was ready a moment ago, and one that dies
                 # now is restarted by the loop below; waiting on it here timed out and took the stack down.
-                ready_path=GATEWAY_LIVE_PATH,
+                ready_path=GATEWAY_OWN_READY_PATH,
             )
             try:
                 gateway.start()

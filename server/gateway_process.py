@@ -125,7 +125,7 @@ def gateway_command(host: str, port: int, triton_grpc: str) -> list[str]:
 GATEWAY_READY_PATH = "/readyz/triton"
 # The gateway's own readiness (200 while Triton is down; 503 for a wrong model version): what a supervisor
 # that restarts Triton itself waits on.
-GATEWAY_LIVE_PATH = "/readyz"
+GATEWAY_OWN_READY_PATH = "/readyz"
 
 
 class GatewayProcess(ManagedProcess):
