@@ -21,7 +21,12 @@ from contract.spec import SPEC_FILE, ServingSpec
 from export.packaging.install import MODEL_REPOSITORY, install
 from export.packaging.repository import stale_configs, write_configs
 from export.packaging.torch_variant import TORCH_FP16
-from export.packaging.variants import INT8_CONFIGS, ONNX_VARIANTS
+from export.packaging.variants import (
+    DEFAULT_STATIC_INT8,
+    FP32_MATMUL_GROUPS,
+    INT8_CONFIGS,
+    ONNX_VARIANTS,
+)
 from export.pipeline import (
     SIGNAL_MIN_PRECISION,
     SIGNAL_PRECISION_CONFIDENCE,
@@ -72,6 +77,22 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
         dest="int8_per_channel",
         action="store_false",
         help="one weight scale per tensor (default: per channel, half the logit error on the student)",
+    )
+    p.add_argument(
+        "--int8-range",
+        choices=("symmetric", "asymmetric"),
+        default="symmetric" if DEFAULT_STATIC_INT8.range_symmetric else "asymmetric",
+        help="static INT8 activation ranges: symmetric around 0, or each tail clipped at its own "
+        "percentile (default %(default)s)",
+    )
+    p.add_argument(
+        "--int8-fp32",
+        nargs="*",
+        choices=FP32_MATMUL_GROUPS,
+        default=list(DEFAULT_STATIC_INT8.fp32_matmuls),
+        metavar="GROUP",
+        help=f"weight MatMul groups static INT8 leaves in FP32 ({', '.join(FP32_MATMUL_GROUPS)}; "
+        "default: %(default)s)",
     )
     p.add_argument(
         "--max-macro-f1-drop",
@@ -175,6 +196,11 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
             opset=args.opset,
             int8_config=args.int8_config,
             int8_per_channel=args.int8_per_channel,
+            int8_static=dataclasses.replace(
+                DEFAULT_STATIC_INT8,
+                symmetric_range=args.int8_range == "symmetric",
+                fp32_matmuls=tuple(args.int8_fp32),
+            ),
             parity_tolerance=tolerance,
             max_macro_f1_drop=args.max_macro_f1_drop,
             max_signal_f1_drop=args.max_signal_f1_drop,

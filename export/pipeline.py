@@ -32,10 +32,12 @@ from export.packaging.runtime import load_tokenizer, onnx_classifier, torch_clas
 from export.packaging.torch_variant import TORCH_FP16, build_torch_fp16, torch_runtime_classifier
 from export.packaging.variants import (
     CALIBRATION_TEXTS,
+    DEFAULT_STATIC_INT8,
     FP32,
     ONNX_VARIANTS,
     RAW,
     Calibration,
+    StaticInt8Settings,
     build_variants,
     calibration_sample,
     export_onnx,
@@ -113,6 +115,7 @@ class ExportOptions:
     calibration: str = PER_LABEL  # temperature scaling: per-label, global or none
     max_calibration_f1_drop: float = DEFAULT_MAX_CALIBRATION_F1_DROP
     calibration_texts: int = CALIBRATION_TEXTS  # static INT8 ranges: a seeded sample of train
+    int8_static: StaticInt8Settings = DEFAULT_STATIC_INT8  # what static INT8 quantizes, how ranges are set
     # learning signals cut for recall at a precision floor on learner dev (the others: best dev F1)
     signal_min_precision: dict[str, float] = field(default_factory=lambda: dict(SIGNAL_MIN_PRECISION))
     # ... at that one-sided confidence of dev's precision (None: its point estimate)
@@ -197,7 +200,12 @@ def export_model(
         tuple(v for v in options.variants if v != TORCH_FP16),
         options.int8_config,
         options.int8_per_channel,
-        Calibration(tokenizer=tokenizer, texts=calibration_texts, max_length=options.max_length),
+        Calibration(
+            tokenizer=tokenizer,
+            texts=calibration_texts,
+            max_length=options.max_length,
+            settings=options.int8_static,
+        ),
     )
     torch_variant = build_torch_fp16(model_ref, out_dir) if TORCH_FP16 in options.variants else None
 

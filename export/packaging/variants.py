@@ -69,6 +69,11 @@ FP16_KEEP_FP32_OPS = (
 CALIBRATION_TEXTS = 512
 CALIBRATION_SEED = 1234
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# Groups of weight MatMuls that static INT8 may leave in FP32 (``StaticInt8Settings.fp32_matmuls``).
+# ffn_out: the feed-forward output projection, which reads GELU's output: nearly all of its mass is
+# >= 0 with a long positive tail, so one 8-bit scale covers it worst of the layer's inputs.
+FFN_OUT = "ffn_out"
+FP32_MATMUL_GROUPS = (FFN_OUT,)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,11 @@ class StaticInt8Settings:
     # True: DQ(x), DQ(W) -> MatMul -> Add(bias) becomes one com.microsoft MatMulIntegerToFloat with
     # the bias inside (same arithmetic; ORT's QDQ fusion leaves the Add, and BiasGelu, outside).
     fuse_bias: bool = True
+    # Activation ranges: None is ORT's default for the method (symmetric around 0 for percentile,
+    # the observed [min, max] otherwise); False clips each tail at its own percentile.
+    symmetric_range: bool | None = None
+    # Weight MatMul groups (FP32_MATMUL_GROUPS) kept in FP32.
+    fp32_matmuls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -100,6 +110,16 @@ class StaticInt8Settings:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         if not self.op_types:
             raise ValueError("op_types must name at least one op type")
+        unknown = sorted(set(self.fp32_matmuls) - set(FP32_MATMUL_GROUPS))
+        if unknown:
+            raise ValueError(f"fp32_matmuls must be among {FP32_MATMUL_GROUPS}, got {unknown}")
+
+    @property
+    def range_symmetric(self) -> bool:
+        """Whether calibrated activation ranges are symmetric around 0 (ORT's default per method)."""
+        if self.symmetric_range is not None:
+            return self.symmetric_range
+        return self.calibration_method == "percentile"
 
 
 # Student, full dev/test, thresholds tuned on dev per variant: macro-F1 dev/test 0.5528/0.5318 vs FP32
@@ -282,11 +302,49 @@ class _TextFeeds:
 
 def activation_matmuls(model: onnx.ModelProto) -> list[str]:
     """Names of the MatMuls with no constant input (attention's QK^T and PV)."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = _constant_names(model)
     return [
         n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in constants for i in n.input)
     ]
+
+
+GELU_OPS = ("Gelu", "FastGelu", "BiasGelu")
+GELU_MARKERS = ("Erf", "Tanh")  # in a GELU written out as elementary ops (exact, tanh approximation)
+
+
+def ffn_output_matmuls(model: onnx.ModelProto, depth: int = 3) -> list[str]:
+    """Names of the weight MatMuls that read a GELU's output (the feed-forward output projection).
+
+    A GELU is a Gelu-type op, or a Mul with an Erf/Tanh at most ``depth`` ops above it (the exported
+    form of ``0.5 * x * (1 + erf(x / sqrt(2)))``), so this finds them by structure, not by name.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def is_gelu(node: onnx.NodeProto | None) -> bool:
+        if node is None:
+            return False
+        if node.op_type in GELU_OPS:
+            return True
+        if node.op_type != "Mul":
+            return False
+        frontier = [node]
+        for _ in range(depth):
+            frontier = [p for n in frontier for i in n.input if (p := producer.get(i)) is not None]
+            if any(p.op_type in GELU_MARKERS for p in frontier):
+                return True
+        return False
+
+    weights = set(_constant_names(model))
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[1] in weights and is_gelu(producer.get(n.input[0]))
+    ]
+
+
+def _constant_names(model: onnx.ModelProto) -> set[str]:
+    constants = {i.name for i in model.graph.initializer}
+    return constants | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
 
 
 def bypass_qdq_for_unquantized_consumers(
@@ -428,13 +486,17 @@ def quantize_int8_static(
     }
     if settings.calibration_method == "percentile":
         extra_options["CalibPercentile"] = settings.percentile
-    # ORT's defaults, pinned: percentile ranges are symmetric around 0 (|x| histogram), others not.
-    symmetric_range = settings.calibration_method == "percentile"
+    symmetric_range = settings.range_symmetric  # pinned, not left to ORT's default
     extra_options["CalibTensorRangeSymmetric"] = symmetric_range
     target = export.directory / VARIANT_FILES[INT8]
     source = export.directory / VARIANT_FILES[RAW]
     # ORT's MatMulConstBOnly option is honoured by the QOperator quantizer only: exclude by name.
-    exclude = activation_matmuls(onnx.load(str(source))) if settings.weight_matmuls_only else []
+    graph = onnx.load(str(source), load_external_data=False)
+    exclude = activation_matmuls(graph) if settings.weight_matmuls_only else []
+    kept_fp32 = ffn_output_matmuls(graph) if FFN_OUT in settings.fp32_matmuls else []
+    if FFN_OUT in settings.fp32_matmuls and not kept_fp32:
+        raise ValueError(f"fp32_matmuls={settings.fp32_matmuls}: no MatMul reads a GELU in {source}")
+    exclude = [*exclude, *kept_fp32]
     reader = _TextFeeds(calibration.feeds(export.input_names))
     # No quant_pre_process: its symbolic shape inference fails on optimum's export ("Incomplete
     # symbolic shape inference"), and ORT applies its graph optimizations at session load anyway.
@@ -480,6 +542,8 @@ def quantize_int8_static(
             settings.percentile if settings.calibration_method == "percentile" else None
         ),
         "calibration_symmetric_range": symmetric_range,
+        "fp32_matmuls": sorted(settings.fp32_matmuls),
+        "fp32_matmul_count": len(kept_fp32),
         "calibration_texts": len(calibration.texts),
         "calibration_sha256": calibration.sha256,
         "calibration_max_length": calibration.max_length,

@@ -103,6 +103,23 @@ def test_the_precision_floors_hold_at_a_lower_bound_when_given_a_confidence(caps
     assert "expected a confidence such as 0.95, or none; got 'high'" in capsys.readouterr().err
 
 
+def test_static_int8_ranges_and_fp32_groups_are_export_options():
+    from export.__main__ import _export_options, build_parser
+    from export.packaging.variants import DEFAULT_STATIC_INT8
+
+    def settings(*extra: str):
+        return _export_options(build_parser().parse_args(["build", "model", *extra])).int8_static
+
+    default = settings()
+    assert default.range_symmetric == DEFAULT_STATIC_INT8.range_symmetric
+    assert default.fp32_matmuls == DEFAULT_STATIC_INT8.fp32_matmuls
+    chosen = settings("--int8-range", "asymmetric", "--int8-fp32", "ffn_out")
+    assert chosen.range_symmetric is False and chosen.fp32_matmuls == ("ffn_out",)
+    assert settings("--int8-fp32").fp32_matmuls == ()  # none: every weight MatMul in INT8
+    with pytest.raises(SystemExit):
+        settings("--int8-fp32", "attention")
+
+
 def _build_and_install(tmp_path: Path, model: Path, data: Path, *variants: str) -> Path:
     out, repo = tmp_path / "export", tmp_path / "repo"
     args = ["build", str(model), "--out", str(out), "--data-dir", str(data), "--variants", *variants, *LOOSE]
@@ -151,6 +168,16 @@ def test_gate_failure_exit_code(tmp_path, tiny_model, tiny_data):
         ]
     )
     assert code == EXIT_GATE_FAILED
+
+
+def test_the_static_int8_options_reach_the_served_variant(tmp_path, tiny_model, tiny_data):
+    from contract.manifest import Manifest
+
+    args = ["build", str(tiny_model), "--out", str(tmp_path), "--data-dir", str(tiny_data), "--variants"]
+    assert main([*args, "int8", "--int8-range", "asymmetric", "--int8-fp32", "ffn_out", *LOOSE]) == 0
+    q = Manifest.read(tmp_path / "manifest.json").variants["int8"].quantization
+    assert q["calibration_symmetric_range"] is False
+    assert (q["fp32_matmuls"], q["fp32_matmul_count"]) == (["ffn_out"], 2)
 
 
 def test_calibration_flag_and_gate_exit_code(tmp_path, tiny_model, tiny_data):

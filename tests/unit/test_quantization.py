@@ -26,6 +26,7 @@ from export.packaging.variants import (
     build_variants,
     calibration_sample,
     export_onnx,
+    ffn_output_matmuls,
     quantize_int8_static,
 )
 from export.training.data import load_split
@@ -175,6 +176,69 @@ def test_graph_rewrites_keep_the_arithmetic(built, texts, tmp_path):
     # The bypass changes answers on purpose (the residual stream is no longer rounded to 8 bits), but
     # only by quantization noise.
     assert 0 < np.abs(logits["bypass"] - logits["plain"]).max() < 0.5
+
+
+def _activation_ranges(path: Path) -> dict[str, tuple[float, int]]:
+    """(scale, zero point) of each activation's QuantizeLinear, by the tensor it quantizes."""
+    model = onnx.load(str(path))
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {
+        n.input[0]: (float(init[n.input[1]].ravel()[0]), int(init[n.input[2]].ravel()[0]))
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in init
+    }
+
+
+def test_ffn_outputs_can_stay_fp32_and_ranges_can_be_asymmetric(built, tmp_path):
+    variants, tokenizer, calibration_texts = built
+    raw = onnx.load(str(variants[RAW].path))
+    found = ffn_output_matmuls(raw)
+    # Found by structure (a MatMul reading GELU); the names only confirm it: one per layer.
+    assert len(found) == 2 and all(n.endswith("/output/dense/MatMul") and "attention" not in n for n in found)
+    (tmp_path / VARIANT_FILES[RAW]).symlink_to(variants[RAW].path)
+    export = OnnxExport(tmp_path, ["input_ids", "attention_mask", "token_type_ids"], ["logits"], 17)
+    settings = StaticInt8Settings(symmetric_range=False, fp32_matmuls=("ffn_out",))
+    b = quantize_int8_static(export, Calibration(tokenizer, calibration_texts, MAX_LENGTH, settings))
+    nodes = onnx.load(str(b.path)).graph.node
+    assert [n.op_type for n in nodes].count("MatMulIntegerToFloat") == 2 * 5  # FFN out left out
+    kept = [n for n in nodes if n.name in found]
+    assert [n.op_type for n in kept] == ["MatMul", "MatMul"]
+    producers = {o: n.op_type for n in nodes for o in n.output}
+    assert all(producers.get(i) != "DequantizeLinear" for n in kept for i in n.input)  # FP32 inputs
+    q = b.quantization
+    assert (q["fp32_matmuls"], q["fp32_matmul_count"], q["calibration_symmetric_range"]) == (
+        ["ffn_out"],
+        2,
+        False,
+    )
+    # Each tail clipped at its own percentile, not at that of |x|: other ranges for the same tensors.
+    default, own_tails = _activation_ranges(variants[INT8].path), _activation_ranges(b.path)
+    common = default.keys() & own_tails.keys()
+    assert len(common) >= 10  # 7 a layer: the inputs of QKV, QK^T (2), PV (2), out, FFN in
+    assert sum(default[t] != own_tails[t] for t in common) > len(common) / 2
+    assert variants[INT8].quantization["fp32_matmuls"] == []
+
+
+def test_a_gelu_op_is_found_and_other_activations_are_not():
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gelu", ["x"], ["g"]),
+            helper.make_node("MatMul", ["g", "w"], ["a"], name="after_gelu"),
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("MatMul", ["r", "w"], ["b"], name="after_relu"),
+            helper.make_node("MatMul", ["g", "r"], ["c"], name="no_weight"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in "abc"],
+        [w],
+    )
+    assert ffn_output_matmuls(helper.make_model(graph)) == ["after_gelu"]
+    with pytest.raises(ValueError, match="fp32_matmuls"):
+        StaticInt8Settings(fp32_matmuls=("attention",))
 
 
 def test_int8_without_calibration_raises_before_any_work(tmp_path):
