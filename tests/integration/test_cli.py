@@ -174,9 +174,9 @@ def test_the_static_int8_options_reach_the_served_variant(tmp_path, tiny_model, 
     from contract.manifest import Manifest
 
     args = ["build", str(tiny_model), "--out", str(tmp_path), "--data-dir", str(tiny_data), "--variants"]
-    assert main([*args, "int8", "--int8-range", "asymmetric", "--int8-fp32", "ffn_out", *LOOSE]) == 0
+    assert main([*args, "int8", "--int8-range", "symmetric", "--int8-fp32", "ffn_out", *LOOSE]) == 0
     q = Manifest.read(tmp_path / "manifest.json").variants["int8"].quantization
-    assert q["calibration_symmetric_range"] is False
+    assert q["calibration_symmetric_range"] is True  # the default is asymmetric
     assert (q["fp32_matmuls"], q["fp32_matmul_count"]) == (["ffn_out"], 2)
 
 
