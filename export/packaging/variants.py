@@ -337,7 +337,7 @@ def ffn_output_matmuls(model: onnx.ModelProto, depth: int = 3) -> list[str]:
                 return True
         return False
 
-    weights = set(_constant_names(model))
+    weights = _constant_names(model)
     return [
         n.name
         for n in model.graph.node
