@@ -81,7 +81,7 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--int8-range",
         choices=("symmetric", "asymmetric"),
-        default="symmetric" if DEFAULT_STATIC_INT8.range_symmetric else "asymmetric",
+        default="symmetric" if DEFAULT_STATIC_INT8.symmetric_range else "asymmetric",
         help="static INT8 activation ranges: symmetric around 0, or each tail clipped at its own "
         "percentile (default %(default)s)",
     )

@@ -111,10 +111,10 @@ def test_static_int8_ranges_and_fp32_groups_are_export_options():
         return _export_options(build_parser().parse_args(["build", "model", *extra])).int8_static
 
     default = settings()
-    assert default.range_symmetric == DEFAULT_STATIC_INT8.range_symmetric
+    assert default.symmetric_range == DEFAULT_STATIC_INT8.symmetric_range
     assert default.fp32_matmuls == DEFAULT_STATIC_INT8.fp32_matmuls
     chosen = settings("--int8-range", "asymmetric", "--int8-fp32", "ffn_out")
-    assert chosen.range_symmetric is False and chosen.fp32_matmuls == ("ffn_out",)
+    assert chosen.symmetric_range is False and chosen.fp32_matmuls == ("ffn_out",)
     assert settings("--int8-fp32").fp32_matmuls == ()  # none: every weight MatMul in INT8
     with pytest.raises(SystemExit):
         settings("--int8-fp32", "attention")

@@ -199,7 +199,7 @@ def test_ffn_outputs_can_stay_fp32_and_ranges_can_be_asymmetric(built, tmp_path)
     (tmp_path / VARIANT_FILES[RAW]).symlink_to(variants[RAW].path)
     export = OnnxExport(tmp_path, ["input_ids", "attention_mask", "token_type_ids"], ["logits"], 17)
     # The other range rule than the default's, and the FFN outputs in FP32.
-    symmetric = not DEFAULT_STATIC_INT8.range_symmetric
+    symmetric = not DEFAULT_STATIC_INT8.symmetric_range
     settings = StaticInt8Settings(symmetric_range=symmetric, fp32_matmuls=("ffn_out",))
     b = quantize_int8_static(export, Calibration(tokenizer, calibration_texts, MAX_LENGTH, settings))
     nodes = onnx.load(str(b.path)).graph.node
