@@ -314,7 +314,7 @@ def ffn_output_matmuls(model: onnx.ModelProto, depth: int = 3) -> list[str]:
     A GELU is a Gelu-type op, or a Mul with an Erf/Tanh at most ``depth`` ops above it (the exported
     form of ``0.5 * x * (1 + erf(x / sqrt(2)))``), so this finds them by structure, not by name.
     """
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = _producers(model)
 
     def is_gelu(node: onnx.NodeProto | None) -> bool:
         if node is None:
@@ -338,6 +338,11 @@ def ffn_output_matmuls(model: onnx.ModelProto, depth: int = 3) -> list[str]:
     ]
 
 
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The node that writes each tensor."""
+    return {out: node for node in model.graph.node for out in node.output}
+
+
 def _constant_names(model: onnx.ModelProto) -> set[str]:
     constants = {i.name for i in model.graph.initializer}
     return constants | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
@@ -355,7 +360,7 @@ def bypass_qdq_for_unquantized_consumers(
     int8 kernels are unchanged. Returns the number of inputs rewired.
     """
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = _producers(model)
     outputs = {o.name for o in graph.output}
     skip = set(excluded)
     source_of = {}
@@ -389,7 +394,7 @@ def fuse_matmul_bias(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = _producers(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -488,9 +493,11 @@ def quantize_int8_static(
     # ORT's MatMulConstBOnly option is honoured by the QOperator quantizer only: exclude by name.
     graph = onnx.load(str(source), load_external_data=False)
     exclude = activation_matmuls(graph) if settings.weight_matmuls_only else []
-    kept_fp32 = ffn_output_matmuls(graph) if FFN_OUT in settings.fp32_matmuls else []
-    if FFN_OUT in settings.fp32_matmuls and not kept_fp32:
-        raise ValueError(f"fp32_matmuls={settings.fp32_matmuls}: no MatMul reads a GELU in {source}")
+    kept_fp32: list[str] = []
+    if FFN_OUT in settings.fp32_matmuls:
+        kept_fp32 = ffn_output_matmuls(graph)
+        if not kept_fp32:
+            raise ValueError(f"fp32_matmuls={settings.fp32_matmuls}: no MatMul reads a GELU in {source}")
     exclude = [*exclude, *kept_fp32]
     reader = _TextFeeds(calibration.feeds(export.input_names))
     # No quant_pre_process: its symbolic shape inference fails on optimum's export ("Incomplete
