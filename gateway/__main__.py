@@ -16,6 +16,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.core.tenants import Scope, create_key, read_keys_file, revoke_key
+from gateway.draining import DrainingServer
 from gateway.settings import Settings
 
 
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings.model_copy(
         update={"host": args.host, "port": args.port, "triton_url": args.triton_url}
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level="info",
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         # uvicorn reads a whole WebSocket frame before the gateway can check its size (default 16 MiB)
         ws_max_size=max(settings.stream_max_message_bytes, 1 << 20),
     )
+    DrainingServer(config, app.state.drain, settings.shutdown_drain_s).run()
     return 0
 
 

@@ -16,6 +16,7 @@ from gateway.api.deps import ServicesDep, api_key_from, authenticate
 from gateway.api.middleware import BodyLimit, Timing
 from gateway.api.responses import install_error_handlers
 from gateway.backends.triton import Inference
+from gateway.draining import CloseWhileDraining, Drain
 from gateway.services import open_services
 from gateway.settings import Settings, get_settings
 
@@ -70,6 +71,9 @@ def create_app(
         )
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Set by the server on SIGTERM (gateway/draining.py); outside the lifespan, which a signal may precede.
+    app.state.drain = Drain()
+    app.add_middleware(CloseWhileDraining, drain=app.state.drain)
     return app
 
 

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Overload: requests past this many in flight get 429 at once instead of queueing.
     max_concurrency: int = Field(default=64, ge=1)
     retry_after_s: int = Field(default=1, ge=1)
+    # On SIGTERM, seconds of /readyz 503 ("draining") while requests are still served, before the
+    # shutdown: the time a load balancer needs to stop sending here (0: stop at once; gateway/draining.py).
+    shutdown_drain_s: float = Field(default=0.0, ge=0, le=3600)
     # Circuit breaker on the Triton client: open after this many failed calls in a row, probe again
     # after the cool-down.
     breaker_failures: int = Field(default=5, ge=1)

@@ -32,7 +32,7 @@ from contract.manifest import installed_digest, read_installed
 from contract.spec import SPEC_FILE, ServingSpec
 from server.device import DEVICE_ENV, DEVICES, DeviceError, place
 from server.embedded import ADMIN_KEY_ENV, EmbeddedTriton, ServerConfig, ServerError
-from server.gateway_process import GATEWAY_OWN_READY_PATH, GatewayProcess
+from server.gateway_process import DRAIN_ENV, GATEWAY_OWN_READY_PATH, GatewayProcess
 
 log = logging.getLogger("server")
 
@@ -163,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where the classifier runs (default ${DEVICE_ENV} or auto: the GPU when one is visible and the "
         "model has the torch variant, else the CPU)",
     )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=float(os.environ.get(DRAIN_ENV) or 0),
+        help=f"on SIGTERM/Ctrl-C the gateway answers /readyz with 503 but keeps serving this long, so a load "
+        f"balancer can stop sending to it, before the stack stops (default ${DRAIN_ENV} or 0); a second "
+        "signal stops at once",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -197,8 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         config_name=placement.config_name,
     )
     stop = threading.Event()
+    gateway: GatewayProcess | None = None
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set() and gateway is not None:
+            gateway.send(signal.SIGTERM)  # a second signal: the gateway ends its drain now
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     server = EmbeddedTriton(config)
     standby = EmbeddedTriton(standby_config(config, args.standby_port_offset))
     served_digest = installed_digest(args.repository)
@@ -207,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         log.error("%s", exc)
         return 1
-    gateway = None
     try:
         if args.gateway:
             # The standby endpoint answers only during a model swap; the gateway fails over to it.
@@ -218,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 endpoints,
                 server.log_file.with_name("gateway.log"),
                 # The gateway only infers: it gets no admin key.
-                env={k: v for k, v in os.environ.items() if k != ADMIN_KEY_ENV},
+                env={k: v for k, v in os.environ.items() if k != ADMIN_KEY_ENV}
+                | {DRAIN_ENV: str(args.drain_seconds)},
                 # Its own readiness, not its Triton's: Triton was ready a moment ago, and one that dies
                 # now is restarted by the loop below; waiting on it here timed out and took the stack down.
                 ready_path=GATEWAY_OWN_READY_PATH,
@@ -266,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             stop.wait(0.5)
     finally:
         if gateway:
-            gateway.stop()
+            gateway.stop(timeout=args.drain_seconds + 15)
         server.stop()
         standby.stop()
     return 0

@@ -123,6 +123,8 @@ def gateway_command(host: str, port: int, triton_grpc: str) -> list[str]:
 # Where a started gateway is waited on: it answers, and its Triton does (``/readyz`` alone is 200 while
 # Triton is down, so that replicas keep answering 503s instead of leaving their Service).
 GATEWAY_READY_PATH = "/readyz/triton"
+# The gateway's drain before a shutdown, in seconds (gateway/draining.py; its setting shutdown_drain_s).
+DRAIN_ENV = "GATEWAY_SHUTDOWN_DRAIN_S"
 # The gateway's own readiness (200 while Triton is down; 503 for a wrong model version): what a supervisor
 # that restarts Triton itself waits on.
 GATEWAY_OWN_READY_PATH = "/readyz"

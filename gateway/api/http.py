@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime
@@ -37,6 +37,7 @@ from gateway.core.outcomes import report_outcome
 from gateway.core.policies import PolicyBook, PolicyEntry, UnknownPolicy
 from gateway.core.readiness import TritonState, circuit_state, triton_state
 from gateway.errors import ErrorCode, GatewayError
+from gateway.services import Services
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -265,6 +266,9 @@ async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
+# /readyz's reason while the gateway drains before a shutdown (gateway/draining.py).
+DRAINING = "draining: this gateway is shutting down; requests are still answered until it stops"
+
 RETRY_AFTER = {
     "Retry-After": {
         "description": "seconds to wait before asking again",
@@ -288,6 +292,10 @@ async def _readiness(services: ServicesDep) -> tuple[dict[str, object], TritonSt
     return body, state
 
 
+def _unavailable(body: dict[str, object], services: Services) -> JSONResponse:
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(services.settings.retry_after_s)})
+
+
 @router.get(
     "/readyz",
     response_model=ReadinessResponse,
@@ -296,11 +304,15 @@ async def _readiness(services: ServicesDep) -> tuple[dict[str, object], TritonSt
     description="200 while the gateway answers requests, also while Triton is down (requests then get "
     "503 with Retry-After at once, instead of connection errors from a Service without replicas): "
     "`triton` (and `reason`) report Triton's state. 503 only when Triton serves a model version that does "
-    "not start with GATEWAY_EXPECTED_MODEL_VERSION. `version` is the served model version (null before "
-    "Triton's first answer).",
+    "not start with GATEWAY_EXPECTED_MODEL_VERSION, and while the gateway drains before a shutdown "
+    "(GATEWAY_SHUTDOWN_DRAIN_S; requests are still answered then). `version` is the served model version "
+    "(null before Triton's first answer).",
 )
-async def readyz(services: ServicesDep) -> JSONResponse:
+async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     body, state = await _readiness(services)
+    if request.app.state.drain.active:
+        body.update(ready=False, reason=DRAINING)
+        return _unavailable(body, services)
     body["ready"] = not state.wrong_version
     return JSONResponse(body, status_code=503 if state.wrong_version else 200)
 
@@ -326,7 +338,7 @@ async def readyz_triton(services: ServicesDep) -> JSONResponse:
     body["ready"] = state.ready
     if state.ready:
         return JSONResponse(body)
-    return JSONResponse(body, status_code=503, headers={"Retry-After": str(services.settings.retry_after_s)})
+    return _unavailable(body, services)
 
 
 @router.get(

@@ -251,6 +251,29 @@ def test_clean_shutdown_finishes_in_flight_and_leaves_no_shared_memory(repositor
         assert owned & shm_regions() == set()  # this server's regions are gone
 
 
+def test_sigterm_drains_first_and_a_second_signal_stops_at_once(repository, tmp_path, expected_for):
+    """With a drain period, SIGTERM to the launcher turns the gateway's /readyz to 503 while requests are
+    still answered (right, on closing connections) against a live Triton; a second SIGTERM ends the
+    600 s drain at once and the stack exits 0."""
+    with launcher(repository, tmp_path, GATEWAY_SHUTDOWN_DRAIN_S="600") as proc:
+        url = proc.url
+        assert http_status(f"{url}/readyz") == 200
+        proc.send(signal.SIGTERM)
+        assert wait_for(lambda: http_status(f"{url}/readyz") == 503, 30, interval_s=0.02), log_text(proc)
+        text = f"{TEXTS[0]} while draining"
+        r = httpx.post(f"{url}/v1/emotions", json={"text": text}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.headers["connection"] == "close"
+        probs, labels = expected_for(text)
+        served_probs, served_labels = as_triton_row(r.json()["results"][0])
+        np.testing.assert_allclose(served_probs, probs, atol=1e-5)
+        assert served_labels == labels
+        assert proc.alive()
+        proc.send(signal.SIGTERM)
+        assert proc.process is not None
+        assert proc.process.wait(timeout=60) == 0, log_text(proc)
+
+
 def test_triton_dying_while_the_gateway_starts_is_restarted_not_fatal(repository: Path, tmp_path: Path):
     """Triton dies after it is ready but before the launcher's gateway is (the gateway still starting):
     the launcher keeps running and restarts it. (It waited on the gateway's /readyz/triton there, so the

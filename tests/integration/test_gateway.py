@@ -411,3 +411,17 @@ async def test_a_model_without_signals_answers_null_signals_and_says_why(client)
     [result] = (await client.post("/v1/emotions", json={"text": "I want to give up."})).json()["results"]
     assert result["learning_signals"] is None and result["signal_labels"] == []
     assert any("unavailable" in reason for reason in result["learning_state"]["reasons"])
+
+
+async def test_while_draining_readiness_fails_and_requests_are_still_answered_on_closing_connections(fake):
+    async with running(Settings(retry_after_s=3, _env_file=None), fake) as (client, app):
+        r = await client.post("/v1/emotions", json={"text": "before"})
+        assert r.status_code == 200 and "connection" not in r.headers
+        app.state.drain.begin()  # what the server does on SIGTERM (gateway/draining.py)
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["ready"] is False and r.headers["retry-after"] == "3"
+        assert r.json()["reason"].startswith("draining")
+        r = await client.post("/v1/emotions", json={"text": "during"})
+        assert r.status_code == 200 and r.json()["results"][0]["labels"] is not None
+        assert r.headers["connection"] == "close"  # keep-alive clients reconnect, to another replica
+        assert (await client.get("/healthz")).status_code == 200  # alive: no restart wanted
