@@ -53,19 +53,19 @@ bench-model: install
 	$(BIN)/python -m export learner-gap $(if $(wildcard build/exports/student-go),--baseline build/exports/student-go) --out build/reports
 
 # Triton-served vs raw ONNX Runtime at 1 and 16 clients (starts its own server, cache off).
-bench-triton: prepare
+bench-triton: install-dev prepare
 	$(BIN)/python -m loadtest.bench_triton
 
 # Gateway overhead vs direct Triton, cache-hit time, and gateway vs a naive transformers service.
-bench-gateway: prepare
+bench-gateway: install-dev prepare
 	$(BIN)/python -m loadtest.bench_gateway
 
 # naive / ort-inproc / ort-raw / triton-grpc / gateway at the same texts and concurrency.
-bench-peers: prepare
+bench-peers: install-dev prepare
 	$(BIN)/python -m loadtest.bench_peers
 
 # Audit trail off vs SQLite: two gateways on one Triton, same load.
-bench-audit: prepare
+bench-audit: install-dev prepare
 	$(BIN)/python -m loadtest.bench_audit
 
 # Rate limits across replicas: two gateways on one Redis admit the limit once (about a minute per run).
@@ -74,7 +74,7 @@ bench-ratelimit: install-dev prepare
 
 # The embedded server on a GPU: in-process torch FP16 limit, the ensemble over gRPC at 1..256 clients, the
 # CPU path's instances x threads (docs/gpu.md). On the GPU host itself: deploy/gpu-host/run.sh.
-bench-gpu: prepare
+bench-gpu: install-dev prepare
 	$(BIN)/python -m loadtest.bench_gpu
 
 # Pack the server parts and packages the GPU host lacks into build/gpu-host/ (docs/gpu.md).
@@ -84,7 +84,7 @@ gpu-host-pack: install
 bench: bench-model bench-triton bench-gateway bench-peers bench-audit
 
 # 10-minute soak through the gateway; fails when Triton's or the gateway's memory grows past 50 MB.
-soak: prepare
+soak: install-dev prepare
 	$(BIN)/python -m loadtest.soak
 
 # Locust step load per path (gateway, cache hit, direct gRPC, WebSocket stream) -> results/capacity.md
