@@ -4,7 +4,10 @@ poll, Prometheus samples, ports, explicit gateway environments, and a real child
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -12,6 +15,8 @@ import pytest
 from server.gateway_process import ProcessError
 from server.probes import answers, metric, per_label, private_bytes, process_tree, wait_for
 from server.stack import Ports, Stack, gateway_env
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wait_for_polls_until_the_condition_holds():
@@ -94,3 +99,40 @@ def test_nothing_here_changes_this_process_environment(tmp_path):
             env=gateway_env({"GATEWAY_CACHE_BACKEND": "off"}),
         )
     assert dict(os.environ) == before
+
+
+STOPPED_BY_SIGTERM = """
+import sys
+from pathlib import Path
+from server.stack import Stack
+
+with Stack(Path(sys.argv[1])) as stack:
+    web = stack.start_service(
+        "web", lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], ready_path="/"
+    )
+    Path(sys.argv[2]).write_text(str(web.pid))
+    while True:
+        input()  # blocks; only a signal ends this run
+"""
+
+
+def test_a_run_stopped_with_sigterm_stops_what_its_stack_started(tmp_path):
+    """A benchmark killed with SIGTERM left its Triton, gateways and peer services running."""
+    pid_file = tmp_path / "web.pid"
+    run = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_BY_SIGTERM, str(tmp_path), str(pid_file)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+    )
+    try:
+        assert wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 60, interval_s=0.05)
+        child = int(pid_file.read_text())
+        assert psutil.pid_exists(child)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 128 + signal.SIGTERM
+        assert wait_for(lambda: not psutil.pid_exists(child), 10, interval_s=0.05), (
+            "the service outlived its run"
+        )
+    finally:
+        run.kill()
+        run.wait()
