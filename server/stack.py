@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -251,7 +252,7 @@ class Stack:
         # gateways and services running; raised as SystemExit, it stops them on its way out.
         main = threading.current_thread() is threading.main_thread()
         if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            signal.signal(signal.SIGTERM, functools.partial(_exit_on_sigterm, os.getpid()))
             self._stops.callback(signal.signal, signal.SIGTERM, signal.SIG_DFL)
         return self
 
@@ -259,5 +260,11 @@ class Stack:
         self.close()
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def _exit_on_sigterm(owner: int, signum: int, frame: object) -> None:
+    if os.getpid() != owner:
+        # A forked child (the benchmarks' multiprocessing clients, which are stopped with SIGTERM):
+        # it dies as it would have, unwinding nothing.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise SystemExit(128 + signum)

@@ -102,7 +102,10 @@ def test_nothing_here_changes_this_process_environment(tmp_path):
 
 
 STOPPED_BY_SIGTERM = """
+import multiprocessing
+import signal
 import sys
+import time
 from pathlib import Path
 from server.stack import Stack
 
@@ -110,6 +113,11 @@ with Stack(Path(sys.argv[1])) as stack:
     web = stack.start_service(
         "web", lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], ready_path="/"
     )
+    forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,))
+    forked.start()
+    forked.terminate()  # SIGTERM in a forked child: it dies as before, the stack stays up
+    forked.join()
+    assert forked.exitcode == -signal.SIGTERM and web.alive(), forked.exitcode
     Path(sys.argv[2]).write_text(str(web.pid))
     while True:
         input()  # blocks; only a signal ends this run
@@ -125,7 +133,9 @@ def test_a_run_stopped_with_sigterm_stops_what_its_stack_started(tmp_path):
         stdin=subprocess.PIPE,
     )
     try:
-        assert wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 60, interval_s=0.05)
+        written = lambda: pid_file.exists() and pid_file.read_text() != ""  # noqa: E731
+        started = wait_for(lambda: written() or run.poll() is not None, 60, interval_s=0.05)
+        assert started and run.poll() is None, "the run failed before the signal"
         child = int(pid_file.read_text())
         assert psutil.pid_exists(child)
         run.send_signal(signal.SIGTERM)
