@@ -101,7 +101,8 @@ def bench_report(
     command: str, version: str, rounds: list[dict[str, PathResult]], **figures: Any
 ) -> dict[str, Any]:
     """What every benchmark's results file holds: date, command, machine, model, rounds, the median
-    figures per path, then the benchmark's own ``figures``."""
+    figures per path and each round's throughput (a median hides one slow round), then the benchmark's
+    own ``figures``."""
     from export.bench import machine_info
 
     return {
@@ -111,6 +112,7 @@ def bench_report(
         "model_version": version,
         "rounds": len(rounds),
         "paths": median_paths(rounds),
+        "texts_per_s_per_round": {p: [r[p].texts_per_s for r in rounds] for p in rounds[0]},
         **figures,
     }
 

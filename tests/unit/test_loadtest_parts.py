@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from loadtest.common import PathResult, bench_report
 from loadtest.payloads import PayloadPicker, load_texts
 from loadtest.shapes import target
 from loadtest.slo import evaluate
@@ -135,3 +136,10 @@ def test_audit_bench_counts_rows_and_reports_the_on_off_comparison(tmp_path):
     assert report["outcomes_vs_control_p50_delta_ms_1_client"]["median"] == pytest.approx(0.01)
     assert "against the control" in text and "**1.00x**" in text
     assert "1239 texts sent, 1234 written, 5 dropped" in text
+
+
+def test_a_bench_report_keeps_each_rounds_throughput_beside_the_median():
+    rounds = [{"a": PathResult(t, 1.0, 2.0, 3.0, 10)} for t in (600.0, 350.0, 610.0)]
+    report = bench_report("make bench-x", "v1", rounds)
+    assert report["paths"]["a"]["texts_per_s"] == 600.0
+    assert report["texts_per_s_per_round"] == {"a": [600.0, 350.0, 610.0]}  # the slow round is visible
