@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 
+from server.lifetime import die_with_parent
 from server.probes import (
     answers,
     log_tail,
@@ -286,6 +287,7 @@ class EmbeddedTriton:
                 stderr=subprocess.STDOUT,
                 env=server_env(self.config.env),
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         self._wait_ready(started)
         return self

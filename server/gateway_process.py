@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from server.lifetime import die_with_parent
 from server.probes import answers, log_tail, loopback_for, wait_for
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class ManagedProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         return self.process
 

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,23 +245,7 @@ class Stack:
         self._stops.close()
 
     def __enter__(self) -> Stack:
-        # A run stopped with SIGTERM (a CI timeout, `kill`) would die without unwinding, leaving Triton,
-        # gateways and services running; raised as SystemExit, it stops them on its way out.
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, functools.partial(_exit_on_sigterm, os.getpid()))
-            self._stops.callback(signal.signal, signal.SIGTERM, signal.SIG_DFL)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _exit_on_sigterm(owner: int, signum: int, frame: object) -> None:
-    if os.getpid() != owner:
-        # A forked child (the benchmarks' multiprocessing clients, which are stopped with SIGTERM):
-        # it dies as it would have, unwinding nothing.
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise SystemExit(128 + signum)

@@ -22,7 +22,7 @@ from server.embedded import group_regions, shm_regions
 from server.gateway_process import ManagedProcess
 from server.probes import answers, http_status, metric, wait_for
 from server.stack import Stack
-from tests.support.processes import free_port, start_redis
+from tests.support.processes import free_port, gone, start_redis
 from tests.support.stack import (
     TEXTS,
     as_triton_row,
@@ -272,6 +272,24 @@ def test_sigterm_drains_first_and_a_second_signal_stops_at_once(repository, tmp_
         proc.send(signal.SIGTERM)
         assert proc.process is not None
         assert proc.process.wait(timeout=60) == 0, log_text(proc)
+
+
+def test_a_launcher_killed_with_sigkill_takes_triton_and_the_gateway_with_it(repository, tmp_path):
+    """SIGKILL gives the launcher no chance to stop its children; they used to live on, holding the
+    ports and the shared memory, and the next `make serve` could not start."""
+    with launcher(repository, tmp_path) as proc:
+        assert proc.pid is not None
+        triton = tritonserver_of(proc)
+        [gateway] = [p for p in psutil.Process(proc.pid).children() if "gateway" in p.cmdline()]
+        owned = group_regions(triton.pid)
+        assert owned
+        ports = {c.laddr.port for p in (triton, gateway) for c in p.net_connections() if c.status == "LISTEN"}
+        assert len(ports) == 4  # Triton's HTTP, gRPC and metrics, the gateway's
+        psutil.Process(proc.pid).kill()  # the launcher alone, not its group
+        assert wait_for(lambda: gone(triton) and gone(gateway), 60, interval_s=0.05), log_text(proc)[-2000:]
+        listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == "LISTEN"}
+        assert not ports & listening  # free for the next start
+        assert owned & shm_regions() == set()  # Triton was stopped, not killed: it cleaned up
 
 
 def test_triton_dying_while_the_gateway_starts_is_restarted_not_fatal(repository: Path, tmp_path: Path):

@@ -15,6 +15,7 @@ import pytest
 from server.gateway_process import ProcessError
 from server.probes import answers, metric, per_label, private_bytes, process_tree, wait_for
 from server.stack import Ports, Stack, gateway_env
+from tests.support.processes import gone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,10 +103,7 @@ def test_nothing_here_changes_this_process_environment(tmp_path):
 
 
 STOPPED_BY_SIGTERM = """
-import multiprocessing
-import signal
 import sys
-import time
 from pathlib import Path
 from server.stack import Stack
 
@@ -113,19 +111,15 @@ with Stack(Path(sys.argv[1])) as stack:
     web = stack.start_service(
         "web", lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], ready_path="/"
     )
-    forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,))
-    forked.start()
-    forked.terminate()  # SIGTERM in a forked child: it dies as before, the stack stays up
-    forked.join()
-    assert forked.exitcode == -signal.SIGTERM and web.alive(), forked.exitcode
     Path(sys.argv[2]).write_text(str(web.pid))
     while True:
         input()  # blocks; only a signal ends this run
 """
 
 
-def test_a_run_stopped_with_sigterm_stops_what_its_stack_started(tmp_path):
-    """A benchmark killed with SIGTERM left its Triton, gateways and peer services running."""
+def test_a_run_stopped_with_sigterm_takes_what_its_stack_started_with_it(tmp_path):
+    """A benchmark killed with SIGTERM (it unwinds nothing) left its Triton, gateways and peer services
+    running; its children now get SIGTERM from the kernel when it dies (server/lifetime.py)."""
     pid_file = tmp_path / "web.pid"
     run = subprocess.Popen(
         [sys.executable, "-c", STOPPED_BY_SIGTERM, str(tmp_path), str(pid_file)],
@@ -136,13 +130,37 @@ def test_a_run_stopped_with_sigterm_stops_what_its_stack_started(tmp_path):
         written = lambda: pid_file.exists() and pid_file.read_text() != ""  # noqa: E731
         started = wait_for(lambda: written() or run.poll() is not None, 60, interval_s=0.05)
         assert started and run.poll() is None, "the run failed before the signal"
-        child = int(pid_file.read_text())
-        assert psutil.pid_exists(child)
+        child = psutil.Process(int(pid_file.read_text()))
         run.send_signal(signal.SIGTERM)
-        assert run.wait(timeout=30) == 128 + signal.SIGTERM
-        assert wait_for(lambda: not psutil.pid_exists(child), 10, interval_s=0.05), (
-            "the service outlived its run"
-        )
+        assert run.wait(timeout=30) == -signal.SIGTERM
+        assert wait_for(lambda: gone(child), 10, interval_s=0.05), "the service outlived its run"
     finally:
         run.kill()
         run.wait()
+
+
+PARENT = """
+import subprocess, sys
+from pathlib import Path
+from server.lifetime import die_with_parent
+
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], preexec_fn=die_with_parent())
+Path(sys.argv[1]).write_text(str(child.pid))
+child.wait()
+"""
+
+
+def test_a_child_started_with_die_with_parent_goes_when_its_parent_is_killed(tmp_path):
+    """SIGKILL leaves a parent no chance to stop its children; the kernel's parent-death signal does it."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(pid_file)], cwd=ROOT)
+    try:
+        written = lambda: pid_file.exists() and pid_file.read_text() != ""  # noqa: E731
+        assert wait_for(lambda: written() or parent.poll() is not None, 60, interval_s=0.05)
+        child = psutil.Process(int(pid_file.read_text()))
+        parent.kill()
+        parent.wait()
+        assert wait_for(lambda: gone(child), 10, interval_s=0.05), "the child outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
