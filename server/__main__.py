@@ -279,6 +279,16 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 return 1
             stop.wait(0.5)
+        if gateway and args.drain_seconds > 0:
+            # The gateway still answers while it drains, so its Triton stays supervised until it is gone.
+            gateway.send(signal.SIGTERM)
+            deadline = time.monotonic() + args.drain_seconds + 15
+            while gateway.alive() and time.monotonic() < deadline:
+                if server.process is not None and server.process.poll() is not None:
+                    detail = f" (code {server.process.returncode}, while the gateway drains)"
+                    if not _restart("tritonserver", server, args.restart and restarts.allow(), detail):
+                        break
+                time.sleep(0.5)
     finally:
         if gateway:
             gateway.stop(timeout=args.drain_seconds + 15)

@@ -253,8 +253,8 @@ def test_clean_shutdown_finishes_in_flight_and_leaves_no_shared_memory(repositor
 
 def test_sigterm_drains_first_and_a_second_signal_stops_at_once(repository, tmp_path, expected_for):
     """With a drain period, SIGTERM to the launcher turns the gateway's /readyz to 503 while requests are
-    still answered (right, on closing connections) against a live Triton; a second SIGTERM ends the
-    600 s drain at once and the stack exits 0."""
+    still answered (right, on closing connections) against a live Triton, restarted if it dies meanwhile;
+    a second SIGTERM ends the 600 s drain at once and the stack exits 0."""
     with launcher(repository, tmp_path, GATEWAY_SHUTDOWN_DRAIN_S="600") as proc:
         url = proc.url
         assert http_status(f"{url}/readyz") == 200
@@ -268,6 +268,12 @@ def test_sigterm_drains_first_and_a_second_signal_stops_at_once(repository, tmp_
         served_probs, served_labels = as_triton_row(r.json()["results"][0])
         np.testing.assert_allclose(served_probs, probs, atol=1e-5)
         assert served_labels == labels
+        # Triton dying during the drain is restarted: the gateway still has requests to answer.
+        tritonserver_of(proc).kill()
+        assert wait_for(lambda: http_status(f"{url}/readyz/triton") == 503, 30, interval_s=0.02)
+        assert wait_for(lambda: http_status(f"{url}/readyz/triton") == 200, 120), log_text(proc)[-3000:]
+        r = httpx.post(f"{url}/v1/emotions", json={"text": f"{text} again"}, timeout=30)
+        assert r.status_code == 200, r.text
         assert proc.alive()
         proc.send(signal.SIGTERM)
         assert proc.process is not None
