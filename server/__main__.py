@@ -81,6 +81,14 @@ def _restart(name: str, process: EmbeddedTriton | GatewayProcess, allowed: bool,
     return True
 
 
+def _triton_up(server: EmbeddedTriton, may_restart: Callable[[], bool], when: str = "") -> bool:
+    """True while tritonserver runs or once it was restarted after exiting; False when it exited and may
+    not (or could not) come back."""
+    if server.process is None or server.process.poll() is None:
+        return True
+    return _restart("tritonserver", server, may_restart(), f" (code {server.process.returncode}{when})")
+
+
 def standby_config(config: ServerConfig, offset: int) -> ServerConfig:
     log_file = config.log_file or config.work_dir / "tritonserver.log"
     return dataclasses.replace(
@@ -206,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     stop = threading.Event()
     gateway: GatewayProcess | None = None
+    gateway_stop_s = args.drain_seconds + 15  # its drain, then uvicorn's own shutdown
 
     def on_signal(*_: object) -> None:
         if stop.is_set() and gateway is not None:
@@ -259,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         log.info("Ctrl-C to stop")
         restarts = RestartBudget(args.max_restarts, window_s=60.0)
+
+        def may_restart() -> bool:  # asked only when something died: each yes spends the budget
+            return bool(args.restart) and restarts.allow()
+
         while not stop.is_set():
             digest = installed_digest(args.repository) if args.swap else None
             if digest is not None and digest != served_digest:
@@ -267,31 +280,23 @@ def main(argv: list[str] | None = None) -> int:
                 if serving is standby:  # the roles flip; the next swap goes the other way
                     server, standby = standby, server
                 served_digest = digest
-            if server.process is not None and server.process.poll() is not None:
-                # The gateway keeps answering (503 + Retry-After) meanwhile; its gRPC channel reconnects.
-                detail = f" (code {server.process.returncode})"
-                if not _restart("tritonserver", server, args.restart and restarts.allow(), detail):
-                    return 1
-            if (
-                gateway
-                and not gateway.alive()
-                and not _restart("gateway", gateway, args.restart and restarts.allow())
-            ):
+            # The gateway keeps answering (503 + Retry-After) meanwhile; its gRPC channel reconnects.
+            if not _triton_up(server, may_restart):
+                return 1
+            if gateway and not gateway.alive() and not _restart("gateway", gateway, may_restart()):
                 return 1
             stop.wait(0.5)
         if gateway and args.drain_seconds > 0:
             # The gateway still answers while it drains, so its Triton stays supervised until it is gone.
             gateway.send(signal.SIGTERM)
-            deadline = time.monotonic() + args.drain_seconds + 15
+            deadline = time.monotonic() + gateway_stop_s
             while gateway.alive() and time.monotonic() < deadline:
-                if server.process is not None and server.process.poll() is not None:
-                    detail = f" (code {server.process.returncode}, while the gateway drains)"
-                    if not _restart("tritonserver", server, args.restart and restarts.allow(), detail):
-                        break
+                if not _triton_up(server, may_restart, ", while the gateway drains"):
+                    break
                 time.sleep(0.5)
     finally:
         if gateway:
-            gateway.stop(timeout=args.drain_seconds + 15)
+            gateway.stop(timeout=gateway_stop_s)
         server.stop()
         standby.stop()
     return 0
