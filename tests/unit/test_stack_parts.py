@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -102,6 +103,22 @@ def test_nothing_here_changes_this_process_environment(tmp_path):
     assert dict(os.environ) == before
 
 
+def run_until_its_child_is_up(
+    script: str, tmp_path: Path, **popen: Any
+) -> tuple[subprocess.Popen[bytes], psutil.Process]:
+    """Run ``script`` (its argv: a work folder, then the file where it writes its child's pid) until the
+    pid is written; the run and that child."""
+    pid_file = tmp_path / "child.pid"
+    run = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(pid_file)], cwd=ROOT, **popen)
+    written = lambda: pid_file.exists() and pid_file.read_text() != ""  # noqa: E731
+    started = wait_for(lambda: written() or run.poll() is not None, 60, interval_s=0.05)
+    if not (started and run.poll() is None):
+        run.kill()
+        run.wait()
+        raise AssertionError("the run failed before its child was up")
+    return run, psutil.Process(int(pid_file.read_text()))
+
+
 STOPPED_BY_SIGTERM = """
 import sys
 from pathlib import Path
@@ -120,17 +137,8 @@ with Stack(Path(sys.argv[1])) as stack:
 def test_a_run_stopped_with_sigterm_takes_what_its_stack_started_with_it(tmp_path):
     """A benchmark killed with SIGTERM (it unwinds nothing) left its Triton, gateways and peer services
     running; its children now get SIGTERM from the kernel when it dies (server/lifetime.py)."""
-    pid_file = tmp_path / "web.pid"
-    run = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_BY_SIGTERM, str(tmp_path), str(pid_file)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-    )
+    run, child = run_until_its_child_is_up(STOPPED_BY_SIGTERM, tmp_path, stdin=subprocess.PIPE)
     try:
-        written = lambda: pid_file.exists() and pid_file.read_text() != ""  # noqa: E731
-        started = wait_for(lambda: written() or run.poll() is not None, 60, interval_s=0.05)
-        assert started and run.poll() is None, "the run failed before the signal"
-        child = psutil.Process(int(pid_file.read_text()))
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=30) == -signal.SIGTERM
         assert wait_for(lambda: gone(child), 10, interval_s=0.05), "the service outlived its run"
@@ -145,19 +153,15 @@ from pathlib import Path
 from server.lifetime import die_with_parent
 
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], preexec_fn=die_with_parent())
-Path(sys.argv[1]).write_text(str(child.pid))
+Path(sys.argv[2]).write_text(str(child.pid))
 child.wait()
 """
 
 
 def test_a_child_started_with_die_with_parent_goes_when_its_parent_is_killed(tmp_path):
     """SIGKILL leaves a parent no chance to stop its children; the kernel's parent-death signal does it."""
-    pid_file = tmp_path / "child.pid"
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(pid_file)], cwd=ROOT)
+    parent, child = run_until_its_child_is_up(PARENT, tmp_path)
     try:
-        written = lambda: pid_file.exists() and pid_file.read_text() != ""  # noqa: E731
-        assert wait_for(lambda: written() or parent.poll() is not None, 60, interval_s=0.05)
-        child = psutil.Process(int(pid_file.read_text()))
         parent.kill()
         parent.wait()
         assert wait_for(lambda: gone(child), 10, interval_s=0.05), "the child outlived its killed parent"
