@@ -16,6 +16,8 @@ class ErrorCode(StrEnum):
     FEATURE_DISABLED = "feature_disabled"  # the route exists, but its feature is off on this gateway
     METHOD_NOT_ALLOWED = "method_not_allowed"
     OVERLOADED = "overloaded"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # an Idempotency-Key sent with another request
+    REQUEST_IN_PROGRESS = "request_in_progress"  # the first request with this Idempotency-Key is running
     BACKEND_ERROR = "backend_error"
     INVALID_MODEL_OUTPUT = "invalid_model_output"  # Triton answered with something unusable (never cached)
     BACKEND_UNAVAILABLE = "backend_unavailable"
@@ -37,6 +39,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.FEATURE_DISABLED: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.OVERLOADED: 429,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
+    ErrorCode.REQUEST_IN_PROGRESS: 409,
     ErrorCode.BACKEND_ERROR: 502,
     ErrorCode.INVALID_MODEL_OUTPUT: 502,
     ErrorCode.BACKEND_UNAVAILABLE: 503,

@@ -74,6 +74,14 @@ class Metrics:
             "Requests admitted without a rate-limit check: the limiter's Redis was unavailable (fail open)",
             registry=r,
         )
+        self.idempotent_requests = Counter(
+            "gateway_idempotent_requests",
+            "Requests with an Idempotency-Key, by what happened: first (ran, answer kept), replayed, "
+            "in_progress (409), key_reused (422), unavailable (503: the store was down), unsaved (ran, "
+            "answer not kept)",
+            ["outcome"],
+            registry=r,
+        )
         self.learner_store_evicting = Gauge(
             "gateway_learner_store_evicting",
             "1 when the learner store's Redis may evict histories (maxmemory-policy is not noeviction), "

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from gateway.backends.audit.store import PostgresStore, SqliteStore
 from gateway.backends.audit.writer import AuditTrail
 from gateway.backends.cache import GuardedCache, MemoryCache, NoCache, RedisCache, ResultCache, redis_errors
+from gateway.backends.replays import GuardedReplayStore, MemoryReplayStore, RedisReplayStore, ReplayStore
 from gateway.backends.trajectory import (
     GuardedTrajectoryStore,
     MemoryTrajectoryStore,
@@ -24,6 +25,7 @@ from gateway.backends.trajectory import (
     TrajectoryStore,
 )
 from gateway.backends.triton import GuardedInference, Inference, TritonClient
+from gateway.core.idempotency import Replays
 from gateway.core.pipeline import Limits, Pipeline
 from gateway.core.policies import PolicyBook
 from gateway.core.ratelimit import RateLimiter, parse_limit
@@ -48,6 +50,7 @@ class Services:
     metrics: Metrics
     pipeline: Pipeline
     api_keys: Keyring  # empty: auth is off (gateway/core/tenants.py)
+    replays: Replays  # Idempotency-Key answers (gateway/core/idempotency.py)
     limiter: RateLimiter | None = None
     audit_trail: AuditTrail | None = None  # None when GATEWAY_AUDIT_BACKEND=off
 
@@ -199,6 +202,16 @@ def _trajectories(
     return MemoryTrajectoryStore(policy, timer=clock)
 
 
+def _replay_store(settings: Settings, redis: Redis | None, clock: Callable[[], float]) -> ReplayStore:
+    """Where keyed requests' answers are kept: beside the learner store (its Redis, noeviction, shared by
+    every replica), else in process."""
+    if redis is not None and settings.trajectory_backend == "redis":
+        breaker = Breaker("the idempotency store", reset_s=settings.backend_retry_s, clock=clock)
+        # its failures are counted as gateway_idempotent_requests{outcome="unavailable"}
+        return GuardedReplayStore(RedisReplayStore(redis), breaker, redis_errors())
+    return MemoryReplayStore(settings.idempotency_size, timer=clock)
+
+
 def _limiter(
     settings: Settings, redis: Redis | None, metrics: Metrics, clock: Callable[[], float]
 ) -> RateLimiter | None:
@@ -260,6 +273,8 @@ async def open_services(
             stack.push_async_callback(learner_redis.aclose)
             await _check_eviction(learner_redis, metrics)
         trajectories = _trajectories(settings, learner_redis, metrics, policy, clock)
+        replay_store = _replay_store(settings, learner_redis, clock)
+        replays = Replays(replay_store, settings.idempotency_ttl_s, metrics)
         breaker = Breaker(
             "the model server",
             settings.breaker_failures,
@@ -281,9 +296,10 @@ async def open_services(
             metrics=metrics,
             limits=Limits.from_settings(settings),
             audit_trail=audit_trail,
+            replays=replays,
         )
         limiter = _limiter(settings, redis, metrics, clock)
-        services = Services(settings, metrics, pipeline, keyring, limiter, audit_trail)
+        services = Services(settings, metrics, pipeline, keyring, replays, limiter, audit_trail)
         if audit_trail is not None:
             await audit_trail.start()
             stack.push_async_callback(audit_trail.stop)  # writes what is queued, within a bounded time

@@ -21,6 +21,7 @@ from gateway.api.schemas import (
     ErasureResponse,
     HealthResponse,
     HistoryResponse,
+    IdempotencyKey,
     LearnerIdPath,
     ModelInfo,
     OutcomeIn,
@@ -46,25 +47,40 @@ router = APIRouter()
 @router.post(
     "/v1/emotions",
     response_model=EmotionsResponse,
-    responses=error_responses(401, 403, 413, 422, 429, 500, 502, 503, 504),
+    responses=error_responses(401, 403, 409, 413, 422, 429, 500, 502, 503, 504),
     summary="GoEmotions probabilities, labels and learning state for one text or a batch",
-    description="Needs the `analyse` scope. A `learner_id` is the caller's tenant's learner.",
+    description="Needs the `analyse` scope. A `learner_id` is the caller's tenant's learner. Send an "
+    "`Idempotency-Key` to make retries safe: a retry gets the first answer, not a second trajectory "
+    "point and audit row.",
 )
 async def emotions(
-    body: EmotionsRequest, response: Response, services: ServicesDep, caller: Analyst
-) -> EmotionsResponse:
-    context = body.context.model_dump() if body.context else None
-    analysis = await services.pipeline.analyse(
-        body.all_texts(), body.learner_id, context, channel="http", tenant=caller.tenant
-    )
-    response.headers["x-inference-time"] = f"{analysis.inference_seconds * 1000:.3f}"
-    response.headers["x-cache"] = "hit" if analysis.all_cached else "miss"
-    return EmotionsResponse(
-        model=ModelInfo(name=services.settings.triton_model, version=analysis.model_version),
-        results=[responses.result(analysis, i) for i in range(len(analysis.results))],
-        learner_id=body.learner_id,
-        trend=responses.trend(analysis.trend) if analysis.trend else None,
-    )
+    body: EmotionsRequest,
+    response: Response,
+    services: ServicesDep,
+    caller: Analyst,
+    idempotency_key: IdempotencyKey = None,
+) -> EmotionsResponse | Response:
+    request = body.model_dump(mode="json")
+    async with services.replays.once(
+        caller.tenant, idempotency_key, "POST /v1/emotions", request, body.learner_id
+    ) as once:
+        if once.stored is not None:
+            return responses.replayed(once)
+        context = body.context.model_dump() if body.context else None
+        analysis = await services.pipeline.analyse(
+            body.all_texts(), body.learner_id, context, channel="http", tenant=caller.tenant
+        )
+        response.headers["x-inference-time"] = f"{analysis.inference_seconds * 1000:.3f}"
+        response.headers["x-cache"] = "hit" if analysis.all_cached else "miss"
+        answer = EmotionsResponse(
+            model=ModelInfo(name=services.settings.triton_model, version=analysis.model_version),
+            results=[responses.result(analysis, i) for i in range(len(analysis.results))],
+            learner_id=body.learner_id,
+            trend=responses.trend(analysis.trend) if analysis.trend else None,
+        )
+        if idempotency_key is not None:
+            once.keep(200, answer.model_dump(mode="json"))
+    return answer
 
 
 @router.get(
@@ -123,25 +139,37 @@ async def history(
     "/v1/outcomes",
     response_model=OutcomeOut,
     status_code=201,
-    responses=error_responses(401, 403, 404, 422, 429, 500, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 429, 500, 503),
     summary="Report what happened after an analysed text (for fitting the learning-state policy)",
     description="Needs the `analyse` scope. Links the outcome to the result's audit row (which keeps the "
     "features and policy version that decided) under the caller's tenant. 404 (`not_found`) when the "
     "tenant's learner has no such result (the same answer for another tenant's), 404 "
     "(`feature_disabled`) when the audit trail is off; 503 (with Retry-After) while its database is "
-    "unavailable. Erasing the learner removes their outcomes too.",
+    "unavailable. Erasing the learner removes their outcomes too. An `Idempotency-Key` makes a retry "
+    "return the first answer instead of recording the outcome twice.",
 )
-async def outcomes(body: OutcomeIn, services: ServicesDep, caller: Analyst) -> OutcomeOut:
-    stored = await report_outcome(
-        services.audit_trail,
-        caller.tenant,
-        body.learner_id,
-        body.result_id,
-        body.outcome,
-        body.label,
-        caller.key_id,
-    )
-    return OutcomeOut(id=stored, result_id=body.result_id, outcome=body.outcome)
+async def outcomes(
+    body: OutcomeIn, services: ServicesDep, caller: Analyst, idempotency_key: IdempotencyKey = None
+) -> OutcomeOut | Response:
+    request = body.model_dump(mode="json")
+    async with services.replays.once(
+        caller.tenant, idempotency_key, "POST /v1/outcomes", request, body.learner_id
+    ) as once:
+        if once.stored is not None:
+            return responses.replayed(once)
+        stored = await report_outcome(
+            services.audit_trail,
+            caller.tenant,
+            body.learner_id,
+            body.result_id,
+            body.outcome,
+            body.label,
+            caller.key_id,
+        )
+        answer = OutcomeOut(id=stored, result_id=body.result_id, outcome=body.outcome)
+        if idempotency_key is not None:
+            once.keep(201, answer.model_dump(mode="json"))
+    return answer
 
 
 def _policy_view(book: PolicyBook, tenant: str) -> PolicyOut:
@@ -253,7 +281,11 @@ async def erase_learner(
     erased = await services.pipeline.erase(caller.tenant, learner_id, caller.key_id)
     return ErasureResponse(
         learner_id=learner_id,
-        removed=ErasureCounts(trajectory_points=erased.trajectory_points, audit_rows=erased.audit_rows),
+        removed=ErasureCounts(
+            trajectory_points=erased.trajectory_points,
+            audit_rows=erased.audit_rows,
+            idempotent_responses=erased.idempotent_responses,
+        ),
     )
 
 

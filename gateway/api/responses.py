@@ -14,12 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.api.schemas import AuditEntryOut, EmotionResult, ErrorResponse, LearningStateOut, TrendOut
 from gateway.core.analysis import Analysis
 from gateway.core.history import AuditEntry
+from gateway.core.idempotency import REPLAYED_HEADER, Once
 from gateway.errors import ErrorCode, GatewayError
 from gateway.learning.trajectory import Trend
 
@@ -137,6 +138,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(ErrorCode.INTERNAL_ERROR, f"internal error; request id {request_id}")
 
 
+def replayed(once: Once) -> Response:
+    """The kept answer to a request sent again with its Idempotency-Key, as it was first sent."""
+    assert once.stored is not None
+    return Response(
+        content=once.stored.body,
+        status_code=once.stored.status,
+        media_type="application/json",
+        headers={REPLAYED_HEADER: "true"},
+    )
+
+
 # ---- what the routes document ---------------------------------------------------------------------
 
 _RETRY_AFTER = {
@@ -158,7 +170,16 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         {},
     ),
     413: ("request body too large", {}),
-    422: ("invalid input: the message says what to fix", {}),
+    409: (
+        "a request with this Idempotency-Key is still running (`request_in_progress`): retry after "
+        "Retry-After with the same key",
+        _RETRY_AFTER,
+    ),
+    422: (
+        "invalid input: the message says what to fix (`idempotency_key_reused`: the key was sent with "
+        "another request)",
+        {},
+    ),
     429: ("overloaded or rate limited: retry after the Retry-After seconds", _RETRY_AFTER),
     500: ("internal error (logged with the request id the message gives)", {}),
     502: ("the model server returned an error, or an invalid answer (invalid_model_output: not cached)", {}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import Header
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -15,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.idempotency import HEADER as IDEMPOTENCY_HEADER
+from gateway.core.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY_PATTERN
 from gateway.core.outcomes import RESULT_ID_PATTERN, OutcomeName
 from gateway.errors import ErrorCode
 
@@ -188,6 +191,21 @@ class TrajectoryResponse(BaseModel):
     points: list[TrajectoryPointOut]
 
 
+# ---- Idempotency-Key (POST /v1/emotions, POST /v1/outcomes) ----------------------------------------
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="1 to 255 visible ASCII characters (e.g. a UUID), new for each logical request and "
+        "the same on its retries: a retry within GATEWAY_IDEMPOTENCY_TTL_S gets the first answer "
+        "(`Idempotent-Replayed: true`) instead of a second analysis; 409 while the first still runs, "
+        "422 (`idempotency_key_reused`) with another body",
+    ),
+]
+
+
 # ---- GET /v1/learners/{learner_id}/history (the audit trail) ------------------------------------------
 
 # The path form of the learner id: the same rule.
@@ -295,6 +313,9 @@ class OutcomeOut(BaseModel):
 class ErasureCounts(BaseModel):
     trajectory_points: int = Field(description="points removed from the learner store")
     audit_rows: int = Field(description="rows removed from the audit trail (0 when it is off)")
+    idempotent_responses: int = Field(
+        default=0, description="answers kept for Idempotency-Key retries that held this learner's results"
+    )
 
 
 class ErasureResponse(BaseModel):
@@ -302,7 +323,12 @@ class ErasureResponse(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"learner_id": "learner-42", "removed": {"trajectory_points": 12, "audit_rows": 57}}]
+            "examples": [
+                {
+                    "learner_id": "learner-42",
+                    "removed": {"trajectory_points": 12, "audit_rows": 57, "idempotent_responses": 1},
+                }
+            ]
         }
     )
 

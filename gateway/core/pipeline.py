@@ -28,6 +28,7 @@ from gateway.backends.triton import (
 from gateway.core import audit
 from gateway.core.analysis import AnalysedText, Analysis
 from gateway.core.history import unknown_learner
+from gateway.core.idempotency import Replays
 from gateway.core.policies import PolicyBook
 from gateway.core.singleflight import SingleFlight
 from gateway.core.tenants import DEFAULT_TENANT, learner_key
@@ -54,6 +55,7 @@ class Erased:
 
     trajectory_points: int
     audit_rows: int
+    idempotent_responses: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Pipeline:
         metrics: Metrics,
         limits: Limits | None = None,
         audit_trail: AuditTrail | None = None,
+        replays: Replays | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.triton = triton
@@ -140,6 +143,7 @@ class Pipeline:
         self.metrics = metrics
         self.limits = limits or Limits()
         self.audit_trail = audit_trail
+        self.replays = replays  # answers kept for Idempotency-Key retries (they hold learners' results)
         self.served = ServedVersion()
         self.inflight = 0
         self._wall_clock = wall_clock  # trajectory point timestamps
@@ -209,14 +213,22 @@ class Pipeline:
         unavailable (retry: what was removed stays removed)."""
         try:
             points = await self.trajectories.erase(learner_key(tenant, learner_id))
+            replayable = await self.replays.erase(tenant, learner_id) if self.replays is not None else 0
         except StoreUnavailable as exc:
             raise _store_unavailable(exc) from None
         rows = 0
         if self.audit_trail is not None:
             rows = await self.audit_trail.erase(tenant, learner_id, key_id, points)
         # no learner id in the log: only what an auditor needs
-        log.info("learner erased: tenant %s, key %s, %d points, %d audit rows", tenant, key_id, points, rows)
-        return Erased(points, rows)
+        log.info(
+            "learner erased: tenant %s, key %s, %d points, %d audit rows, %d kept answers",
+            tenant,
+            key_id,
+            points,
+            rows,
+            replayable,
+        )
+        return Erased(points, rows, replayable)
 
     # --- the served model version ---------------------------------------------------------------
 

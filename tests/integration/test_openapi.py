@@ -214,6 +214,29 @@ async def test_good_and_bad_requests_answer_as_documented(fake):
     assert (*HISTORY, 404) in contract.checked and (*READYZ_TRITON, 503) in contract.checked
 
 
+async def test_keyed_requests_answer_as_documented(fake):
+    async with running(make_settings(cache_backend="off"), fake) as (client, app):
+        contract = Contract(app.openapi())
+        keyed = {"Idempotency-Key": "k-1"}
+        body = {"text": "I give up", "learner_id": "l-1"}
+        contract.check(EMOTIONS, await client.post("/v1/emotions", json=body, headers=keyed))
+        replay = await client.post("/v1/emotions", json=body, headers=keyed)
+        assert replay.headers["idempotent-replayed"] == "true"
+        contract.check(EMOTIONS, replay)
+        contract.check(EMOTIONS, await client.post("/v1/emotions", json={"text": "other"}, headers=keyed))
+        fake.hold = asyncio.Event()
+        first = asyncio.create_task(
+            client.post("/v1/emotions", json=body, headers={"Idempotency-Key": "k-2"})
+        )
+        await asyncio.wait_for(fake.entered.wait(), 10)
+        contract.check(
+            EMOTIONS, await client.post("/v1/emotions", json=body, headers={"Idempotency-Key": "k-2"})
+        )
+        fake.hold.set()
+        contract.check(EMOTIONS, await first)
+    assert {status for (_, _, status) in contract.checked} == {200, 409, 422}
+
+
 async def test_auth_and_rate_limit_errors_answer_as_documented(fake):
     settings = make_settings(api_keys="k-one-0123456789abcdef0123456789abcdef", rate_limit_per_minute=2)
     async with running(settings, fake, FakeClock()) as (client, app):

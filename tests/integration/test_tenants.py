@@ -255,7 +255,10 @@ async def test_without_keys_everything_is_the_default_tenant(tmp_path: Path, fak
         assert (await client.get("/v1/learners/l1/trajectory")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200
         erased = await client.delete("/v1/learners/l1")
-        assert erased.json() == {"learner_id": "l1", "removed": {"trajectory_points": 1, "audit_rows": 1}}
+        assert erased.json() == {
+            "learner_id": "l1",
+            "removed": {"trajectory_points": 1, "audit_rows": 1, "idempotent_responses": 0},
+        }
     assert audit_rows(tmp_path / "a.db", "SELECT tenant, key_id FROM audit_erasures") == [("default", None)]
 
 
@@ -287,7 +290,11 @@ async def test_another_tenants_learner_is_a_404_like_an_unknown_one_on_every_lea
         assert len(history["entries"]) == 1
         # beta erasing "shared-id" erases beta's learner only
         erased = await client.delete("/v1/learners/shared-id", headers=beta)
-        assert erased.json()["removed"] == {"trajectory_points": 1, "audit_rows": 1}
+        assert erased.json()["removed"] == {
+            "trajectory_points": 1,
+            "audit_rows": 1,
+            "idempotent_responses": 0,
+        }
         assert (
             len((await client.get("/v1/learners/shared-id/trajectory", headers=acme)).json()["points"]) == 3
         )
@@ -373,9 +380,15 @@ async def test_erasure_removes_the_tenants_learner_everywhere_and_records_only_a
         await client.post("/v1/emotions", json={"text": "z", "learner_id": "L-2"}, headers=acme)
         erased = await client.delete("/v1/learners/L-1", headers=acme)
         assert erased.status_code == 200
-        assert erased.json() == {"learner_id": "L-1", "removed": {"trajectory_points": 2, "audit_rows": 2}}
+        assert erased.json() == {
+            "learner_id": "L-1",
+            "removed": {"trajectory_points": 2, "audit_rows": 2, "idempotent_responses": 0},
+        }
         again = await client.delete("/v1/learners/L-1", headers=acme)  # idempotent
-        assert again.json() == {"learner_id": "L-1", "removed": {"trajectory_points": 0, "audit_rows": 0}}
+        assert again.json() == {
+            "learner_id": "L-1",
+            "removed": {"trajectory_points": 0, "audit_rows": 0, "idempotent_responses": 0},
+        }
         for suffix in ("trajectory", "history"):
             assert (await client.get(f"/v1/learners/L-1/{suffix}", headers=acme)).status_code == 404
             assert (await client.get(f"/v1/learners/L-1/{suffix}", headers=beta)).status_code == 200
@@ -457,7 +470,11 @@ def test_fuzzed_learner_ids_never_reach_another_tenants_data(
         erased = await call("DELETE", quoted, beta)
         counts["cross_tenant_attempts"] += 1
         if erased.status_code == 200:
-            assert erased.json()["removed"] == {"trajectory_points": 0, "audit_rows": 0}
+            assert erased.json()["removed"] == {
+                "trajectory_points": 0,
+                "audit_rows": 0,
+                "idempotent_responses": 0,
+            }
         if valid:
             mine = await call("GET", f"{quoted}/trajectory", acme)
             assert mine.status_code == 200 and mine.json()["learner_id"] == learner
