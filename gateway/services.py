@@ -209,7 +209,7 @@ def _replay_store(settings: Settings, redis: Redis | None, clock: Callable[[], f
         breaker = Breaker("the idempotency store", reset_s=settings.backend_retry_s, clock=clock)
         # its failures are counted as gateway_idempotent_requests{outcome="unavailable"}
         return GuardedReplayStore(RedisReplayStore(redis), breaker, redis_errors())
-    return MemoryReplayStore(settings.idempotency_size, timer=clock)
+    return MemoryReplayStore(settings.idempotency_max_bytes, timer=clock)
 
 
 def _limiter(

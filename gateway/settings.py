@@ -64,9 +64,9 @@ class Settings(BaseSettings):
     learner_redis_url: str | None = None
 
     # Idempotency-Key: how long a keyed request's answer is kept for its retries, and (in process) how
-    # many are kept at most; they live where the learner store does (gateway/core/idempotency.py).
+    # many bytes of answers at most; they live where the learner store does (gateway/core/idempotency.py).
     idempotency_ttl_s: float = Field(default=86_400.0, ge=1, le=7 * 86_400)
-    idempotency_size: int = Field(default=10_000, ge=1)
+    idempotency_max_bytes: int = Field(default=50_000_000, ge=4096)
 
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
     # A folder of policy files, switchable while running: its `active` file names the version in use

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 T = TypeVar("T")
+RECORD_OVERHEAD_BYTES = 256  # the key, fingerprint and bookkeeping beside a body, roughly
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,15 @@ class ReplayStore(Protocol):
 
 
 class MemoryReplayStore:
-    """In process: at most ``maxsize`` records (the least recently used goes first when full)."""
+    """In process: at most ``max_bytes`` of kept answers (the least recently used goes first when full;
+    an answer larger than the whole store is not kept)."""
 
-    def __init__(self, maxsize: int, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_bytes: int, timer: Callable[[], float] = time.monotonic) -> None:
         self._timer = timer
         # (record, expiry) per key: a pending claim expires sooner than a finished record
-        self._records: LRUCache[str, tuple[Record, float]] = LRUCache(maxsize=maxsize)
+        self._records: LRUCache[str, tuple[Record, float]] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda entry: len(entry[0].body) + RECORD_OVERHEAD_BYTES
+        )
         self._lock = threading.Lock()
 
     def _live(self, key: str) -> Record | None:
@@ -91,7 +95,10 @@ class MemoryReplayStore:
 
     async def keep(self, key: str, record: Record, ttl_s: float) -> None:
         with self._lock:
-            self._records[key] = (record, self._timer() + ttl_s)
+            try:
+                self._records[key] = (record, self._timer() + ttl_s)
+            except ValueError:  # larger than the whole store: its retry runs again
+                self._records.pop(key, None)
 
     async def release(self, key: str) -> None:
         with self._lock:

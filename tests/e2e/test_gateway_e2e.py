@@ -87,6 +87,31 @@ async def test_readiness_and_bad_input_through_the_stack(gateway_client):
     assert r.status_code == 422
 
 
+def test_the_gateway_client_runs_through_the_real_stack(redis_settings, repository):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.support.gateway import serve
+
+    script = Path(__file__).resolve().parents[2] / "clients" / "gateway_client.py"
+    with serve(redis_settings) as served:
+        out = subprocess.run(
+            [sys.executable, str(script), "--url", served.http, "--learner", "e2e-cli", *TEXTS[:2]],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        answer = json.loads(out)
+        assert answer["model"]["version"] == Manifest.read(repository / "manifest.json").served_version(
+            "fp32"
+        )
+        assert [r["text_index"] for r in answer["results"]] == [0, 1]
+        assert answer["learner_id"] == "e2e-cli" and answer["trend"]["points"] == 2
+        assert served.metric("gateway_idempotent_requests_total", {"outcome": "first"}) == 1
+
+
 async def test_triton_down_is_503(repository, redis_url):
     settings = Settings(
         triton_url=f"127.0.0.1:{free_port()}",
