@@ -2,7 +2,9 @@
 
 - gateway overhead: gateway (cache miss: every text new) vs direct Triton gRPC, 1 client, p50;
 - cache hit: the gateway's own server-side time (``x-total-time``) for a repeated text, p50, without API
-  keys and with a tenant's key (authentication, scope check; the difference is what auth costs a hit);
+  keys and with a tenant's key (authentication, scope check; the difference is what auth costs a hit),
+  and with a new ``Idempotency-Key`` per request (claimed, then its answer kept in process: what making
+  requests retry-safe costs a hit);
 - throughput at 16 clients: gateway + Triton (cache miss) vs a naive FastAPI + transformers pipeline
   service (torch FP32) on the same model.
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         keyed_hit = common.http_client(
             f"{keyed.url}/v1/emotions", lambda t: {"text": t}, keyed_times, headers={"x-api-key": key}
         )
+        once_times: list[float] = []
+        once_hit = common.http_client(
+            f"{gateway.url}/v1/emotions",
+            lambda t: {"text": t},
+            once_times,
+            request_headers=lambda: {"Idempotency-Key": uuid.uuid4().hex},
+        )
         naive_client = common.http_client(f"{naive.url}/classify", lambda t: {"text": t})
 
         def hits(client: Any, times: list[float]) -> Any:
@@ -84,6 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "gateway-hit-server@1": server_side(hit_times),
                 "keyed-hit@1": hits(keyed_hit, keyed_times),
                 "keyed-hit-server@1": server_side(keyed_times),
+                "idempotent-hit@1": hits(once_hit, once_times),
+                "idempotent-hit-server@1": server_side(once_times),
                 "naive@16": lambda: common.closed_loop(naive_client, fresh(n16), 16),
                 "gateway@16": lambda: common.closed_loop(gw, fresh(n16), 16),
             },
@@ -99,15 +111,19 @@ def summarize(rounds: list[dict[str, common.PathResult]], version: str) -> dict[
         gateway_overhead_p50_ms=common.difference(rounds, "gateway@1", "triton-grpc@1"),
         cache_hit_server_p50_ms=common.spread([r["gateway-hit-server@1"].p50_ms for r in rounds]),
         auth_on_cache_hit_p50_ms=common.difference(rounds, "keyed-hit-server@1", "gateway-hit-server@1"),
+        idempotency_key_on_cache_hit_p50_ms=common.difference(
+            rounds, "idempotent-hit-server@1", "gateway-hit-server@1"
+        ),
         gateway_vs_naive_16=common.ratio(rounds, "gateway@16", "naive@16"),
     )
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    o, h, a, s = (
+    o, h, a, i, s = (
         report["gateway_overhead_p50_ms"],
         report["cache_hit_server_p50_ms"],
         report["auth_on_cache_hit_p50_ms"],
+        report["idempotency_key_on_cache_hit_p50_ms"],
         report["gateway_vs_naive_16"],
     )
     return common.write_bench_report(
@@ -123,6 +139,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
             f"{common.spread_text(h, '.3f', ' ms')} (goal < 1 ms)",
             "- What a tenant's API key (authentication + scope check) adds to that cache hit, p50: "
             f"{common.spread_text(a, '.3f', ' ms')} (goal <= 0.2 ms)",
+            "- What a new `Idempotency-Key` (claimed, answer kept in process) adds to that cache hit, p50: "
+            f"{common.spread_text(i, '.3f', ' ms')} (goal <= 0.2 ms)",
             "- Gateway + Triton vs naive FastAPI + transformers pipeline, 16 clients: "
             f"{common.spread_text(s, unit='x')} (goal >= 4x)",
         ],

@@ -222,14 +222,17 @@ def http_client(
     payload: Callable[[str], dict[str, str]],
     server_times: list[float] | None = None,
     headers: dict[str, str] | None = None,
+    request_headers: Callable[[], dict[str, str]] | None = None,
 ) -> Callable[[], Callable[[str], Any]]:
+    """A closed-loop client posting ``payload(text)``; ``request_headers()`` adds headers per request."""
+
     def make() -> Infer:
         import httpx
 
         client = httpx.Client(timeout=30, headers=headers)
 
         def infer(text: str) -> Any:
-            r = client.post(url, json=payload(text))
+            r = client.post(url, json=payload(text), headers=request_headers() if request_headers else None)
             if r.status_code != 200:
                 raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
             if server_times is not None and "x-total-time" in r.headers:
