@@ -398,6 +398,11 @@ class StreamMessage(BaseModel):
     text: str = Field(description="the learner's message")
     learner_id: LearnerId | None = None  # the HTTP request's rule
     context: LearnerContextIn | None = None
+    idempotency_key: Annotated[str, StringConstraints(pattern=IDEMPOTENCY_KEY_PATTERN)] | None = Field(
+        default=None,
+        description="as the HTTP `Idempotency-Key` header: a message sent again with the same key (e.g. "
+        "after a reconnect) gets the first result, `replayed: true`, instead of a second analysis",
+    )
 
     @field_validator("id", mode="before")
     @classmethod
@@ -422,6 +427,9 @@ class StreamResultFrame(BaseModel):
     result: EmotionResult
     learner_id: str | None = None
     trend: TrendOut | None = None
+    replayed: bool = Field(
+        default=False, description="the first result of a message sent again with its idempotency_key"
+    )
 
 
 class StreamTrajectoryFrame(BaseModel):

@@ -242,16 +242,7 @@ class Connection:
             assert job.payload is not None
             await check_rate(services, self.client, self.caller.tenant)
             message = _validate(job.payload)
-            context = message.context.model_dump() if message.context else None
-            analysis = await services.pipeline.analyse(
-                [message.text],
-                message.learner_id,
-                context,
-                channel="ws",
-                started=job.received,
-                tenant=self.caller.tenant,
-            )
-            frames = self._frames(job.id, message, analysis)
+            frames = await self._result(job, message)
             code = "ok"
         except GatewayError as exc:
             code = exc.code
@@ -269,6 +260,32 @@ class Connection:
         services.metrics.stream_latency.observe(time.perf_counter() - job.received)
         for frame in frames:
             await self.send(frame)
+
+    async def _result(self, job: Job, message: StreamMessage) -> list[BaseModel]:
+        """The frames answering one valid message; with an idempotency key, a message sent again gets its
+        first result frame back (under this message's id) instead of a second analysis."""
+        services = self.services
+        key = message.idempotency_key
+        request = message.model_dump(mode="json", exclude={"id", "idempotency_key"})
+        async with services.replays.once(
+            self.caller.tenant, key, f"WS {PATH}", request, message.learner_id
+        ) as once:
+            if once.stored is not None:
+                first = StreamResultFrame.model_validate_json(once.stored.body)
+                return [first.model_copy(update={"id": job.id, "replayed": True})]
+            context = message.context.model_dump() if message.context else None
+            analysis = await services.pipeline.analyse(
+                [message.text],
+                message.learner_id,
+                context,
+                channel="ws",
+                started=job.received,
+                tenant=self.caller.tenant,
+            )
+            frames = self._frames(job.id, message, analysis)
+            if key is not None:
+                once.keep(200, frames[0].model_dump(mode="json"))
+        return frames
 
     def _frames(self, message_id: MessageId, message: StreamMessage, analysis: Analysis) -> list[BaseModel]:
         trend = responses.trend(analysis.trend) if analysis.trend else None

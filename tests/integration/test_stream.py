@@ -65,6 +65,23 @@ def test_result_frames_report_the_version_that_answered(served, triton):
     assert frame["model"]["version"] == "student-3f2a9c1b7d10-int8"
 
 
+def test_a_message_sent_again_with_its_key_after_a_reconnect_gets_the_first_result(served, triton):
+    message = {"id": 1, "text": "I want to give up", "learner_id": "ada", "idempotency_key": "m-ada-1"}
+    with ws(served) as conn:
+        first = ask(conn, message)
+    with ws(served) as conn:  # the client reconnected and resends what it never saw answered
+        again = ask(conn, {**message, "id": 7})
+        other = ask(conn, {**message, "id": 8, "text": "fine"})
+        unkeyed = ask(conn, {"id": 9, "text": "I want to give up", "learner_id": "ada"})
+    assert again["replayed"] is True and first["replayed"] is False and again["id"] == 7
+    assert {**again, "id": 1, "replayed": False} == first  # the same result_id and trend: one analysis
+    assert other["type"] == "error" and (other["status"], other["code"]) == (422, "idempotency_key_reused")
+    assert unkeyed["trend"]["points"] == 2 and len(triton.calls) == 2
+    # the stream and HTTP keep their keys apart: the same key over HTTP is another request
+    http = post(served, {"text": "I want to give up", "learner_id": "ada"}, {"Idempotency-Key": "m-ada-1"})
+    assert http.status_code == 422 and http.json()["error"]["code"] == "idempotency_key_reused"
+
+
 def test_messages_are_answered_in_order_with_their_ids(served):
     ids = [7, "b", None, 0, "last"]
     with ws(served) as conn:
