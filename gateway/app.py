@@ -67,7 +67,15 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["content-type", "x-api-key", "authorization"],
+            allow_headers=["content-type", "x-api-key", "authorization", "idempotency-key"],
+            # what a page's script may read: when to retry, and whether an answer is a replay
+            expose_headers=[
+                "retry-after",
+                "idempotent-replayed",
+                "x-cache",
+                "x-inference-time",
+                "x-total-time",
+            ],
         )
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

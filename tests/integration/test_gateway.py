@@ -353,6 +353,17 @@ async def test_cors_is_off_by_default_and_on_when_configured(client, fake):
     async with gateway(settings, fake) as cors_client:
         r = await cors_client.options("/v1/emotions", headers=preflight)
         assert r.headers["access-control-allow-origin"] == "https://lms.example"
+        # a page may send a retry-safe request (the preflight allows the key) and read the replay mark
+        keyed = await cors_client.options(
+            "/v1/emotions",
+            headers={**preflight, "access-control-request-headers": "content-type,idempotency-key"},
+        )
+        assert keyed.status_code == 200, keyed.text
+        sent = {"origin": "https://lms.example", "idempotency-key": "k-1"}
+        for _ in range(2):
+            answer = await cors_client.post("/v1/emotions", json={"text": "hi"}, headers=sent)
+        assert answer.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" in answer.headers["access-control-expose-headers"]
         other = await cors_client.options(
             "/v1/emotions", headers={**preflight, "origin": "https://evil.example"}
         )
