@@ -12,6 +12,7 @@ A record holding a learner's results is indexed by the learner's key, so erasing
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from gateway.resilience import Guarded
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 RECORD_OVERHEAD_BYTES = 256  # the key, fingerprint and bookkeeping beside a body, roughly
 
@@ -122,13 +124,19 @@ class RedisReplayStore:
         self._learners = prefix.rstrip(":") + "-learner:"
 
     async def claim(self, key: str, record: Record, ttl_s: float) -> Record | None:
-        name = self._prefix + key
+        name, ttl_ms = self._prefix + key, int(ttl_s * 1000)
         for _ in range(2):  # the record there may expire between SET NX and GET: then claim again
-            if await self._client.set(name, record.dumps(), nx=True, px=int(ttl_s * 1000)):
+            if await self._client.set(name, record.dumps(), nx=True, px=ttl_ms):
                 return None
             raw = await self._client.get(name)
-            if raw is not None:
+            if raw is None:
+                continue
+            try:
                 return Record.loads(raw)
+            except (ValueError, TypeError):  # unreadable (another version wrote it): this claim replaces it
+                log.warning("replacing an unreadable idempotency record")
+                await self._client.set(name, record.dumps(), px=ttl_ms)
+                return None
         return None
 
     async def keep(self, key: str, record: Record, ttl_s: float) -> None:

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pydantic import SecretStr
 
+from gateway.core.idempotency import scoped
 from gateway.core.tenants import Scope, create_key
 from gateway.errors import ErrorCode, GatewayError
 from tests.integration.test_redis_limits import redis_server
@@ -200,8 +202,12 @@ async def test_in_redis_a_retry_on_another_gateway_gets_the_first_answer(tmp_pat
             other = await two.post("/v1/emotions", json={**BODY, "text": "fine"}, headers=keyed("k-1"))
             assert other.status_code == 422
             assert len(fake.calls) == 1
+            # a record this gateway cannot read (another version wrote it) is replaced, not a 500
+            redis.Redis.from_url(url).set(f"goemotions:replay:{scoped('default', 'k-old')}", b"{not json")
+            old = await one.post("/v1/emotions", json=BODY, headers=keyed("k-old"))
+            assert old.status_code == 200 and "idempotent-replayed" not in old.headers
             erased = await two.delete("/v1/learners/ada")
-            assert erased.json()["removed"]["idempotent_responses"] == 1
+            assert erased.json()["removed"]["idempotent_responses"] == 2
             assert (
                 "idempotent-replayed"
                 not in (await one.post("/v1/emotions", json=BODY, headers=keyed("k-1"))).headers
@@ -214,8 +220,6 @@ async def test_with_its_redis_down_a_keyed_request_is_a_503_and_is_not_run(tmp_p
         settings = uncached(trajectory_backend="redis", learner_redis_url=url, backend_retry_s=30)
         async with running(settings, fake) as (client, _):
             assert (await client.post("/v1/emotions", json=BODY, headers=keyed("k-1"))).status_code == 200
-            import redis
-
             redis.Redis.from_url(url).shutdown(nosave=True)
             down = await client.post("/v1/emotions", json=BODY, headers=keyed("k-2"))
             assert down.status_code == 503 and 1 <= int(down.headers["retry-after"]) <= 30
