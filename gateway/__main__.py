@@ -8,12 +8,12 @@ the file.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import uvicorn
 
+from gateway import logs
 from gateway.app import create_app
 from gateway.core.tenants import Scope, create_key, read_keys_file, revoke_key
 from gateway.draining import DrainingServer
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Triton gRPC host:port, or several comma-separated (first = primary, the others for failover)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     settings = settings.model_copy(
         update={"host": args.host, "port": args.port, "triton_url": args.triton_url}
     )

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.api import http, stream
 from gateway.api.deps import ServicesDep, api_key_from, authenticate
-from gateway.api.middleware import BodyLimit, Timing
+from gateway.api.middleware import BodyLimit, RequestId, Timing
 from gateway.api.responses import install_error_handlers
 from gateway.backends.triton import Inference
 from gateway.draining import CloseWhileDraining, Drain
@@ -23,7 +23,9 @@ from gateway.settings import Settings, get_settings
 DESCRIPTION = """Emotions (28 GoEmotions labels, multi-label) and a learning-state view for learning
 platforms, served by NVIDIA Triton.
 
-Every error is `{"error": {"code": ..., "message": ...}}`; 429, 503 and 504 carry `Retry-After`.
+Every error is `{"error": {"code": ..., "message": ...}}`; 409, 429, 503 and 504 carry `Retry-After`.
+Send an `Idempotency-Key` with a POST to make its retries safe: a retry gets the first answer
+(`Idempotent-Replayed: true`), never a second analysis.
 
 **Streaming**: `WS /v1/emotions/stream` (not an OpenAPI operation) takes JSON text frames
 `{"id": ..., "text": ..., "learner_id": ..., "context": {...}}` (the single-text form of
@@ -82,6 +84,7 @@ def create_app(
     # Set by the server on SIGTERM (gateway/draining.py); outside the lifespan, which a signal may precede.
     app.state.drain = Drain()
     app.add_middleware(CloseWhileDraining, drain=app.state.drain)
+    app.add_middleware(RequestId)  # outermost: every answer and log line of a request carries its id
     return app
 
 

@@ -133,6 +133,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # only for what fails outside gateway.api.middleware.RequestId, which answers a route's bugs
         request_id = uuid.uuid4().hex[:12]
         log.exception("unhandled error (request id %s)", request_id, exc_info=exc)
         return error_response(ErrorCode.INTERNAL_ERROR, f"internal error; request id {request_id}")

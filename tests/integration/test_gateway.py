@@ -164,11 +164,27 @@ async def test_triton_failures_map_to_statuses(client, fake, failure, status, co
     assert (await client.post("/v1/emotions", json={"text": "hello"})).status_code == 200  # nothing cached
 
 
-async def test_unexpected_error_is_a_500_without_details(client, fake):
+async def test_unexpected_error_is_a_500_without_details(client, fake, caplog):
     fake.fail = RuntimeError("secret internals /etc/passwd")
-    r = await client.post("/v1/emotions", json={"text": "hello"})
+    r = await client.post("/v1/emotions", json={"text": "hello"}, headers={"x-request-id": "lms-7f3a"})
     assert r.status_code == 500
-    assert "secret" not in r.text and "request id" in error(r)["message"]
+    assert "secret" not in r.text and "request id lms-7f3a" in error(r)["message"]
+    # the caller's own id names the request in the answer and in the log line a support engineer greps
+    assert r.headers["x-request-id"] == "lms-7f3a"
+    logged = [rec for rec in caplog.records if rec.getMessage() == "unhandled error (request id lms-7f3a)"]
+    assert len(logged) == 1
+
+
+@pytest.mark.parametrize("given", [None, "has space", "x" * 129, "line\r\nbreak", "ok"])
+async def test_every_answer_carries_a_request_id_the_callers_when_usable(client, given):
+    headers = {"x-request-id": given} if given is not None else {}
+    for path in ("/healthz", "/v1/learners/nobody/trajectory"):
+        r = await client.get(path, headers=headers)
+        rid = r.headers["x-request-id"]
+        if given == "ok":
+            assert rid == "ok"
+        else:
+            assert len(rid) == 32 and int(rid, 16) >= 0  # a new one: the given one could forge a log line
 
 
 async def test_overload_is_429_with_retry_after(fake):
