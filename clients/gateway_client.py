@@ -56,12 +56,22 @@ class GatewayError(Exception):
     """An error answer (``status``, the gateway's ``code`` and ``message``), or no answer at all (``status``
     0, ``code`` ``"unreachable"``) once the retries are spent."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: str | None = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"{status} {code}: {message}" + (f" (request id {request_id})" if request_id else "")
+        )
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.request_id = request_id  # the gateway's X-Request-ID: what its logs are searched by
 
     @classmethod
     def of(cls, response: httpx.Response) -> GatewayError:
@@ -70,7 +80,10 @@ class GatewayError(Exception):
             code, message = str(error["code"]), str(error["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "unexpected_response", response.text[:200]
-        return cls(response.status_code, code, message, response.headers.get("retry-after"))
+        headers = response.headers
+        return cls(
+            response.status_code, code, message, headers.get("retry-after"), headers.get("x-request-id")
+        )
 
 
 class GatewayClient:

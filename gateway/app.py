@@ -77,6 +77,7 @@ def create_app(
                 "x-cache",
                 "x-inference-time",
                 "x-total-time",
+                "x-request-id",
             ],
         )
     app.add_middleware(Timing)

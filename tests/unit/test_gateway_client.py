@@ -18,7 +18,7 @@ OK = {"results": [], "model": {"name": "goemotions", "version": "v"}}
 
 
 def error(status: int, code: str, retry_after: str | None = None) -> httpx.Response:
-    headers = {"retry-after": retry_after} if retry_after else {}
+    headers = {"x-request-id": "r-1", **({"retry-after": retry_after} if retry_after else {})}
     return httpx.Response(status, json={"error": {"code": code, "message": "m"}}, headers=headers)
 
 
@@ -95,7 +95,8 @@ def test_the_callers_own_errors_are_raised_at_once(status, code):
     gateway, slept, _ = client(script)
     with pytest.raises(GatewayError) as raised:
         gateway.analyse("x")
-    assert (raised.value.status, raised.value.code) == (status, code)
+    assert (raised.value.status, raised.value.code, raised.value.request_id) == (status, code, "r-1")
+    assert "request id r-1" in str(raised.value)
     assert slept == [] and len(script.requests) == 1
 
 
