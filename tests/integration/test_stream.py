@@ -5,20 +5,23 @@ trajectory frames, and a clean end when the client leaves mid-message."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from pydantic import SecretStr
 
 from gateway.api.stream import QUEUE_FULL
 from gateway.backends.triton import InvalidModelOutput
 from gateway.errors import GatewayError
-from server.probes import wait_for
-from tests.support.fake_triton import WAIT_S, GatedTriton
+from server.probes import wait_for, wait_for_async
+from tests.support.fake_triton import WAIT_S, FakeTriton, GatedTriton
 from tests.support.gateway import Served, ask, closed_with, make_settings, recv, serve, ws
 
 
@@ -497,3 +500,66 @@ def test_the_stream_client_example_runs(triton):
     assert answers[1]["status"] == 422
     trajectory = [f for f in frames if f["type"] == "trajectory"]
     assert trajectory and trajectory[0]["previous"] is None and trajectory[0]["learner_id"] == "l-cli"
+
+
+class SecondHeld(FakeTriton):
+    """Answers at once, except ``second``: that call waits (in a thread, the gateway's loop runs on) until
+    ``release`` is set, after setting ``entered``."""
+
+    def __init__(self, names: list[str], second: str) -> None:
+        super().__init__(names)
+        self.second = second
+        self.entered_second = threading.Event()
+        self.release = threading.Event()
+
+    async def infer(self, texts: list[str]) -> list[Any]:
+        if texts == [self.second]:
+            self.entered_second.set()
+            await asyncio.to_thread(self.release.wait, WAIT_S)
+        return await super().infer(texts)
+
+
+def test_the_stream_client_resends_what_a_dropped_connection_left_unanswered(label_names):
+    """The connection drops while the gateway analyses the second message: the client reconnects and
+    sends it again with its key, and gets the first analysis back, not a second one."""
+    from clients.stream_client import session
+
+    texts = ["I don't get fractions.", "I want to give up"]
+    triton = SecondHeld(label_names, texts[1])
+    connections: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def connect(url: str, **kwargs: Any) -> AsyncIterator[Any]:
+        async with websockets.connect(url, **kwargs) as ws:
+            connections.append(1)
+            if len(connections) > 1:
+                yield ws
+                return
+            real_recv = ws.recv
+
+            async def recv() -> Any:  # the first connection drops once the second message is in Triton
+                raw = await real_recv()
+                if json.loads(raw)["type"] == "result":
+                    await asyncio.to_thread(triton.entered_second.wait, WAIT_S)
+                    await ws.close()
+                    triton.release.set()
+                return raw
+
+            ws.recv = recv
+            yield ws
+
+    with serve(make_settings(cache_backend="off"), triton) as s:
+
+        async def sleep(_: float) -> None:  # back-off: until the lost answer is kept (both keyed: 2)
+            kept = {"outcome": "first"}
+            assert await wait_for_async(
+                lambda: s.metric("gateway_idempotent_requests_total", kept) == 2, WAIT_S
+            )
+
+        frames = asyncio.run(session(s.url, texts, "l-drop", None, connect=connect, sleep=sleep))
+        replayed = s.metric("gateway_idempotent_requests_total", {"outcome": "replayed"})
+    results = [f for f in frames if f["type"] == "result"]
+    assert [(f["id"], f["replayed"]) for f in results] == [(0, False), (1, True)]
+    assert len(connections) == 2 and replayed == 1
+    assert results[1]["trend"]["points"] == 2  # the learner's second point: analysed once
+    assert [t for t in triton.calls if t == [texts[1]]] == [[texts[1]]]
