@@ -448,7 +448,9 @@ class StreamErrorFrame(BaseModel):
     status: int = Field(description="the HTTP status the same error gets on POST /v1/emotions")
     code: ErrorCode
     message: str
-    retry_after: int | None = Field(default=None, description="seconds, for status 429")
+    retry_after: int | None = Field(
+        default=None, description="seconds: when to send it again (409, 429, 503, 504)"
+    )
 
 
 class PolicyVersionOut(BaseModel):
