@@ -175,3 +175,24 @@ def test_memory_breakdown_covers_the_server_each_stub_and_shared_memory_once(tri
     assert all(v > 0 for v in parts.values()), parts
     # Shared memory counted once is far less than what plain RSS counts (libraries, shared pages twice).
     assert 0 < parts["shared memory"] < sum(parts.values()) < triton.rss_bytes()
+
+
+def test_the_triton_metrics_the_alerts_name_are_the_servers_own(triton):
+    """deploy/prometheus/alerts.yml names Triton metrics by the list in tests/unit/test_alerts.py: each is
+    exported by this tritonserver, with the labels listed there (after an inference, so they have series)."""
+    import re
+
+    from tests.unit.test_alerts import ALERTS, TRITON, selectors
+
+    grpc_infer(triton, TEXTS[:1])
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    # the series names as Prometheus stores them: the exposition's own (a parser would add _total)
+    seen: dict[str, set[str]] = {}
+    for name, labels in re.findall(r"^(\w+)\{([^}]*)\}", text, re.M):
+        seen.setdefault(name, set()).update(re.findall(r'(\w+)="', labels))
+    named = {name for alert in ALERTS for name, _ in selectors(alert["expr"]) if name.startswith("nv_")}
+    assert named and named <= set(TRITON)
+    for name in TRITON:
+        assert name in seen, name
+        assert TRITON[name] <= seen[name], (name, seen[name])
