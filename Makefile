@@ -29,8 +29,16 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -e '.[dev,loadtest]'
 	@touch $@
 
+# promtool (Prometheus's rule checker and rule unit tester) for the alert tests, from Debian's prometheus
+# package (it is not on PyPI); where apt cannot fetch it, those tests are skipped and say why.
+$(BIN)/promtool: | $(BIN)/python
+	@tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -qq prometheus >/dev/null 2>&1 \
+	  && dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool $(CURDIR)/$(BIN)/promtool) \
+	  || echo "warning: could not fetch promtool (Debian package prometheus); the alert rule tests will be skipped"; \
+	rm -rf $$tmp
+
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev $(BIN)/promtool
 
 # Prepare the model if missing, then run embedded Triton (CPU, no Docker) and the gateway until Ctrl-C.
 # On a fresh offline machine a first student snapshot (FIRST_SNAPSHOT_MINUTES of training) is served at
