@@ -29,12 +29,12 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -e '.[dev,loadtest]'
 	@touch $@
 
-# promtool (Prometheus's rule checker and rule unit tester) for the alert tests, from Debian's prometheus
-# package (it is not on PyPI); where apt cannot fetch it, those tests are skipped and say why.
+# prometheus and promtool (its rule checker and rule unit tester) for the monitoring tests, from Debian's
+# prometheus package (neither is on PyPI); where apt cannot fetch them, those tests are skipped, saying why.
 $(BIN)/promtool: | $(BIN)/python
 	@tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -qq prometheus >/dev/null 2>&1 \
-	  && dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool $(CURDIR)/$(BIN)/promtool) \
-	  || echo "warning: could not fetch promtool (Debian package prometheus); the alert rule tests will be skipped"; \
+	  && dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/prometheus x/usr/bin/promtool $(CURDIR)/$(BIN)/) \
+	  || echo "warning: could not fetch prometheus (Debian package); the monitoring tests will be skipped"; \
 	rm -rf $$tmp
 
 install: $(VENV)/.installed
