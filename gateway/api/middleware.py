@@ -16,8 +16,8 @@ from gateway.services import Services
 log = logging.getLogger(__name__)
 
 
-class RequestId:
-    """Each HTTP request's id (``gateway.logs``): set for its log lines, answered in ``X-Request-ID``."""
+class HttpMiddleware:
+    """A pure ASGI middleware for HTTP requests (``http``); WebSocket and lifespan pass through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -26,6 +26,16 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestId(HttpMiddleware):
+    """Each HTTP request's id (``gateway.logs``): set for its log lines, answered in ``X-Request-ID``."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = dict(scope.get("headers", [])).get(logs.HEADER.encode())
         rid = logs.request_id(given.decode("latin-1") if given is not None else None)
         token = logs.current.set(rid)
@@ -52,18 +62,15 @@ class RequestId:
             logs.current.reset(token)
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """413 (in the gateway's JSON error format) for bodies over the limit: by Content-Length up front,
     or while a chunked body streams in. Starlette's own limiter answers in plain text."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body over {self.max_bytes} bytes; send fewer or shorter texts"
         length = dict(scope.get("headers", [])).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
@@ -84,16 +91,10 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-class Timing:
+class Timing(HttpMiddleware):
     """``x-total-time`` on every response and request count/latency metrics per route template."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 
