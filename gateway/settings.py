@@ -65,7 +65,9 @@ class Settings(BaseSettings):
 
     # Idempotency-Key: how long a keyed request's answer is kept for its retries, and (in process) how
     # many bytes of answers at most; they live where the learner store does (gateway/core/idempotency.py).
-    idempotency_ttl_s: float = Field(default=86_400.0, ge=1, le=7 * 86_400)
+    # An hour covers a client's retries; every keyed request holds ~2 KB per text for that long in the
+    # learner store's Redis, which never evicts (docs/deployment.md sizes it).
+    idempotency_ttl_s: float = Field(default=3600.0, ge=1, le=7 * 86_400)
     idempotency_max_bytes: int = Field(default=50_000_000, ge=4096)
 
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
