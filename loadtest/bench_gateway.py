@@ -3,8 +3,9 @@
 - gateway overhead: gateway (cache miss: every text new) vs direct Triton gRPC, 1 client, p50;
 - cache hit: the gateway's own server-side time (``x-total-time``) for a repeated text, p50, without API
   keys and with a tenant's key (authentication, scope check; the difference is what auth costs a hit),
-  and with a new ``Idempotency-Key`` per request (claimed, then its answer kept in process: what making
-  requests retry-safe costs a hit);
+  and with a new ``Idempotency-Key`` per request (claimed, then its answer kept: what making requests
+  retry-safe costs a hit), in process and, on a gateway whose learner store is a real redis-server, in
+  Redis;
 - throughput at 16 clients: gateway + Triton (cache miss) vs a naive FastAPI + transformers pipeline
   service (torch FP32) on the same model.
 
@@ -24,6 +25,7 @@ from export.training.data import load_split
 from gateway.core.tenants import create_key
 from loadtest import common
 from loadtest.peer_service import peer_command
+from loadtest.redis_server import redis_server
 from server.stack import Stack
 
 WORK = Path("build") / "bench"
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Unique texts per path and round: no cache ever sees a text twice here.
     fresh = common.UniqueTexts(load_split("test").texts, args.seed).take
     n1, n16 = args.requests_1, args.requests_16
-    with Stack(WORK, args.base_port) as stack:
+    with Stack(WORK, args.base_port) as stack, redis_server(WORK / "learners-redis.log") as learners_url:
         triton = stack.start_triton(args.repository)
         gateway = stack.start_gateway(
             settings={"GATEWAY_CACHE_BACKEND": "memory", "GATEWAY_MAX_CONCURRENCY": "1024"}, wait=False
@@ -51,6 +53,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "GATEWAY_CACHE_BACKEND": "memory",
                 "GATEWAY_MAX_CONCURRENCY": "1024",
                 "GATEWAY_API_KEYS_FILE": str(keys_file),
+            },
+            wait=False,
+        )
+        in_redis = stack.start_gateway(
+            "learners-redis",
+            settings={
+                "GATEWAY_CACHE_BACKEND": "memory",
+                "GATEWAY_MAX_CONCURRENCY": "1024",
+                "GATEWAY_TRAJECTORY_BACKEND": "redis",
+                "GATEWAY_LEARNER_REDIS_URL": learners_url,
             },
             wait=False,
         )
@@ -71,6 +83,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{gateway.url}/v1/emotions",
             lambda t: {"text": t},
             once_times,
+            request_headers=lambda: {"Idempotency-Key": uuid.uuid4().hex},
+        )
+        redis_times: list[float] = []
+        redis_hit = common.http_client(f"{in_redis.url}/v1/emotions", lambda t: {"text": t}, redis_times)
+        redis_once_times: list[float] = []
+        redis_once_hit = common.http_client(
+            f"{in_redis.url}/v1/emotions",
+            lambda t: {"text": t},
+            redis_once_times,
             request_headers=lambda: {"Idempotency-Key": uuid.uuid4().hex},
         )
         naive_client = common.http_client(f"{naive.url}/classify", lambda t: {"text": t})
@@ -96,6 +117,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "keyed-hit-server@1": server_side(keyed_times),
                 "idempotent-hit@1": hits(once_hit, once_times),
                 "idempotent-hit-server@1": server_side(once_times),
+                "redis-hit@1": hits(redis_hit, redis_times),
+                "redis-hit-server@1": server_side(redis_times),
+                "redis-idempotent-hit@1": hits(redis_once_hit, redis_once_times),
+                "redis-idempotent-hit-server@1": server_side(redis_once_times),
                 "naive@16": lambda: common.closed_loop(naive_client, fresh(n16), 16),
                 "gateway@16": lambda: common.closed_loop(gw, fresh(n16), 16),
             },
@@ -114,16 +139,20 @@ def summarize(rounds: list[dict[str, common.PathResult]], version: str) -> dict[
         idempotency_key_on_cache_hit_p50_ms=common.difference(
             rounds, "idempotent-hit-server@1", "gateway-hit-server@1"
         ),
+        idempotency_key_in_redis_on_cache_hit_p50_ms=common.difference(
+            rounds, "redis-idempotent-hit-server@1", "redis-hit-server@1"
+        ),
         gateway_vs_naive_16=common.ratio(rounds, "gateway@16", "naive@16"),
     )
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    o, h, a, i, s = (
+    o, h, a, i, r, s = (
         report["gateway_overhead_p50_ms"],
         report["cache_hit_server_p50_ms"],
         report["auth_on_cache_hit_p50_ms"],
         report["idempotency_key_on_cache_hit_p50_ms"],
+        report["idempotency_key_in_redis_on_cache_hit_p50_ms"],
         report["gateway_vs_naive_16"],
     )
     return common.write_bench_report(
@@ -141,6 +170,8 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
             f"{common.spread_text(a, '.3f', ' ms')} (goal <= 0.2 ms)",
             "- What a new `Idempotency-Key` (claimed, answer kept in process) adds to that cache hit, p50: "
             f"{common.spread_text(i, '.3f', ' ms')} (goal <= 0.2 ms)",
+            "- The same with the answers kept in the learner store's Redis (a redis-server on this machine), "
+            f"p50: {common.spread_text(r, '.3f', ' ms')} (goal <= 0.5 ms)",
             "- Gateway + Triton vs naive FastAPI + transformers pipeline, 16 clients: "
             f"{common.spread_text(s, unit='x')} (goal >= 4x)",
         ],

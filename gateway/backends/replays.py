@@ -141,6 +141,9 @@ class RedisReplayStore:
 
     async def keep(self, key: str, record: Record, ttl_s: float) -> None:
         name, ttl_ms = self._prefix + key, int(ttl_s * 1000)
+        if record.learner is None:  # one command: no MULTI/EXEC to pay for
+            await self._client.set(name, record.dumps(), px=ttl_ms)
+            return
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(name, record.dumps(), px=ttl_ms)
             if record.learner is not None:
