@@ -2,6 +2,7 @@
 
     python clients/gateway_client.py --learner learner-42 "I don't get fractions." "Oh wait, now it clicks!"
     python clients/gateway_client.py --url https://emotions.example.org --api-key "$KEY" "..."
+    python clients/gateway_client.py --file posts.txt > answers.jsonl  # one text a line, 32 a request
 
     from clients.gateway_client import GatewayClient
     with GatewayClient("http://127.0.0.1:8080", api_key=key) as gateway:
@@ -195,16 +196,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("texts", nargs="+")
+    parser.add_argument("texts", nargs="*", help="texts to analyse (or --file)")
+    parser.add_argument(
+        "--file", type=argparse.FileType("r", encoding="utf-8"), help="one text per line ('-': stdin)"
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--learner", default=None, help="the learner id (extends their trajectory)")
     parser.add_argument("--attempts", type=int, default=Retry.attempts)
     args = parser.parse_args()
+    texts = list(args.texts)
+    if args.file is not None:
+        texts += [line.rstrip("\r\n") for line in args.file if line.strip()]
+    if not texts:
+        parser.error("give texts, or --file")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     with GatewayClient(args.url, args.api_key, retry=Retry(attempts=args.attempts)) as gateway:
         try:
-            for answer in gateway.analyse_in_batches(args.texts, args.learner):
+            for answer in gateway.analyse_in_batches(texts, args.learner):
                 sys.stdout.write(json.dumps(answer, ensure_ascii=False) + "\n")
         except GatewayError as exc:
             log.error("%s", exc)

@@ -46,3 +46,25 @@ def test_a_retry_after_a_503_runs_the_request(label_names):
         answer = gateway.analyse(["I want to give up", "fine"], learner_id="ada")
     # one point per text of the one analysis that ran (the 503 stored nothing)
     assert slept == [1.0] and len(answer["results"]) == 2 and answer["trend"]["points"] == 2
+
+
+def test_the_cli_reads_texts_from_a_file_and_sends_them_32_a_request(label_names, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    texts = [f"post {i}: I don't get it" for i in range(70)]
+    (tmp_path / "posts.txt").write_text("\n".join([*texts[:35], "", *texts[35:]]) + "\n")  # a blank line
+    script = Path(__file__).resolve().parents[2] / "clients" / "gateway_client.py"
+    with serve(make_settings(cache_backend="off"), GatedTriton(label_names)) as served:
+        out = subprocess.run(
+            [sys.executable, str(script), "--url", served.http, "--file", str(tmp_path / "posts.txt")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [len(a["results"]) for a in answers] == [32, 32, 6]
+    assert answers[2]["results"][5]["text_index"] == 5  # each answer indexes its own request's texts
