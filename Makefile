@@ -31,14 +31,14 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 
 # prometheus and promtool (its rule checker and rule unit tester) for the monitoring tests, from Debian's
 # prometheus package (neither is on PyPI); where apt cannot fetch them, those tests are skipped, saying why.
-$(BIN)/prometheus: | $(BIN)/python
+$(BIN)/prometheus $(BIN)/promtool &: | $(BIN)/python
 	@tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -qq prometheus >/dev/null 2>&1 \
 	  && dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/prometheus x/usr/bin/promtool $(CURDIR)/$(BIN)/) \
 	  || echo "warning: could not fetch prometheus (Debian package); the monitoring tests will be skipped"; \
 	rm -rf $$tmp
 
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev $(BIN)/prometheus
+install-dev: $(VENV)/.installed-dev $(BIN)/prometheus $(BIN)/promtool
 
 # Prepare the model if missing, then run embedded Triton (CPU, no Docker) and the gateway until Ctrl-C.
 # On a fresh offline machine a first student snapshot (FIRST_SNAPSHOT_MINUTES of training) is served at

@@ -82,6 +82,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.alerts = Counter(
+            "gateway_alerts",
+            "Tutor alert webhooks by what happened: sent, failed (every attempt), dropped (queue full or "
+            "shutdown), suppressed (cool-down), erased (the learner was erased while it was queued)",
+            ["outcome"],
+            registry=r,
+        )
         self.learner_store_evicting = Gauge(
             "gateway_learner_store_evicting",
             "1 when the learner store's Redis may evict histories (maxmemory-policy is not noeviction), "

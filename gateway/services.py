@@ -25,6 +25,8 @@ from gateway.backends.trajectory import (
     TrajectoryStore,
 )
 from gateway.backends.triton import GuardedInference, Inference, TritonClient
+from gateway.backends.webhooks import WebhookSender
+from gateway.core.alerts import Alerts, read_hooks
 from gateway.core.idempotency import Replays
 from gateway.core.pipeline import Limits, Pipeline
 from gateway.core.policies import PolicyBook
@@ -288,6 +290,16 @@ async def open_services(
             on_reject=metrics.circuit_rejections.inc,
         )
         stack.push_async_callback(client.close)
+        alerts = None
+        if settings.alerts_file is not None:
+            sender = WebhookSender(
+                metrics, queue_size=settings.alert_queue_size, backoff_s=settings.alert_retry_s, clock=clock
+            )
+            alerts = Alerts(
+                read_hooks(settings.alerts_file), sender, metrics, settings.alert_cooldown_s, clock
+            )
+            await sender.start()
+            stack.push_async_callback(sender.stop)  # sends what is queued, within a bounded time
         pipeline = Pipeline(
             triton=client,
             cache=cache,
@@ -297,6 +309,7 @@ async def open_services(
             limits=Limits.from_settings(settings),
             audit_trail=audit_trail,
             replays=replays,
+            alerts=alerts,
         )
         limiter = _limiter(settings, redis, metrics, clock)
         services = Services(settings, metrics, pipeline, keyring, replays, limiter, audit_trail)

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(default=3600.0, ge=1, le=7 * 86_400)
     idempotency_max_bytes: int = Field(default=50_000_000, ge=4096)
 
+    # Tutor alerts (gateway/core/alerts.py): each tenant's webhook (JSON file; unset: no alerts), how long
+    # a learner alerted once stays quiet unless their level rises, the queue, and the first retry's wait.
+    alerts_file: Path | None = None
+    alert_cooldown_s: float = Field(default=600.0, ge=0, le=86_400)
+    alert_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    alert_retry_s: float = Field(default=1.0, gt=0, le=60)
+
     policy_file: Path | None = None  # None: gateway/learning/policy.toml
     # A folder of policy files, switchable while running: its `active` file names the version in use
     # (PUT /v1/policy writes it); every replica re-reads the folder every policy_check_s (0: never).

@@ -26,6 +26,7 @@ from gateway.backends.triton import (
     check_predictions,
 )
 from gateway.core import audit
+from gateway.core.alerts import Alerts
 from gateway.core.analysis import AnalysedText, Analysis
 from gateway.core.history import unknown_learner
 from gateway.core.idempotency import Replays
@@ -133,6 +134,7 @@ class Pipeline:
         limits: Limits | None = None,
         audit_trail: AuditTrail | None = None,
         replays: Replays | None = None,
+        alerts: Alerts | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.triton = triton
@@ -144,6 +146,7 @@ class Pipeline:
         self.limits = limits or Limits()
         self.audit_trail = audit_trail
         self.replays = replays  # answers kept for Idempotency-Key retries (they hold learners' results)
+        self.alerts = alerts  # tutor alert webhooks (None: none configured)
         self.served = ServedVersion()
         self.inflight = 0
         self._wall_clock = wall_clock  # trajectory point timestamps
@@ -194,6 +197,8 @@ class Pipeline:
             audit.record(
                 self.audit_trail, self.metrics, analysis, learner_id, texts, latency_s, channel, tenant
             )
+        if self.alerts is not None:
+            self.alerts.consider(analysis, tenant, learner_id)
         return analysis
 
     async def trajectory(self, tenant: str, learner_id: str) -> tuple[list[TrajectoryPoint], Trend]:
@@ -216,6 +221,8 @@ class Pipeline:
             replayable = await self.replays.erase(tenant, learner_id) if self.replays is not None else 0
         except StoreUnavailable as exc:
             raise _store_unavailable(exc) from None
+        if self.alerts is not None:
+            self.alerts.forget(tenant, learner_id)
         rows = 0
         if self.audit_trail is not None:
             rows = await self.audit_trail.erase(tenant, learner_id, key_id, points)

@@ -1,0 +1,149 @@
+"""Webhook delivery: signed POSTs to a tenant's URL, from a bounded queue, off the request path.
+
+Each delivery is signed with the tenant's secret: ``X-GoEmotions-Signature: sha256=<hex>``, the
+HMAC-SHA256 of ``<X-GoEmotions-Timestamp>.<body>``, so the receiver can check who sent it and refuse an
+old one replayed (the scheme Stripe and GitHub use). A delivery that fails (a transport error, or any
+status but 2xx) is tried again after ``backoff_s``, twice that, and so on, ``attempts`` tries in all;
+then it is dropped and counted. The queue is per replica and in memory: what is queued when a replica dies
+is lost (at most once per alert, never twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+from cachetools import TTLCache
+
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-GoEmotions-Signature"
+TIMESTAMP_HEADER = "X-GoEmotions-Timestamp"
+EVENT_HEADER = "X-GoEmotions-Event-Id"
+FORGET_S = 3600.0  # how long an erased learner's queued deliveries are recognised (far past any queue wait)
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: the HMAC-SHA256 of ``<timestamp>.<body>`` under ``secret``."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    url: str
+    secret: bytes
+    body: bytes  # the JSON event
+    event_id: str
+    learner: str  # the tenant-scoped learner key: an erasure drops what is still queued for it
+
+
+class WebhookSender:
+    """One worker task posting queued deliveries in order. ``submit`` never waits: a full queue drops."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        queue_size: int = 1000,
+        attempts: int = 4,
+        backoff_s: float = 1.0,
+        timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._count = metrics.alerts
+        # (submission number, delivery): an erasure drops what was submitted before it for its learner
+        self.queue: asyncio.Queue[tuple[int, Delivery]] = asyncio.Queue(maxsize=queue_size)
+        self._submitted = 0
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, follow_redirects=False)
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._erased: TTLCache[str, int] = TTLCache(maxsize=100_000, ttl=FORGET_S, timer=clock)
+        self._worker: asyncio.Task[None] | None = None
+
+    def submit(self, delivery: Delivery) -> bool:
+        try:
+            self.queue.put_nowait((self._submitted + 1, delivery))
+        except asyncio.QueueFull:
+            self._count.labels("dropped").inc()
+            log.warning("alert queue full: an alert was dropped")
+            return False
+        self._submitted += 1
+        return True
+
+    def forget(self, learner: str) -> None:
+        """The learner was erased: what is queued for them is not sent."""
+        self._erased[learner] = self._submitted
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="webhook-sender")
+
+    async def stop(self, drain_s: float = 5.0) -> None:
+        """Send what is queued for up to ``drain_s`` seconds, then stop (what is left is dropped)."""
+        if self._worker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.queue.join(), drain_s)
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        left = self.queue.qsize()
+        if left:
+            self._count.labels("dropped").inc(left)
+            log.warning("%d queued alerts dropped at shutdown", left)
+        await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            number, delivery = await self.queue.get()
+            try:
+                await self._deliver(number, delivery)
+            except Exception:  # a bug must not stop the sender
+                log.exception("alert delivery failed unexpectedly")
+                self._count.labels("failed").inc()
+            finally:
+                self.queue.task_done()
+
+    async def _deliver(self, number: int, delivery: Delivery) -> None:
+        for attempt in range(self.attempts):
+            erased_after = self._erased.get(delivery.learner)
+            if erased_after is not None and number <= erased_after:
+                self._count.labels("erased").inc()
+                return
+            if await self._post(delivery):
+                self._count.labels("sent").inc()
+                return
+            if attempt < self.attempts - 1:
+                await self._sleep(self.backoff_s * 2**attempt)
+        self._count.labels("failed").inc()
+        log.warning("alert %s not delivered after %d attempts", delivery.event_id, self.attempts)
+
+    async def _post(self, delivery: Delivery) -> bool:
+        timestamp = str(int(self._wall_clock()))
+        headers = {
+            "content-type": "application/json",
+            EVENT_HEADER: delivery.event_id,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(delivery.secret, timestamp, delivery.body),
+        }
+        try:
+            response = await self._client.post(delivery.url, content=delivery.body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.info("alert %s: %s", delivery.event_id, type(exc).__name__)
+            return False
+        if not response.is_success:
+            log.info("alert %s: the receiver answered %d", delivery.event_id, response.status_code)
+        return response.is_success
