@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
+    @field_validator("alerts_file", mode="before")
+    @classmethod
+    def _blank_path_is_none(cls, value: object) -> object:
+        # GATEWAY_ALERTS_FILE= (empty, as compose passes an unset variable) means no alerts, not "."
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

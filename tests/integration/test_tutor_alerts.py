@@ -211,3 +211,4 @@ def test_an_alerts_file_that_is_wrong_says_what(tmp_path, entry, error):
     good = {"url": "https://lms.example/h", "secret": SECRET}
     (tmp_path / "alerts.json").write_text(json.dumps({"acme": good}))
     assert read_hooks(tmp_path / "alerts.json")["acme"].min_level == "significant"
+    assert make_settings(alerts_file="").alerts_file is None  # an empty variable: no alerts
