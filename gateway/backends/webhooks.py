@@ -3,9 +3,10 @@
 Each delivery is signed with the tenant's secret: ``X-GoEmotions-Signature: sha256=<hex>``, the
 HMAC-SHA256 of ``<X-GoEmotions-Timestamp>.<body>``, so the receiver can check who sent it and refuse an
 old one replayed (the scheme Stripe and GitHub use). A delivery that fails (a transport error, or any
-status but 2xx) is tried again after ``backoff_s``, twice that, and so on, ``attempts`` tries in all;
-then it is dropped and counted. The queue is per replica and in memory: what is queued when a replica dies
-is lost (at most once per alert, never twice).
+status but 2xx) is queued again after ``backoff_s``, twice that, and so on, ``attempts`` tries in all;
+then it is dropped and counted. A few workers post at once and a retry waits off the workers, so one
+tenant's broken receiver does not hold up the others' alerts. The queue is per replica and in memory: what
+is queued when a replica dies is lost.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -47,7 +48,7 @@ class Delivery:
 
 
 class WebhookSender:
-    """One worker task posting queued deliveries in order. ``submit`` never waits: a full queue drops."""
+    """``workers`` tasks posting queued deliveries. ``submit`` never waits: a full queue drops."""
 
     def __init__(
         self,
@@ -57,27 +58,28 @@ class WebhookSender:
         attempts: int = 4,
         backoff_s: float = 1.0,
         timeout_s: float = 5.0,
+        workers: int = 4,
         transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._count = metrics.alerts
-        # (submission number, delivery): an erasure drops what was submitted before it for its learner
-        self.queue: asyncio.Queue[tuple[int, Delivery]] = asyncio.Queue(maxsize=queue_size)
+        # (submission number, try, delivery): an erasure drops what was submitted before it for its learner
+        self.queue: asyncio.Queue[tuple[int, int, Delivery]] = asyncio.Queue(maxsize=queue_size)
         self._submitted = 0
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, follow_redirects=False)
-        self._sleep = sleep
+        self._workers_wanted = workers
         self._clock = clock
         self._wall_clock = wall_clock
         self._erased: TTLCache[str, int] = TTLCache(maxsize=100_000, ttl=FORGET_S, timer=clock)
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._retries: set[asyncio.TimerHandle] = set()
 
     def submit(self, delivery: Delivery) -> bool:
         try:
-            self.queue.put_nowait((self._submitted + 1, delivery))
+            self.queue.put_nowait((self._submitted + 1, 0, delivery))
         except asyncio.QueueFull:
             self._count.labels("dropped").inc()
             log.warning("alert queue full: an alert was dropped")
@@ -90,17 +92,21 @@ class WebhookSender:
         self._erased[learner] = self._submitted
 
     async def start(self) -> None:
-        self._worker = asyncio.create_task(self._run(), name="webhook-sender")
+        self._workers = [
+            asyncio.create_task(self._run(), name=f"webhook-sender-{i}") for i in range(self._workers_wanted)
+        ]
 
     async def stop(self, drain_s: float = 5.0) -> None:
         """Send what is queued for up to ``drain_s`` seconds, then stop (what is left is dropped)."""
-        if self._worker is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.queue.join(), drain_s)
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        left = self.queue.qsize()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), drain_s)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for retry in self._retries:
+            retry.cancel()
+        left = self.queue.qsize() + len(self._retries)
+        self._retries.clear()
         if left:
             self._count.labels("dropped").inc(left)
             log.warning("%d queued alerts dropped at shutdown", left)
@@ -108,28 +114,40 @@ class WebhookSender:
 
     async def _run(self) -> None:
         while True:
-            number, delivery = await self.queue.get()
+            number, attempt, delivery = await self.queue.get()
             try:
-                await self._deliver(number, delivery)
+                await self._try(number, attempt, delivery)
             except Exception:  # a bug must not stop the sender
                 log.exception("alert delivery failed unexpectedly")
                 self._count.labels("failed").inc()
             finally:
                 self.queue.task_done()
 
-    async def _deliver(self, number: int, delivery: Delivery) -> None:
-        for attempt in range(self.attempts):
-            erased_after = self._erased.get(delivery.learner)
-            if erased_after is not None and number <= erased_after:
-                self._count.labels("erased").inc()
-                return
-            if await self._post(delivery):
-                self._count.labels("sent").inc()
-                return
-            if attempt < self.attempts - 1:
-                await self._sleep(self.backoff_s * 2**attempt)
-        self._count.labels("failed").inc()
-        log.warning("alert %s not delivered after %d attempts", delivery.event_id, self.attempts)
+    async def _try(self, number: int, attempt: int, delivery: Delivery) -> None:
+        erased_after = self._erased.get(delivery.learner)
+        if erased_after is not None and number <= erased_after:
+            self._count.labels("erased").inc()
+            return
+        if await self._post(delivery):
+            self._count.labels("sent").inc()
+            return
+        if attempt + 1 >= self.attempts:
+            self._count.labels("failed").inc()
+            log.warning("alert %s not delivered after %d attempts", delivery.event_id, self.attempts)
+            return
+        item = (number, attempt + 1, delivery)
+        handles: list[asyncio.TimerHandle] = []  # the callback removes its own handle from the set
+        delay = self.backoff_s * 2**attempt
+        handles.append(asyncio.get_running_loop().call_later(delay, self._requeue, handles, item))
+        self._retries.add(handles[0])
+
+    def _requeue(self, handles: list[asyncio.TimerHandle], item: tuple[int, int, Delivery]) -> None:
+        self._retries.discard(handles[0])
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._count.labels("dropped").inc()
+            log.warning("alert queue full: a retry was dropped")
 
     async def _post(self, delivery: Delivery) -> bool:
         timestamp = str(int(self._wall_clock()))

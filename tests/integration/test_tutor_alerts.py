@@ -5,6 +5,7 @@ cool-down goes with them."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -56,15 +57,15 @@ class Receiver:
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.posts]
 
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    try:
+    with contextlib.closing(Receiver()) as made:
         yield made
-    finally:
-        made.server.shutdown()
-        made.server.server_close()
 
 
 @pytest.fixture
@@ -85,9 +86,12 @@ def triton() -> FakeTriton:
 KEYS: dict[str, dict[str, str]] = {}
 
 
-def settings(tmp_path: Path, receiver: Receiver, **kwargs: Any):
-    """Settings with a webhook for tenant acme (none for beta); their key headers go in ``KEYS``."""
+def settings(tmp_path: Path, receiver: Receiver, beta: Receiver | None = None, **kwargs: Any):
+    """Settings with a webhook for tenant acme (for beta only when ``beta`` is given); their key headers go
+    in ``KEYS``."""
     hooks = {"acme": {"url": receiver.url, "secret": SECRET, "min_level": "moderate"}}
+    if beta is not None:
+        hooks["beta"] = {"url": beta.url, "secret": SECRET, "min_level": "moderate"}
     (tmp_path / "alerts.json").write_text(json.dumps(hooks))
     for tenant in ("acme", "beta"):
         _, key = create_key(tmp_path / "keys.json", tenant, [s.value for s in Scope], key_id=tenant)
@@ -178,6 +182,22 @@ async def test_a_failing_receiver_is_retried_then_counted(tmp_path, receiver, tr
         )
     ids = [e["id"] for e in receiver.events()]
     assert len(ids) == 3 + 4 and len(set(ids)) == 2  # each retry is the same event
+
+
+async def test_one_tenants_failing_receiver_does_not_hold_up_anothers_alerts(tmp_path, receiver, triton):
+    receiver.statuses = [500] * 4  # acme's receiver fails every try (waits of 0.5, 1 and 2 s between)
+    with contextlib.closing(Receiver()) as other:
+        hooked = settings(tmp_path, receiver, beta=other, alert_retry_s=0.5)
+        async with running(hooked, triton, FakeClock()) as (client, app):
+            metrics = services(app).metrics
+            await client.post("/v1/emotions", json={"text": GIVE_UP, "learner_id": "a"}, headers=KEYS["acme"])
+            assert await wait_for_async(lambda: len(receiver.posts) == 1, WAIT_S)
+            await client.post("/v1/emotions", json={"text": GIVE_UP, "learner_id": "b"}, headers=KEYS["beta"])
+            assert await wait_for_async(lambda: len(other.posts) == 1, WAIT_S)
+            assert sample(metrics, "gateway_alerts_total", outcome="failed") == 0  # acme's still retrying
+            assert await wait_for_async(
+                lambda: sample(metrics, "gateway_alerts_total", outcome="failed") == 1, WAIT_S
+            )
 
 
 async def test_what_is_still_queued_for_an_erased_learner_is_not_sent(tmp_path, receiver, triton):
