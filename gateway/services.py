@@ -25,7 +25,13 @@ from gateway.backends.trajectory import (
     TrajectoryStore,
 )
 from gateway.backends.triton import GuardedInference, Inference, TritonClient
-from gateway.backends.webhooks import WebhookSender
+from gateway.backends.webhooks import (
+    Cooldown,
+    GuardedCooldown,
+    MemoryCooldown,
+    RedisCooldown,
+    WebhookSender,
+)
 from gateway.core.alerts import Alerts, read_hooks
 from gateway.core.idempotency import Replays
 from gateway.core.pipeline import Limits, Pipeline
@@ -214,6 +220,14 @@ def _replay_store(settings: Settings, redis: Redis | None, clock: Callable[[], f
     return MemoryReplayStore(settings.idempotency_max_bytes, timer=clock)
 
 
+def _cooldown(settings: Settings, redis: Redis | None, clock: Callable[[], float]) -> Cooldown:
+    """The tutor alerts' cool-down: in the learner store's Redis (one for every replica), else per replica."""
+    if redis is not None and settings.trajectory_backend == "redis":
+        breaker = Breaker("the alert cool-down", reset_s=settings.backend_retry_s, clock=clock)
+        return GuardedCooldown(RedisCooldown(redis, settings.alert_cooldown_s), breaker, redis_errors())
+    return MemoryCooldown(settings.alert_cooldown_s, clock)
+
+
 def _limiter(
     settings: Settings, redis: Redis | None, metrics: Metrics, clock: Callable[[], float]
 ) -> RateLimiter | None:
@@ -292,12 +306,15 @@ async def open_services(
         stack.push_async_callback(client.close)
         alerts = None
         if settings.alerts_file is not None:
+            hooks = read_hooks(settings.alerts_file)
             sender = WebhookSender(
-                metrics, queue_size=settings.alert_queue_size, backoff_s=settings.alert_retry_s, clock=clock
+                metrics,
+                _cooldown(settings, learner_redis, clock),
+                queue_size=settings.alert_queue_size,
+                backoff_s=settings.alert_retry_s,
+                clock=clock,
             )
-            alerts = Alerts(
-                read_hooks(settings.alerts_file), sender, metrics, settings.alert_cooldown_s, clock
-            )
+            alerts = Alerts(hooks, sender)
             await sender.start()
             stack.push_async_callback(sender.stop)  # sends what is queued, within a bounded time
         pipeline = Pipeline(

@@ -19,11 +19,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 from cachetools import TTLCache
 
 from gateway.metrics import Metrics
+from gateway.resilience import Guarded
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,79 @@ class Delivery:
     body: bytes  # the JSON event
     event_id: str
     learner: str  # the tenant-scoped learner key: an erasure drops what is still queued for it
+    level: int  # the intervention level's index: the cool-down compares it with the last one alerted
+
+
+class Cooldown(Protocol):
+    async def claim(self, learner: str, level: int) -> bool:
+        """Whether to alert for ``learner`` at ``level`` now: yes when no alert is cooling down for them or
+        ``level`` is higher than the one that was; a yes starts the cool-down at ``level``."""
+        ...
+
+    async def forget(self, learner: str) -> None: ...
+
+
+class MemoryCooldown:
+    """Per replica: with R replicas a learner may be alerted up to R times within a cool-down."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._alerted: TTLCache[str, int] = TTLCache(maxsize=100_000, ttl=max(ttl_s, 1e-9), timer=clock)
+        self._off = ttl_s <= 0
+
+    async def claim(self, learner: str, level: int) -> bool:
+        last = self._alerted.get(learner)
+        if last is not None and level <= last:
+            return False
+        if not self._off:
+            self._alerted[learner] = level
+        return True
+
+    async def forget(self, learner: str) -> None:
+        self._alerted.pop(learner, None)
+
+
+# one atomic compare-and-set: alert only above the level cooling down, and start the cool-down at it
+_CLAIM = """
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(last) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+class RedisCooldown:
+    """In the learner store's Redis ("goemotions:alerted:<learner key>"): one cool-down for every replica."""
+
+    def __init__(self, client: Redis, ttl_s: float, prefix: str = "goemotions:alerted:") -> None:
+        self._client = client
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._prefix = prefix
+        self._claim = client.register_script(_CLAIM)
+
+    async def claim(self, learner: str, level: int) -> bool:
+        return bool(await self._claim(keys=[self._prefix + learner], args=[level, self._ttl_ms]))
+
+    async def forget(self, learner: str) -> None:
+        await self._client.delete(self._prefix + learner)
+
+
+class GuardedCooldown(Guarded[Cooldown]):
+    """A cool-down behind its breaker that fails open: while its store is down, alerts are sent (a tutor
+    paged twice beats one not paged)."""
+
+    consequence = "sending alerts without the cool-down"
+
+    async def claim(self, learner: str, level: int) -> bool:
+        try:
+            return await self.guard(lambda: self.inner.claim(learner, level))
+        except self.unavailable:
+            return True
+
+    async def forget(self, learner: str) -> None:
+        try:
+            await self.guard(lambda: self.inner.forget(learner))
+        except self.unavailable:
+            log.warning("an erased learner's alert cool-down could not be removed (it expires by itself)")
 
 
 class WebhookSender:
@@ -53,6 +131,7 @@ class WebhookSender:
     def __init__(
         self,
         metrics: Metrics,
+        cooldown: Cooldown,
         *,
         queue_size: int = 1000,
         attempts: int = 4,
@@ -64,6 +143,7 @@ class WebhookSender:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._count = metrics.alerts
+        self.cooldown = cooldown
         # (submission number, try, delivery): an erasure drops what was submitted before it for its learner
         self.queue: asyncio.Queue[tuple[int, int, Delivery]] = asyncio.Queue(maxsize=queue_size)
         self._submitted = 0
@@ -87,9 +167,10 @@ class WebhookSender:
         self._submitted += 1
         return True
 
-    def forget(self, learner: str) -> None:
-        """The learner was erased: what is queued for them is not sent."""
+    async def forget(self, learner: str) -> None:
+        """The learner was erased: what is queued for them is not sent, and their cool-down ends."""
         self._erased[learner] = self._submitted
+        await self.cooldown.forget(learner)
 
     async def start(self) -> None:
         self._workers = [
@@ -127,6 +208,9 @@ class WebhookSender:
         erased_after = self._erased.get(delivery.learner)
         if erased_after is not None and number <= erased_after:
             self._count.labels("erased").inc()
+            return
+        if attempt == 0 and not await self.cooldown.claim(delivery.learner, delivery.level):
+            self._count.labels("suppressed").inc()
             return
         if await self._post(delivery):
             self._count.labels("sent").inc()

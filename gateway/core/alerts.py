@@ -9,31 +9,27 @@ The operator lists each tenant's webhook in ``GATEWAY_ALERTS_FILE`` (JSON):
 An analysed text with a ``learner_id`` whose ``intervention_level`` is ``min_level`` or higher becomes one
 event (``learner.intervention``): the learner, the result id, the level, the risk score, the readiness
 state, the primary emotion, the learning signals detected, the model and policy versions; never the text.
-A learner alerted once is not alerted again for ``cooldown_s`` seconds unless the level rises above the
-one alerted (per replica: with several replicas a learner may be alerted once per replica). Erasing a
-learner drops their cool-down and what is still queued for them.
+A learner alerted once is not alerted again for ``GATEWAY_ALERT_COOLDOWN_S`` unless the level rises above
+the one alerted: decided by the sender, off the request path, in the learner store's Redis when it is
+there (one cool-down for every replica), else per replica. Erasing a learner drops their cool-down and
+what is still queued for them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
-
-from cachetools import TTLCache
 
 from contract.names import LEARNING_SIGNALS
 from gateway.backends.webhooks import Delivery, WebhookSender
 from gateway.core.analysis import Analysis
 from gateway.core.tenants import TENANT_PATTERN, learner_key
 from gateway.learning.policy import INTERVENTION_LEVELS
-from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +76,12 @@ def read_hooks(path: Path) -> dict[str, Hook]:
 
 
 class Alerts:
-    """Which analyses become alerts (levels, cool-down) and their events; ``sender`` delivers them."""
+    """Which analyses become alert candidates (the tenant's level) and their events; ``sender`` applies the
+    cool-down (off the request path) and delivers them."""
 
-    def __init__(
-        self,
-        hooks: dict[str, Hook],
-        sender: WebhookSender,
-        metrics: Metrics,
-        cooldown_s: float = 600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, hooks: dict[str, Hook], sender: WebhookSender) -> None:
         self.hooks = hooks
         self.sender = sender
-        self._count = metrics.alerts
-        # learner key -> the level index last alerted, for cooldown_s after that alert
-        self._alerted: TTLCache[str, int] = TTLCache(maxsize=100_000, ttl=cooldown_s, timer=clock)
 
     def consider(self, analysis: Analysis, tenant: str, learner_id: str | None) -> None:
         """Queue an alert for each text of ``analysis`` at or over the tenant's level (never raises)."""
@@ -113,10 +100,6 @@ class Alerts:
             level = INTERVENTION_LEVELS.index(result.state.intervention_level)
             if level < floor:
                 continue
-            last = self._alerted.get(learner)
-            if last is not None and level <= last:
-                self._count.labels("suppressed").inc()
-                continue
             event_id = uuid.uuid4().hex
             event = {
                 "type": EVENT_TYPE,
@@ -134,11 +117,7 @@ class Alerts:
                 "policy_version": analysis.policy_version,
             }
             body = json.dumps(event, separators=(",", ":")).encode()
-            delivery = Delivery(hook.url, hook.secret.encode(), body, event_id, learner)
-            if self.sender.submit(delivery):
-                self._alerted[learner] = level
+            self.sender.submit(Delivery(hook.url, hook.secret.encode(), body, event_id, learner, level))
 
-    def forget(self, tenant: str, learner_id: str) -> None:
-        learner = learner_key(tenant, learner_id)
-        self._alerted.pop(learner, None)
-        self.sender.forget(learner)
+    async def forget(self, tenant: str, learner_id: str) -> None:
+        await self.sender.forget(learner_key(tenant, learner_id))

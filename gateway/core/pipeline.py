@@ -222,7 +222,7 @@ class Pipeline:
         except StoreUnavailable as exc:
             raise _store_unavailable(exc) from None
         if self.alerts is not None:
-            self.alerts.forget(tenant, learner_id)
+            await self.alerts.forget(tenant, learner_id)
         rows = 0
         if self.audit_trail is not None:
             rows = await self.audit_trail.erase(tenant, learner_id, key_id, points)

@@ -156,7 +156,9 @@ async def test_a_cool_down_keeps_a_learner_quiet_until_it_passes_or_the_learner_
         await give_up()
         assert await sent(1)
         await give_up()  # the same level within the cool-down: quiet
-        assert sample(metrics, "gateway_alerts_total", outcome="suppressed") == 1
+        assert await wait_for_async(
+            lambda: sample(metrics, "gateway_alerts_total", outcome="suppressed") == 1, WAIT_S
+        )
         clock.advance(601)
         await give_up()
         assert await sent(2)
@@ -212,6 +214,48 @@ async def test_what_is_still_queued_for_an_erased_learner_is_not_sent(tmp_path, 
             lambda: sample(metrics, "gateway_alerts_total", outcome="erased") == 1, WAIT_S
         )
     assert len(receiver.posts) == 1  # not tried again
+
+
+async def test_with_the_learner_store_in_redis_two_replicas_alert_a_learner_once(tmp_path, receiver, triton):
+    from tests.integration.test_redis_limits import redis_server
+
+    with redis_server(tmp_path, "maxmemory-policy", "noeviction") as url:
+        shared = settings(tmp_path, receiver, trajectory_backend="redis", learner_redis_url=url)
+        async with running(shared, triton) as (one, app_one), running(shared, triton) as (two, app_two):
+            body = {"text": GIVE_UP, "learner_id": "ada"}
+            await one.post("/v1/emotions", json=body, headers=KEYS["acme"])
+            await two.post("/v1/emotions", json=body, headers=KEYS["acme"])
+
+            def counted(outcome: str) -> float:
+                return sum(
+                    sample(services(app).metrics, "gateway_alerts_total", outcome=outcome)
+                    for app in (app_one, app_two)
+                )
+
+            assert await wait_for_async(lambda: counted("sent") + counted("suppressed") == 2, WAIT_S)
+            assert (counted("sent"), counted("suppressed")) == (1, 1)
+            assert (await two.delete("/v1/learners/ada", headers=KEYS["acme"])).status_code == 200
+            await one.post("/v1/emotions", json=body, headers=KEYS["acme"])  # erased: alerted afresh
+            assert await wait_for_async(lambda: counted("sent") == 2, WAIT_S)
+    assert len(receiver.posts) == 2
+
+
+async def test_with_its_redis_down_the_cool_down_fails_open(tmp_path, receiver, triton):
+    import redis
+
+    from tests.integration.test_redis_limits import redis_server
+
+    with redis_server(tmp_path) as url:
+        shared = settings(tmp_path, receiver, trajectory_backend="redis", learner_redis_url=url)
+        async with running(shared, triton) as (client, app):
+            redis.Redis.from_url(url).shutdown(nosave=True)
+            body = {"text": GIVE_UP, "learner_id": "ada"}
+            answer = await client.post("/v1/emotions", json=body, headers=KEYS["acme"])
+            assert answer.status_code == 200  # without the trend: the learner store is down
+            metrics = services(app).metrics
+            assert await wait_for_async(
+                lambda: sample(metrics, "gateway_alerts_total", outcome="sent") == 1, WAIT_S
+            )  # a tutor paged without the cool-down beats one not paged
 
 
 @pytest.mark.parametrize(
