@@ -78,22 +78,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         keyed_hit = common.http_client(
             f"{keyed.url}/v1/emotions", lambda t: {"text": t}, keyed_times, headers={"x-api-key": key}
         )
+
+        def with_new_keys(url: str, times: list[float]) -> Any:
+            """A client sending a new Idempotency-Key with every request."""
+            return common.http_client(
+                url,
+                lambda t: {"text": t},
+                times,
+                request_headers=lambda: {"Idempotency-Key": uuid.uuid4().hex},
+            )
+
         once_times: list[float] = []
-        once_hit = common.http_client(
-            f"{gateway.url}/v1/emotions",
-            lambda t: {"text": t},
-            once_times,
-            request_headers=lambda: {"Idempotency-Key": uuid.uuid4().hex},
-        )
+        once_hit = with_new_keys(f"{gateway.url}/v1/emotions", once_times)
         redis_times: list[float] = []
         redis_hit = common.http_client(f"{in_redis.url}/v1/emotions", lambda t: {"text": t}, redis_times)
         redis_once_times: list[float] = []
-        redis_once_hit = common.http_client(
-            f"{in_redis.url}/v1/emotions",
-            lambda t: {"text": t},
-            redis_once_times,
-            request_headers=lambda: {"Idempotency-Key": uuid.uuid4().hex},
-        )
+        redis_once_hit = with_new_keys(f"{in_redis.url}/v1/emotions", redis_once_times)
         naive_client = common.http_client(f"{naive.url}/classify", lambda t: {"text": t})
 
         def hits(client: Any, times: list[float]) -> Any:
