@@ -248,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                 ready_path=GATEWAY_OWN_READY_PATH,
             )
             try:
-                gateway.start()
+                gateway.start(abort=stop.is_set)  # a signal during start-up stops at once, not once ready
             except RuntimeError as exc:
                 log.error("%s", exc)
                 return 1
+        if stop.is_set():
+            return 0
         log.info(
             "ready. Triton HTTP %s | gRPC %s | metrics %s",
             server.http_url,

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from server.lifetime import die_with_parent
@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 
 class ProcessError(RuntimeError):
     """A child process exited during start-up or did not become ready; the message has its log tail."""
+
+
+# A readiness probe waits this long for an answer: longer than the gateway's own bounded check of a
+# hanging Triton (1.5 s, gateway/core/readiness.py), so "Triton hangs" reads as an answer, not as silence.
+PROBE_TIMEOUT_S = 3.0
 
 
 class ManagedProcess:
@@ -66,13 +71,21 @@ class ManagedProcess:
             )
         return self.process
 
-    def wait_ready(self, timeout_s: float | None = None) -> None:
+    def wait_ready(self, timeout_s: float | None = None, abort: Callable[[], bool] | None = None) -> None:
+        """Return once ready, or at once when ``abort()`` holds (the caller is stopping: not an error);
+        raise ``ProcessError`` when the process exits or is not ready in time."""
         process = self.process
         assert process is not None, "spawn() first"
         timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
+        stopping = abort or (lambda: False)
         if wait_for(
-            lambda: answers(self.ready_url), timeout_s, interval_s=0.2, abort=lambda: not self.alive()
+            lambda: answers(self.ready_url, timeout_s=PROBE_TIMEOUT_S),
+            timeout_s,
+            interval_s=0.2,
+            abort=lambda: not self.alive() or stopping(),
         ):
+            return
+        if stopping():
             return
         if process.poll() is not None:
             raise ProcessError(
@@ -153,6 +166,8 @@ class GatewayProcess(ManagedProcess):
             ready_timeout_s=ready_timeout_s,
         )
 
-    def start(self) -> GatewayProcess:
-        super().start()
+    def start(self, abort: Callable[[], bool] | None = None) -> GatewayProcess:
+        """Spawn and wait until ready, or until ``abort()`` holds (a stop asked for meanwhile)."""
+        self.spawn()
+        self.wait_ready(abort=abort)
         return self

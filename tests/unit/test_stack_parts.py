@@ -91,6 +91,45 @@ def test_a_service_that_exits_during_start_up_fails_with_its_log(tmp_path):
         stack.start_service("broken", lambda port: [sys.executable, "-c", "print('no model here'); exit(3)"])
 
 
+SLOW_READY = """
+import sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Slow(BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(float(sys.argv[2]))  # answers only after this long, as a gateway whose Triton hangs
+        self.send_response(200)
+        self.end_headers()
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
+"""
+
+
+def test_a_readiness_answer_slower_than_a_second_still_counts(tmp_path):
+    """The gateway's /readyz bounds its Triton check at 1.5 s: a probe that gave up after 1 s could not see
+    a gateway ready while its Triton hung, and the launcher waited on it (a SIGTERM went unheard)."""
+    with Stack(tmp_path) as stack:
+        slow = stack.start_service(
+            "slow", lambda port: [sys.executable, "-c", SLOW_READY, str(port), "1.6"], ready_timeout_s=20
+        )
+        assert slow.alive()
+
+
+def test_a_start_up_wait_ends_at_once_when_a_stop_is_asked(tmp_path):
+    with Stack(tmp_path) as stack:
+        never = stack.start_service(
+            "never", lambda port: [sys.executable, "-c", "import time; time.sleep(60)"], wait=False
+        )
+        checks: list[int] = []
+
+        def stop_asked() -> bool:  # a stop asked after the first look
+            checks.append(1)
+            return len(checks) > 1
+
+        never.wait_ready(timeout_s=5, abort=stop_asked)
+        assert len(checks) >= 2 and never.alive()  # returned on the stop, without raising or stopping it
+
+
 def test_nothing_here_changes_this_process_environment(tmp_path):
     before = dict(os.environ)
     with Stack(tmp_path) as stack:
