@@ -32,7 +32,7 @@ from contract.manifest import installed_digest, read_installed
 from contract.spec import SPEC_FILE, ServingSpec
 from server.device import DEVICE_ENV, DEVICES, DeviceError, place
 from server.embedded import ADMIN_KEY_ENV, EmbeddedTriton, ServerConfig, ServerError
-from server.gateway_process import DRAIN_ENV, GATEWAY_OWN_READY_PATH, GatewayProcess
+from server.gateway_process import DRAIN_ENV, GATEWAY_OWN_READY_PATH, LAUNCHER_READY_LINE, GatewayProcess
 
 log = logging.getLogger("server")
 
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.url,
                 gateway.url.replace("http://", "ws://", 1),
             )
-        log.info("Ctrl-C to stop")
+        log.info(LAUNCHER_READY_LINE)
         restarts = RestartBudget(args.max_restarts, window_s=60.0)
 
         def may_restart() -> bool:  # asked only when something died: each yes spends the budget

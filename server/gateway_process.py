@@ -25,6 +25,9 @@ class ProcessError(RuntimeError):
 # A readiness probe waits this long for an answer: longer than the gateway's own bounded check of a
 # hanging Triton (1.5 s, gateway/core/readiness.py), so "Triton hangs" reads as an answer, not as silence.
 PROBE_TIMEOUT_S = 3.0
+# What `python -m server` logs last once Triton and its gateway are up: a harness that starts it waits for
+# this line too, so it never acts on a stack whose launcher is still starting.
+LAUNCHER_READY_LINE = "Ctrl-C to stop"
 
 
 class ManagedProcess:
@@ -44,8 +47,10 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         ready_timeout_s: float = 30,
         cwd: Path | None = None,
+        ready_line: str | None = None,
     ) -> None:
         self.name = name
+        self.ready_line = ready_line  # when set, ready also means this line is in the log
         self.cmd = list(cmd)
         self.url = url
         self.ready_url = f"{url}{ready_path}"
@@ -79,7 +84,7 @@ class ManagedProcess:
         timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         stopping = abort or (lambda: False)
         if wait_for(
-            lambda: answers(self.ready_url, timeout_s=PROBE_TIMEOUT_S),
+            lambda: answers(self.ready_url, timeout_s=PROBE_TIMEOUT_S) and self._logged_ready(),
             timeout_s,
             interval_s=0.2,
             abort=lambda: not self.alive() or stopping(),
@@ -96,6 +101,14 @@ class ManagedProcess:
             f"{self.name} not ready after {timeout_s:.0f} s (log: {self.log_file}); log tail:\n"
             f"{log_tail(self.log_file)}"
         )
+
+    def _logged_ready(self) -> bool:
+        if self.ready_line is None:
+            return True
+        try:
+            return self.ready_line in self.log_file.read_text(errors="replace")
+        except OSError:
+            return False
 
     def start(self) -> ManagedProcess:
         self.spawn()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.embedded import EmbeddedTriton, ServerConfig
-from server.gateway_process import GATEWAY_READY_PATH, GatewayProcess, ManagedProcess
+from server.gateway_process import GATEWAY_READY_PATH, LAUNCHER_READY_LINE, GatewayProcess, ManagedProcess
 from server.probes import free_port, port_is_free
 
 HOST = "127.0.0.1"
@@ -223,6 +223,7 @@ class Stack:
             env=gateway_env(settings),
             ready_timeout_s=ready_timeout_s,
             cwd=ROOT,
+            ready_line=LAUNCHER_READY_LINE,  # and for the launcher itself, done with its start-up
         )
         self.services["launcher"] = launcher
         return self._start(launcher, wait, stop_timeout=60)

@@ -130,6 +130,34 @@ def test_a_start_up_wait_ends_at_once_when_a_stop_is_asked(tmp_path):
         assert len(checks) >= 2 and never.alive()  # returned on the stop, without raising or stopping it
 
 
+@pytest.mark.parametrize(("line", "ready"), [("Serving HTTP", True), ("a line it never logs", False)])
+def test_a_process_with_a_ready_line_is_ready_once_it_has_logged_it(tmp_path, line, ready):
+    """The launcher's gateway answers before the launcher is done starting: a harness waits for its line."""
+    from server.gateway_process import ManagedProcess
+    from server.probes import free_port
+
+    port = free_port()
+    web = ManagedProcess(
+        "web",
+        [sys.executable, "-u", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        f"http://127.0.0.1:{port}",
+        tmp_path / "web.log",
+        ready_path="/",
+        ready_timeout_s=3,
+        ready_line=line,
+    )
+    web.spawn()
+    try:
+        if ready:
+            web.wait_ready()
+        else:
+            with pytest.raises(ProcessError, match="not ready"):
+                web.wait_ready()
+            assert "Serving HTTP" in (tmp_path / "web.log").read_text()  # up all along, without the line
+    finally:
+        web.stop()
+
+
 def test_nothing_here_changes_this_process_environment(tmp_path):
     before = dict(os.environ)
     with Stack(tmp_path) as stack:
