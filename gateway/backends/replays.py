@@ -15,20 +15,18 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from cachetools import LRUCache
 
-from gateway.backends.trajectory import StoreUnavailable
-from gateway.resilience import Guarded
+from gateway.backends.trajectory import GuardedStore
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 RECORD_OVERHEAD_BYTES = 256  # the key, fingerprint and bookkeeping beside a body, roughly
 
 
@@ -144,12 +142,11 @@ class RedisReplayStore:
         if record.learner is None:  # one command: no MULTI/EXEC to pay for
             await self._client.set(name, record.dumps(), px=ttl_ms)
             return
+        index = self._learners + record.learner
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(name, record.dumps(), px=ttl_ms)
-            if record.learner is not None:
-                index = self._learners + record.learner
-                pipe.sadd(index, name)
-                pipe.pexpire(index, ttl_ms)
+            pipe.sadd(index, name)
+            pipe.pexpire(index, ttl_ms)
             await pipe.execute()
 
     async def release(self, key: str) -> None:
@@ -167,17 +164,11 @@ class RedisReplayStore:
         return int(counts[0])
 
 
-class GuardedReplayStore(Guarded[ReplayStore]):
-    """A store behind a breaker: a failure, or asking while its circuit is open, is ``StoreUnavailable``
-    (the request is then refused with a 503: answering it without the record could analyse it twice)."""
+class GuardedReplayStore(GuardedStore[ReplayStore]):
+    """The records behind their breaker (``GuardedStore``): ``StoreUnavailable`` refuses the request with a
+    503, since answering it without the record could analyse it twice."""
 
     consequence = "refusing requests that carry an Idempotency-Key"
-
-    async def _guarded(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await self.guard(fn)
-        except self.unavailable as exc:
-            raise StoreUnavailable(str(exc), self.breaker.retry_after_s()) from exc
 
     async def claim(self, key: str, record: Record, ttl_s: float) -> Record | None:
         return await self._guarded(lambda: self.inner.claim(key, record, ttl_s))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # only the type: the memory store must work without importing
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 class StoreUnavailable(Exception):
@@ -161,17 +162,22 @@ class RedisTrajectoryStore:
         return sum(int(n) for n in counts[:-1])
 
 
-class GuardedTrajectoryStore(Guarded[TrajectoryStore]):
-    """A store behind a breaker: while its circuit is open it is not asked (requests must not each wait
-    for a store that is down); a failure is logged and counted. Both raise ``StoreUnavailable``."""
-
-    consequence = "answering without the trajectory"
+class GuardedStore(Guarded[S]):
+    """A store of learner data behind a breaker: while its circuit is open it is not asked (requests must
+    not each wait for a store that is down); a failure is logged and counted. Both raise
+    ``StoreUnavailable``, with when to ask again."""
 
     async def _guarded(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await self.guard(fn)
         except self.unavailable as exc:
             raise StoreUnavailable(str(exc), self.breaker.retry_after_s()) from exc
+
+
+class GuardedTrajectoryStore(GuardedStore[TrajectoryStore]):
+    """The learner store behind its breaker (``GuardedStore``)."""
+
+    consequence = "answering without the trajectory"
 
     async def append(self, learner_id: str, point: TrajectoryPoint) -> None:
         await self._guarded(lambda: self.inner.append(learner_id, point))

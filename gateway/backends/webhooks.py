@@ -151,7 +151,6 @@ class WebhookSender:
         self.backoff_s = backoff_s
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport, follow_redirects=False)
         self._workers_wanted = workers
-        self._clock = clock
         self._wall_clock = wall_clock
         self._erased: TTLCache[str, int] = TTLCache(maxsize=100_000, ttl=FORGET_S, timer=clock)
         self._workers: list[asyncio.Task[None]] = []
