@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from server.lifetime import die_with_parent
 from server.probes import answers, log_tail, loopback_for, wait_for
@@ -110,9 +111,10 @@ class ManagedProcess:
         except OSError:
             return False
 
-    def start(self) -> ManagedProcess:
+    def start(self, abort: Callable[[], bool] | None = None) -> Self:
+        """Spawn and wait until ready, or until ``abort()`` holds (a stop asked for meanwhile)."""
         self.spawn()
-        self.wait_ready()
+        self.wait_ready(abort=abort)
         return self
 
     @property
@@ -178,9 +180,3 @@ class GatewayProcess(ManagedProcess):
             env=env,
             ready_timeout_s=ready_timeout_s,
         )
-
-    def start(self, abort: Callable[[], bool] | None = None) -> GatewayProcess:
-        """Spawn and wait until ready, or until ``abort()`` holds (a stop asked for meanwhile)."""
-        self.spawn()
-        self.wait_ready(abort=abort)
-        return self

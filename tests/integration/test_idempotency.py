@@ -17,9 +17,9 @@ from pydantic import SecretStr
 from gateway.core.idempotency import scoped
 from gateway.core.tenants import Scope, create_key
 from gateway.errors import ErrorCode, GatewayError
-from tests.integration.test_redis_limits import redis_server
 from tests.support.fake_triton import WAIT_S, FakeTriton
 from tests.support.gateway import KEY, FakeClock, error, make_settings, metric, running
+from tests.support.processes import redis_with
 
 BODY = {"text": "I want to give up", "learner_id": "ada"}
 
@@ -193,7 +193,7 @@ async def test_one_audit_row_and_one_outcome_per_key_and_erasure_forgets_the_kep
 
 async def test_in_redis_a_retry_on_another_gateway_gets_the_first_answer(tmp_path, label_names):
     fake = FakeTriton(label_names)
-    with redis_server(tmp_path, "maxmemory-policy", "noeviction") as url:
+    with redis_with(tmp_path, "maxmemory-policy", "noeviction") as url:
         settings = uncached(trajectory_backend="redis", learner_redis_url=url)
         async with running(settings, fake) as (one, _), running(settings, fake) as (two, _):
             first = await one.post("/v1/emotions", json=BODY, headers=keyed("k-1"))
@@ -216,7 +216,7 @@ async def test_in_redis_a_retry_on_another_gateway_gets_the_first_answer(tmp_pat
 
 async def test_with_its_redis_down_a_keyed_request_is_a_503_and_is_not_run(tmp_path, label_names):
     fake = FakeTriton(label_names)
-    with redis_server(tmp_path) as url:
+    with redis_with(tmp_path) as url:
         settings = uncached(trajectory_backend="redis", learner_redis_url=url, backend_retry_s=30)
         async with running(settings, fake) as (client, _):
             assert (await client.post("/v1/emotions", json=BODY, headers=keyed("k-1"))).status_code == 200

@@ -4,8 +4,6 @@ limits counted in Redis — one limit for two gateway processes — failing open
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,23 +17,7 @@ from server.probes import metric
 from server.stack import Stack, gateway_env
 from tests.support.fake_triton import FakeTriton
 from tests.support.gateway import error, make_settings, running
-from tests.support.processes import free_port, start_redis, stop_process
-
-
-@contextlib.contextmanager
-def redis_server(tmp_path: Path, *flags: str) -> Iterator[str]:
-    """A real redis-server with ``flags`` set after start (CONFIG SET); its redis:// URL."""
-    port = free_port()
-    proc = start_redis(port, tmp_path / f"redis-{port}.log")
-    try:
-        client = redis.Redis(port=port)
-        for name, value in zip(flags[::2], flags[1::2], strict=True):
-            client.config_set(name, value)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_process(proc)
-
+from tests.support.processes import free_port, redis_with
 
 # ---- the learner store's own Redis -------------------------------------------------------------------
 
@@ -56,7 +38,7 @@ async def test_the_learner_store_needs_its_own_redis():
 
 @pytest.mark.parametrize(("policy", "evicting"), [("noeviction", 0), ("allkeys-lru", 1)])
 async def test_an_evicting_learner_redis_is_reported(tmp_path, caplog, policy, evicting):
-    with redis_server(tmp_path, "maxmemory-policy", policy) as url:
+    with redis_with(tmp_path, "maxmemory-policy", policy) as url:
         settings = make_settings(trajectory_backend="redis", learner_redis_url=url)
         async with open_services(settings, FakeTriton()) as services:
             assert services.metrics.learner_store_evicting._value.get() == evicting
@@ -66,7 +48,7 @@ async def test_an_evicting_learner_redis_is_reported(tmp_path, caplog, policy, e
 
 async def test_a_full_learner_store_costs_the_trajectory_not_the_answer(tmp_path):
     # noeviction at maxmemory: Redis refuses every write (OOM); histories already stored stay.
-    with redis_server(tmp_path, "maxmemory-policy", "noeviction") as url:
+    with redis_with(tmp_path, "maxmemory-policy", "noeviction") as url:
         settings = make_settings(trajectory_backend="redis", learner_redis_url=url, backend_retry_s=30)
         async with running(settings, FakeTriton()) as (client, _):
             body = {"text": "I get it now", "learner_id": "learner-1"}
@@ -118,7 +100,7 @@ async def test_the_tenant_limit_counts_every_key_of_the_tenant_over_http(tmp_pat
 async def test_the_rate_limit_is_in_memory_per_replica_unless_redis_is_configured(tmp_path):
     settings = make_settings(rate_limit="5/minute")
     assert not (await _limiter_of(settings)).shared
-    with redis_server(tmp_path) as url:
+    with redis_with(tmp_path) as url:
         assert (await _limiter_of(make_settings(rate_limit="5/minute", redis_url=url))).shared
         memory = make_settings(rate_limit="5/minute", redis_url=url, rate_limit_backend="memory")
         assert not (await _limiter_of(memory)).shared
@@ -140,7 +122,7 @@ def admitted_across_two_gateways(tmp_path: Path, rate_limit_backend: str) -> int
     """Two ``python -m gateway`` processes on one Redis, a limit of LIMIT per minute per key, 3 x LIMIT
     requests alternating between them: how many were admitted. Triton is absent: an admitted request is
     answered 503 (backend unavailable), a refused one 429 before any backend is asked."""
-    with redis_server(tmp_path) as url, Stack(tmp_path) as stack:
+    with redis_with(tmp_path) as url, Stack(tmp_path) as stack:
         settings = {
             "GATEWAY_API_KEYS": KEY,
             "GATEWAY_RATE_LIMIT": f"{LIMIT}/minute",

@@ -24,6 +24,7 @@ from gateway.core.tenants import Scope, create_key
 from server.probes import wait_for_async
 from tests.support.fake_triton import WAIT_S, FakeTriton
 from tests.support.gateway import KEY, FakeClock, make_settings, running, sample, services
+from tests.support.processes import redis_with
 
 SECRET = "s" * 40
 GIVE_UP = "I want to give up."
@@ -217,9 +218,7 @@ async def test_what_is_still_queued_for_an_erased_learner_is_not_sent(tmp_path, 
 
 
 async def test_with_the_learner_store_in_redis_two_replicas_alert_a_learner_once(tmp_path, receiver, triton):
-    from tests.integration.test_redis_limits import redis_server
-
-    with redis_server(tmp_path, "maxmemory-policy", "noeviction") as url:
+    with redis_with(tmp_path, "maxmemory-policy", "noeviction") as url:
         shared = settings(tmp_path, receiver, trajectory_backend="redis", learner_redis_url=url)
         async with running(shared, triton) as (one, app_one), running(shared, triton) as (two, app_two):
             body = {"text": GIVE_UP, "learner_id": "ada"}
@@ -243,9 +242,7 @@ async def test_with_the_learner_store_in_redis_two_replicas_alert_a_learner_once
 async def test_with_its_redis_down_the_cool_down_fails_open(tmp_path, receiver, triton):
     import redis
 
-    from tests.integration.test_redis_limits import redis_server
-
-    with redis_server(tmp_path) as url:
+    with redis_with(tmp_path) as url:
         shared = settings(tmp_path, receiver, trajectory_backend="redis", learner_redis_url=url)
         async with running(shared, triton) as (client, app):
             redis.Redis.from_url(url).shutdown(nosave=True)
